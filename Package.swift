@@ -1,0 +1,75 @@
+// swift-tools-version:6.0
+// AntiCollapse — data-parallel self-supervised learning whose batch statistics are exact
+// across any number of MPI ranks.
+
+import PackageDescription
+
+// Numeric code is generic over Float and Double (Double for finite-difference checks).
+// Whole-program cross-module optimisation lets the trainer's Float call sites specialise
+// the generic kernels of the library modules.
+let numericSettings: [SwiftSetting] = [
+    .unsafeFlags(["-cross-module-optimization"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "AntiCollapse",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "anticollapse", targets: ["anticollapse"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-numerics", from: "1.0.0"),
+    ],
+    targets: [
+        // MARK: C boundaries (system libraries found through pkg-config)
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5",
+                       providers: [.apt(["libhdf5-dev", "hdf5-tools"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+
+        // MARK: Core
+        .target(name: "Tensor",
+                dependencies: ["COpenBLAS", .product(name: "RealModule", package: "swift-numerics")],
+                swiftSettings: numericSettings),
+        .target(name: "Communication", dependencies: ["CMPI"], swiftSettings: numericSettings),
+        .target(name: "HDF5", dependencies: ["CHDF5"], swiftSettings: numericSettings),
+
+        // MARK: Learning
+        .target(name: "Layers", dependencies: ["Tensor", "Communication"], swiftSettings: numericSettings),
+        .target(name: "Optimizers", dependencies: ["Tensor", "Communication", "Layers"],
+                swiftSettings: numericSettings),
+        .target(name: "Objectives", dependencies: ["Tensor", "Communication"], swiftSettings: numericSettings),
+
+        // MARK: Data and training
+        .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5"],
+                swiftSettings: numericSettings),
+        .target(name: "Training",
+                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets"],
+                swiftSettings: numericSettings),
+
+        // MARK: Command line
+        .executableTarget(
+            name: "anticollapse",
+            dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: numericSettings),
+        /// Runs one named distributed scenario on every MPI rank and prints one JSON line a rank;
+        /// the tests launch it under `mpirun` and compare the ranks with a single process.
+        .executableTarget(name: "MPIHarness",
+                          dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Objectives", "_TestSupport"],
+                          swiftSettings: numericSettings),
+
+        // MARK: Tests
+        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5"],
+                swiftSettings: numericSettings),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "_TestSupport"]),
+        .testTarget(name: "CommunicationTests", dependencies: ["Communication", "_TestSupport", "MPIHarness"]),
+        .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "_TestSupport"]),
+        .testTarget(name: "LayersTests", dependencies: ["Layers", "Optimizers", "_TestSupport"]),
+        .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "_TestSupport"]),
+    ]
+)

@@ -1,0 +1,1 @@
+// The Datasets module. (Filled in by its issue.)

@@ -1,0 +1,1 @@
+// The HDF5 module. (Filled in by its issue.)

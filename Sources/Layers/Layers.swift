@@ -1,0 +1,1 @@
+// The Layers module. (Filled in by its issue.)

@@ -1,0 +1,2 @@
+// Placeholder: scenarios are added by the Communication work.
+print("{}")

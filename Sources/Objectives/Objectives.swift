@@ -1,0 +1,1 @@
+// The Objectives module. (Filled in by its issue.)

@@ -1,0 +1,1 @@
+// The Optimizers module. (Filled in by its issue.)

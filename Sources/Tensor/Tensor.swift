@@ -1,0 +1,1 @@
+// The Tensor module. (Filled in by its issue.)

@@ -1,0 +1,2 @@
+import XCTest
+final class ObjectivesTestsPlaceholder: XCTestCase { func testBuilds() {} }
