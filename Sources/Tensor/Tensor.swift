@@ -1,1 +1,187 @@
-// The Tensor module. (Filled in by its issue.)
+/// Storage of a tensor: one 64-byte-aligned allocation, zero-initialised, freed on `deinit`.
+///
+/// Tensors are views into storage, so a layer can keep parameters, gradients and activations
+/// in a few large buffers and hand out named views of them (llm.c style), and a collective can
+/// reduce all gradients in one call.
+public final class TensorStorage<Scalar: TensorScalar>: @unchecked Sendable {
+    // Unchecked Sendable: the storage is shared like a PyTorch tensor's; callers order writes
+    // (a training step is single-threaded per rank).
+    @usableFromInline let base: UnsafeMutablePointer<Scalar>
+    /// The number of elements allocated.
+    public let capacity: Int
+
+    /// Allocates `capacity` zeros.
+    public init(capacity: Int) {
+        precondition(capacity >= 0, "negative tensor capacity \(capacity)")
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(capacity, 1) * MemoryLayout<Scalar>.stride,
+                                                   alignment: 64)
+        self.capacity = capacity
+        base = raw.bindMemory(to: Scalar.self, capacity: max(capacity, 1))
+        base.initialize(repeating: 0, count: max(capacity, 1))
+    }
+
+    deinit { base.deallocate() }
+}
+
+/// A dense row-major tensor of `Float` or `Double`: a shape and a view into shared storage.
+///
+/// A `Tensor` has reference semantics, like a PyTorch tensor: copies of the value share the
+/// elements, and writing through one is seen through the others. `copy()` makes a new storage.
+/// Matrix routines treat a tensor of shape `[n, d1, d2, …]` as an `n × (d1·d2·…)` matrix.
+public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
+    /// The extent of each dimension.
+    public let shape: [Int]
+    /// The number of elements, the product of `shape`.
+    public let count: Int
+    @usableFromInline let storage: TensorStorage<Scalar>
+    @usableFromInline let offset: Int
+
+    /// A tensor of zeros.
+    public init(zeros shape: [Int]) {
+        let count = Tensor.elementCount(shape)
+        self.init(shape: shape, storage: TensorStorage(capacity: count), offset: 0)
+    }
+
+    /// A tensor of `value`s.
+    public init(shape: [Int], repeating value: Scalar) {
+        self.init(zeros: shape)
+        fill(value)
+    }
+
+    /// A tensor holding `scalars` in row-major order.
+    public init(shape: [Int], scalars: [Scalar]) {
+        precondition(Tensor.elementCount(shape) == scalars.count,
+                     "shape \(shape) holds \(Tensor.elementCount(shape)) elements, given \(scalars.count)")
+        self.init(zeros: shape)
+        scalars.withUnsafeBufferPointer { source in
+            storage.base.update(from: source.baseAddress!, count: scalars.count)
+        }
+    }
+
+    /// A view of `shape` into `storage` starting at element `offset`.
+    public init(shape: [Int], storage: TensorStorage<Scalar>, offset: Int) {
+        let count = Tensor.elementCount(shape)
+        precondition(offset >= 0 && offset + count <= storage.capacity,
+                     "view of \(count) elements at \(offset) exceeds storage of \(storage.capacity)")
+        self.shape = shape
+        self.count = count
+        self.storage = storage
+        self.offset = offset
+    }
+
+    @usableFromInline static func elementCount(_ shape: [Int]) -> Int {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative extent in shape \(shape)")
+        return shape.reduce(1, *)
+    }
+
+    // MARK: Shape
+
+    /// The number of dimensions.
+    public var rank: Int { shape.count }
+    /// The extent of the first dimension (1 for a scalar tensor).
+    public var rowCount: Int { shape.first ?? 1 }
+    /// The number of elements in one row: the product of all dimensions but the first.
+    public var columnCount: Int { shape.isEmpty ? 1 : shape.dropFirst().reduce(1, *) }
+
+    /// A view of the same elements with another shape of the same count.
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        precondition(Tensor.elementCount(newShape) == count, "cannot reshape \(shape) to \(newShape)")
+        return Tensor(shape: newShape, storage: storage, offset: offset)
+    }
+
+    /// A view of the rows `range` (along the first dimension).
+    public func rows(_ range: Range<Int>) -> Tensor {
+        precondition(range.lowerBound >= 0 && range.upperBound <= rowCount, "rows \(range) of \(shape)")
+        var newShape = shape
+        newShape[0] = range.count
+        return Tensor(shape: newShape, storage: storage, offset: offset + range.lowerBound * columnCount)
+    }
+
+    /// Whether `other` views exactly the same elements.
+    public func isSameView(as other: Tensor) -> Bool {
+        storage === other.storage && offset == other.offset && count == other.count
+    }
+
+    // MARK: Elements
+
+    /// Calls `body` with the elements, in row-major order.
+    @inlinable
+    public func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Scalar>) throws -> R) rethrows -> R {
+        try body(UnsafeBufferPointer(start: storage.base + offset, count: count))
+    }
+
+    /// Calls `body` with the elements to write, in row-major order.
+    @inlinable
+    public func withUnsafeMutableBufferPointer<R>(_ body: (UnsafeMutableBufferPointer<Scalar>) throws -> R) rethrows -> R {
+        try body(UnsafeMutableBufferPointer(start: storage.base + offset, count: count))
+    }
+
+    /// The element at a multi-dimensional index.
+    public subscript(_ index: Int...) -> Scalar {
+        get { storage.base[offset + flatIndex(index)] }
+        nonmutating set { storage.base[offset + flatIndex(index)] = newValue }
+    }
+
+    /// The element at a flat (row-major) index.
+    public subscript(flat index: Int) -> Scalar {
+        get {
+            precondition(index >= 0 && index < count, "flat index \(index) out of \(count)")
+            return storage.base[offset + index]
+        }
+        nonmutating set {
+            precondition(index >= 0 && index < count, "flat index \(index) out of \(count)")
+            storage.base[offset + index] = newValue
+        }
+    }
+
+    private func flatIndex(_ index: [Int]) -> Int {
+        precondition(index.count == shape.count, "index \(index) for shape \(shape)")
+        var flat = 0
+        for (i, extent) in zip(index, shape) {
+            precondition(i >= 0 && i < extent, "index \(index) out of shape \(shape)")
+            flat = flat * extent + i
+        }
+        return flat
+    }
+
+    /// The elements as an array, in row-major order.
+    public var scalars: [Scalar] { withUnsafeBufferPointer { Array($0) } }
+
+    /// Sets every element to `value`.
+    public func fill(_ value: Scalar) {
+        withUnsafeMutableBufferPointer { $0.update(repeating: value) }
+    }
+
+    /// Copies the elements of `source` (same count) into this view.
+    public func copy(from source: Tensor) {
+        precondition(source.count == count, "copy of \(source.shape) into \(shape)")
+        withUnsafeMutableBufferPointer { target in
+            source.withUnsafeBufferPointer { target.baseAddress!.update(from: $0.baseAddress!, count: count) }
+        }
+    }
+
+    /// A copy in new storage.
+    public func copy() -> Tensor {
+        let result = Tensor(zeros: shape)
+        result.copy(from: self)
+        return result
+    }
+
+    /// A copy converted to another scalar type.
+    public func converted<Other: TensorScalar>(to _: Other.Type = Other.self) -> Tensor<Other> {
+        let result = Tensor<Other>(zeros: shape)
+        withUnsafeBufferPointer { source in
+            result.withUnsafeMutableBufferPointer { target in
+                for i in 0..<count { target[i] = Other(source[i]) }
+            }
+        }
+        return result
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String {
+        let shown = scalars.prefix(8).map { "\($0)" }.joined(separator: ", ")
+        return "Tensor<\(Scalar.self)>\(shape)[\(shown)\(count > 8 ? ", …" : "")]"
+    }
+}

@@ -1,3 +1,4 @@
-import Tensor
-import Communication
-import HDF5
+// Shared helpers of the test targets: tolerance assertions, temporary files, launching
+// real `mpirun` jobs. Not part of the product.
+@_exported import Tensor
+@_exported import Communication
