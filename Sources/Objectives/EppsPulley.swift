@@ -1,0 +1,152 @@
+import Tensor
+
+/// The sliced Epps–Pulley statistic against the standard normal, shared by SIGReg, LeJEPA and
+/// the collapse diagnostics (Epps & Pulley 1983; Balestriero & LeCun, LeJEPA, 2025).
+///
+/// For projections `p = z·a` of the rows on `K` unit directions `a_k`, with the empirical
+/// characteristic function `φ̂_k(t) = mean_i exp(i t p_ik)` and `φ(t) = exp(−t²/2)`:
+///
+///     eppsPulley = 1/K · Σ_k N · Σ_j w_j |φ̂_k(t_j) − φ(t_j)|²
+///                = 1/K · Σ_k N · Σ_j w_j [(C̄_kj − φ(t_j))² + S̄_kj²]
+///
+/// with `C̄`, `S̄` the means of `cos(t_j p)`, `sin(t_j p)`, `t_j = j·Δt` at 17 knots in [0, 3],
+/// and `w_j = φ(t_j)` times the trapezoid weights of the symmetric interval [−3, 3] folded onto
+/// [0, 3]: `Δt` at the ends, `2Δt` inside. Only the sums of `cos(t_j p)` and `sin(t_j p)` are
+/// all-reduced (`2·K·17` numbers); `cos(j·Δt·p)`, `sin(j·Δt·p)` follow from one `cos`/`sin`
+/// of `Δt·p` by the angle-addition recurrence.
+///
+/// The gradient with respect to a projection is
+/// `∂/∂p_ik = 2/K · Σ_j w_j t_j [S̄_kj cos(t_j p_ik) − (C̄_kj − φ(t_j)) sin(t_j p_ik)]`.
+struct EppsPulley<Scalar: TensorScalar> {
+    static var knotCount: Int { 17 }
+    static var upperLimit: Double { 3 }
+
+    /// The unit directions, `D × K`.
+    let directions: Tensor<Scalar>
+    let timeStep = EppsPulley.upperLimit / Double(EppsPulley.knotCount - 1)
+    /// `φ(t_j) = exp(−t_j²/2)`.
+    let normalCharacteristic: [Double]
+    /// The quadrature weights times `φ(t_j)`.
+    let weights: [Double]
+
+    var directionCount: Int { directions.columnCount }
+    /// The buffer elements of the sums: cos and sin per direction and knot.
+    var sumCount: Int { 2 * directionCount * EppsPulley.knotCount }
+
+    init(directions: Tensor<Scalar>) {
+        self.directions = directions
+        let dt = timeStep, knots = EppsPulley.knotCount
+        var phi: [Double] = [], weights: [Double] = []
+        for j in 0..<knots {
+            let t = Double(j) * dt
+            let trapezoid: Double = j == 0 || j == knots - 1 ? dt : 2 * dt
+            phi.append(Double.exp(-t * t / 2))
+            weights.append(trapezoid * phi[j])
+        }
+        normalCharacteristic = phi
+        self.weights = weights
+    }
+
+    /// `K` unit directions in `D` dimensions drawn from `(seed, stream, step)`: the same on
+    /// every rank without communication.
+    static func randomDirections(dimension: Int, count: Int, seed: UInt64, streamName: String, step: Int) -> Tensor<Scalar> {
+        let draws = Tensor<Double>(zeros: [dimension, count])
+        CounterRandom(seed: seed, streamName: streamName).substream(UInt64(truncatingIfNeeded: step)).fillNormal(draws)
+        draws.withUnsafeMutableBufferPointer { a in
+            for k in 0..<count {
+                var norm = 0.0
+                for i in 0..<dimension { norm += a[i * count + k] * a[i * count + k] }
+                norm = norm.squareRoot()
+                for i in 0..<dimension { a[i * count + k] /= norm }
+            }
+        }
+        return draws.converted(to: Scalar.self)
+    }
+
+    /// The projections `z·A` of rows on the directions, `n × K`.
+    func project(_ rows: Tensor<Scalar>) -> Tensor<Scalar> {
+        Tensor.matmul(rows, directions)
+    }
+
+    /// Calls `body(i, k, cosines, sines)` with `cos(t_j p_ik)`, `sin(t_j p_ik)` for all knots,
+    /// evaluated in `Double` by the angle-addition recurrence.
+    private func forEachCharacteristic(_ projections: Tensor<Scalar>,
+                                       _ body: (Int, Int, UnsafeBufferPointer<Double>, UnsafeBufferPointer<Double>) -> Void) {
+        let n = projections.rowCount, k = directionCount, knots = EppsPulley.knotCount
+        var cosines = [Double](repeating: 0, count: knots), sines = [Double](repeating: 0, count: knots)
+        projections.withUnsafeBufferPointer { p in
+            cosines.withUnsafeMutableBufferPointer { c in
+                sines.withUnsafeMutableBufferPointer { s in
+                    for i in 0..<n {
+                        for d in 0..<k {
+                            let angle = timeStep * Double(p[i * k + d])
+                            let c1 = Double.cos(angle), s1 = Double.sin(angle)
+                            c[0] = 1; s[0] = 0
+                            for j in 1..<knots {
+                                c[j] = c[j - 1] * c1 - s[j - 1] * s1
+                                s[j] = s[j - 1] * c1 + c[j - 1] * s1
+                            }
+                            body(i, d, UnsafeBufferPointer(c), UnsafeBufferPointer(s))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `Σ_i cos(t_j p_ik)` and `Σ_i sin(t_j p_ik)` into `region` of `buffer`.
+    func accumulate(_ projections: Tensor<Scalar>, into buffer: inout FusedStatistics<Scalar>, region: Range<Int>) {
+        let knots = EppsPulley.knotCount
+        var sums = [Double](repeating: 0, count: sumCount)
+        forEachCharacteristic(projections) { _, k, c, s in
+            let base = 2 * k * knots
+            for j in 0..<knots {
+                sums[base + j] += c[j]
+                sums[base + knots + j] += s[j]
+            }
+        }
+        for (index, value) in sums.enumerated() { buffer[region.lowerBound + index] = Scalar(value) }
+    }
+
+    /// The statistic from the reduced sums of `globalBatchSize` rows.
+    func statistic(_ buffer: FusedStatistics<Scalar>, region: Range<Int>, globalBatchSize: Int) -> Double {
+        let knots = EppsPulley.knotCount, n = Double(globalBatchSize)
+        var total = 0.0
+        for k in 0..<directionCount {
+            let base = region.lowerBound + 2 * k * knots
+            for j in 0..<knots {
+                let cosine = Double(buffer[base + j]) / n - normalCharacteristic[j]
+                let sine = Double(buffer[base + knots + j]) / n
+                total += weights[j] * (cosine * cosine + sine * sine)
+            }
+        }
+        return n * total / Double(directionCount)
+    }
+
+    /// Adds `scale · ∂eppsPulley/∂rows` of this rank's rows (with projections `projections`)
+    /// to `gradient`.
+    func addGradient(rows projections: Tensor<Scalar>, _ buffer: FusedStatistics<Scalar>, region: Range<Int>,
+                     globalBatchSize: Int, scale: Double, to gradient: Tensor<Scalar>) {
+        let knots = EppsPulley.knotCount, n = Double(globalBatchSize), kCount = directionCount
+        // ∂/∂p = Σ_j a_kj cos(t_j p) + b_kj sin(t_j p)
+        var a = [Double](repeating: 0, count: kCount * knots), b = a
+        for k in 0..<kCount {
+            let base = region.lowerBound + 2 * k * knots
+            for j in 0..<knots {
+                let t = Double(j) * timeStep
+                let meanCosine = Double(buffer[base + j]) / n, meanSine = Double(buffer[base + knots + j]) / n
+                a[k * knots + j] = 2 * scale * weights[j] * t * meanSine / Double(kCount)
+                b[k * knots + j] = -2 * scale * weights[j] * t * (meanCosine - normalCharacteristic[j]) / Double(kCount)
+            }
+        }
+        let projectionGradient = Tensor<Scalar>(zeros: projections.shape)
+        projectionGradient.withUnsafeMutableBufferPointer { g in
+            forEachCharacteristic(projections) { i, k, c, s in
+                var sum = 0.0
+                for j in 1..<knots { sum += a[k * knots + j] * c[j] + b[k * knots + j] * s[j] }
+                g[i * kCount + k] = Scalar(sum)
+            }
+        }
+        Tensor.gemm(projectionGradient, directions, transposeB: true, into: gradient, beta: 1)
+    }
+}

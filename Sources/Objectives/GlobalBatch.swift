@@ -1,0 +1,252 @@
+import Tensor
+import Communication
+
+/// How the statistics of the global batch are formed from the ranks' rows.
+public enum StatisticsReduction: String, Sendable, CaseIterable {
+    /// Chosen per evaluation by ``ReductionCostModel``, identically on every rank.
+    case automatic
+    /// Every rank computes statistics of its own rows; one fused all-reduce sums them.
+    case statistics
+    /// Every rank all-gathers all rows and computes the statistics of the whole batch itself.
+    case gather
+}
+
+/// The cost model that picks between the statistics path and the gather path.
+///
+/// Both paths are exact; they differ in what they move and what they repeat. For a world of
+/// `P` ranks, `V` views of `D` features, a global batch of `N` rows of which the largest rank
+/// holds `n_max`, an objective whose global statistics have `S` elements of `s` bytes, need
+/// `F` floating-point operations per row to form (e.g. `2·D²` for one covariance), and take
+/// `R` all-reduces on the statistics path:
+///
+///     statistics: R·latency + 2·(P−1)/P · S·s / bandwidth + n_max·F / flopRate
+///     gather:     2·latency + (P−1)·n_max·V·D·s / bandwidth + N·F / flopRate
+///
+/// The first byte term is a ring all-reduce of the statistics; the second a ring all-gather of
+/// the rows padded to `n_max` (after an all-gather of the row counts). On the gather path
+/// every rank repeats the statistics of the whole batch (`N·F`), while the statistics path
+/// splits them (`n_max·F`). Gathering wins when `D²` is large against `N·D` and the FLOPs it
+/// repeats are cheap on the machine; the per-step gradient work is the same on both paths.
+public struct ReductionCostModel: Sendable, Equatable {
+    /// The fixed cost of one collective, in seconds.
+    public var latency: Double
+    /// The bytes a rank sends (or receives) per second in a collective.
+    public var bandwidth: Double
+    /// The floating-point operations per second of one rank's statistics kernels.
+    public var flopRate: Double
+
+    /// - Parameters: defaults describe a commodity cluster node: 20 µs per collective,
+    ///   10 GB/s, 50 GFLOP/s.
+    public init(latency: Double = 20e-6, bandwidth: Double = 10e9, flopRate: Double = 50e9) {
+        self.latency = latency
+        self.bandwidth = bandwidth
+        self.flopRate = flopRate
+    }
+
+    /// The estimated seconds of each path for one evaluation.
+    public func cost(of path: StatisticsReduction, plan: StatisticsPlan, worldSize: Int,
+                     globalBatchSize: Int, largestRankCount: Int, scalarBytes: Int) -> Double {
+        let p = Double(worldSize), nMax = Double(largestRankCount)
+        switch path {
+        case .gather:
+            return 2 * latency
+                + (p - 1) * nMax * Double(plan.viewCount * plan.dimension * scalarBytes) / bandwidth
+                + Double(globalBatchSize) * plan.flopsPerRow / flopRate
+        default:
+            return Double(plan.allReduceCount) * latency
+                + 2 * (p - 1) / p * Double(plan.elementCount(partitions: worldSize) * scalarBytes) / bandwidth
+                + nMax * plan.flopsPerRow / flopRate
+        }
+    }
+
+    /// The cheaper path (the statistics path on a tie, and always on one rank).
+    public func choose(plan: StatisticsPlan, worldSize: Int, globalBatchSize: Int, largestRankCount: Int,
+                       scalarBytes: Int) -> StatisticsReduction {
+        guard worldSize > 1 else { return .statistics }
+        let statistics = cost(of: .statistics, plan: plan, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                              largestRankCount: largestRankCount, scalarBytes: scalarBytes)
+        let gather = cost(of: .gather, plan: plan, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                          largestRankCount: largestRankCount, scalarBytes: scalarBytes)
+        return gather < statistics ? .gather : .statistics
+    }
+}
+
+/// What an objective's statistics cost: the input of ``ReductionCostModel``.
+public struct StatisticsPlan: Sendable, Equatable {
+    /// The number of views whose rows the gather path would move.
+    public var viewCount: Int
+    /// The number of features of a view.
+    public var dimension: Int
+    /// Statistics elements independent of the world size.
+    public var fixedElements: Int
+    /// Statistics elements per rank (the per-rank counts and means of the exact combination).
+    public var elementsPerRank: Int
+    /// Floating-point operations to form the statistics of one row.
+    public var flopsPerRow: Double
+    /// All-reduces the statistics path takes (1, or 2 when the backward pass needs batch sums).
+    public var allReduceCount: Int
+
+    public func elementCount(partitions: Int) -> Int { fixedElements + elementsPerRank * partitions }
+}
+
+/// Several statistics packed into one buffer, so that one all-reduce makes all of them global.
+///
+/// An objective reserves regions in layout order, writes its local statistics into them,
+/// hands the buffer to ``GlobalBatch/allReduce(_:)`` and reads the sums back.
+/// ``reserveExact(_:)`` regions hold `Double`s exactly even in a `Float` buffer (as a
+/// high and a low part); they are meant for per-rank slots, which are non-zero on one rank only,
+/// so that their sum over ranks is exact too.
+struct FusedStatistics<Scalar: TensorScalar> {
+    private(set) var values: [Scalar] = []
+
+    /// The buffer elements one exactly stored `Double` takes: 1 in a `Double` buffer, 2 in `Float`.
+    static var exactWidth: Int { Scalar.significandBitCount >= Double.significandBitCount ? 1 : 2 }
+
+    /// Appends a region of `count` zeros.
+    mutating func reserve(_ count: Int) -> Range<Int> {
+        let start = values.count
+        values.append(contentsOf: repeatElement(0, count: count))
+        return start..<values.count
+    }
+
+    /// Appends a region for `count` exactly stored `Double`s.
+    mutating func reserveExact(_ count: Int) -> Range<Int> {
+        reserve(count * Self.exactWidth)
+    }
+
+    subscript(index: Int) -> Scalar {
+        get { values[index] }
+        set { values[index] = newValue }
+    }
+
+    /// Stores `value` as the `index`-th `Double` of an exact region.
+    mutating func setExact(_ value: Double, at index: Int, in region: Range<Int>) {
+        let position = region.lowerBound + index * Self.exactWidth
+        let high = Scalar(value)
+        values[position] = high
+        if Self.exactWidth == 2 { values[position + 1] = Scalar(value - Double(high)) }
+    }
+
+    /// The `index`-th `Double` of an exact region.
+    func exact(at index: Int, in region: Range<Int>) -> Double {
+        let position = region.lowerBound + index * Self.exactWidth
+        return Self.exactWidth == 2 ? Double(values[position]) + Double(values[position + 1]) : Double(values[position])
+    }
+
+    mutating func withUnsafeMutableBufferPointer<R>(_ body: (inout UnsafeMutableBufferPointer<Scalar>) throws -> R) rethrows -> R {
+        try values.withUnsafeMutableBufferPointer(body)
+    }
+}
+
+/// This rank's view of the global batch for one evaluation: which rows it computes statistics
+/// of, and the collective that makes them global.
+///
+/// On the statistics path the statistics rows are this rank's own rows, in partition `rank`
+/// of `worldSize`, and ``allReduce(_:)`` sums the fused buffer over ranks. On the gather path
+/// the rows of every rank are all-gathered first (padded to the largest count), the statistics
+/// rows are the whole global batch in one partition, and ``allReduce(_:)`` does nothing.
+struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
+    let communicator: any Communicator
+    /// The path taken (`.statistics` or `.gather`).
+    let path: StatisticsReduction
+    /// This rank's rows of each view.
+    let localViews: [Tensor<Scalar>]
+    /// The rows whose statistics this rank computes: its own, or the whole global batch.
+    let statisticsViews: [Tensor<Scalar>]
+    /// The number of partitions of the statistics (the world size, or 1 on the gather path).
+    let partitionCount: Int
+    /// This rank's partition.
+    let partition: Int
+    /// The rows of every rank, when known (given, needed by the path, or asked for).
+    let rowCounts: [Int]?
+    /// The bytes passed to collectives so far.
+    private(set) var communicatedBytes = 0
+
+    /// Decides the path and, on the gather path, gathers the rows.
+    ///
+    /// - Parameter needsRowCounts: gather the row counts even if the path does not need them
+    ///   (W-MSE sub-batches need this rank's global row offset).
+    init(views: [Tensor<Scalar>], context: ObjectiveContext, plan: StatisticsPlan, needsRowCounts: Bool = false) throws {
+        let communicator = context.communicator
+        self.communicator = communicator
+        localViews = views
+        let worldSize = communicator.size, localCount = views.first?.rowCount ?? 0
+        var bytes = 0
+        var counts = context.rowCounts
+        if let given = counts {
+            guard given.count == worldSize, given[communicator.rank] == localCount else {
+                throw ObjectiveError("context.rowCounts \(given) does not fit rank \(communicator.rank) of \(worldSize) with \(localCount) rows")
+            }
+        }
+        func gatheredCounts() throws -> [Int] {
+            if let counts { return counts }
+            let gathered = try communicator.allGather([Int64(localCount)])
+            bytes += gathered.count * MemoryLayout<Int64>.stride
+            return gathered.map(Int.init)
+        }
+
+        var path = context.reduction
+        if worldSize == 1 { path = .statistics }
+        if path == .automatic {
+            counts = try gatheredCounts()
+            path = context.costModel.choose(plan: plan, worldSize: worldSize, globalBatchSize: counts!.reduce(0, +),
+                                            largestRankCount: counts!.max() ?? 0,
+                                            scalarBytes: MemoryLayout<Scalar>.stride)
+        }
+        if path == .gather || needsRowCounts { counts = try gatheredCounts() }
+        self.path = path
+        rowCounts = counts
+
+        if path == .gather, let counts {
+            statisticsViews = try GlobalBatch.gatherRows(views, counts: counts, communicator: communicator, bytes: &bytes)
+            partitionCount = 1
+            partition = 0
+        } else {
+            statisticsViews = views
+            partitionCount = worldSize
+            partition = communicator.rank
+        }
+        communicatedBytes = bytes
+    }
+
+    /// The global index of this rank's first row, when the row counts are known.
+    var rowOffset: Int? {
+        rowCounts.map { $0.prefix(communicator.rank).reduce(0, +) }
+    }
+
+    /// Sums `statistics` over ranks on the statistics path; does nothing on the gather path,
+    /// whose statistics are already those of the whole batch.
+    mutating func allReduce(_ statistics: inout FusedStatistics<Scalar>) throws {
+        guard path == .statistics, communicator.size > 1 else { return }
+        try statistics.withUnsafeMutableBufferPointer { try communicator.allReduce($0, .sum) }
+        communicatedBytes += statistics.values.count * MemoryLayout<Scalar>.stride
+    }
+
+    /// All ranks' rows of every view, in rank order, with one all-gather of the rows padded to
+    /// the largest count.
+    private static func gatherRows(_ views: [Tensor<Scalar>], counts: [Int], communicator: any Communicator,
+                                   bytes: inout Int) throws -> [Tensor<Scalar>] {
+        let dimension = views.first?.columnCount ?? 0, viewCount = views.count
+        let padded = counts.max() ?? 0, block = viewCount * padded * dimension
+        let send = Tensor<Scalar>(zeros: [max(block, 0)])
+        for (v, view) in views.enumerated() {
+            send.rows(v * padded * dimension ..< v * padded * dimension + view.count).copy(from: view.reshaped([view.count]))
+        }
+        let receive = Tensor<Scalar>(zeros: [block * counts.count])
+        try send.withUnsafeBufferPointer { s in
+            try receive.withUnsafeMutableBufferPointer { try communicator.allGather(s, into: $0) }
+        }
+        bytes += receive.count * MemoryLayout<Scalar>.stride
+        let total = counts.reduce(0, +)
+        return (0..<viewCount).map { v in
+            let global = Tensor<Scalar>(zeros: [total, dimension])
+            var row = 0
+            for (rank, count) in counts.enumerated() where count > 0 {
+                let start = rank * block + v * padded * dimension
+                global.rows(row ..< row + count).copy(from: receive.rows(start ..< start + count * dimension))
+                row += count
+            }
+            return global
+        }
+    }
+}

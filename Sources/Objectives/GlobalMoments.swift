@@ -1,0 +1,202 @@
+import Tensor
+
+/// The global means and centred second moments of one or more views, combined exactly over
+/// ranks (Chan, Golub & LeVeque's pairwise update).
+///
+/// Each rank centres its rows on its own mean before forming second moments, so nothing is
+/// computed from raw moments (an embedding offset of 300 costs no precision). The fused buffer
+/// holds, per rank `r` in slot `r` (zeros in the other slots): the count `n_r` and the sums
+/// `n_r·μ_r` of every view (stored exactly); and, summed over ranks, the locally centred
+/// second moments `Σ_i (x_i − μ_r)(y_i − μ_r)ᵀ`. After the all-reduce every rank knows every
+/// per-rank mean and adds the between-rank part itself:
+///
+///     M = Σ_r M_r + Σ_r n_r (μ_r − μ)(μ_r − μ)ᵀ,   μ = Σ_r n_r μ_r / N.
+///
+/// Moments are unnormalised sums (`M`), so that each objective divides by `N` or `N − 1`
+/// as its paper does.
+struct GlobalMoments<Scalar: TensorScalar> {
+    /// A second moment to form.
+    enum SecondMoment: Equatable {
+        /// `Σ (x − μ)(x − μ)ᵀ` of a view, `D × D` (symmetric: the lower triangle is reduced).
+        case covariance(Int)
+        /// The diagonal of `covariance`, `D` sums of squared deviations.
+        case variance(Int)
+        /// `Σ (x − μ_x)(y − μ_y)ᵀ` of two views, `D × D`.
+        case crossCovariance(Int, Int)
+    }
+
+    let viewCount: Int
+    let dimension: Int
+    let partitionCount: Int
+    let secondMoments: [SecondMoment]
+
+    private let countRegion: Range<Int>
+    private let meanRegion: Range<Int>
+    private let momentRegions: [Range<Int>]
+
+    /// The global batch size `N` (after ``combine(_:)``).
+    private(set) var globalBatchSize = 0
+    /// The global mean of each view, `V × D` (after ``combine(_:)``).
+    private(set) var means: [[Double]] = []
+    /// Each requested second moment, in request order: `[D, D]` or, for `.variance`, `[D]`.
+    private(set) var moments: [Tensor<Double>] = []
+
+    /// The buffer elements these statistics take for `partitions` ranks.
+    static func elementCount(viewCount: Int, dimension d: Int, secondMoments: [SecondMoment],
+                             partitions: Int) -> (fixed: Int, perRank: Int) {
+        let fixed = secondMoments.reduce(0) { total, moment in
+            switch moment {
+            case .covariance: return total + d * (d + 1) / 2
+            case .variance: return total + d
+            case .crossCovariance: return total + d * d
+            }
+        }
+        return (fixed, 1 + viewCount * d * FusedStatistics<Scalar>.exactWidth)
+    }
+
+    /// Reserves the regions of these statistics in `buffer`.
+    init(viewCount: Int, dimension: Int, secondMoments: [SecondMoment], partitionCount: Int,
+         in buffer: inout FusedStatistics<Scalar>) {
+        self.viewCount = viewCount
+        self.dimension = dimension
+        self.partitionCount = partitionCount
+        self.secondMoments = secondMoments
+        countRegion = buffer.reserve(partitionCount)
+        meanRegion = buffer.reserveExact(partitionCount * viewCount * dimension)
+        momentRegions = secondMoments.map { moment in
+            switch moment {
+            case .covariance: return buffer.reserve(dimension * (dimension + 1) / 2)
+            case .variance: return buffer.reserve(dimension)
+            case .crossCovariance: return buffer.reserve(dimension * dimension)
+            }
+        }
+    }
+
+    /// Writes the statistics of this partition's rows (`views`, `n × D` each) into `buffer`.
+    func accumulate(_ views: [Tensor<Scalar>], partition: Int, into buffer: inout FusedStatistics<Scalar>) {
+        precondition(views.count == viewCount, "moments of \(viewCount) views, given \(views.count)")
+        let n = views.first?.rowCount ?? 0, d = dimension
+        buffer[countRegion.lowerBound + partition] = Scalar(n)
+        guard n > 0 else { return }
+        // Local means (in Double) and the rows centred on them.
+        var localMeans: [[Double]] = []
+        for (v, view) in views.enumerated() {
+            let mean = view.columnSums().map { $0 / Double(n) }
+            for j in 0..<d {
+                buffer.setExact(Double(n) * mean[j], at: (partition * viewCount + v) * d + j, in: meanRegion)
+            }
+            localMeans.append(mean)
+        }
+        var centred: [Int: Tensor<Scalar>] = [:]
+        func centredRows(_ v: Int) -> Tensor<Scalar> {
+            if let rows = centred[v] { return rows }
+            let rows = GlobalMoments.centre(views[v], on: localMeans[v])
+            centred[v] = rows
+            return rows
+        }
+        // Locally centred second moments.
+        for (moment, region) in zip(secondMoments, momentRegions) {
+            switch moment {
+            case .covariance(let v):
+                let product = Tensor<Scalar>(zeros: [d, d])
+                Tensor.syrk(centredRows(v), into: product, fillUpper: false)
+                product.withUnsafeBufferPointer { m in
+                    var position = region.lowerBound
+                    for i in 0..<d { for j in 0...i { buffer[position] = m[i * d + j]; position += 1 } }
+                }
+            case .variance(let v):
+                views[v].withUnsafeBufferPointer { x in
+                    var sums = [Double](repeating: 0, count: d)
+                    for i in 0..<n { for j in 0..<d { let e = Double(x[i * d + j]) - localMeans[v][j]; sums[j] += e * e } }
+                    for j in 0..<d { buffer[region.lowerBound + j] = Scalar(sums[j]) }
+                }
+            case let .crossCovariance(v, w):
+                let product = Tensor<Scalar>(zeros: [d, d])
+                Tensor.gemm(centredRows(v), transposeA: true, centredRows(w), into: product)
+                product.withUnsafeBufferPointer { m in
+                    for k in 0..<(d * d) { buffer[region.lowerBound + k] = m[k] }
+                }
+            }
+        }
+    }
+
+    /// Reads the reduced buffer and adds the between-rank parts: the global moments.
+    mutating func combine(_ buffer: FusedStatistics<Scalar>) {
+        let d = dimension
+        let counts = (0..<partitionCount).map { Double(buffer[countRegion.lowerBound + $0]) }
+        let total = counts.reduce(0, +)
+        globalBatchSize = Int(total.rounded())
+        // rankMeans[v][r]: the mean of view v on rank r (zero where the rank has no rows).
+        var rankMeans = [[[Double]]](repeating: [], count: viewCount)
+        means = []
+        for v in 0..<viewCount {
+            var mean = [Double](repeating: 0, count: d)
+            for r in 0..<partitionCount {
+                var rankMean = [Double](repeating: 0, count: d)
+                for j in 0..<d {
+                    let sum = buffer.exact(at: (r * viewCount + v) * d + j, in: meanRegion)
+                    mean[j] += sum
+                    if counts[r] > 0 { rankMean[j] = sum / counts[r] }
+                }
+                rankMeans[v].append(rankMean)
+            }
+            means.append(total > 0 ? mean.map { $0 / total } : mean)
+        }
+        // deviations[v][r] = μ_{v,r} − μ_v, only for ranks with rows.
+        let deviations = (0..<viewCount).map { v in
+            (0..<partitionCount).map { r in counts[r] > 0 ? zip(rankMeans[v][r], means[v]).map { $0 - $1 } : [] }
+        }
+        moments = zip(secondMoments, momentRegions).map { moment, region in
+            switch moment {
+            case .covariance(let v):
+                let m = Tensor<Double>(zeros: [d, d])
+                m.withUnsafeMutableBufferPointer { m in
+                    var position = region.lowerBound
+                    for i in 0..<d { for j in 0...i { m[i * d + j] = Double(buffer[position]); position += 1 } }
+                    for r in 0..<partitionCount where counts[r] > 0 {
+                        let delta = deviations[v][r]
+                        for i in 0..<d { for j in 0...i { m[i * d + j] += counts[r] * delta[i] * delta[j] } }
+                    }
+                    for i in 0..<d { for j in 0..<i { m[j * d + i] = m[i * d + j] } }
+                }
+                return m
+            case .variance(let v):
+                let m = Tensor<Double>(zeros: [d])
+                m.withUnsafeMutableBufferPointer { m in
+                    for j in 0..<d { m[j] = Double(buffer[region.lowerBound + j]) }
+                    for r in 0..<partitionCount where counts[r] > 0 {
+                        for j in 0..<d { m[j] += counts[r] * deviations[v][r][j] * deviations[v][r][j] }
+                    }
+                }
+                return m
+            case let .crossCovariance(v, w):
+                let m = Tensor<Double>(zeros: [d, d])
+                m.withUnsafeMutableBufferPointer { m in
+                    for k in 0..<(d * d) { m[k] = Double(buffer[region.lowerBound + k]) }
+                    for r in 0..<partitionCount where counts[r] > 0 {
+                        let dv = deviations[v][r], dw = deviations[w][r]
+                        for i in 0..<d { for j in 0..<d { m[i * d + j] += counts[r] * dv[i] * dw[j] } }
+                    }
+                }
+                return m
+            }
+        }
+    }
+
+    /// The rows of `view` centred on the global mean of view `v`: `x − μ`, formed in `Double`.
+    func centred(_ view: Tensor<Scalar>, view v: Int) -> Tensor<Scalar> {
+        GlobalMoments.centre(view, on: means[v])
+    }
+
+    /// `x − mean` row by row, subtracted in `Double` and rounded once.
+    static func centre(_ rows: Tensor<Scalar>, on mean: [Double]) -> Tensor<Scalar> {
+        let n = rows.rowCount, d = rows.columnCount
+        let result = Tensor<Scalar>(zeros: [n, d])
+        rows.withUnsafeBufferPointer { x in
+            result.withUnsafeMutableBufferPointer { y in
+                for i in 0..<n { for j in 0..<d { y[i * d + j] = Scalar(Double(x[i * d + j]) - mean[j]) } }
+            }
+        }
+        return result
+    }
+}

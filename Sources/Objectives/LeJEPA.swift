@@ -1,0 +1,115 @@
+import Tensor
+import Communication
+
+/// LeJEPA: joint-embedding predictive learning with SIGReg (Balestriero & LeCun, 2025).
+///
+/// `V` views of each sample: the first `G` are global views (2 in the paper), the rest local.
+/// The prediction target of a sample is the centre of its global views' embeddings, and
+///
+///     centre     c_i = 1/G · Σ_{v<G} z_{v,i}
+///     invariance     = 1/(V·N·D) · Σ_v Σ_i ‖c_i − z_{v,i}‖²
+///     sigreg         = 1/V · Σ_v eppsPulley(Z_v)                 (see ``SIGReg``)
+///     loss           = (1 − λ)·invariance + λ·sigreg
+///
+/// The centre is per sample, so the invariance needs only the global sum of squared distances;
+/// the one all-reduce carries that, the row count and the Epps–Pulley sums of every view. The
+/// gradient of the invariance is
+/// `2/(V·N·D) · [(z_{w,i} − c_i) + 1[w < G]/G · Σ_v (c_i − z_{v,i})]`.
+public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
+    /// `G`, the number of leading global views whose mean is the target (default 2).
+    public var globalViewCount: Int
+    /// λ, the weight of SIGReg (default 0.02).
+    public var sigregWeight: Double
+    /// The SIGReg projection directions (default 1024 random directions a step).
+    public var directions: SlicingDirections<Scalar>
+
+    public var name: String { "lejepa" }
+
+    public init(globalViewCount: Int = 2, sigregWeight: Double = 0.02,
+                directions: SlicingDirections<Scalar> = .random(count: 1024)) {
+        self.globalViewCount = globalViewCount
+        self.sigregWeight = sigregWeight
+        self.directions = directions
+    }
+
+    public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
+                         context: ObjectiveContext) throws -> ObjectiveResult {
+        try validate(views: views, gradients: gradients, objective: name, viewCount: 1...Int.max)
+        let viewCount = views.count, g = globalViewCount
+        guard (1...viewCount).contains(g) else {
+            throw ObjectiveError("lejepa: \(g) global views of \(viewCount) views")
+        }
+        let n = views[0].rowCount, d = views[0].columnCount
+        let eppsPulley = EppsPulley(directions: try directions.resolve(dimension: d, context: context,
+                                                                        streamName: SIGReg<Scalar>.directionStream))
+
+        // Statistics: the row count, the summed squared distances to the centres, and the
+        // Epps–Pulley sums of every view.
+        let plan = StatisticsPlan(viewCount: viewCount, dimension: d,
+                                  fixedElements: 2 + viewCount * eppsPulley.sumCount, elementsPerRank: 0,
+                                  flopsPerRow: Double(viewCount * eppsPulley.directionCount * (2 * d + 100)),
+                                  allReduceCount: 1)
+        var batch = try GlobalBatch(views: views, context: context, plan: plan)
+        var statistics = FusedStatistics<Scalar>()
+        let rowCount = statistics.reserve(1)
+        let squaredDistance = statistics.reserve(1)
+        let sums = (0..<viewCount).map { _ in statistics.reserve(eppsPulley.sumCount) }
+        statistics[rowCount.lowerBound] = Scalar(batch.statisticsViews[0].rowCount)
+        let centre = LeJEPA.centre(of: batch.statisticsViews, globalViewCount: g)
+        statistics[squaredDistance.lowerBound] = Scalar(batch.statisticsViews.reduce(0.0) { total, view in
+            let distance = view.copy()
+            distance.add(centre, scaledBy: -1)
+            return total + distance.squaredNorm()
+        })
+        let localProjections = views.map(eppsPulley.project)
+        for v in 0..<viewCount {
+            let projections = batch.path == .gather ? eppsPulley.project(batch.statisticsViews[v]) : localProjections[v]
+            eppsPulley.accumulate(projections, into: &statistics, region: sums[v])
+        }
+
+        // The one all-reduce.
+        try batch.allReduce(&statistics)
+        let globalBatchSize = Int(Double(statistics[rowCount.lowerBound]).rounded())
+        guard globalBatchSize >= 1 else { throw ObjectiveError("lejepa needs a non-empty global batch") }
+
+        // Loss.
+        let invariance = Double(statistics[squaredDistance.lowerBound]) / Double(viewCount * globalBatchSize * d)
+        let sigreg = sums.map { eppsPulley.statistic(statistics, region: $0, globalBatchSize: globalBatchSize) }
+            .reduce(0, +) / Double(viewCount)
+        let loss = (1 - sigregWeight) * invariance + sigregWeight * sigreg
+
+        // Gradient of this rank's rows: the invariance, then SIGReg.
+        let localCentre = LeJEPA.centre(of: views, globalViewCount: g)
+        let scale = 2 * (1 - sigregWeight) / Double(viewCount * globalBatchSize * d)
+        let towardsCentre = Tensor<Scalar>(zeros: [n, d])          // Σ_v (c_i − z_{v,i})
+        for view in views {
+            towardsCentre.add(localCentre)
+            towardsCentre.add(view, scaledBy: -1)
+        }
+        for v in 0..<viewCount {
+            gradients[v].copy(from: views[v])
+            gradients[v].add(localCentre, scaledBy: -1)
+            if v < g { gradients[v].add(towardsCentre, scaledBy: Scalar(1 / Double(g))) }
+            gradients[v].scale(by: Scalar(scale))
+            eppsPulley.addGradient(rows: localProjections[v], statistics, region: sums[v],
+                                   globalBatchSize: globalBatchSize, scale: sigregWeight / Double(viewCount),
+                                   to: gradients[v])
+        }
+        return ObjectiveResult(loss: loss,
+                               terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("sigreg", sigreg)],
+                               communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+
+    /// The mean of the first `globalViewCount` views, row by row (formed in `Double`).
+    static func centre(of views: [Tensor<Scalar>], globalViewCount g: Int) -> Tensor<Scalar> {
+        let centre = Tensor<Scalar>(zeros: views[0].shape)
+        centre.withUnsafeMutableBufferPointer { c in
+            for i in c.indices {
+                var sum = 0.0
+                for v in 0..<g { sum += Double(views[v][flat: i]) }
+                c[i] = Scalar(sum / Double(g))
+            }
+        }
+        return centre
+    }
+}

@@ -1,1 +1,0 @@
-// The Objectives module. (Filled in by its issue.)

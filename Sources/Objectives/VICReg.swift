@@ -1,0 +1,108 @@
+import Tensor
+import Communication
+
+/// VICReg: variance–invariance–covariance regularisation (Bardes, Ponce & LeCun, ICLR 2022).
+///
+/// For two views `Z`, `Z'` of a global batch of `N` rows and `D` features:
+///
+///     loss       = λ·s(Z, Z') + μ·[v(Z) + v(Z')] + ν·[c(Z) + c(Z')]
+///     invariance s(Z, Z') = 1/(N·D) · Σ_i ‖z_i − z'_i‖²
+///     variance   v(Z)     = 1/(2D) · Σ_j max(0, 1 − √(C_jj + ε))      (each branch halved)
+///     covariance c(Z)     = 1/D · Σ_{j≠k} C_jk²
+///     C = Cov(Z) = 1/(N−1) · Σ_i (z_i − z̄)(z_i − z̄)ᵀ                  (unbiased)
+///
+/// The terms are reported unweighted: `invariance` = s, `variance` = v(Z) + v(Z'),
+/// `covariance` = c(Z) + c(Z').
+///
+/// With `G = ∂loss/∂C` (symmetric), the gradient of a row is
+/// `∂loss/∂z_i = 2λ/(N·D)·(z_i − z'_i) + 2/(N−1)·G (z_i − z̄)`, where
+/// `G_jk = 2ν·C_jk/D` off the diagonal and `G_jj = −μ/(4D·√(C_jj + ε))` where the hinge is active.
+public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
+    /// λ, the weight of the invariance term (default 25).
+    public var invarianceWeight: Double
+    /// μ, the weight of the variance term (default 25).
+    public var varianceWeight: Double
+    /// ν, the weight of the covariance term (default 1).
+    public var covarianceWeight: Double
+    /// ε under the square root of the variance (default 1e-4).
+    public var epsilon: Double
+
+    public var name: String { "vicreg" }
+
+    public init(invarianceWeight: Double = 25, varianceWeight: Double = 25, covarianceWeight: Double = 1,
+                epsilon: Double = 1e-4) {
+        self.invarianceWeight = invarianceWeight
+        self.varianceWeight = varianceWeight
+        self.covarianceWeight = covarianceWeight
+        self.epsilon = epsilon
+    }
+
+    public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
+                         context: ObjectiveContext) throws -> ObjectiveResult {
+        try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)
+        let d = views[0].columnCount
+        let secondMoments: [GlobalMoments<Scalar>.SecondMoment] = [.covariance(0), .covariance(1)]
+
+        // Statistics: the moments of both views and the summed squared distance between them.
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
+                                                      partitions: 1)
+        let plan = StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 1,
+                                  elementsPerRank: size.perRank, flopsPerRow: Double(2 * d * d), allReduceCount: 1)
+        var batch = try GlobalBatch(views: views, context: context, plan: plan)
+        var statistics = FusedStatistics<Scalar>()
+        var moments = GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
+                                            partitionCount: batch.partitionCount, in: &statistics)
+        let squaredDistance = statistics.reserve(1)
+        moments.accumulate(batch.statisticsViews, partition: batch.partition, into: &statistics)
+        let difference = batch.statisticsViews[0].copy()
+        difference.add(batch.statisticsViews[1], scaledBy: -1)
+        statistics[squaredDistance.lowerBound] = Scalar(difference.squaredNorm())
+
+        // The one all-reduce.
+        try batch.allReduce(&statistics)
+        moments.combine(statistics)
+        let n = moments.globalBatchSize
+        guard n >= 2 else { throw ObjectiveError("vicreg needs a global batch of at least 2 rows, given \(n)") }
+
+        // Loss.
+        let invariance = Double(statistics[squaredDistance.lowerBound]) / Double(n * d)
+        var variance = 0.0, covariance = 0.0
+        var covarianceGradients: [Tensor<Scalar>] = []
+        for v in 0..<2 {
+            let cov = moments.moments[v]
+            cov.scale(by: 1 / Double(n - 1))
+            let gradient = Tensor<Double>(zeros: [d, d])   // G = ∂loss/∂C
+            cov.withUnsafeBufferPointer { c in
+                gradient.withUnsafeMutableBufferPointer { g in
+                    for j in 0..<d {
+                        let standardDeviation = (c[j * d + j] + epsilon).squareRoot()
+                        if standardDeviation < 1 {
+                            variance += (1 - standardDeviation) / Double(2 * d)
+                            g[j * d + j] = -varianceWeight / (4 * Double(d) * standardDeviation)
+                        }
+                        for k in 0..<d where k != j {
+                            covariance += c[j * d + k] * c[j * d + k] / Double(d)
+                            g[j * d + k] = 2 * covarianceWeight * c[j * d + k] / Double(d)
+                        }
+                    }
+                }
+            }
+            covarianceGradients.append(gradient.converted(to: Scalar.self))
+        }
+        let loss = invarianceWeight * invariance + varianceWeight * variance + covarianceWeight * covariance
+
+        // Gradient of this rank's rows.
+        let localDifference = views[0].copy()
+        localDifference.add(views[1], scaledBy: -1)
+        for v in 0..<2 {
+            gradients[v].copy(from: localDifference)
+            gradients[v].scale(by: Scalar((v == 0 ? 2 : -2) * invarianceWeight / Double(n * d)))
+            Tensor.gemm(moments.centred(views[v], view: v), covarianceGradients[v], into: gradients[v],
+                        alpha: Scalar(2 / Double(n - 1)), beta: 1)
+        }
+        return ObjectiveResult(loss: loss,
+                               terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("variance", variance),
+                                       ObjectiveTerm("covariance", covariance)],
+                               communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+}
