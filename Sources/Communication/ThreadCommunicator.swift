@@ -38,31 +38,29 @@ public final class ThreadCommunicator: Communicator {
     /// - Throws: the first error thrown by any rank (the errors it caused in its peers are dropped);
     ///   ``CommunicationError/invalidArgument(_:)`` if `worldSize < 1`.
     public static func run<Value: Sendable>(worldSize: Int, stackSize: Int = 8 << 20,
-                                            _ body: @Sendable (ThreadCommunicator) throws -> Value) throws -> [Value] {
+                                            _ body: @escaping @Sendable (ThreadCommunicator) throws -> Value)
+        throws -> [Value] {
         guard worldSize >= 1 else {
             throw CommunicationError.invalidArgument("worldSize \(worldSize) must be at least 1")
         }
         let group = ThreadGroup(size: worldSize)
         let results = ResultSlots<Value>(count: worldSize)
-        // The threads are joined before `run` returns, so `body` does not really escape.
-        withoutActuallyEscaping(body) { body in
-            for rank in 0 ..< worldSize {
-                let communicator = ThreadCommunicator(rank: rank, group: group)
-                let thread = Thread {
-                    do {
-                        results.store(.success(try body(communicator)), rank: rank)
-                        group.rankFinished(rank)
-                    } catch {
-                        group.fail(rank: rank, error: error)
-                        results.store(.failure(error), rank: rank)
-                    }
+        for rank in 0 ..< worldSize {
+            let communicator = ThreadCommunicator(rank: rank, group: group)
+            let thread = Thread {
+                do {
+                    results.store(.success(try body(communicator)), rank: rank)
+                    group.rankFinished(rank)
+                } catch {
+                    group.fail(rank: rank, error: error)
+                    results.store(.failure(error), rank: rank)
                 }
-                thread.name = "ThreadCommunicator rank \(rank)"
-                thread.stackSize = stackSize
-                thread.start()
             }
-            results.waitForAll()
+            thread.name = "ThreadCommunicator rank \(rank)"
+            thread.stackSize = stackSize
+            thread.start()
         }
+        results.waitForAll()
         if let error = group.firstError { throw error }
         return try results.values()
     }

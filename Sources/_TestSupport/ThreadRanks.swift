@@ -9,6 +9,6 @@ import Communication
 ///   - worldSize: the number of ranks.
 ///   - body: the work of one rank, given its communicator.
 public func runRanks<Value: Sendable>(_ worldSize: Int,
-                                      _ body: @Sendable (ThreadCommunicator) throws -> Value) throws -> [Value] {
+                                      _ body: @escaping @Sendable (ThreadCommunicator) throws -> Value) throws -> [Value] {
     try ThreadCommunicator.run(worldSize: worldSize, body)
 }
