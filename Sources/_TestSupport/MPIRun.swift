@@ -160,9 +160,16 @@ public enum MPIRun {
     // MARK: Running a process group with a timeout
 
     /// Starts `path` in a new process group with output captured in temporary files, waits up to
-    /// `timeout` seconds, and kills the group (TERM, then KILL) if it is still running.
-    static func spawn(_ path: String, arguments: [String], environment: [String: String],
-                      timeout: TimeInterval) throws -> Outcome {
+    /// `timeout` seconds, and kills the group (TERM, then KILL after 3 s) if it is still running.
+    ///
+    /// - Parameters:
+    ///   - path: the absolute path of the program.
+    ///   - arguments: its arguments, without the program name.
+    ///   - environment: its complete environment.
+    ///   - timeout: seconds before the process group is killed.
+    /// - Throws: ``MPIRunError/spawn(call:code:)`` when the process cannot be started or waited for.
+    public static func spawn(_ path: String, arguments: [String], environment: [String: String],
+                             timeout: TimeInterval) throws -> Outcome {
         let scratch = FileManager.default.temporaryDirectory
             .appendingPathComponent("mpirun-\(getpid())-\(UUID().uuidString)", isDirectory: true)
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
