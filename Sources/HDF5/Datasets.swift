@@ -229,8 +229,12 @@ extension HDF5Group {
         }
     }
 
-    /// Reads arbitrary rows, in the order asked and with repeats, in one read of the union of
-    /// their contiguous runs.
+    /// Reads arbitrary rows, in the order asked and with repeats.
+    ///
+    /// The distinct rows are read in increasing order, in blocks: rows closer than a chunk
+    /// (or 64 KiB) apart share one read of the rows between them, and a block spans at most
+    /// 8 MiB unless one chunk is larger. So each chunk is decompressed about once and scattered
+    /// indices cost about what reading their span costs.
     /// - Parameters:
     ///   - rows: Row indices, in any order, possibly repeated.
     ///   - type: The element type wanted.
@@ -247,28 +251,38 @@ extension HDF5Group {
             let rowSize = shape.dropFirst().reduce(1, *)
             let resultShape = [rows.count] + shape.dropFirst()
             let unique = Array(Set(rows)).sorted()
-            guard !unique.isEmpty else { return (resultShape, []) }
-            // Select the runs of consecutive rows as a union of hyperslabs.
-            var runStart = 0
-            var isFirst = true
-            for end in 1...unique.count where end == unique.count || unique[end] != unique[end - 1] + 1 {
-                var start = [hsize_t(unique[runStart])] + Array(repeating: 0, count: shape.count - 1)
-                var count = [hsize_t(end - runStart)] + shape.dropFirst().map { hsize_t($0) }
-                try site.check(H5Sselect_hyperslab(space, isFirst ? H5S_SELECT_SET : H5S_SELECT_OR,
-                                                   &start, nil, &count, nil), "H5Sselect_hyperslab")
-                isFirst = false
-                runStart = end
+            guard !unique.isEmpty, rowSize > 0 else { return (resultShape, []) }
+            let rowBytes = max(1, rowSize * MemoryLayout<T>.stride)
+            let maxGap = max(try chunkShape(of: dataset, rank: shape.count, site: site)?.first ?? 1, 65_536 / rowBytes)
+            let maxBlock = max(maxGap, (8 << 20) / rowBytes)
+            // The distinct rows' elements, in increasing row order.
+            var distinct: [T] = []
+            distinct.reserveCapacity(unique.count * rowSize)
+            var first = 0
+            while first < unique.count {
+                var last = first
+                while last + 1 < unique.count, unique[last + 1] - unique[last] - 1 <= maxGap,
+                      unique[last + 1] - unique[first] < maxBlock {
+                    last += 1
+                }
+                let block = unique[first]..<unique[last] + 1
+                try selectRows(block, in: space, shape: shape, site: site)
+                let read: [T] = try transfer(nil, dataset: dataset, fileSpace: space, rowCount: block.count,
+                                             rowSize: rowSize, site: site)
+                for row in unique[first...last] {
+                    let offset = (row - block.lowerBound) * rowSize
+                    distinct.append(contentsOf: read[offset..<offset + rowSize])
+                }
+                first = last + 1
             }
-            let read: [T] = try transfer(nil, dataset: dataset, fileSpace: space, rowCount: unique.count,
-                                         rowSize: rowSize, site: site)
-            if unique == rows { return (resultShape, read) }
+            if unique == rows { return (resultShape, distinct) }
             var position: [Int: Int] = [:]
-            for (index, row) in unique.enumerated() { position[row] = index }
+            for (index, row) in unique.enumerated() { position[row] = index * rowSize }
             var values: [T] = []
             values.reserveCapacity(rows.count * rowSize)
             for row in rows {
-                let first = (position[row] ?? 0) * rowSize
-                values.append(contentsOf: read[first..<first + rowSize])
+                let offset = position[row] ?? 0
+                values.append(contentsOf: distinct[offset..<offset + rowSize])
             }
             return (resultShape, values)
         }
@@ -283,12 +297,7 @@ extension HDF5Group {
             let elementType = try HDF5ElementType(describing: type, site: site)
             let plist = try site.check(H5Dget_create_plist(dataset), "H5Dget_create_plist")
             defer { H5Pclose(plist) }
-            var chunks: [Int]?
-            if H5Pget_layout(plist) == H5D_CHUNKED {
-                var dims = [hsize_t](repeating: 0, count: max(shape.count, 1))
-                let rank = try site.check(H5Pget_chunk(plist, Int32(dims.count), &dims), "H5Pget_chunk")
-                chunks = dims.prefix(Int(rank)).map { Int($0) }
-            }
+            let chunks = try chunkShape(of: dataset, rank: shape.count, site: site)
             var filters: [HDF5DatasetInfo.Filter] = []
             for index in 0..<(try site.check(H5Pget_nfilters(plist), "H5Pget_nfilters")) {
                 var flags: UInt32 = 0
@@ -332,11 +341,27 @@ extension HDF5Group {
         }
     }
 
+    /// The chunk shape of a dataset, or nil if it is not chunked.
+    private func chunkShape(of dataset: hid_t, rank: Int, site: HDF5Site) throws -> [Int]? {
+        let plist = try site.check(H5Dget_create_plist(dataset), "H5Dget_create_plist")
+        defer { H5Pclose(plist) }
+        let layout = H5Pget_layout(plist)
+        if layout == H5D_LAYOUT_ERROR { throw site.failure("H5Pget_layout") }
+        guard layout == H5D_CHUNKED else { return nil }
+        var dims = [hsize_t](repeating: 0, count: max(rank, 1))
+        let chunkRank = try site.check(H5Pget_chunk(plist, Int32(dims.count), &dims), "H5Pget_chunk")
+        return dims.prefix(Int(chunkRank)).map { Int($0) }
+    }
+
     /// Selects `rows` of the first dimension of the file dataspace `space`.
     private func selectRows(_ rows: Range<Int>, in space: hid_t, shape: [Int], site: HDF5Site) throws {
         guard let rowCount = shape.first else { throw site.error(.invalidArgument, "a scalar has no rows") }
         guard rows.lowerBound >= 0, rows.upperBound <= rowCount else {
             throw site.error(.invalidArgument, "rows \(rows) are outside 0..<\(rowCount)")
+        }
+        if rows.isEmpty {
+            try site.check(H5Sselect_none(space), "H5Sselect_none")
+            return
         }
         var start = [hsize_t(rows.lowerBound)] + Array(repeating: 0, count: shape.count - 1)
         var count = [hsize_t(rows.count)] + shape.dropFirst().map { hsize_t($0) }

@@ -1,9 +1,10 @@
 // The HDF5 library as a whole: the one lock that serialises every call into it, and the
 // error type that every failed call becomes.
 //
-// Debian's libhdf5 is built without thread safety, so no two threads may be inside it at
-// once. Every public entry point of this module (and every wrapper's `deinit`) runs inside
-// `HDF5Library.locked`; the lock is recursive so entry points may call one another.
+// libhdf5 may be called from several threads only when built with --enable-threadsafe
+// (Debian's 1.10.8 package is; other builds are not), so no two threads enter it at once:
+// every public entry point of this module (and every wrapper's `deinit`) runs inside
+// `HDF5Library.locked`. The lock is recursive so entry points may call one another.
 import CHDF5
 import Foundation
 
@@ -12,22 +13,22 @@ public enum HDF5Library {
     /// The one lock every HDF5 call is made under.
     private static let lock = NSRecursiveLock()
 
-    /// Whether HDF5's automatic error printing has been turned off; guarded by `lock`.
-    nonisolated(unsafe) private static var isSilenced = false
+    /// How many `locked` calls the thread holding `lock` is inside; guarded by `lock`.
+    nonisolated(unsafe) private static var depth = 0
 
     /// Runs `body` while holding the global HDF5 lock.
     ///
-    /// The first call also turns off HDF5's own printing of its error stack to stderr:
-    /// failures surface as thrown `HDF5Error`s instead.
+    /// The outermost call also turns off HDF5's own printing of its error stack to stderr
+    /// (failures surface as thrown `HDF5Error`s instead). That setting is per thread when
+    /// libhdf5 is built thread-safe, as Debian's is, so it is renewed on every entry.
     /// - Parameter body: Code that calls into HDF5; it may call `locked` again.
     /// - Returns: What `body` returns.
     public static func locked<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
         defer { lock.unlock() }
-        if !isSilenced {
-            shim_H5_silence_errors()
-            isSilenced = true
-        }
+        if depth == 0 { shim_H5_silence_errors() }
+        depth += 1
+        defer { depth -= 1 }
         return try body()
     }
 }
@@ -35,7 +36,7 @@ public enum HDF5Library {
 /// A failed HDF5 operation, naming the file, the object inside it and the C call that failed.
 ///
 /// Its `description` reads like `cannot open dataset "/x" in /data/a.h5: H5Dopen2 failed
-/// (unable to open dataset)`, where the parenthesis is HDF5's own most specific message.
+/// (not a dataset)`, where the parenthesis is HDF5's own most specific message.
 public struct HDF5Error: Error, CustomStringConvertible, Sendable, Equatable {
     /// What kind of failure this is, for callers that want to react to it.
     public enum Kind: Sendable, Equatable {

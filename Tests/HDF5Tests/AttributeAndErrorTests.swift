@@ -81,31 +81,61 @@ final class HDF5ErrorTests: XCTestCase {
 }
 
 final class HDF5ConcurrencyTests: XCTestCase {
+    /// HDF5's error printing is per thread in thread-safe builds: a new thread must be quiet too.
+    func testFailuresOnAnyThreadPrintNothing() throws {
+        let directory = try temporaryDirectory(for: self)
+        let path = directory.appendingPathComponent("quiet.h5").path
+        _ = try HDF5File.withNewFile(path) { try $0.createGroup("g") }
+        let captured = directory.appendingPathComponent("stderr.txt").path
+        let capture = open(captured, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let savedStderr = dup(2)
+        XCTAssertTrue(capture >= 0 && savedStderr >= 0)
+        fflush(nil)
+        dup2(capture, 2)
+        let finished = DispatchSemaphore(value: 0)
+        Thread {
+            _ = try? HDF5File.withFile(path) { try $0.read(Float.self, from: "g") }
+            finished.signal()
+        }.start()
+        finished.wait()
+        fflush(nil)
+        dup2(savedStderr, 2)
+        close(savedStderr)
+        close(capture)
+        XCTAssertEqual(try String(contentsOfFile: captured, encoding: .utf8), "")
+    }
+
     func testThreadsUsingTheirOwnFilesDoNotInterfere() throws {
         let directory = try temporaryDirectory(for: self)
         let failures = LockedFailures()
-        DispatchQueue.concurrentPerform(iterations: 4) { thread in
-            do {
-                for round in 0..<10 {
-                    let path = directory.appendingPathComponent("thread-\(thread).h5").path
-                    let values = (0..<256).map { Float(thread * 1000 + round + $0) }
-                    try HDF5File.withNewFile(path, overwrite: true) { file in
-                        try file.createDataset("d", shape: [64, 4], values: values, chunks: [8, 4], gzipLevel: 1)
-                        try file.setAttribute("thread", to: .int64(Int64(thread)), on: "d")
+        let finished = DispatchGroup()
+        for thread in 0..<4 {
+            finished.enter()
+            Thread {
+                defer { finished.leave() }
+                do {
+                    for round in 0..<20 {
+                        let path = directory.appendingPathComponent("thread-\(thread).h5").path
+                        let values = (0..<256).map { Float(thread * 1000 + round + $0) }
+                        try HDF5File.withNewFile(path, overwrite: true) { file in
+                            try file.createDataset("d", shape: [64, 4], values: values, chunks: [8, 4], gzipLevel: 1)
+                            try file.setAttribute("thread", to: .int64(Int64(thread)), on: "d")
+                        }
+                        let (rows, attribute) = try HDF5File.withFile(path) { file in
+                            (try file.readRows([63, 0, 5], as: Float.self, from: "d").values,
+                             try file.attribute("thread", of: "d"))
+                        }
+                        if rows != Array(values[252..<256] + values[0..<4] + values[20..<24])
+                            || attribute != .int64(Int64(thread)) {
+                            failures.append("thread \(thread) round \(round) read back wrong values")
+                        }
                     }
-                    let (rows, attribute) = try HDF5File.withFile(path) { file in
-                        (try file.readRows([63, 0, 5], as: Float.self, from: "d").values,
-                         try file.attribute("thread", of: "d"))
-                    }
-                    if rows != Array(values[252..<256] + values[0..<4] + values[20..<24])
-                        || attribute != .int64(Int64(thread)) {
-                        failures.append("thread \(thread) round \(round) read back wrong values")
-                    }
+                } catch {
+                    failures.append("thread \(thread): \(error)")
                 }
-            } catch {
-                failures.append("thread \(thread): \(error)")
-            }
+            }.start()
         }
+        finished.wait()
         XCTAssertEqual(failures.messages, [])
     }
 }

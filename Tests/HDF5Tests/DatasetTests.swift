@@ -58,6 +58,7 @@ final class HDF5DatasetTests: XCTestCase {
             let range = try file.readRows(10..<20, as: Float.self, from: "x")
             XCTAssertEqual(range.shape, [10, 3])
             XCTAssertEqual(range.values, (10..<20).flatMap(row))
+            XCTAssertEqual(try file.readRows(7..<7, as: Float.self, from: "x").shape, [0, 3])
 
             let list = [57, 3, 3, 99, 0, 58, 56, 17]
             let picked = try file.readRows(list, as: Double.self, from: "x")
