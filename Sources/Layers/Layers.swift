@@ -1,1 +1,0 @@
-// The Layers module. (Filled in by its issue.)
