@@ -1,0 +1,257 @@
+import Tensor
+import Communication
+
+/// W-MSE: whitening mean-squared error (Ermolov, Siarohin, Sangineto & Sebe, ICML 2021).
+///
+/// Each view is whitened with the statistics of its (sub-)batch of `N_g` rows and the whitened
+/// rows are compared on the unit sphere:
+///
+///     Σ   = 1/(N_g − 1) · Σ_i (z_i − z̄)(z_i − z̄)ᵀ              (unbiased, after centring)
+///     Σ_s = (1 − α)·Σ + α·tr(Σ)/D · I                          (optional shrinkage α)
+///     Σ_s = L Lᵀ,   W = L⁻¹,   y_i = W (z_i − z̄),   u_i = y_i / ‖y_i‖
+///     loss = 1/N · Σ_i (2 − 2⟨u_i, u'_i⟩)
+///
+/// With `whiteningSize`, the global batch is cut into sub-batches of that size by a permutation
+/// drawn from `(seed, step)` (the same on every rank), and each is whitened on its own.
+///
+/// Backward, per view and sub-batch, with `g_i = ∂loss/∂y_i = (I − u_i u_iᵀ) ∂loss/∂u_i / ‖y_i‖`:
+///
+///     W̄  = tril(Σ_i g_i (z_i − z̄)ᵀ)                             (W is lower triangular)
+///     Σ̄_s = sym(Wᵀ Φ(−W̄ Wᵀ) W)                                  (through L = chol(Σ_s), W = L⁻¹;
+///                                                                 Φ = lower triangle, diagonal halved)
+///     Σ̄  = (1 − α)·Σ̄_s + α·tr(Σ̄_s)/D · I
+///     ∂loss/∂z_i = Wᵀ (g_i − mean_j g_j) + 2/(N_g − 1) · Σ̄ (z_i − z̄)
+///
+/// `W̄` and `Σ_j g_j` are batch sums of quantities that exist only after whitening, so on the
+/// statistics path W-MSE takes two all-reduces: the forward moments, then these backward sums
+/// (with the loss). The gather path needs none after the gather.
+public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
+    /// α, the shrinkage of the covariance towards `tr(Σ)/D · I` (default 0: none).
+    public var shrinkage: Double
+    /// The size of the sub-batches that are whitened separately (default nil: the whole
+    /// global batch). The global batch size must be a multiple of it.
+    public var whiteningSize: Int?
+
+    public var name: String { "wmse" }
+
+    public init(shrinkage: Double = 0, whiteningSize: Int? = nil) {
+        self.shrinkage = shrinkage
+        self.whiteningSize = whiteningSize
+    }
+
+    /// The stream of the counter-based generator the sub-batch permutation comes from.
+    static var subBatchStream: String { "wmse.subbatches" }
+
+    public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
+                         context: ObjectiveContext) throws -> ObjectiveResult {
+        try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)
+        let d = views[0].columnCount, localCount = views[0].rowCount
+        let secondMoments: [GlobalMoments<Scalar>.SecondMoment] = [.covariance(0), .covariance(1)]
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
+                                                      partitions: 1)
+        let plan = StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 2 * (d * d + d) + 1,
+                                  elementsPerRank: size.perRank, flopsPerRow: Double(8 * d * d), allReduceCount: 2)
+        var batch = try GlobalBatch(views: views, context: context, plan: plan, needsRowCounts: whiteningSize != nil)
+
+        // Which statistics rows belong to which sub-batch.
+        let statisticsCount = batch.statisticsViews[0].rowCount
+        let localRows = batch.path == .gather ? batch.rowOffset! ..< batch.rowOffset! + localCount : 0 ..< localCount
+        let subBatches = try subBatchRows(batch: batch, statisticsCount: statisticsCount, context: context)
+        let groupViews = subBatches.map { rows in batch.statisticsViews.map { WMSE.select(rows, of: $0) } }
+
+        // Statistics: the moments of both views of every sub-batch.
+        var forward = FusedStatistics<Scalar>()
+        var moments = subBatches.map { _ in
+            GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
+                                  partitionCount: batch.partitionCount, in: &forward)
+        }
+        for (g, rows) in groupViews.enumerated() {
+            moments[g].accumulate(rows, partition: batch.partition, into: &forward)
+        }
+
+        // The first all-reduce.
+        try batch.allReduce(&forward)
+        for g in moments.indices { moments[g].combine(forward) }
+        let globalBatchSize = moments.reduce(0) { $0 + $1.globalBatchSize }
+        guard moments.allSatisfy({ $0.globalBatchSize > d }) else {
+            throw ObjectiveError("wmse needs more rows than features in every whitened batch (\(moments.map(\.globalBatchSize)) rows, \(d) features)")
+        }
+
+        // Loss: whiten, normalise, compare; and the backward sums W̄, Σ g.
+        var backward = FusedStatistics<Scalar>()
+        let lossSum = backward.reserve(1)
+        var passes: [[WhiteningPass]] = []
+        var localLoss = 0.0
+        for (g, rows) in groupViews.enumerated() {
+            let pass = try (0..<2).map { v in
+                try WhiteningPass(rows: rows[v], moments: moments[g], view: v, shrinkage: shrinkage)
+            }
+            localLoss += WhiteningPass.pairGradients(pass[0], pass[1], globalBatchSize: globalBatchSize)
+            for v in 0..<2 { pass[v].reserveAndAccumulate(into: &backward) }
+            passes.append(pass)
+        }
+        backward[lossSum.lowerBound] = Scalar(localLoss)
+
+        // The second all-reduce (backward sums).
+        try batch.allReduce(&backward)
+        let loss = Double(backward[lossSum.lowerBound]) / Double(globalBatchSize)
+
+        // Gradient of the statistics rows, then this rank's share.
+        let statisticsGradients = (0..<2).map { _ in Tensor<Scalar>(zeros: [statisticsCount, d]) }
+        for (g, rows) in subBatches.enumerated() {
+            for v in 0..<2 {
+                let gradient = passes[g][v].rowGradients(backward, shrinkage: shrinkage,
+                                                          batchSize: moments[g].globalBatchSize)
+                for (k, row) in rows.enumerated() {
+                    statisticsGradients[v].rows(row ..< row + 1).copy(from: gradient.rows(k ..< k + 1))
+                }
+            }
+        }
+        for v in 0..<2 { gradients[v].copy(from: statisticsGradients[v].rows(localRows)) }
+        return ObjectiveResult(loss: loss, terms: [ObjectiveTerm("alignment", loss)],
+                               communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+
+    /// The statistics rows of each sub-batch (indices into the statistics views).
+    private func subBatchRows(batch: GlobalBatch<Scalar>, statisticsCount: Int,
+                              context: ObjectiveContext) throws -> [[Int]] {
+        guard let whiteningSize else { return [Array(0..<statisticsCount)] }
+        let total = batch.rowCounts!.reduce(0, +)
+        guard whiteningSize > 0, total % whiteningSize == 0 else {
+            throw ObjectiveError("wmse: global batch of \(total) rows is not a multiple of the whitening size \(whiteningSize)")
+        }
+        // A permutation of the global batch from (seed, step): Fisher–Yates on counter draws.
+        let random = CounterRandom(seed: context.seed, streamName: WMSE.subBatchStream)
+            .substream(UInt64(truncatingIfNeeded: context.step))
+        var permutation = Array(0..<total)
+        for i in stride(from: total - 1, to: 0, by: -1) {
+            let j = min(i, Int(random.uniform(at: UInt64(i)) * Double(i + 1)))
+            permutation.swapAt(i, j)
+        }
+        var subBatch = [Int](repeating: 0, count: total)
+        for (position, row) in permutation.enumerated() { subBatch[row] = position / whiteningSize }
+        let firstRow = batch.path == .gather ? 0 : batch.rowOffset!
+        var rows = [[Int]](repeating: [], count: total / whiteningSize)
+        for i in 0..<statisticsCount { rows[subBatch[firstRow + i]].append(i) }
+        return rows
+    }
+
+    /// The rows `indices` of `tensor`, copied.
+    static func select(_ indices: [Int], of tensor: Tensor<Scalar>) -> Tensor<Scalar> {
+        let result = Tensor<Scalar>(zeros: [indices.count, tensor.columnCount])
+        for (k, row) in indices.enumerated() { result.rows(k ..< k + 1).copy(from: tensor.rows(row ..< row + 1)) }
+        return result
+    }
+
+    /// The whitening of one view of one sub-batch: forward values kept for the backward pass.
+    private final class WhiteningPass {
+        let dimension: Int
+        /// `W = L⁻¹`, in `Double` and in `Scalar`.
+        let whitening: Tensor<Double>
+        let whiteningScalar: Tensor<Scalar>
+        /// The rows centred on the global mean, `n × D`.
+        let centred: Tensor<Scalar>
+        /// The whitened rows `y`, their norms, and the unit rows `u`.
+        let whitened: Tensor<Scalar>
+        var norms: [Double] = []
+        let unit: Tensor<Scalar>
+        /// `g = ∂loss/∂y`, set by ``pairGradients(_:_:globalBatchSize:)``.
+        let whitenedGradient: Tensor<Scalar>
+        private var region = 0..<0
+
+        init(rows: Tensor<Scalar>, moments: GlobalMoments<Scalar>, view: Int, shrinkage: Double) throws {
+            let d = rows.columnCount, n = rows.rowCount
+            dimension = d
+            let covariance = moments.moments[view]
+            covariance.scale(by: 1 / Double(moments.globalBatchSize - 1))
+            if shrinkage != 0 {
+                var trace = 0.0
+                for j in 0..<d { trace += covariance[j, j] }
+                covariance.scale(by: 1 - shrinkage)
+                for j in 0..<d { covariance[j, j] += shrinkage * trace / Double(d) }
+            }
+            do {
+                whitening = try covariance.choleskyLower(inverse: true)
+            } catch {
+                throw ObjectiveError("wmse: cannot whiten view \(view): \(error)")
+            }
+            whiteningScalar = whitening.converted(to: Scalar.self)
+            centred = moments.centred(rows, view: view)
+            whitened = Tensor<Scalar>(zeros: [n, d])
+            Tensor.gemm(centred, whiteningScalar, transposeB: true, into: whitened)
+            unit = whitened.copy()
+            whitenedGradient = Tensor<Scalar>(zeros: [n, d])
+            for i in 0..<n {
+                let row = unit.rows(i ..< i + 1)
+                let norm = row.squaredNorm().squareRoot()
+                norms.append(norm)
+                row.scale(by: Scalar(1 / norm))
+            }
+        }
+
+        /// Sets `g = ∂loss/∂y` of both views (`∂loss/∂u = −2/N · u'`) and returns
+        /// `Σ_i (2 − 2⟨u_i, u'_i⟩)` over the pass's rows.
+        static func pairGradients(_ a: WhiteningPass, _ b: WhiteningPass, globalBatchSize: Int) -> Double {
+            let n = a.unit.rowCount, d = a.dimension
+            var loss = 0.0
+            for i in 0..<n {
+                let ua = a.unit.rows(i ..< i + 1), ub = b.unit.rows(i ..< i + 1)
+                let cosine = ua.dot(ub)
+                loss += 2 - 2 * cosine
+                for (pass, other) in [(a, ub), (b, ua)] {
+                    // g = (∂u − ⟨∂u, u⟩ u) / ‖y‖ with ∂u = −2/N · other, ⟨∂u, u⟩ = −2/N · cosine.
+                    let scale = -2 / Double(globalBatchSize) / pass.norms[i]
+                    let u = pass.unit.rows(i ..< i + 1)
+                    let g = pass.whitenedGradient.rows(i ..< i + 1)
+                    for j in 0..<d { g[flat: j] = Scalar(scale * (Double(other[flat: j]) - cosine * Double(u[flat: j]))) }
+                }
+            }
+            return loss
+        }
+
+        /// Reserves and fills the backward sums: `Σ_i g_i x̃_iᵀ` (`D × D`) and `Σ_i g_i` (`D`).
+        func reserveAndAccumulate(into buffer: inout FusedStatistics<Scalar>) {
+            let d = dimension
+            region = buffer.reserve(d * d + d)
+            let product = Tensor<Scalar>(zeros: [d, d])
+            Tensor.gemm(whitenedGradient, transposeA: true, centred, into: product)
+            let sums = whitenedGradient.columnSums()
+            for k in 0..<(d * d) { buffer[region.lowerBound + k] = product[flat: k] }
+            for j in 0..<d { buffer[region.lowerBound + d * d + j] = Scalar(sums[j]) }
+        }
+
+        /// `∂loss/∂z` of the pass's rows from the reduced backward sums.
+        func rowGradients(_ buffer: FusedStatistics<Scalar>, shrinkage: Double, batchSize: Int) -> Tensor<Scalar> {
+            let d = dimension, n = centred.rowCount
+            // W̄ = tril(Σ g x̃ᵀ), then P = Φ(−W̄ Wᵀ), then Σ̄_s = sym(Wᵀ P W).
+            let whiteningGradient = Tensor<Double>(zeros: [d, d])
+            for i in 0..<d { for j in 0...i { whiteningGradient[i, j] = Double(buffer[region.lowerBound + i * d + j]) } }
+            let p = Tensor<Double>(zeros: [d, d])
+            Tensor.gemm(whiteningGradient, whitening, transposeB: true, into: p, alpha: -1)
+            for i in 0..<d {
+                p[i, i] *= 0.5
+                for j in (i + 1)..<d where j < d { p[i, j] = 0 }
+            }
+            let pw = Tensor.matmul(p, whitening)
+            let s = Tensor.matmul(whitening, transposeA: true, pw)
+            let covarianceGradient = Tensor<Double>(zeros: [d, d])
+            var trace = 0.0
+            for i in 0..<d {
+                trace += s[i, i]
+                for j in 0..<d { covarianceGradient[i, j] = (1 - shrinkage) * 0.5 * (s[i, j] + s[j, i]) }
+            }
+            if shrinkage != 0 { for i in 0..<d { covarianceGradient[i, i] += shrinkage * trace / Double(d) } }
+
+            // ∂z = (g − mean g) W + 2/(N_g − 1) · x̃ Σ̄.
+            let meanGradient = Tensor<Scalar>(zeros: [d])
+            for j in 0..<d { meanGradient[flat: j] = Scalar(-Double(buffer[region.lowerBound + d * d + j]) / Double(batchSize)) }
+            let shifted = whitenedGradient.copy()
+            shifted.addToEachRow(meanGradient)
+            let gradient = Tensor<Scalar>(zeros: [n, d])
+            Tensor.gemm(shifted, whiteningScalar, into: gradient)
+            Tensor.gemm(centred, covarianceGradient.converted(to: Scalar.self), into: gradient,
+                        alpha: Scalar(2 / Double(batchSize - 1)), beta: 1)
+            return gradient
+        }
+    }
+}

@@ -1,2 +1,0 @@
-import XCTest
-final class ObjectivesTestsPlaceholder: XCTestCase { func testBuilds() {} }
