@@ -20,10 +20,11 @@ public enum StatisticsReduction: String, Sendable, CaseIterable {
 /// `R` all-reduces on the statistics path:
 ///
 ///     statistics: R·latency + 2·(P−1)/P · S·s / bandwidth + n_max·F / flopRate
-///     gather:     2·latency + (P−1)·n_max·V·D·s / bandwidth + N·F / flopRate
+///     gather:     latency + (P−1)·n_max·V·D·s / bandwidth + N·F / flopRate
 ///
 /// The first byte term is a ring all-reduce of the statistics; the second a ring all-gather of
-/// the rows padded to `n_max` (after an all-gather of the row counts). On the gather path
+/// the rows padded to `n_max`. (The row counts the choice needs are known by then: given in
+/// ``ObjectiveContext/rowCounts`` or all-gathered once, whichever path follows.) On the gather path
 /// every rank repeats the statistics of the whole batch (`N·F`), while the statistics path
 /// splits them (`n_max·F`). Gathering wins when `D²` is large against `N·D` and the FLOPs it
 /// repeats are cheap on the machine; the per-step gradient work is the same on both paths.
@@ -49,7 +50,7 @@ public struct ReductionCostModel: Sendable, Equatable {
         let p = Double(worldSize), nMax = Double(largestRankCount)
         switch path {
         case .gather:
-            return 2 * latency
+            return latency
                 + (p - 1) * nMax * Double(plan.viewCount * plan.dimension * scalarBytes) / bandwidth
                 + Double(globalBatchSize) * plan.flopsPerRow / flopRate
         default:
@@ -86,6 +87,17 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// All-reduces the statistics path takes (1, or 2 when the backward pass needs batch sums).
     public var allReduceCount: Int
 
+    public init(viewCount: Int, dimension: Int, fixedElements: Int, elementsPerRank: Int, flopsPerRow: Double,
+                allReduceCount: Int) {
+        self.viewCount = viewCount
+        self.dimension = dimension
+        self.fixedElements = fixedElements
+        self.elementsPerRank = elementsPerRank
+        self.flopsPerRow = flopsPerRow
+        self.allReduceCount = allReduceCount
+    }
+
+    /// The statistics elements for `partitions` ranks.
     public func elementCount(partitions: Int) -> Int { fixedElements + elementsPerRank * partitions }
 }
 
