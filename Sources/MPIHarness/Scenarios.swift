@@ -26,6 +26,9 @@ let scenarios: [Scenario] = [
     Scenario(name: "abort",
              usage: "abort  rank 1 (rank 0 of a 1-rank job) aborts the job with a message",
              run: abortScenario),
+    Scenario(name: "objectives",
+             usage: "objectives --fixture PATH  every objective on every golden case, on this rank's rows, both reduction paths",
+             run: objectivesScenario),
 ]
 
 /// The arguments of a scenario: `--name value` options.
@@ -41,6 +44,17 @@ struct ScenarioArguments: Sendable {
             throw HarnessError.badArgument("--\(name) needs an integer value")
         }
         return value
+    }
+
+    /// The value of `--name`, or `defaultValue` when absent.
+    /// - Throws: ``HarnessError/badArgument(_:)`` when the value is missing.
+    func string(_ name: String, default defaultValue: String? = nil) throws -> String {
+        guard let index = raw.firstIndex(of: "--\(name)") else {
+            guard let defaultValue else { throw HarnessError.badArgument("--\(name) is required") }
+            return defaultValue
+        }
+        guard index + 1 < raw.count else { throw HarnessError.badArgument("--\(name) needs a value") }
+        return raw[index + 1]
     }
 }
 

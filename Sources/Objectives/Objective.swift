@@ -108,8 +108,8 @@ func validate<Scalar>(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>], obje
     }
     for (v, (view, gradient)) in zip(views, gradients).enumerated() {
         guard view.rank == 2 else { throw ObjectiveError("\(objective): view \(v) has shape \(view.shape), expected [rows, D]") }
-        guard view.shape == views[0].shape || view.columnCount == views[0].columnCount else {
-            throw ObjectiveError("\(objective): view \(v) has \(view.columnCount) features, view 0 has \(views[0].columnCount)")
+        guard view.shape == views[0].shape else {
+            throw ObjectiveError("\(objective): view \(v) has shape \(view.shape), view 0 has \(views[0].shape)")
         }
         guard gradient.shape == view.shape else {
             throw ObjectiveError("\(objective): gradient \(v) has shape \(gradient.shape), view has \(view.shape)")

@@ -1,0 +1,65 @@
+import Foundation
+import Objectives
+import XCTest
+import _TestSupport
+
+/// The `objectives` scenario of `MPIHarness` under a real `mpirun` on 2 and 3 processes: every
+/// rank's loss and terms, and the ranks' gradient rows put together, against the golden file.
+final class MPIObjectivesTests: XCTestCase {
+    func testObjectivesUnderMPIMatchTheGoldenFile() throws {
+        try MPIRun.requireAvailable()
+        let cases = try GoldenCase.loadAll()
+        for ranks in [2, 3] {
+            let directory = try temporaryDirectory(for: self)
+            let printed = try MPIRun.launch(executable: "MPIHarness", ranks: ranks,
+                                            arguments: ["objectives", "--fixture", GoldenCase.fixturePath,
+                                                        "--output", directory.path], timeout: 120)
+            // Each rank prints the path of its full report (see the scenario for why).
+            let reports = try printed.map { line -> RankReport in
+                guard case let .string(path)? = line.values["file"] else {
+                    throw RankReportError.missing(key: "file", rank: line.rank)
+                }
+                return try JSONDecoder().decode(RankReport.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+            }
+            XCTAssertEqual(reports.map(\.rank), Array(0..<ranks))
+            for golden in cases {
+                for (objective, _, gradientKeys, termNames) in golden.objectives(as: Float.self) {
+                    let name = objective.name
+                    for reduction in ["statistics", "gather"] {
+                        let key = "\(golden.name)/\(name)/\(reduction)"
+                        let label = "\(key) on \(ranks) MPI ranks"
+                        for report in reports {
+                            let loss = try report.doubles("\(key)/loss")[0]
+                            XCTAssertLessThanOrEqual(relativeError(loss, golden.scalar("\(name)/loss")), 1e-4, label)
+                            XCTAssertEqual(loss, try reports[0].doubles("\(key)/loss")[0], "same loss on every rank: \(label)")
+                            for term in termNames {
+                                XCTAssertLessThanOrEqual(relativeError(try report.doubles("\(key)/\(term)")[0],
+                                                                       golden.scalar("\(name)/\(term)")), 1e-4, "\(term): \(label)")
+                            }
+                        }
+                        let rowCounts = try reports.map { Int(try $0.integers("\(key)/rows")[1]) }
+                        XCTAssertEqual(rowCounts.reduce(0, +), golden.batchSize, label)
+                        for gradientKey in gradientKeys {
+                            var gradient: [Double]
+                            if gradientKey == "grad_views" {
+                                // Each rank reports its rows of view 0, then of view 1, then view 2.
+                                let perRank = try reports.map { try $0.doubles("\(key)/grad_views") }
+                                gradient = []
+                                for v in 0..<3 {
+                                    for (rank, rows) in perRank.enumerated() {
+                                        let block = rowCounts[rank] * golden.dimension
+                                        gradient += rows[v * block ..< (v + 1) * block]
+                                    }
+                                }
+                            } else {
+                                gradient = try reports.flatMap { try $0.doubles("\(key)/\(gradientKey)") }
+                            }
+                            XCTAssertLessThanOrEqual(relativeNormError(gradient, golden.reference["\(name)/\(gradientKey)"]!),
+                                                     1e-3, "\(gradientKey): \(label)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
