@@ -1,0 +1,47 @@
+import Foundation
+import Tensor
+
+/// How many threads each rank gives OpenBLAS: the node's cores shared among the ranks on it.
+///
+/// Ranks on one node that each start as many BLAS threads as there are cores oversubscribe the
+/// node many times over; the default gives each rank `cores ÷ ranks on the node` (at least 1).
+/// Call ``BLASThreads/configure(override:environment:)`` once at start-up, after MPI is
+/// initialised (the trainer does; tests may call it with an override).
+extension BLASThreads {
+    /// The default thread count: `cores ÷ ranksOnNode`, at least 1.
+    public static func defaultCount(cores: Int = processors, ranksOnNode: Int) -> Int {
+        max(1, cores / max(1, ranksOnNode))
+    }
+
+    /// The number of ranks on this node, from the launcher's environment: Open MPI's
+    /// `OMPI_COMM_WORLD_LOCAL_SIZE`, MPICH/Hydra's `MPI_LOCALNRANKS`, Slurm's
+    /// `SLURM_NTASKS_PER_NODE`; 1 when none is set (a single process).
+    public static func ranksOnNode(environment: [String: String] = ProcessInfo.processInfo.environment) -> Int {
+        for key in ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"] {
+            if let value = environment[key].flatMap({ Int($0) }), value > 0 { return value }
+        }
+        return 1
+    }
+
+    /// Sets the thread count and returns it.
+    ///
+    /// - Parameters:
+    ///   - override: an explicit count (a command-line option); wins over everything.
+    ///   - environment: `OPENBLAS_NUM_THREADS`, when set, wins over the default, so a user's
+    ///     setting is kept; otherwise ``defaultCount(cores:ranksOnNode:)`` with
+    ///     ``ranksOnNode(environment:)``.
+    @discardableResult
+    public static func configure(override: Int? = nil,
+                                 environment: [String: String] = ProcessInfo.processInfo.environment) -> Int {
+        let count: Int
+        if let override {
+            count = max(1, override)
+        } else if let value = environment["OPENBLAS_NUM_THREADS"].flatMap({ Int($0) }), value > 0 {
+            count = value
+        } else {
+            count = defaultCount(ranksOnNode: ranksOnNode(environment: environment))
+        }
+        set(count)
+        return count
+    }
+}
