@@ -62,12 +62,12 @@ let package = Package(
                           swiftSettings: numericSettings),
 
         // MARK: Tests
-        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5"],
+        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5", "Layers"],
                 swiftSettings: numericSettings),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "_TestSupport"]),
         .testTarget(name: "CommunicationTests", dependencies: ["Communication", "_TestSupport", "MPIHarness"]),
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "_TestSupport"]),
-        .testTarget(name: "LayersTests", dependencies: ["Layers", "Optimizers", "_TestSupport"]),
+        .testTarget(name: "LayersTests", dependencies: ["Layers", "Optimizers", "_TestSupport", "MPIHarness"]),
         .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),

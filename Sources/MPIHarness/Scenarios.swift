@@ -26,6 +26,9 @@ let scenarios: [Scenario] = [
     Scenario(name: "abort",
              usage: "abort  rank 1 (rank 0 of a 1-rank job) aborts the job with a message",
              run: abortScenario),
+    Scenario(name: "batchnorm",
+             usage: "batchnorm  synchronised BatchNorm1d/2d on an uneven split of 7 rows (BatchNormFixture)",
+             run: batchNormScenario),
 ]
 
 /// The arguments of a scenario: `--name value` options.
