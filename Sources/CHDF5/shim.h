@@ -9,9 +9,15 @@ static inline hid_t shim_H5T_NATIVE_DOUBLE(void) { H5open(); return H5T_NATIVE_D
 static inline hid_t shim_H5T_NATIVE_INT64(void) { H5open(); return H5T_NATIVE_INT64; }
 static inline hid_t shim_H5T_NATIVE_UINT8(void) { H5open(); return H5T_NATIVE_UINT8; }
 static inline hid_t shim_H5T_NATIVE_INT32(void) { H5open(); return H5T_NATIVE_INT32; }
+static inline hid_t shim_H5T_NATIVE_INT8(void) { H5open(); return H5T_NATIVE_INT8; }
+static inline hid_t shim_H5T_NATIVE_INT16(void) { H5open(); return H5T_NATIVE_INT16; }
+static inline hid_t shim_H5T_NATIVE_UINT16(void) { H5open(); return H5T_NATIVE_UINT16; }
+static inline hid_t shim_H5T_NATIVE_UINT32(void) { H5open(); return H5T_NATIVE_UINT32; }
+static inline hid_t shim_H5T_NATIVE_UINT64(void) { H5open(); return H5T_NATIVE_UINT64; }
 static inline hid_t shim_H5T_C_S1(void) { H5open(); return H5T_C_S1; }
 static inline hid_t shim_H5P_DEFAULT(void) { return H5P_DEFAULT; }
 static inline hid_t shim_H5P_DATASET_CREATE(void) { H5open(); return H5P_DATASET_CREATE; }
+static inline hid_t shim_H5P_LINK_CREATE(void) { H5open(); return H5P_LINK_CREATE; }
 static inline hid_t shim_H5P_FILE_ACCESS(void) { H5open(); return H5P_FILE_ACCESS; }
 static inline hid_t shim_H5S_ALL(void) { return H5S_ALL; }
 static inline hid_t shim_H5E_DEFAULT(void) { return H5E_DEFAULT; }

@@ -19,5 +19,8 @@ static inline int shim_MPI_MAX_ERROR_STRING(void) { return MPI_MAX_ERROR_STRING;
 static inline int shim_MPI_THREAD_FUNNELED(void) { return MPI_THREAD_FUNNELED; }
 static inline int shim_MPI_THREAD_SERIALIZED(void) { return MPI_THREAD_SERIALIZED; }
 static inline MPI_Errhandler shim_MPI_ERRORS_RETURN(void) { return MPI_ERRORS_RETURN; }
+static inline MPI_Comm shim_MPI_COMM_NULL(void) { return MPI_COMM_NULL; }
+static inline MPI_Info shim_MPI_INFO_NULL(void) { return MPI_INFO_NULL; }
+static inline int shim_MPI_COMM_TYPE_SHARED(void) { return MPI_COMM_TYPE_SHARED; }
 
 #endif

@@ -1,1 +1,0 @@
-// The HDF5 module. (Filled in by its issue.)

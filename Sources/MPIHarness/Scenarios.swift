@@ -1,0 +1,56 @@
+import Communication
+import _TestSupport
+
+/// A named distributed check that `MPIHarness` runs on every rank.
+///
+/// A scenario receives this rank's communicator and its own command-line arguments, does its
+/// collective work, and returns named values; the harness prints them as this rank's
+/// ``RankReport``. Throwing aborts the whole job with a non-zero exit status.
+///
+/// To add a scenario, write its function in a file of its own (like `CollectivesScenario.swift`)
+/// and add one entry to ``scenarios``.
+struct Scenario: Sendable {
+    /// The name given on the command line: `MPIHarness <name> [arguments]`.
+    let name: String
+    /// One line for the usage text, including the scenario's arguments.
+    let usage: String
+    /// The work of one rank.
+    let run: @Sendable (_ communicator: any Communicator, _ arguments: ScenarioArguments) throws -> [String: JSONValue]
+}
+
+/// The registry of scenarios, in the order the usage text lists them.
+let scenarios: [Scenario] = [
+    Scenario(name: "collectives",
+             usage: "collectives [--count N]  every collective on every element type (root size-1)",
+             run: collectivesScenario),
+    Scenario(name: "abort",
+             usage: "abort  rank 1 (rank 0 of a 1-rank job) aborts the job with a message",
+             run: abortScenario),
+]
+
+/// The arguments of a scenario: `--name value` options.
+struct ScenarioArguments: Sendable {
+    /// The arguments as given, after the scenario name and the harness options.
+    let raw: [String]
+
+    /// The value of `--name`, parsed as an integer, or `defaultValue` when absent.
+    /// - Throws: ``HarnessError/badArgument(_:)`` when the value is missing or not an integer.
+    func integer(_ name: String, default defaultValue: Int) throws -> Int {
+        guard let index = raw.firstIndex(of: "--\(name)") else { return defaultValue }
+        guard index + 1 < raw.count, let value = Int(raw[index + 1]) else {
+            throw HarnessError.badArgument("--\(name) needs an integer value")
+        }
+        return value
+    }
+}
+
+/// A failure of the harness itself rather than of a collective.
+enum HarnessError: Error, CustomStringConvertible {
+    case badArgument(String)
+
+    var description: String {
+        switch self {
+        case let .badArgument(text): return "bad argument: \(text)"
+        }
+    }
+}

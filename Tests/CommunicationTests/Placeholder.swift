@@ -1,2 +1,0 @@
-import XCTest
-final class CommunicationTestsPlaceholder: XCTestCase { func testBuilds() {} }
