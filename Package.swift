@@ -20,6 +20,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-numerics", from: "1.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // MARK: C boundaries (system libraries found through pkg-config)
@@ -47,7 +48,8 @@ let package = Package(
         .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5"],
                 swiftSettings: numericSettings),
         .target(name: "Training",
-                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets"],
+                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets",
+                               .product(name: "Yams", package: "Yams")],
                 swiftSettings: numericSettings),
 
         // MARK: Command line
@@ -62,15 +64,16 @@ let package = Package(
                           swiftSettings: numericSettings),
 
         // MARK: Tests
-        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5"],
+        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5", "Layers"],
                 swiftSettings: numericSettings),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "_TestSupport"]),
         .testTarget(name: "CommunicationTests", dependencies: ["Communication", "_TestSupport", "MPIHarness"]),
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "_TestSupport"]),
-        .testTarget(name: "LayersTests", dependencies: ["Layers", "Optimizers", "_TestSupport"]),
+        .testTarget(name: "LayersTests", dependencies: ["Layers", "Optimizers", "_TestSupport", "MPIHarness"]),
         .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"]),
         .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "_TestSupport"]),
     ]
 )

@@ -1,5 +1,4 @@
 import Communication
-import Foundation
 import HDF5
 import Objectives
 import Tensor
@@ -14,15 +13,11 @@ import _TestSupport
 /// `grad_views` for LeJEPA's three views, view after view). The test concatenates the ranks'
 /// rows and compares them with the file.
 ///
-/// That is about a megabyte a rank, and `mpirun` interleaves the output lines of different ranks
-/// at arbitrary points once they are longer than a pipe buffer (4 KiB). So with `--output DIR`,
-/// each rank writes that report to `DIR/objectives-rank-<r>.json` (a ``RankReport`` of its own),
-/// and the line it prints holds only the file's path and the number of evaluations.
+/// That is about a megabyte a rank: launch it with the harness's `--report-dir`, as
+/// `MPIRun.launch` does.
 func objectivesScenario(_ communicator: any Communicator, _ arguments: ScenarioArguments) throws -> [String: JSONValue] {
     let path = try arguments.string("fixture")
-    let outputDirectory = try? arguments.string("output")
     var values: [String: JSONValue] = [:]
-    var evaluations: Int64 = 0
     try HDF5File.withFile(path) { file in
         for entry in try file.children() where entry.kind == .group {
             let name = entry.name
@@ -58,7 +53,6 @@ func objectivesScenario(_ communicator: any Communicator, _ arguments: ScenarioA
                     let result = try objective.evaluate(views: inputs, gradients: gradients,
                                                         context: ObjectiveContext(communicator: communicator,
                                                                                   reduction: reduction))
-                    evaluations += 1
                     let key = "\(name)/\(objective.name)/\(reduction)"
                     values["\(key)/loss"] = JSONValue([result.loss])
                     for term in result.terms { values["\(key)/\(term.name)"] = JSONValue([term.value]) }
@@ -74,9 +68,5 @@ func objectivesScenario(_ communicator: any Communicator, _ arguments: ScenarioA
             }
         }
     }
-    guard let outputDirectory else { return values }
-    let file = URL(fileURLWithPath: outputDirectory).appendingPathComponent("objectives-rank-\(communicator.rank).json")
-    let report = RankReport(rank: communicator.rank, size: communicator.size, scenario: "objectives", values: values)
-    try Data(try report.jsonLine().utf8).write(to: file)
-    return ["file": .string(file.path), "evaluations": .integer(evaluations)]
+    return values
 }

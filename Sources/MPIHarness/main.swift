@@ -4,6 +4,8 @@
 // Usage: mpirun -np N MPIHarness <scenario> [--max-chunk K] [scenario arguments]
 //
 // `--max-chunk K` makes MPICommunicator split buffers into chunks of at most K elements.
+// `--report-dir DIR` writes each rank's report to DIR/rank-R.json instead of standard output
+// (mpirun may interleave long lines of several ranks on its standard output).
 // Exit status: 0 on success, 1 when a scenario fails (the job is aborted), 2 for bad usage.
 import Communication
 import Foundation
@@ -40,6 +42,15 @@ func harnessMain(_ arguments: [String]) -> Int32 {
         maximumChunkCount = value
         rest.removeSubrange(index ... index + 1)
     }
+    var reportDirectory: String?
+    if let index = rest.firstIndex(of: "--report-dir") {
+        guard index + 1 < rest.count else {
+            printError("--report-dir needs a directory")
+            return 2
+        }
+        reportDirectory = rest[index + 1]
+        rest.removeSubrange(index ... index + 1)
+    }
 
     let communicator: MPICommunicator
     do {
@@ -51,7 +62,12 @@ func harnessMain(_ arguments: [String]) -> Int32 {
     do {
         let values = try scenario.run(communicator, ScenarioArguments(raw: rest))
         let report = RankReport(rank: communicator.rank, size: communicator.size, scenario: name, values: values)
-        FileHandle.standardOutput.write(Data((try report.jsonLine() + "\n").utf8))
+        let line = Data((try report.jsonLine() + "\n").utf8)
+        if let reportDirectory {
+            try line.write(to: URL(fileURLWithPath: reportDirectory).appendingPathComponent("rank-\(communicator.rank).json"))
+        } else {
+            FileHandle.standardOutput.write(line)
+        }
         try MPICommunicator.finalize()
         return 0
     } catch {

@@ -1,1 +1,1 @@
-// The Training module. (Filled in by its issue.)
+// Training: configuration, trainer, checkpoints.

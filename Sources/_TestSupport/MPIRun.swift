@@ -60,14 +60,23 @@ public enum MPIRun {
     ///   report per rank.
     public static func launch(executable: String = "MPIHarness", ranks: Int, arguments: [String] = [],
                               timeout: TimeInterval = 60) throws -> [RankReport] {
-        let outcome = try run(executable: executable, ranks: ranks, arguments: arguments, timeout: timeout)
+        // Reports go to one file a rank: mpirun may interleave long lines on its standard output.
+        let reportDirectory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("mpirun-reports-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: reportDirectory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: reportDirectory) }
+        let outcome = try run(executable: executable, ranks: ranks,
+                              arguments: arguments + ["--report-dir", reportDirectory.path], timeout: timeout)
         guard !outcome.timedOut else { throw MPIRunError.timedOut(seconds: timeout, output: outcome.combinedOutput) }
         guard outcome.exitStatus == 0 else {
             throw MPIRunError.failed(status: outcome.exitStatus, output: outcome.combinedOutput)
         }
         let decoder = JSONDecoder()
         var reports: [RankReport] = []
-        for line in outcome.standardOutput.split(whereSeparator: \.isNewline) where line.hasPrefix("{") {
+        let written = (0 ..< ranks).compactMap { rank in
+            try? String(contentsOf: reportDirectory.appendingPathComponent("rank-\(rank).json"), encoding: .utf8)
+        }
+        for line in written.joined().split(whereSeparator: \.isNewline) where line.hasPrefix("{") {
             do {
                 reports.append(try decoder.decode(RankReport.self, from: Data(line.utf8)))
             } catch {
@@ -76,7 +85,7 @@ public enum MPIRun {
         }
         reports.sort { $0.rank < $1.rank }
         guard reports.map(\.rank) == Array(0 ..< ranks), reports.allSatisfy({ $0.size == ranks }) else {
-            throw MPIRunError.badReport(line: outcome.standardOutput,
+            throw MPIRunError.badReport(line: written.joined(),
                                         reason: "expected one report from each of ranks 0 ..< \(ranks)")
         }
         return reports

@@ -1,4 +1,3 @@
-import Foundation
 import Objectives
 import XCTest
 import _TestSupport
@@ -10,17 +9,8 @@ final class MPIObjectivesTests: XCTestCase {
         try MPIRun.requireAvailable()
         let cases = try GoldenCase.loadAll()
         for ranks in [2, 3] {
-            let directory = try temporaryDirectory(for: self)
-            let printed = try MPIRun.launch(executable: "MPIHarness", ranks: ranks,
-                                            arguments: ["objectives", "--fixture", GoldenCase.fixturePath,
-                                                        "--output", directory.path], timeout: 120)
-            // Each rank prints the path of its full report (see the scenario for why).
-            let reports = try printed.map { line -> RankReport in
-                guard case let .string(path)? = line.values["file"] else {
-                    throw RankReportError.missing(key: "file", rank: line.rank)
-                }
-                return try JSONDecoder().decode(RankReport.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
-            }
+            let reports = try MPIRun.launch(executable: "MPIHarness", ranks: ranks,
+                                            arguments: ["objectives", "--fixture", GoldenCase.fixturePath], timeout: 120)
             XCTAssertEqual(reports.map(\.rank), Array(0..<ranks))
             for golden in cases {
                 for (objective, _, gradientKeys, termNames) in golden.objectives(as: Float.self) {

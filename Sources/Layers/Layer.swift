@@ -1,0 +1,157 @@
+import Communication
+import Tensor
+
+// MARK: - Scalars
+
+/// The scalar of a network: a tensor scalar that collectives can carry. `Float` for training,
+/// `Double` for the finite-difference checks.
+public protocol LayerScalar: TensorScalar, CommunicableScalar {}
+
+extension Float: LayerScalar {}
+extension Double: LayerScalar {}
+
+// MARK: - Context
+
+/// What a forward or backward pass needs besides its tensors.
+///
+/// ## Activation slots
+/// A self-supervised step passes two (or more) views of the same images through the same
+/// network, and each view's batch norm sees the statistics of its own view (as in the VICReg and
+/// Barlow Twins reference code, where each view goes through the backbone separately). Every
+/// layer therefore keeps one set of activation buffers and backward caches per *slot*, selected
+/// by `slot`: forward view 0 in slot 0 and view 1 in slot 1, then call backward with the same
+/// slots, in any order. Parameter gradients of the slots add up (`+=`) in the store, so the
+/// gradient of the step is that of the sum of both views' losses. A slot's buffers are allocated
+/// on its first use and again only when its batch size changes.
+public struct LayerContext: Sendable {
+    /// Training mode: batch norm uses (and updates) batch statistics; evaluation mode uses the
+    /// running statistics.
+    public var training: Bool
+    /// The ranks that share the global batch; batch norm makes its statistics global through it.
+    public var communicator: any Communicator
+    /// The activation slot (usually the view index), `0, 1, …`.
+    public var slot: Int
+
+    public init(training: Bool, communicator: any Communicator = SingleProcessCommunicator(), slot: Int = 0) {
+        precondition(slot >= 0, "negative activation slot \(slot)")
+        self.training = training
+        self.communicator = communicator
+        self.slot = slot
+    }
+
+    /// The same context on another activation slot.
+    public func slot(_ slot: Int) -> LayerContext {
+        var copy = self
+        copy.slot = slot
+        return copy
+    }
+}
+
+// MARK: - Layer
+
+/// A layer of a network: a forward/backward pair on buffers it owns.
+///
+/// Life cycle: declare parameters with ``parameterSpecs()`` (and non-trainable state such as
+/// batch norm's running statistics with ``bufferSpecs()``), allocate them in a
+/// ``ParameterStore`` (see ``Model``), ``bind(parameters:buffers:prefix:)`` once, then alternate
+/// ``forward(_:context:)`` and ``backward(_:context:)``.
+///
+/// Conventions (llm.c):
+/// - `forward` returns a view of the layer's own output buffer, valid until the next forward
+///   on the same slot. It keeps a reference to its input (no copy) for the backward pass: the
+///   caller must not overwrite the input before `backward` of that slot.
+/// - `backward` takes the gradient of the loss with respect to the output of the last forward
+///   on the same slot, returns the gradient with respect to its input (a view of its own
+///   buffer) and *accumulates* (`+=`) the parameter gradients into the store's gradient views;
+///   the caller zeroes them once per step (``ParameterStore/zeroGradients()``).
+/// - Parameter gradients are this rank's contribution; the trainer all-reduces them with a sum.
+/// - No tensor storage is allocated once a slot is warmed up at a fixed batch size.
+public protocol Layer<Scalar>: AnyObject {
+    associatedtype Scalar: LayerScalar
+
+    /// The trainable parameters, named relative to the layer (`weight`, `bias`; containers
+    /// prefix their children's names with `0.`, `1.`, …).
+    func parameterSpecs() -> [ParameterSpec]
+    /// The non-trainable state saved in checkpoints (PyTorch's buffers: `running_mean`, …),
+    /// named like the parameters. Empty for most layers.
+    func bufferSpecs() -> [ParameterSpec]
+    /// Takes the views of this layer's parameters, gradients and buffers, named `prefix.name`.
+    func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String)
+    /// The output for `input`; see the type's discussion for the conventions.
+    func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar>
+    /// The input gradient for `outputGradient`; accumulates the parameter gradients.
+    func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar>
+}
+
+extension Layer {
+    public func bufferSpecs() -> [ParameterSpec] { [] }
+}
+
+/// `prefix.name`, or `name` when `prefix` is empty.
+@inlinable
+public func qualifiedName(_ prefix: String, _ name: String) -> String {
+    prefix.isEmpty ? name : "\(prefix).\(name)"
+}
+
+// MARK: - Errors
+
+/// A misuse of a layer that the caller can report (shapes, order of calls).
+public enum LayerError: Error, CustomStringConvertible, Equatable {
+    /// The input's shape does not fit the layer.
+    case shapeMismatch(layer: String, expected: String, got: [Int])
+    /// `forward` or `backward` before `bind`.
+    case unbound(layer: String)
+    /// `backward` on a slot without a preceding `forward`, or with a gradient whose shape is not
+    /// that of the slot's output.
+    case noForward(layer: String, slot: Int)
+    /// Batch norm in training mode over a global batch with fewer than 2 values per channel.
+    case batchTooSmall(layer: String, count: Int)
+
+    public var description: String {
+        switch self {
+        case let .shapeMismatch(layer, expected, got): return "\(layer): expected input \(expected), got \(got)"
+        case let .unbound(layer): return "\(layer): used before bind(parameters:buffers:prefix:)"
+        case let .noForward(layer, slot):
+            return "\(layer): backward on slot \(slot) does not follow a forward of that slot with the gradient's shape"
+        case let .batchTooSmall(layer, count):
+            return "\(layer): training needs more than 1 value per channel over the global batch, got \(count)"
+        }
+    }
+}
+
+// MARK: - Activation buffers
+
+/// One activation cache per slot, created on first use.
+struct SlotCaches<Cache: AnyObject> {
+    private var caches: [Cache?] = []
+
+    /// The cache of `slot`, made by `make` on first use.
+    mutating func cache(_ slot: Int, make: () -> Cache) -> Cache {
+        if slot >= caches.count { caches.append(contentsOf: repeatElement(nil, count: slot + 1 - caches.count)) }
+        if let cache = caches[slot] { return cache }
+        let cache = make()
+        caches[slot] = cache
+        return cache
+    }
+
+    /// The cache of `slot` if a forward created it.
+    func existing(_ slot: Int) -> Cache? { slot < caches.count ? caches[slot] : nil }
+}
+
+/// `buffer` if it already has `shape`, else a new zero tensor stored in `buffer`: the only place
+/// activation storage is allocated (first step, or a change of batch size).
+@inline(__always)
+func reuse<Scalar: TensorScalar>(_ buffer: inout Tensor<Scalar>?, shape: [Int]) -> Tensor<Scalar> {
+    if let existing = buffer, existing.shape == shape { return existing }
+    let fresh = Tensor<Scalar>(zeros: shape)
+    buffer = fresh
+    return fresh
+}
+
+/// Adds `values` (accumulated in `Double`) to the elements of `tensor`.
+@inline(__always)
+func accumulate<Scalar: TensorScalar>(_ values: [Double], into tensor: Tensor<Scalar>) {
+    tensor.withUnsafeMutableBufferPointer { g in
+        for i in g.indices { g[i] += Scalar(values[i]) }
+    }
+}

@@ -1,1 +1,0 @@
-// The Optimizers module. (Filled in by its issue.)

@@ -1,0 +1,128 @@
+import Layers
+import XCTest
+import _TestSupport
+
+/// Finite-difference checks of every layer's input and parameter gradients, in `Double`.
+final class LayerGradientTests: XCTestCase {
+    private let training = LayerContext(training: true)
+    private let evaluation = LayerContext(training: false)
+
+    private func check(_ layer: any Layer<Double>, input shape: [Int], context: LayerContext? = nil,
+                       _ label: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let network = GradientCheck.network(layer)
+        let input = randomTensor(shape, seed: 3, as: Double.self)
+        let errors = try GradientCheck.errors(network, input: input, context: context ?? training)
+        GradientCheck.assertSmall(errors, label, file: file, line: line)
+    }
+
+    func testLinear() throws {
+        try check(Linear<Double>(inFeatures: 5, outFeatures: 4), input: [6, 5], "Linear")
+        try check(Linear<Double>(inFeatures: 5, outFeatures: 4, bias: false), input: [6, 5], "Linear(bias: false)")
+    }
+
+    func testBatchNorm1dTraining() throws {
+        try check(BatchNorm<Double>(features: 4), input: [7, 4], "BatchNorm1d train")
+        try check(BatchNorm<Double>(features: 4, affine: false), input: [7, 4], "BatchNorm1d(affine: false) train")
+    }
+
+    func testBatchNorm1dEvaluation() throws {
+        let layer = BatchNorm<Double>(features: 4)
+        let network = GradientCheck.network(layer)
+        // Move the running statistics away from (0, 1) first.
+        for _ in 0..<3 { _ = try layer.forward(randomTensor([9, 4], seed: 8, as: Double.self), context: training) }
+        let errors = try GradientCheck.errors(network, input: randomTensor([5, 4], seed: 3), context: evaluation)
+        GradientCheck.assertSmall(errors, "BatchNorm1d eval")
+    }
+
+    func testBatchNorm2dTraining() throws {
+        try check(BatchNorm2d<Double>(features: 3), input: [2, 3, 3, 2], "BatchNorm2d train")
+    }
+
+    func testActivations() throws {
+        try check(ReLU<Double>(), input: [4, 6], "ReLU")
+        try check(GELU<Double>(), input: [4, 6], "GELU")
+    }
+
+    func testLayerNorm() throws {
+        try check(LayerNorm<Double>(features: 6), input: [3, 6], "LayerNorm")
+        try check(LayerNorm<Double>(features: 6, elementwiseAffine: false), input: [3, 6], "LayerNorm(affine: false)")
+    }
+
+    func testConv2d() throws {
+        try check(Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 1, padding: 1),
+                  input: [2, 2, 5, 5], "Conv2d(k3 s1 p1)")
+        try check(Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 2, padding: 1, bias: false),
+                  input: [2, 2, 6, 5], "Conv2d(k3 s2 p1, bias: false)")
+        try check(Conv2d<Double>(inChannels: 3, outChannels: 2, kernelSize: 1, stride: 2),
+                  input: [2, 3, 4, 4], "Conv2d(k1 s2)")
+    }
+
+    func testPoolingAndFlatten() throws {
+        try check(AvgPool2d<Double>(kernelSize: 2), input: [2, 2, 5, 4], "AvgPool2d(2)")
+        try check(AvgPool2d<Double>(kernelSize: 3, stride: 2), input: [2, 2, 5, 5], "AvgPool2d(3, stride 2)")
+        try check(GlobalAvgPool2d<Double>(), input: [3, 2, 3, 4], "GlobalAvgPool2d")
+        try check(Flatten<Double>(), input: [3, 2, 2, 2], "Flatten")
+    }
+
+    func testSequentialAndResidual() throws {
+        let identity = Residual<Double>(body: Sequential([Linear(inFeatures: 4, outFeatures: 4), GELU()]))
+        try check(identity, input: [5, 4], "Residual(identity)")
+        let projected = Residual<Double>(
+            body: Sequential([Conv2d(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 2, padding: 1),
+                              BatchNorm2d(features: 3), ReLU()]),
+            shortcut: Sequential([Conv2d(inChannels: 2, outChannels: 3, kernelSize: 1, stride: 2), BatchNorm2d(features: 3)]))
+        try check(projected, input: [3, 2, 4, 4], "Residual(conv shortcut)")
+        let mlp = Sequential<Double>([Linear(inFeatures: 3, outFeatures: 5), BatchNorm1d(features: 5), ReLU(),
+                                      Linear(inFeatures: 5, outFeatures: 2), LayerNorm(features: 2)])
+        try check(mlp, input: [6, 3], "Sequential")
+    }
+
+    /// Batch norm split over 2–4 ranks (uneven, one rank empty): the gradient of the global loss.
+    func testBatchNormTrainingAcrossRanks() throws {
+        for (worldSize, rows) in [(2, [3, 5]), (3, [4, 0, 3]), (4, [1, 2, 3, 2])] {
+            let errors = try runRanks(worldSize) { communicator in
+                let layer = BatchNorm<Double>(features: 3)
+                let network = GradientCheck.network(layer)
+                let start = rows[..<communicator.rank].reduce(0, +)
+                let global = randomTensor([rows.reduce(0, +), 3], seed: 4, as: Double.self)
+                let input = global.rows(start..<(start + rows[communicator.rank])).copy()
+                return try GradientCheck.errors(network, input: input,
+                                                context: LayerContext(training: true, communicator: communicator))
+            }
+            for rankErrors in errors { GradientCheck.assertSmall(rankErrors, "BatchNorm1d over \(worldSize) ranks \(rows)") }
+            XCTAssertEqual(Set(errors.map { $0 }), Set([errors[0]]), "every rank reports the same global errors")
+        }
+    }
+
+    // MARK: Models end to end
+
+    func testMLPModel() throws {
+        let description = ModelDescription(
+            encoder: .mlp(widths: [6, 8, 5]),
+            projector: .mlp(widths: [5, 7, 4], bias: false, lastBias: false, lastBatchNorm: true))
+        let model = try Model<Double>(description, seed: 1)
+        let errors = try GradientCheck.errors(GradientCheck.network(model), input: randomTensor([6, 6], seed: 2),
+                                              context: training)
+        GradientCheck.assertSmall(errors, "MLP model")
+    }
+
+    func testConvNetModel() throws {
+        let description = ModelDescription(
+            encoder: .convnet(ConvNetDescription(inputChannels: 1, imageSize: 6, channels: [2, 3])),
+            projector: .mlp(widths: [3, 4, 3], activation: .gelu))
+        let model = try Model<Double>(description, seed: 1)
+        let errors = try GradientCheck.errors(GradientCheck.network(model), input: randomTensor([3, 36], seed: 2),
+                                              context: training, maximumCoordinates: 20)
+        GradientCheck.assertSmall(errors, "ConvNet model")
+    }
+
+    func testResNetModel() throws {
+        let description = ModelDescription(
+            encoder: .resnet(ResNetDescription(inputChannels: 2, imageSize: 6, stemChannels: 2, stageChannels: [2, 3])),
+            projector: .mlp(widths: [3, 4]))
+        let model = try Model<Double>(description, seed: 1)
+        let errors = try GradientCheck.errors(GradientCheck.network(model), input: randomTensor([3, 2, 6, 6], seed: 2),
+                                              context: training, maximumCoordinates: 12)
+        GradientCheck.assertSmall(errors, "ResNet model")
+    }
+}

@@ -1,2 +1,0 @@
-import XCTest
-final class LayersTestsPlaceholder: XCTestCase { func testBuilds() {} }
