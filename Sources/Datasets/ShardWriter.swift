@@ -282,6 +282,16 @@ public enum ShardWriter {
     public static func writeSplit(train: DatasetRows, test: DatasetRows?, to directory: String, name: String,
                                   trainShards: Int, testShards: Int = 1, source: String,
                                   overwrite: Bool = false) throws -> (train: [String], test: [String]) {
+        // Refuse before writing anything when either split's directory already holds shards.
+        if !overwrite {
+            for split in ["train", "test"] where split == "train" || test != nil {
+                let path = (directory as NSString).appendingPathComponent(split)
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+                if let existing = names.filter({ $0.hasSuffix(".h5") }).sorted().first {
+                    throw DatasetError.file(path: path, problem: "already holds shards (\(existing) …); pass --overwrite to replace them")
+                }
+            }
+        }
         var attributes = Attributes.describing(train, source: source)
         if let testLabels = test?.labels, let classes = attributes.classCount {
             attributes.classCount = max(classes, Int(testLabels.max() ?? -1) + 1)

@@ -12,11 +12,19 @@ import HDF5
 /// - `/y` (optional): `int64` labels, one a row;
 /// - root attributes: `layout_version` (1), `feature_shape` (int64 array), `pixel_scale`
 ///   (float64; 1/255 for 8-bit images), `channel_mean` and `channel_std` (float64 arrays, one a
-///   channel, in units of `x · pixel_scale`), optionally `num_classes`, `shard_index`,
-///   `shard_count`, `source`.
+///   channel — for vectors one a feature — or a single value, in units of `x · pixel_scale`;
+///   the training split's statistics, in the test split too), optionally `num_classes`,
+///   `shard_index`, `shard_count`, `source` and `format` ("anticollapse-shard").
+///
+/// `ShardWriter` writes this layout (`/x` chunked by about 128 KiB, gzip level 4) and
+/// `datasets/convert_mnist5k.py` writes it from Python; h5py reads it.
 ///
 /// Opening checks that every shard is an HDF5 file with a non-empty `/x`, that all shards
-/// agree on feature shape and element type, and that `/y`, where present, has one label a row.
+/// agree on feature shape and element type, that `/y`, where present, holds integers, one a
+/// row, and that `feature_shape`, `channel_mean`, `channel_std` and `pixel_scale` fit the data;
+/// every problem is a ``DatasetError/file(path:problem:)`` naming the shard. Reading checks
+/// float rows for NaN and infinity (naming shard and row); ``DatasetVerifier`` checks every row
+/// and label.
 public final class ShardedDataset: @unchecked Sendable {
     /// The layout version this code reads and writes.
     public static let layoutVersion: Int64 = 1
