@@ -235,6 +235,24 @@ final class BatchSource: @unchecked Sendable {
         let output = Tensor<Float>(zeros: [rows.count] + shape)
         let inWidth = dataset.featureCount, outWidth = shape.reduce(1, *)
         let normalization = dataset.normalization
+        if augmentation.isIdentity && shape == dataset.featureShape {
+            // Evaluation features: normalisation only, without resampling.
+            let channels = dataset.isImage ? dataset.featureShape[0] : 1
+            let plane = inWidth / channels
+            let scale = normalization.pixelScale
+            features.withUnsafeBufferPointer { source in
+                output.withUnsafeMutableBufferPointer { target in
+                    for i in 0..<(rows.count * inWidth) {
+                        let feature = i % inWidth
+                        let channel = dataset.isImage ? feature / plane : feature
+                        let mean = normalization.mean[channel % normalization.mean.count]
+                        let std = normalization.standardDeviation[channel % normalization.standardDeviation.count]
+                        target[i] = Float((Double(source[i]) * scale - mean) / std)
+                    }
+                }
+            }
+            return output
+        }
         features.withUnsafeBufferPointer { source in
             output.withUnsafeMutableBufferPointer { target in
                 for (i, row) in rows.enumerated() {

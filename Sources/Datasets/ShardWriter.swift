@@ -170,7 +170,8 @@ public enum ShardWriter {
     /// Writes `rows` as `shardCount` shards of nearly equal size (contiguous runs of rows, in
     /// order) named `NAME-0000K-of-0000N.h5` in `directory`, which is created if needed.
     ///
-    /// `/x` is chunked by about 128 KiB and gzip-compressed (level 4), `/y` (int64) likewise.
+    /// `/x` is chunked by about 32 KiB (a random row decompresses one chunk, so small chunks keep
+    /// shuffled reading fast) and gzip-compressed (level 4), `/y` (int64) likewise.
     /// - Parameters:
     ///   - rows: The rows; at least one a shard.
     ///   - directory: Where to write; it must hold no `.h5` files unless `overwrite`.
@@ -212,7 +213,7 @@ public enum ShardWriter {
         for index in 0..<shardCount {
             let range = GlobalBatchSampler.split(rows.rowCount, rank: index, parts: shardCount)
             let path = (directory as NSString).appendingPathComponent(shardName(name, index: index, count: shardCount))
-            let chunkRows = max(1, min(range.count, (128 << 10) / max(1, rowBytes)))
+            let chunkRows = max(1, min(range.count, 1024, (32 << 10) / max(1, rowBytes)))
             let shape = [range.count] + rows.featureShape
             let chunks = [chunkRows] + rows.featureShape
             try HDF5File.withNewFile(path) { file in
