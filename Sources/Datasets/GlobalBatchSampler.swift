@@ -83,7 +83,8 @@ public struct GlobalBatchSampler: Sendable, Equatable {
         return start..<(start + base + (rank < extra ? 1 : 0))
     }
 
-    private static func bounded(_ random: inout CounterRandomSequence, _ bound: UInt64) -> UInt64 {
+    /// An unbiased draw in `0 ..< bound` (Lemire's method).
+    static func bounded(_ random: inout CounterRandomSequence, _ bound: UInt64) -> UInt64 {
         var product = random.next().multipliedFullWidth(by: bound)
         if product.low < bound {
             let threshold = (0 &- bound) % bound

@@ -12,11 +12,19 @@ import HDF5
 /// - `/y` (optional): `int64` labels, one a row;
 /// - root attributes: `layout_version` (1), `feature_shape` (int64 array), `pixel_scale`
 ///   (float64; 1/255 for 8-bit images), `channel_mean` and `channel_std` (float64 arrays, one a
-///   channel, in units of `x · pixel_scale`), optionally `num_classes`, `shard_index`,
-///   `shard_count`, `source`.
+///   channel — for vectors one a feature — or a single value, in units of `x · pixel_scale`;
+///   the training split's statistics, in the test split too), optionally `num_classes`,
+///   `shard_index`, `shard_count`, `source` and `format` ("anticollapse-shard").
+///
+/// `ShardWriter` writes this layout (`/x` chunked by about 32 KiB, gzip level 4) and
+/// `datasets/convert_mnist5k.py` writes it from Python; h5py reads it.
 ///
 /// Opening checks that every shard is an HDF5 file with a non-empty `/x`, that all shards
-/// agree on feature shape and element type, and that `/y`, where present, has one label a row.
+/// agree on feature shape and element type, that `/y`, where present, holds integers, one a
+/// row, and that `feature_shape`, `channel_mean`, `channel_std` and `pixel_scale` fit the data;
+/// every problem is a ``DatasetError/file(path:problem:)`` naming the shard. Reading checks
+/// float rows for NaN and infinity (naming shard and row); ``DatasetVerifier`` checks every row
+/// and label.
 public final class ShardedDataset: @unchecked Sendable {
     /// The layout version this code reads and writes.
     public static let layoutVersion: Int64 = 1
@@ -93,8 +101,15 @@ public final class ShardedDataset: @unchecked Sendable {
             if case let .int64(version)? = try? file.attribute("layout_version"), version != ShardedDataset.layoutVersion {
                 throw DatasetError.file(path: path, problem: "layout_version \(version), this build reads \(ShardedDataset.layoutVersion)")
             }
+            if case let .int64Array(recorded)? = try? file.attribute("feature_shape"), recorded.map({ Int($0) }) != shape {
+                throw DatasetError.file(path: path, problem: "attribute feature_shape \(recorded) disagrees with /x rows of shape \(shape)")
+            }
             if try file.contains("y") {
                 let labels = try file.info("y")
+                switch labels.elementType {
+                case .signedInteger, .unsignedInteger: break
+                default: throw DatasetError.file(path: path, problem: "/y holds \(labels.elementType), expected integer labels")
+                }
                 guard labels.shape == [rows] else {
                     throw DatasetError.file(path: path, problem: "/y has shape \(labels.shape) but /x has \(rows) rows")
                 }
@@ -107,7 +122,22 @@ public final class ShardedDataset: @unchecked Sendable {
             } else {
                 hasLabels = false
             }
-            if normalization == nil { normalization = ShardedDataset.normalization(of: file, storage: shardStorage, shape: shape) }
+            if normalization == nil {
+                let found = ShardedDataset.normalization(of: file, storage: shardStorage, shape: shape)
+                let channels = shape.count == 3 ? shape[0] : nil
+                for (name, values) in [("channel_mean", found.mean), ("channel_std", found.standardDeviation)] {
+                    guard !values.isEmpty, values.allSatisfy(\.isFinite) else {
+                        throw DatasetError.file(path: path, problem: "attribute \(name) \(values) must be finite numbers")
+                    }
+                    if let channels, values.count != 1 && values.count != channels {
+                        throw DatasetError.file(path: path, problem: "attribute \(name) has \(values.count) values for \(channels) channels")
+                    }
+                }
+                guard found.standardDeviation.allSatisfy({ $0 > 0 }), found.pixelScale.isFinite, found.pixelScale > 0 else {
+                    throw DatasetError.file(path: path, problem: "channel_std \(found.standardDeviation) and pixel_scale \(found.pixelScale) must be positive")
+                }
+                normalization = found
+            }
             featureShape = shape
             storage = shardStorage
             shards.append(Shard(path: path, rowCount: rows, firstRow: shards.last.map { $0.firstRow + $0.rowCount } ?? 0))
@@ -131,9 +161,15 @@ public final class ShardedDataset: @unchecked Sendable {
             throw DatasetError.file(path: location, problem: "no such dataset directory or file")
         }
         if !isDirectory.boolValue {
-            guard !location.hasSuffix(".h5") && !location.hasSuffix(".hdf5") else { return [location] }
+            // One shard: by its name or by the HDF5 signature; anything else must be a manifest.
+            if location.hasSuffix(".h5") || location.hasSuffix(".hdf5") || hasHDF5Signature(location) { return [location] }
             let base = (location as NSString).deletingLastPathComponent
-            let text = try String(contentsOfFile: location, encoding: .utf8)
+            guard let data = FileManager.default.contents(atPath: location) else {
+                throw DatasetError.file(path: location, problem: "cannot read the file")
+            }
+            guard let text = String(data: data, encoding: .utf8), !text.contains("\0") else {
+                throw DatasetError.file(path: location, problem: "not an HDF5 file, nor a manifest (a text file listing one shard path a line)")
+            }
             let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }
             guard !lines.isEmpty else { throw DatasetError.file(path: location, problem: "the manifest lists no shards") }
@@ -170,6 +206,14 @@ public final class ShardedDataset: @unchecked Sendable {
         return (0..<group.count).map { (location as NSString).appendingPathComponent(name($0)) }
     }
 
+    /// Whether the file starts with the HDF5 superblock signature `\x89HDF\r\n\x1a\n`.
+    private static func hasHDF5Signature(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let head = (try? handle.read(upToCount: 8)) ?? Data()
+        return head.elementsEqual([0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a])
+    }
+
     private static func normalization(of file: HDF5File, storage: Storage, shape: [Int]) -> Normalization {
         func doubles(_ name: String) -> [Double]? {
             switch try? file.attribute(name) {
@@ -204,24 +248,50 @@ public final class ShardedDataset: @unchecked Sendable {
             let shard = shards[shardIndex]
             let file = try openFile(shardIndex)
             let locals = wanted.map(\.local)
-            let (_, values) = try file.readRows(locals, as: Float.self, from: "x")
-            if storage == .float32, let bad = values.firstIndex(where: { !$0.isFinite }) {
-                throw DatasetError.file(path: shard.path, problem: "row \(locals[bad / width]) of /x holds \(values[bad])")
-            }
-            features.withUnsafeMutableBufferPointer { target in
-                values.withUnsafeBufferPointer { source in
-                    for (i, item) in wanted.enumerated() {
-                        (target.baseAddress! + item.position * width).update(from: source.baseAddress! + i * width, count: width)
-                    }
+            // Read in the stored type: HDF5's own uint8 → float conversion walks the selection
+            // element by element and is 20× slower than converting here.
+            switch storage {
+            case .uint8:
+                let (_, values) = try file.readRows(locals, as: UInt8.self, from: "x")
+                ShardedDataset.scatter(values, rows: wanted, width: width, into: &features)
+            case .float32:
+                let (_, values) = try file.readRows(locals, as: Float.self, from: "x")
+                if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                    let local = locals[bad / width]
+                    throw DatasetError.file(path: shard.path, problem: "row \(local) of /x (dataset row \(shard.firstRow + local)) holds \(values[bad])")
                 }
+                ShardedDataset.scatter(values, rows: wanted, width: width, into: &features)
             }
-            if labels != nil {
+            if hasLabels {
                 let (_, ys) = try file.readRows(locals, as: Int64.self, from: "y")
-                for (i, item) in wanted.enumerated() { labels![item.position] = ys[i] }
+                for (i, item) in wanted.enumerated() { labels?[item.position] = ys[i] }
             }
         }
         lock.withLock { rowsReadCounter += rows.count }
         return (features, labels)
+    }
+
+    /// Copies row `i` of `values` to row `rows[i].position` of `features`, as floats.
+    private static func scatter<T: BinaryInteger>(_ values: [T], rows: [(position: Int, local: Int)], width: Int,
+                                                  into features: inout [Float]) {
+        features.withUnsafeMutableBufferPointer { target in
+            values.withUnsafeBufferPointer { source in
+                for (i, item) in rows.enumerated() {
+                    let out = target.baseAddress! + item.position * width, from = source.baseAddress! + i * width
+                    for j in 0..<width { out[j] = Float(from[j]) }
+                }
+            }
+        }
+    }
+
+    private static func scatter(_ values: [Float], rows: [(position: Int, local: Int)], width: Int, into features: inout [Float]) {
+        features.withUnsafeMutableBufferPointer { target in
+            values.withUnsafeBufferPointer { source in
+                for (i, item) in rows.enumerated() {
+                    (target.baseAddress! + item.position * width).update(from: source.baseAddress! + i * width, count: width)
+                }
+            }
+        }
     }
 
     /// The shard holding global row `row`.

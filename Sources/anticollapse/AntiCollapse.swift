@@ -6,5 +6,5 @@ struct AntiCollapse: ParsableCommand {
         commandName: "anticollapse",
         abstract: "Data-parallel self-supervised learning with exact global-batch statistics.",
         version: "0.1.0",
-        subcommands: [Inspect.self])
+        subcommands: [Inspect.self, Dataset.self])
 }

@@ -1,0 +1,163 @@
+// `anticollapse dataset …`: make, import, check and time datasets in the shard layout
+// (version 1, see `ShardedDataset`). The work is done by the Datasets module; these commands
+// parse options and print.
+import ArgumentParser
+import Datasets
+import Foundation
+
+/// The `dataset` command group.
+struct Dataset: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make, import, verify and benchmark sharded HDF5 datasets.",
+        subcommands: [MakeSynthetic.self, Shard.self, Verify.self, Bench.self])
+}
+
+/// Runs `body`, printing any error as `error: …` on stderr and exiting non-zero.
+private func reportingErrors(_ body: () throws -> Void) throws {
+    do { try body() } catch let error as ExitCode { throw error } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+/// Parses `1,28,28` into `[1, 28, 28]`.
+private func parseShape(_ text: String?) throws -> [Int]? {
+    guard let text else { return nil }
+    let parts = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+    guard !parts.isEmpty, parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
+        throw ValidationError("--feature-shape \(text) is not a list of positive sizes like 1,28,28")
+    }
+    return parts.compactMap { $0 }
+}
+
+extension Dataset {
+    /// `dataset make-synthetic`: a labelled synthetic dataset.
+    struct MakeSynthetic: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "make-synthetic",
+            abstract: "Write a labelled synthetic dataset (Gaussian blobs or simple shapes) as shards.",
+            discussion: "Writes OUT/train/NAME-train-0000K-of-0000S.h5 and, with --test-rows, OUT/test/NAME-test-00000-of-00001.h5; both record the training rows' channel mean and std.")
+
+        @Option(help: "images (1×size×size uint8 shapes) or vectors (float32 Gaussian blobs).")
+        var kind: String = "images"
+        @Option(help: "Training rows.") var rows: Int
+        @Option(help: "Test rows (0: no test split).") var testRows: Int = 0
+        @Option(help: "Classes.") var classes: Int = 10
+        @Option(help: "Features a row (vectors).") var features: Int = 32
+        @Option(help: "Image side (images).") var size: Int = 28
+        @Option(help: "Training shards.") var shards: Int = 1
+        @Option(help: "Random seed.") var seed: UInt64 = 0
+        @Option(help: "Shard name prefix (default synthetic-KIND).") var name: String?
+        @Option(help: "Output directory.") var out: String
+        @Flag(help: "Replace shards already in the output directories.") var overwrite = false
+
+        func validate() throws {
+            guard SyntheticData.Kind(rawValue: kind) != nil else { throw ValidationError("--kind must be images or vectors, not \(kind)") }
+        }
+
+        func run() throws {
+            try reportingErrors {
+                let spec = try SyntheticData(kind: SyntheticData.Kind(rawValue: kind) ?? .images, rows: rows, testRows: testRows,
+                                             classes: classes, features: features, size: size, seed: seed)
+                let (train, test) = try spec.write(to: out, name: name, trainShards: shards, overwrite: overwrite)
+                print("wrote \(rows) training rows in \(train.count) shards under \((out as NSString).appendingPathComponent("train"))")
+                if !test.isEmpty { print("wrote \(testRows) test rows in \(test.count) shard under \((out as NSString).appendingPathComponent("test"))") }
+            }
+        }
+    }
+
+    /// `dataset shard`: import an HDF5, NumPy or CSV file.
+    struct Shard: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Split an HDF5, .npy or CSV file into train/test shards.",
+            discussion: """
+            INPUT is read by its extension: .h5/.hdf5 (datasets --features-dataset and --labels-dataset), \
+            .npy (dtype |u1, <f4, <f8, <i8 or <i4, C order; labels from --labels FILE.npy) or anything else as CSV \
+            (numbers, an optional header line, the label in --label-column). Rows are split with a seeded \
+            permutation and written as OUT/train/NAME-train-0000K-of-0000N.h5 and OUT/test/NAME-test-….h5.
+            """)
+
+        @Argument(help: "The input file.") var input: String
+        @Option(help: "Output directory.") var out: String
+        @Option(help: "Shard name prefix.") var name: String
+        @Option(help: "Training shards.") var shards: Int = 1
+        @Option(help: "Test shards.") var testShards: Int = 1
+        @Option(help: "Fraction of rows for the test split (0 for none).") var testFraction: Double = 0.2
+        @Option(help: "Seed of the train/test split.") var seed: UInt64 = 0
+        @Option(help: "CSV label column: last, first or none.") var labelColumn: String = "last"
+        @Option(help: "Labels .npy file (with a .npy input).") var labels: String?
+        @Option(help: "Features dataset in an HDF5 input.") var featuresDataset: String = "x"
+        @Option(help: "Labels dataset in an HDF5 input (ignored if absent).") var labelsDataset: String = "y"
+        @Option(help: "Row shape, e.g. 1,28,28 (default: the input's).") var featureShape: String?
+        @Option(help: "Stored type: auto, uint8 or float32.") var storage: String = "auto"
+        @Flag(help: "Replace shards already in the output directories.") var overwrite = false
+
+        func validate() throws {
+            guard ArrayImport.LabelColumn(rawValue: labelColumn) != nil else { throw ValidationError("--label-column must be last, first or none") }
+            guard ArrayImport.StoragePolicy(rawValue: storage) != nil else { throw ValidationError("--storage must be auto, uint8 or float32") }
+            _ = try parseShape(featureShape)
+        }
+
+        func run() throws {
+            try reportingErrors {
+                let shape = try parseShape(featureShape)
+                let policy = ArrayImport.StoragePolicy(rawValue: storage) ?? .auto
+                let lower = input.lowercased()
+                let rows: DatasetRows
+                if lower.hasSuffix(".h5") || lower.hasSuffix(".hdf5") {
+                    rows = try ArrayImport.rowsFromHDF5(input, features: featuresDataset, labels: labelsDataset,
+                                                       featureShape: shape, storage: policy)
+                } else if lower.hasSuffix(".npy") {
+                    rows = try ArrayImport.rowsFromNumPy(features: input, labels: labels, featureShape: shape, storage: policy)
+                } else {
+                    rows = try ArrayImport.rowsFromCSV(input, labelColumn: ArrayImport.LabelColumn(rawValue: labelColumn) ?? .last,
+                                                       featureShape: shape, storage: policy)
+                }
+                let (train, test) = try ShardWriter.writeSplit(
+                    rows, to: out, name: name, trainShards: shards, testShards: testShards, testFraction: testFraction,
+                    seed: seed, source: "anticollapse dataset shard \((input as NSString).lastPathComponent) --test-fraction \(testFraction) --seed \(seed)",
+                    overwrite: overwrite)
+                print("read \(rows.rowCount) rows of shape \(rows.featureShape) (\(rows.values.storage.rawValue)) from \(input)")
+                print("wrote \(train.count) training shards under \((out as NSString).appendingPathComponent("train"))"
+                      + (test.isEmpty ? "" : " and \(test.count) test shards under \((out as NSString).appendingPathComponent("test"))"))
+            }
+        }
+    }
+
+    /// `dataset verify`: check every shard and row.
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check every shard and row of a dataset and summarise it.",
+            discussion: "Exits non-zero, naming the file (and row), on a missing or unreadable shard, disagreeing shards, an empty shard, labels not one a row or out of range, or NaN/Inf in float data.")
+
+        @Argument(help: "A dataset directory, manifest or shard.") var path: String
+
+        func run() throws {
+            try reportingErrors { print(try DatasetVerifier.verify(path)) }
+        }
+    }
+
+    /// `dataset bench`: loader throughput on one process.
+    struct Bench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure the loader's rows/s and MB/s, with and without augmentation.")
+
+        @Argument(help: "A dataset directory, manifest or shard.") var path: String
+        @Option(help: "Global batch size.") var batch: Int = 256
+        @Option(help: "Steps timed.") var steps: Int = 50
+        @Flag(help: "Time reading and normalising only.") var noAugment = false
+
+        func run() throws {
+            try reportingErrors {
+                let dataset = try ShardedDataset(path)
+                print("\(path): \(dataset.rowCount) rows of \(dataset.featureShape) \(dataset.storage.rawValue), batch \(batch), \(steps) steps")
+                for augment in noAugment ? [false] : [false, true] {
+                    let result = try DataBenchmark.run(dataset: dataset, globalBatchSize: batch, steps: steps, augment: augment)
+                    let label = augment ? "read + 2 augmented views" : "read + normalise       "
+                    print("\(label): \(String(format: "%10.0f", result.rowsPerSecond)) rows/s  "
+                          + "\(String(format: "%8.1f", result.megabytesPerSecond)) MB/s  (\(result.rows) rows in \(String(format: "%.3f", result.seconds)) s)")
+                }
+            }
+        }
+    }
+}
