@@ -1,10 +1,11 @@
 import ArgumentParser
+import Training
 
 @main
 struct AntiCollapse: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "anticollapse",
         abstract: "Data-parallel self-supervised learning with exact global-batch statistics.",
-        version: "0.1.0",
-        subcommands: [Inspect.self, Dataset.self])
+        version: AntiCollapseVersion.current,
+        subcommands: [Train.self, Dataset.self, Inspect.self])
 }

@@ -1,0 +1,399 @@
+import Foundation
+import Datasets
+import Layers
+import Objectives
+import Yams
+
+/// Everything a training run needs, as written in a YAML config file (snake_case keys).
+///
+/// Every key has a default (see `configs/` and the README's reference): a config file only
+/// states what differs. Unknown keys and invalid values are rejected before any work, naming
+/// the key and the valid choices. Where a number means "off" or "unset", it is 0.
+public struct TrainingConfiguration: Codable, Equatable, Sendable {
+    /// Keys the initial parameters, the data order, augmentation and SIGReg's directions.
+    public var seed: UInt64 = 0
+    public var data = DataConfiguration()
+    public var model = ModelDescription(encoder: .mlp(widths: [784, 1024, 1024]),
+                                        projector: .mlp(widths: [1024, 2048, 2048], lastBias: false))
+    public var objective = ObjectiveConfiguration()
+    public var optimizer = OptimizerConfiguration()
+    public var schedule = ScheduleConfiguration()
+    public var checkpoint = CheckpointConfiguration()
+    public var logging = LoggingConfiguration()
+
+    public init() {}
+}
+
+/// Where the data come from and how views are made.
+public struct DataConfiguration: Codable, Equatable, Sendable {
+    /// The training dataset: a shard directory, a manifest or one `.h5` file.
+    public var train = "datasets/mnist5k/train"
+    /// A labelled test dataset for the online probe and the final evaluation ("" for none).
+    public var test = "datasets/mnist5k/test"
+    /// Views made with `augmentation` (2 for VICReg, Barlow Twins, W-MSE; LeJEPA's global views).
+    public var globalViews = 2
+    /// Extra views made with `local_augmentation` (LeJEPA's local views).
+    public var localViews = 0
+    public var augmentation = Augmentation()
+    /// The augmentation of local views: smaller crops.
+    public var localAugmentation: Augmentation = {
+        var local = Augmentation()
+        local.cropScale = 0.1...0.4
+        return local
+    }()
+    /// Batches read ahead by the background loader.
+    public var prefetch = 2
+}
+
+/// Which objective, and its weights.
+public struct ObjectiveConfiguration: Codable, Equatable, Sendable {
+    public enum Name: String, ConfigurationChoice {
+        case vicreg, barlowTwins = "barlow_twins", wmse, sigreg, lejepa
+    }
+    public var name = Name.vicreg
+    public var vicreg = VICRegWeights()
+    public var barlowTwins = BarlowTwinsSettings()
+    public var wmse = WMSESettings()
+    public var sigreg = SIGRegSettings()
+    public var lejepa = LeJEPASettings()
+    /// How batch statistics become global: `automatic` (by the cost model), `statistics`
+    /// (all-reduce the moments) or `gather` (all-gather the embeddings).
+    public var reduction = "automatic"
+
+    public struct VICRegWeights: Codable, Equatable, Sendable {
+        public var invariance = 25.0, variance = 25.0, covariance = 1.0
+    }
+    public struct BarlowTwinsSettings: Codable, Equatable, Sendable {
+        /// λ, the weight of the off-diagonal terms.
+        public var lambda = 0.0051
+    }
+    public struct WMSESettings: Codable, Equatable, Sendable {
+        /// Shrinkage of the covariance towards its scaled identity, in [0, 1).
+        public var shrinkage = 0.0
+        /// Rows per whitening sub-batch (0: the whole global batch).
+        public var subBatchSize = 0
+    }
+    public struct SIGRegSettings: Codable, Equatable, Sendable {
+        /// Random 1-D projections per step.
+        public var directions = 1024
+    }
+    public struct LeJEPASettings: Codable, Equatable, Sendable {
+        /// λ: loss = (1 − λ)·invariance + λ·SIGReg.
+        public var lambda = 0.02
+        public var directions = 1024
+    }
+}
+
+/// The optimizer and its hyperparameters.
+public struct OptimizerConfiguration: Codable, Equatable, Sendable {
+    public enum Name: String, ConfigurationChoice { case lars, adamw, sgd }
+    public var name = Name.lars
+    /// The base learning rate (before scaling by global batch / 256).
+    public var learningRate = 0.3
+    /// Multiply the base learning rate by global batch / 256 (VICReg's and Barlow Twins' rule).
+    public var scaleByBatch = true
+    public var weightDecay = 1e-4
+    /// Momentum of LARS and SGD.
+    public var momentum = 0.9
+    /// Nesterov momentum (SGD).
+    public var nesterov = false
+    /// LARS trust coefficient.
+    public var eta = 0.001
+    /// AdamW β₁, β₂, ε.
+    public var beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8
+    /// Clip gradients to this global norm (0: no clipping).
+    public var clipGradientNorm = 0.0
+}
+
+/// How long to train and how the learning rate moves.
+public struct ScheduleConfiguration: Codable, Equatable, Sendable {
+    /// Rows per step over all ranks; the world size must divide it.
+    public var globalBatchSize = 256
+    public var epochs = 30
+    /// Total steps; 0 means `epochs` × steps per epoch.
+    public var steps = 0
+    /// Linear warm-up, in epochs.
+    public var warmupEpochs = 2.0
+    /// The learning rate at the end of the cosine, as a fraction of the peak.
+    public var finalLearningRateFraction = 0.002
+    /// OpenBLAS threads per rank; 0: the node's cores ÷ ranks on the node.
+    public var blasThreads = 0
+}
+
+/// When checkpoints are written and how many are kept.
+public struct CheckpointConfiguration: Codable, Equatable, Sendable {
+    /// Steps between checkpoints (0: only at the end and on SIGTERM/SIGINT).
+    public var everySteps = 100
+    /// Newest checkpoints kept in the run directory.
+    public var keep = 3
+}
+
+/// What is printed and written to `metrics.jsonl`.
+public struct LoggingConfiguration: Codable, Equatable, Sendable {
+    /// Steps between progress lines and metric records.
+    public var everySteps = 10
+    /// Steps between collapse diagnostics (0: off).
+    public var diagnosticsEvery = 50
+}
+
+// MARK: - Loading
+
+/// A config value chosen from a fixed set; decoding an unknown one names the valid choices.
+public protocol ConfigurationChoice: RawRepresentable<String>, CaseIterable, Codable, Sendable {}
+
+extension ConfigurationChoice {
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let value = Self(rawValue: text) else {
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: decoder.codingPath,
+                debugDescription: "unknown \"\(text)\"; valid: \(Self.allCases.map(\.rawValue).joined(separator: ", "))"))
+        }
+        self = value
+    }
+}
+
+/// A config that cannot be used, naming the key and what would be right.
+public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension TrainingConfiguration {
+    /// Reads a YAML config, applies `--set key=value` overrides (dotted snake_case keys, YAML
+    /// values: `optimizer.learning_rate=0.1`, `model.encoder.widths=[784,512]`), and validates.
+    ///
+    /// - Parameters:
+    ///   - yaml: the file's text ("" for all defaults).
+    ///   - overrides: `key=value` strings, applied in order.
+    ///   - source: the file's name, for messages.
+    public static func load(yaml: String, overrides: [String] = [], source: String = "config") throws -> TrainingConfiguration {
+        var tree: [String: Any]
+        do {
+            let loaded = try Yams.load(yaml: yaml)
+            if loaded == nil || loaded is NSNull {
+                tree = [:]
+            } else if let mapping = loaded as? [String: Any] {
+                tree = mapping
+            } else {
+                throw ConfigurationError("\(source): the top level must be a mapping of keys")
+            }
+        } catch let error as ConfigurationError {
+            throw error
+        } catch {
+            throw ConfigurationError("\(source): not valid YAML: \(error)")
+        }
+        for override in overrides {
+            guard let equals = override.firstIndex(of: "="), equals != override.startIndex else {
+                throw ConfigurationError("--set \(override): expected key=value, e.g. optimizer.learning_rate=0.1")
+            }
+            let key = String(override[..<equals]), text = String(override[override.index(after: equals)...])
+            let value: Any = (try? Yams.load(yaml: text)).flatMap { $0 } ?? text
+            try ConfigurationTree.set(&tree, path: key.split(separator: ".").map(String.init), value: value)
+        }
+        let defaults = try ConfigurationTree.encode(TrainingConfiguration())
+        let merged = ConfigurationTree.merge(defaults, tree)
+        let configuration: TrainingConfiguration
+        do {
+            configuration = try ConfigurationTree.decode(TrainingConfiguration.self, from: merged)
+        } catch let error as DecodingError {
+            throw ConfigurationError("\(source): \(ConfigurationTree.describe(error))")
+        }
+        // A key the user wrote that the decoded config does not write back is not ours.
+        try ConfigurationTree.checkKnownKeys(tree, against: ConfigurationTree.encode(configuration), source: source)
+        try configuration.validate(source: source)
+        return configuration
+    }
+
+    /// Reads a YAML config file (see ``load(yaml:overrides:source:)``).
+    public static func load(file: String?, overrides: [String] = []) throws -> TrainingConfiguration {
+        guard let file else { return try load(yaml: "", overrides: overrides, source: "defaults") }
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+            throw ConfigurationError("\(file): cannot read the config file")
+        }
+        return try load(yaml: text, overrides: overrides, source: file)
+    }
+
+    /// The config as YAML with every key, as saved in the run directory.
+    public func yaml() throws -> String {
+        try Yams.serialize(node: ConfigurationTree.node(ConfigurationTree.encode(self)))
+    }
+
+    /// Checks values that decode but cannot work, naming the key.
+    public func validate(source: String = "config") throws {
+        func fail(_ key: String, _ problem: String) -> ConfigurationError {
+            ConfigurationError("\(source): \(key): \(problem)")
+        }
+        if schedule.globalBatchSize < 2 { throw fail("schedule.global_batch_size", "must be at least 2, got \(schedule.globalBatchSize)") }
+        if schedule.epochs < 1 && schedule.steps < 1 { throw fail("schedule.epochs", "must be at least 1 (or set schedule.steps)") }
+        if schedule.steps < 0 { throw fail("schedule.steps", "must be 0 (use epochs) or positive, got \(schedule.steps)") }
+        if schedule.warmupEpochs < 0 { throw fail("schedule.warmup_epochs", "must not be negative") }
+        if !(0...1).contains(schedule.finalLearningRateFraction) { throw fail("schedule.final_learning_rate_fraction", "must be in [0, 1]") }
+        if schedule.blasThreads < 0 { throw fail("schedule.blas_threads", "must be 0 (automatic) or positive") }
+        if data.globalViews < 1 { throw fail("data.global_views", "must be at least 1") }
+        if data.localViews < 0 { throw fail("data.local_views", "must not be negative") }
+        if data.prefetch < 0 { throw fail("data.prefetch", "must not be negative") }
+        if data.train.isEmpty { throw fail("data.train", "names no dataset") }
+        let twoViewObjectives: [ObjectiveConfiguration.Name] = [.vicreg, .barlowTwins, .wmse]
+        if twoViewObjectives.contains(objective.name) && (data.globalViews != 2 || data.localViews != 0) {
+            throw fail("data.global_views", "\(objective.name.rawValue) compares exactly 2 views (global_views: 2, local_views: 0)")
+        }
+        if !StatisticsReduction.allCases.map(\.rawValue).contains(objective.reduction) {
+            throw fail("objective.reduction", "unknown \"\(objective.reduction)\"; valid: \(StatisticsReduction.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        for (key, weight) in [("invariance", objective.vicreg.invariance), ("variance", objective.vicreg.variance),
+                              ("covariance", objective.vicreg.covariance)] where weight < 0 {
+            throw fail("objective.vicreg.\(key)", "must not be negative, got \(weight)")
+        }
+        if objective.sigreg.directions < 1 { throw fail("objective.sigreg.directions", "must be at least 1") }
+        if objective.lejepa.directions < 1 { throw fail("objective.lejepa.directions", "must be at least 1") }
+        if !(0...1).contains(objective.lejepa.lambda) { throw fail("objective.lejepa.lambda", "must be in [0, 1]") }
+        if !(0..<1).contains(objective.wmse.shrinkage) { throw fail("objective.wmse.shrinkage", "must be in [0, 1)") }
+        if objective.wmse.subBatchSize < 0 { throw fail("objective.wmse.sub_batch_size", "must be 0 (whole batch) or positive") }
+        if optimizer.learningRate <= 0 { throw fail("optimizer.learning_rate", "must be positive, got \(optimizer.learningRate)") }
+        if optimizer.weightDecay < 0 { throw fail("optimizer.weight_decay", "must not be negative") }
+        if optimizer.clipGradientNorm < 0 { throw fail("optimizer.clip_gradient_norm", "must be 0 (off) or positive") }
+        if checkpoint.everySteps < 0 { throw fail("checkpoint.every_steps", "must be 0 (only at the end) or positive") }
+        if checkpoint.keep < 1 { throw fail("checkpoint.keep", "must be at least 1") }
+        if logging.everySteps < 1 { throw fail("logging.every_steps", "must be at least 1") }
+        if logging.diagnosticsEvery < 0 { throw fail("logging.diagnostics_every", "must be 0 (off) or positive") }
+        do { try model.validate() } catch let error as ModelDescriptionError {
+            throw fail("model.\(ConfigurationTree.snakeCase(error.key))", error.problem)
+        }
+    }
+}
+
+/// Config trees as JSON-like values (`[String: Any]`, arrays, numbers, strings), converted to and
+/// from the Codable types with snake_case keys.
+enum ConfigurationTree {
+    static func encode<T: Encodable>(_ value: T) throws -> [String: Any] {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let data = try encoder.encode(value)
+        return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, from tree: [String: Any]) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let data = try JSONSerialization.data(withJSONObject: normalize(tree))
+        return try decoder.decode(type, from: data)
+    }
+
+    /// The YAML node of a tree: keys sorted, lists of scalars in flow style, numbers written
+    /// with Swift's shortest exact form (so a saved config reloads to the same values), strings
+    /// double-quoted.
+    static func node(_ value: Any) -> Node {
+        switch value {
+        case let mapping as [String: Any]:
+            return .mapping(Node.Mapping(mapping.keys.sorted().map { (Node($0), node(mapping[$0]!)) }))
+        case let list as [Any]:
+            let items = list.map(node)
+            let flow = !list.contains { $0 is [String: Any] || $0 is [Any] }
+            return .sequence(Node.Sequence(items, Tag(.seq), flow ? .flow : .block))
+        case let number as NSNumber:
+            switch String(cString: number.objCType) {
+            case "c", "B": return Node(number.boolValue ? "true" : "false", Tag(.bool))
+            case "f", "d": return Node("\(number.doubleValue)", Tag(.float))
+            default: return Node("\(number.int64Value)", Tag(.int))
+            }
+        case let text as String:
+            return Node(text, Tag(.str), .doubleQuoted)
+        default:
+            return Node("null", Tag(.null))
+        }
+    }
+
+    /// YAML leaves `1e-6` as a string; numbers written so become numbers.
+    static func normalize(_ value: Any) -> Any {
+        switch value {
+        case let mapping as [String: Any]: return mapping.mapValues(normalize)
+        case let list as [Any]: return list.map(normalize)
+        case let text as String:
+            if text.range(of: #"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$"#, options: .regularExpression) != nil, let number = Double(text) {
+                return number
+            }
+            return text
+        default: return value
+        }
+    }
+
+    /// `base` with `override` laid over it: mappings merge key by key, except a mapping whose
+    /// `type` changes (a network of another kind), which replaces; everything else replaces.
+    static func merge(_ base: [String: Any], _ override: [String: Any]) -> [String: Any] {
+        var result = base
+        for (key, value) in override {
+            if let inner = value as? [String: Any], let old = base[key] as? [String: Any],
+               (inner["type"] as? String).map({ $0 == old["type"] as? String }) ?? true {
+                result[key] = merge(old, inner)
+            } else if value is NSNull {
+                result.removeValue(forKey: key)
+            } else {
+                result[key] = value
+            }
+        }
+        return result
+    }
+
+    static func set(_ tree: inout [String: Any], path: [String], value: Any) throws {
+        guard let head = path.first, !head.isEmpty else { throw ConfigurationError("--set: empty key") }
+        if path.count == 1 {
+            tree[head] = value
+            return
+        }
+        var inner = tree[head] as? [String: Any] ?? [:]
+        try set(&inner, path: Array(path.dropFirst()), value: value)
+        tree[head] = inner
+    }
+
+    static func checkKnownKeys(_ given: [String: Any], against known: [String: Any], source: String, prefix: String = "") throws {
+        for (key, value) in given.sorted(by: { $0.key < $1.key }) {
+            let path = prefix.isEmpty ? key : "\(prefix).\(key)"
+            if value is NSNull { continue }
+            guard let knownValue = known[key] else {
+                throw ConfigurationError("\(source): unknown key \"\(path)\"; valid keys\(prefix.isEmpty ? "" : " of \(prefix)"): \(known.keys.sorted().joined(separator: ", "))")
+            }
+            if let inner = value as? [String: Any], let knownInner = knownValue as? [String: Any] {
+                try checkKnownKeys(inner, against: knownInner, source: source, prefix: path)
+            }
+        }
+    }
+
+    static func snakeCase(_ key: String) -> String {
+        var result = ""
+        for character in key {
+            if character.isUppercase { result += "_" + character.lowercased() } else { result.append(character) }
+        }
+        return result
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map { key in key.intValue.map { "[\($0)]" } ?? snakeCase(key.stringValue) }
+                .joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
+        }
+        switch error {
+        case let .typeMismatch(type, context):
+            return "\(path(context)): expected \(typeName(type)), \(context.debugDescription)"
+        case let .valueNotFound(type, context):
+            return "\(path(context)): missing \(typeName(type))"
+        case let .keyNotFound(key, context):
+            let prefix = path(context)
+            return "\(prefix.isEmpty ? "" : prefix + "."): missing key \"\(snakeCase(key.stringValue))\""
+        case let .dataCorrupted(context):
+            return "\(path(context)): \(context.debugDescription)"
+        @unknown default:
+            return "\(error)"
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is Double.Type, is Float.Type: return "a number"
+        case is Int.Type, is UInt64.Type: return "a whole number"
+        case is Bool.Type: return "true or false"
+        case is String.Type: return "a string"
+        default: return "\(type)"
+        }
+    }
+}

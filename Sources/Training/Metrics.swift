@@ -1,0 +1,109 @@
+import Foundation
+import Objectives
+
+/// One line of `metrics.jsonl`: what a step measured (rank 0 writes it).
+public struct MetricsRecord: Sendable {
+    public var step: Int
+    public var epoch: Int
+    public var loss: Double
+    public var terms: [ObjectiveTerm]
+    public var learningRate: Double
+    public var samplesPerSecond: Double
+    public var gradientNorm: Double
+    /// Bytes this rank sent in the step's collectives (statistics + gradients).
+    public var communicatedBytes: Int
+    public var diagnostics: CollapseDiagnostics?
+
+    /// The record as one JSON object (keys in a fixed order, numbers as JSON numbers; a
+    /// non-finite number is written as null).
+    public var jsonLine: String {
+        func number(_ value: Double) -> String { value.isFinite ? "\(value)" : "null" }
+        var fields = ["\"step\":\(step)", "\"epoch\":\(epoch)", "\"loss\":\(number(loss))"]
+        fields += terms.map { "\"\($0.name)\":\(number($0.value))" }
+        fields += ["\"lr\":\(number(learningRate))", "\"samples_per_second\":\(number(samplesPerSecond))",
+                   "\"grad_norm\":\(number(gradientNorm))", "\"communicated_bytes\":\(communicatedBytes)"]
+        if let d = diagnostics {
+            fields += ["\"std_mean\":\(number(d.meanStandardDeviation))", "\"std_min\":\(number(d.minimumStandardDeviation))",
+                       "\"effective_rank\":\(number(d.effectiveRank))",
+                       "\"offdiag_cov_energy\":\(number(d.offDiagonalCovarianceEnergy))",
+                       "\"epps_pulley\":\(number(d.eppsPulley))"]
+        }
+        return "{" + fields.joined(separator: ",") + "}"
+    }
+}
+
+/// Appends ``MetricsRecord``s to `RUN_DIR/metrics.jsonl`, one JSON object a line.
+final class MetricsWriter {
+    private let handle: FileHandle?
+
+    init(runDirectory: String, enabled: Bool, append: Bool) throws {
+        guard enabled else { handle = nil; return }
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        let path = (runDirectory as NSString).appendingPathComponent("metrics.jsonl")
+        if !append || !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil) else {
+                throw TrainingError("cannot create \(path)")
+            }
+        }
+        guard let handle = FileHandle(forWritingAtPath: path) else { throw TrainingError("cannot open \(path) for writing") }
+        handle.seekToEndOfFile()
+        self.handle = handle
+    }
+
+    deinit { try? handle?.close() }
+
+    func write(_ record: MetricsRecord) throws {
+        handle?.write(Data((record.jsonLine + "\n").utf8))
+    }
+}
+
+/// The progress line of rank 0: redrawn in place on a terminal, a plain line otherwise.
+final class ProgressPrinter {
+    private let log: (String) -> Void
+    private let interactive = isatty(STDOUT_FILENO) != 0
+    private let started = Date()
+    private var firstStep: Int?
+    private var drewInPlace = false
+
+    init(log: @escaping (String) -> Void, totalSteps: Int) {
+        self.log = log
+    }
+
+    func show(_ record: MetricsRecord, totalSteps: Int, lastStep: Int) {
+        if firstStep == nil { firstStep = record.step - 1 }
+        let done = record.step - (firstStep ?? 0)
+        let elapsed = Date().timeIntervalSince(started)
+        let remaining = done > 0 ? elapsed / Double(done) * Double(lastStep - record.step) : 0
+        let terms = record.terms.map { "\($0.name) \(Self.format($0.value))" }.joined(separator: " ")
+        let width = String(totalSteps).count
+        let stepText = String(repeating: " ", count: max(0, width - String(record.step).count)) + String(record.step)
+        var line = "step \(stepText)/\(totalSteps) | epoch \(record.epoch) | loss \(Self.format(record.loss)) (\(terms))"
+        line += " | lr \(Self.format(record.learningRate)) | \(Int(record.samplesPerSecond)) samples/s | ETA \(Self.duration(remaining))"
+        if let d = record.diagnostics {
+            line += " | std \(Self.format(d.meanStandardDeviation)) erank \(Self.format(d.effectiveRank))"
+        }
+        if interactive {
+            FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + line).utf8))
+            drewInPlace = true
+        } else {
+            log(line)
+        }
+    }
+
+    func finish() {
+        if drewInPlace { FileHandle.standardOutput.write(Data("\n".utf8)) }
+        drewInPlace = false
+    }
+
+    static func format(_ value: Double) -> String {
+        guard value.isFinite else { return "\(value)" }
+        let magnitude = abs(value)
+        if magnitude != 0 && (magnitude < 1e-3 || magnitude >= 1e5) { return String(format: "%.3e", value) }
+        return String(format: magnitude < 1 ? "%.4f" : "%.3f", value)
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
+    }
+}

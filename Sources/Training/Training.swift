@@ -1,1 +1,0 @@
-// Training: configuration, trainer, checkpoints.

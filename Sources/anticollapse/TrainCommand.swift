@@ -1,0 +1,92 @@
+// `anticollapse train`: the data-parallel training job, under mpirun or as one process.
+import ArgumentParser
+import Communication
+import Foundation
+import Layers
+import Tensor
+import Training
+
+/// Trains a model with a self-supervised objective, checkpointing to HDF5 and resuming.
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a model (one process, or every rank under mpirun / srun).",
+        discussion: """
+            The config is YAML; every key has a default (see README and configs/). Overrides:
+              --set optimizer.learning_rate=0.2 --set schedule.epochs=10
+            The run directory receives config.yaml (the resolved config), metrics.jsonl and
+            checkpoints/ckpt-<step>.h5. By default a run resumes from the newest valid checkpoint
+            in its run directory (--resume auto). SIGTERM/SIGINT: finish the step, checkpoint, exit 0.
+            """)
+
+    @Option(name: .long, help: "The YAML config file (default: built-in defaults, VICReg on datasets/mnist5k).")
+    var config: String?
+
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key (dotted snake_case), e.g. schedule.epochs=5.",
+                                                         valueName: "key=value"))
+    var overrides: [String] = []
+
+    @Option(name: .long, help: "auto (the newest valid checkpoint in the run directory, if any), none, or a checkpoint path.")
+    var resume = "auto"
+
+    @Option(name: .customLong("run-dir"), help: "Where config, metrics and checkpoints go (default: runs/<config name>).")
+    var runDirectory: String?
+
+    @Option(name: .customLong("blas-threads"), help: "OpenBLAS threads per rank (default: cores ÷ ranks on the node).")
+    var blasThreads: Int?
+
+    @Option(name: .customLong("stop-after"), help: "Stop (with a checkpoint) after this many steps of this invocation.")
+    var stopAfter: Int?
+
+    func validate() throws {
+        if let blasThreads, blasThreads < 1 { throw ValidationError("--blas-threads must be at least 1") }
+        if let stopAfter, stopAfter < 1 { throw ValidationError("--stop-after must be at least 1") }
+    }
+
+    func run() throws {
+        let communicator: any Communicator
+        do { communicator = try makeCommunicator() } catch {
+            FileHandle.standardError.write(Data("error: cannot start MPI: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+        try runOnEveryRank(communicator) {
+            let configuration = try TrainingConfiguration.load(file: config, overrides: overrides)
+            let threads = configuration.schedule.blasThreads > 0 ? configuration.schedule.blasThreads : blasThreads
+            let blas = BLASThreads.configure(override: threads, communicator: communicator)
+            let directory = runDirectory ?? "runs/" + (config.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension } ?? "default")
+            StopSignal.install()
+            let trainer = try Trainer(configuration: configuration, communicator: communicator, runDirectory: directory)
+            if communicator.isRoot {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                try configuration.yaml().write(toFile: (directory as NSString).appendingPathComponent("config.yaml"),
+                                               atomically: true, encoding: .utf8)
+                print("run directory \(directory); \(communicator.size) rank(s) × \(blas) BLAS thread(s)")
+            }
+            if let path = try trainer.resume(ResumeMode(argument: resume)), communicator.isRoot {
+                print("resumed from \(path) at step \(trainer.step)")
+            }
+            let summary = try trainer.train(stopAfter: stopAfter)
+            if communicator.isRoot {
+                let terms = summary.terms.map { "\($0.name) \($0.value)" }.joined(separator: ", ")
+                print("done: step \(summary.step)/\(summary.totalSteps), loss \(summary.loss) (\(terms)), "
+                      + "\(Int(summary.samplesPerSecond)) samples/s over \(String(format: "%.1f", summary.seconds)) s of steps"
+                      + (summary.checkpoint.map { "; checkpoint \($0)" } ?? ""))
+            }
+        }
+    }
+}
+
+/// Runs `body` on this rank; on an error, ends the whole job with a non-zero status on every
+/// rank (MPI_Abort when there are several), never leaving peers waiting in a collective.
+func runOnEveryRank(_ communicator: any Communicator, _ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch {
+        if communicator.size > 1 {
+            // Prints "[rank r] error: …" and ends every rank of the job.
+            try? communicator.abort(message: "error: \(error)", exitCode: 1)
+        }
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode.failure
+    }
+    if communicator is MPICommunicator { try MPICommunicator.finalize() }
+}

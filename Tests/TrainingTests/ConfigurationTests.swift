@@ -1,0 +1,65 @@
+import XCTest
+import Training
+import _TestSupport
+
+final class ConfigurationTests: XCTestCase {
+    func testDefaultsAreTheReferenceRecipe() throws {
+        let configuration = try TrainingConfiguration.load(yaml: "")
+        XCTAssertEqual(configuration.objective.name, .vicreg)
+        XCTAssertEqual(configuration.schedule.globalBatchSize, 256)
+        XCTAssertEqual(configuration.schedule.epochs, 30)
+        XCTAssertEqual(configuration.model.encoder.inputShape, [784])
+        XCTAssertEqual(configuration.model.projector?.outputFeatures, 2048)
+        XCTAssertEqual(configuration.data.train, "datasets/mnist5k/train")
+    }
+
+    func testFileValuesAndOverridesApplyInOrder() throws {
+        let yaml = """
+            seed: 7
+            objective:
+              name: barlow_twins
+              barlow_twins: {lambda: 0.01}
+            optimizer:
+              weight_decay: 1e-6
+            model:
+              encoder: {type: mlp, widths: [784, 512]}
+              projector: {type: mlp, widths: [512, 256, 256]}
+            """
+        let configuration = try TrainingConfiguration.load(
+            yaml: yaml, overrides: ["schedule.epochs=5", "optimizer.learning_rate=0.1", "schedule.epochs=6"])
+        XCTAssertEqual(configuration.seed, 7)
+        XCTAssertEqual(configuration.objective.name, .barlowTwins)
+        XCTAssertEqual(configuration.objective.barlowTwins.lambda, 0.01)
+        XCTAssertEqual(configuration.optimizer.weightDecay, 1e-6)   // "1e-6" is a number, not a string
+        XCTAssertEqual(configuration.optimizer.learningRate, 0.1)
+        XCTAssertEqual(configuration.schedule.epochs, 6)
+        XCTAssertEqual(configuration.model.encoder.outputFeatures, 512)
+        // The resolved config round-trips through its YAML.
+        XCTAssertEqual(try TrainingConfiguration.load(yaml: try configuration.yaml()), configuration)
+    }
+
+    func testBadConfigsNameTheKeyAndTheChoices() {
+        let cases: [(yaml: String, overrides: [String], expected: [String])] = [
+            ("optimiser: {learning_rate: 1}", [], ["unknown key \"optimiser\"", "optimizer", "schedule"]),
+            ("optimizer: {learnig_rate: 1}", [], ["unknown key \"optimizer.learnig_rate\"", "learning_rate"]),
+            ("objective: {name: vicrge}", [], ["objective.name", "unknown \"vicrge\"", "barlow_twins", "lejepa"]),
+            ("schedule: {global_batch_size: many}", [], ["schedule.global_batch_size", "whole number"]),
+            ("", ["schedule.global_batch_size=1"], ["schedule.global_batch_size", "at least 2"]),
+            ("", ["optimizer.learning_rate=-1"], ["optimizer.learning_rate", "positive"]),
+            ("", ["objective.reduction=all"], ["objective.reduction", "statistics", "gather"]),
+            ("", ["objective.name=vicreg", "data.global_views=3"], ["data.global_views", "exactly 2 views"]),
+            ("model: {projector: {type: mlp, widths: [999, 10]}}", [], ["model.projector.widths[0]", "1024"]),
+            ("- a list", [], ["top level must be a mapping"]),
+            ("", ["nonsense"], ["expected key=value"]),
+        ]
+        for (yaml, overrides, expected) in cases {
+            do {
+                _ = try TrainingConfiguration.load(yaml: yaml, overrides: overrides, source: "bad.yaml")
+                XCTFail("accepted \(yaml) \(overrides)")
+            } catch {
+                let text = "\(error)"
+                for piece in expected { XCTAssertTrue(text.contains(piece), "\(yaml) \(overrides): \(text) lacks \(piece)") }
+            }
+        }
+    }
+}
