@@ -127,7 +127,7 @@ public final class Trainer {
         let peak = scaledLearningRate(base: configuration.optimizer.learningRate, globalBatchSize: schedule.globalBatchSize,
                                       scaleByBatch: configuration.optimizer.scaleByBatch)
         self.schedule = try LearningRateSchedule.warmupCosine(
-            base: peak, warmupSteps: Int((schedule.warmupEpochs * Double(sampler.stepsPerEpoch)).rounded()),
+            base: peak, warmupSteps: min(Int((schedule.warmupEpochs * Double(sampler.stepsPerEpoch)).rounded()), totalSteps - 1),
             totalSteps: totalSteps, finalFraction: schedule.finalLearningRateFraction).validated()
         synchronizer = GradientSynchronizer(parameters: model.parameters, communicator: communicator)
         self.checkpoints = checkpoints ?? HDF5CheckpointDirectory(directory: (runDirectory as NSString).appendingPathComponent("checkpoints"))
