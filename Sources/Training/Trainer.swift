@@ -120,10 +120,19 @@ public final class Trainer {
         sampler = try GlobalBatchSampler(rowCount: dataset.rowCount, globalBatchSize: schedule.globalBatchSize,
                                          seed: configuration.seed)
         totalSteps = schedule.steps > 0 ? schedule.steps : schedule.epochs * sampler.stepsPerEpoch
+        let embeddingWidth = configuration.model.projector?.outputFeatures ?? configuration.model.encoder.outputFeatures
+        if configuration.objective.name == .wmse {
+            let whitened = configuration.objective.wmse.subBatchSize > 0 ? configuration.objective.wmse.subBatchSize : schedule.globalBatchSize
+            guard whitened > embeddingWidth else {
+                throw ConfigurationError("objective.wmse: whitening needs more rows than embedding features, but a whitened batch has \(whitened) rows (objective.wmse.sub_batch_size or schedule.global_batch_size) for \(embeddingWidth) features")
+            }
+            if configuration.objective.wmse.subBatchSize > 0 && schedule.globalBatchSize % whitened != 0 {
+                throw ConfigurationError("objective.wmse.sub_batch_size: \(whitened) does not divide schedule.global_batch_size \(schedule.globalBatchSize)")
+            }
+        }
         model = try Model<Float>(configuration.model, seed: configuration.seed)
         optimizer = try TrainingOptimizer(configuration.optimizer, parameters: model.parameters)
-        objective = try Trainer.makeObjective(configuration, embeddingWidth: configuration.model.projector?.outputFeatures
-                                              ?? configuration.model.encoder.outputFeatures)
+        objective = Trainer.makeObjective(configuration)
         let peak = scaledLearningRate(base: configuration.optimizer.learningRate, globalBatchSize: schedule.globalBatchSize,
                                       scaleByBatch: configuration.optimizer.scaleByBatch)
         self.schedule = try LearningRateSchedule.warmupCosine(
@@ -133,7 +142,7 @@ public final class Trainer {
         self.checkpoints = checkpoints ?? HDF5CheckpointDirectory(directory: (runDirectory as NSString).appendingPathComponent("checkpoints"))
     }
 
-    static func makeObjective(_ configuration: TrainingConfiguration, embeddingWidth: Int) throws -> any Objective<Float> {
+    static func makeObjective(_ configuration: TrainingConfiguration) -> any Objective<Float> {
         let objective = configuration.objective
         switch objective.name {
         case .vicreg:
