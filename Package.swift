@@ -74,6 +74,6 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"]),
-        .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "_TestSupport"]),
+        .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "Training", "Datasets", "_TestSupport"]),
     ]
 )

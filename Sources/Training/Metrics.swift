@@ -36,14 +36,22 @@ public struct MetricsRecord: Sendable {
 final class MetricsWriter {
     private let handle: FileHandle?
 
-    init(runDirectory: String, enabled: Bool, append: Bool) throws {
+    /// Opens the metrics of a run starting at `startStep`: records of later steps (written by
+    /// a run that died after its last checkpoint) are dropped, so a resumed run's file holds
+    /// each step once.
+    init(runDirectory: String, enabled: Bool, startStep: Int) throws {
         guard enabled else { handle = nil; return }
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
         let path = (runDirectory as NSString).appendingPathComponent("metrics.jsonl")
-        if !append || !FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.createFile(atPath: path, contents: nil) else {
-                throw TrainingError("cannot create \(path)")
+        var kept = ""
+        if startStep > 0, let old = try? String(contentsOfFile: path, encoding: .utf8) {
+            for line in old.split(separator: "\n") {
+                let record = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                if let step = record?["step"] as? Int, step <= startStep { kept += line + "\n" }
             }
+        }
+        guard FileManager.default.createFile(atPath: path, contents: Data(kept.utf8)) else {
+            throw TrainingError("cannot create \(path)")
         }
         guard let handle = FileHandle(forWritingAtPath: path) else { throw TrainingError("cannot open \(path) for writing") }
         handle.seekToEndOfFile()

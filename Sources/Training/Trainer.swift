@@ -311,7 +311,7 @@ public final class Trainer {
                                      plan: plan, augmentationSeed: configuration.seed, startStep: step,
                                      prefetchDepth: configuration.data.prefetch)
         defer { loader.stop() }
-        let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, append: step > 0)
+        let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, startStep: step)
         let progress = ProgressPrinter(log: log, totalSteps: totalSteps)
         let rowCounts = (0..<communicator.size).map { sampler.rankRange(rank: $0, worldSize: communicator.size).count }
         let reduction = StatisticsReduction(rawValue: configuration.objective.reduction) ?? .automatic

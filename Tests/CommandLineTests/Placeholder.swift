@@ -1,2 +1,0 @@
-import XCTest
-final class CommandLineTestsPlaceholder: XCTestCase { func testBuilds() {} }

@@ -1,0 +1,171 @@
+import XCTest
+import Datasets
+import Training
+import _TestSupport
+
+/// `anticollapse train` as a user runs it: a process (or an mpirun job) that is signalled,
+/// killed and restarted.
+final class TrainCommandTests: XCTestCase {
+    var root = ""
+    var dataset = ""
+    var binary = ""
+
+    override func setUpWithError() throws {
+        root = try temporaryDirectory(for: self).path
+        dataset = root + "/data"
+        try SyntheticData(kind: .vectors, rows: 512, classes: 4, features: 64, seed: 5).write(to: dataset, trainShards: 2)
+        binary = try MPIRun.locate(executable: "anticollapse")
+    }
+
+    /// A recipe whose steps take a few milliseconds, with a checkpoint every 10 steps.
+    var arguments: [String] {
+        ["train", "--set", "data.train=\(dataset)/train", "--set", "data.test=",
+         "--set", "model.encoder={type: mlp, widths: [64, 256, 256]}",
+         "--set", "model.projector={type: mlp, widths: [256, 256, 256], last_bias: false}",
+         "--set", "schedule.global_batch_size=64", "--set", "schedule.steps=160", "--set", "checkpoint.every_steps=10",
+         "--set", "checkpoint.keep=50", "--set", "logging.every_steps=20", "--blas-threads", "1"]
+    }
+
+    var environment: [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        return environment
+    }
+
+    func start(_ executable: String, _ arguments: [String]) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        return (process, pipe)
+    }
+
+    /// Waits for `process` to exit within `timeout` seconds; kills it and fails otherwise.
+    func finish(_ process: Process, _ pipe: Pipe, timeout: TimeInterval = 120,
+                file: StaticString = #filePath, line: UInt = #line) -> (status: Int32, output: String, seconds: Double) {
+        let started = Date()
+        let output = LockedText()
+        let reader = Thread { output.set(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)) }
+        reader.start()
+        while process.isRunning && Date().timeIntervalSince(started) < timeout { usleep(20_000) }
+        if process.isRunning {
+            kill(-process.processIdentifier, SIGKILL)
+            process.terminate()
+            XCTFail("still running after \(timeout) s", file: file, line: line)
+        }
+        process.waitUntilExit()
+        while output.value == nil { usleep(5_000) }
+        return (process.terminationStatus, output.value ?? "", Date().timeIntervalSince(started))
+    }
+
+    func waitForCheckpoint(_ runDirectory: String, step: Int, timeout: TimeInterval = 60) -> Bool {
+        let path = runDirectory + String(format: "/checkpoints/ckpt-%08d.h5", step)
+        let started = Date()
+        while !FileManager.default.fileExists(atPath: path) {
+            if Date().timeIntervalSince(started) > timeout { return false }
+            usleep(5_000)
+        }
+        return true
+    }
+
+    func finalState(_ runDirectory: String) throws -> Checkpoint {
+        try HDF5CheckpointDirectory(directory: runDirectory + "/checkpoints").read(runDirectory + "/checkpoints/ckpt-00000160.h5")
+    }
+
+    /// `kill -9` at a random step, then `--resume auto`: the final state is the uninterrupted run's, bit for bit.
+    func testKilledRunResumesToTheSameResult() throws {
+        let straight = root + "/straight"
+        let (p1, o1) = try start(binary, arguments + ["--run-dir", straight])
+        let r1 = finish(p1, o1)
+        XCTAssertEqual(r1.status, 0, r1.output)
+
+        let killed = root + "/killed"
+        let (p2, o2) = try start(binary, arguments + ["--run-dir", killed])
+        XCTAssertTrue(waitForCheckpoint(killed, step: 10), "no first checkpoint")
+        usleep(useconds_t.random(in: 0...200_000))
+        kill(p2.processIdentifier, SIGKILL)
+        let r2 = finish(p2, o2)
+        XCTAssertEqual(p2.terminationReason, .uncaughtSignal, "the run ended before it was killed: \(r2.output)")
+
+        let (p3, o3) = try start(binary, arguments + ["--run-dir", killed, "--resume", "auto"])
+        let r3 = finish(p3, o3)
+        XCTAssertEqual(r3.status, 0, r3.output)
+        XCTAssertTrue(r3.output.contains("resumed from"), r3.output)
+        let a = try finalState(straight), b = try finalState(killed)
+        XCTAssertEqual(a.step, 160)
+        XCTAssertEqual(a.tensors.keys.sorted(), b.tensors.keys.sorted())
+        for key in a.tensors.keys.sorted() { XCTAssertEqual(a.tensors[key]?.values, b.tensors[key]?.values, key) }
+        XCTAssertEqual(a.optimizerStepCount, b.optimizerStepCount)
+        // metrics.jsonl holds every logged step once.
+        let steps = try String(contentsOfFile: killed + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["step"] as? Int
+        }
+        XCTAssertEqual(steps, steps.sorted())
+        XCTAssertEqual(Set(steps).count, steps.count)
+    }
+
+    /// SIGTERM (a Slurm preemption): finish the step, write a checkpoint, exit 0.
+    func testSIGTERMWritesACheckpointAndExitsZero() throws {
+        let run = root + "/term"
+        let (process, pipe) = try start(binary, arguments + ["--run-dir", run])
+        XCTAssertTrue(waitForCheckpoint(run, step: 10), "no first checkpoint")
+        process.terminate()
+        let result = finish(process, pipe)
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("stop requested"), result.output)
+        let newest = try HDF5CheckpointDirectory(directory: run + "/checkpoints").newestValid { XCTFail($0) }
+        let step = try XCTUnwrap(newest?.step)
+        XCTAssertGreaterThanOrEqual(step, 10)
+        XCTAssertLessThan(step, 160, "SIGTERM came after the run ended")
+    }
+
+    /// Killing one rank of an mpirun job ends the whole job, non-zero, within 30 s.
+    func testKillingOneRankEndsTheJob() throws {
+        let mpirun = try XCTUnwrap(["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) },
+                                   "mpirun is not installed")
+        let run = root + "/ranks"
+        let (process, pipe) = try start(mpirun, ["-np", "2", "--oversubscribe", "--bind-to", "none", binary] + arguments
+                                        + ["--run-dir", run])
+        XCTAssertTrue(waitForCheckpoint(run, step: 10), "no first checkpoint")
+        let children = try childProcesses(of: process.processIdentifier)
+        XCTAssertEqual(children.count, 2, "expected two ranks under mpirun, found \(children)")
+        let killedAt = Date()
+        kill(try XCTUnwrap(children.last), SIGKILL)
+        let result = finish(process, pipe, timeout: 60)
+        XCTAssertNotEqual(result.status, 0, result.output)
+        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 30, "the job took too long to end")
+    }
+
+    /// A bad config fails before any work, naming the key, with a non-zero exit on every rank.
+    func testBadConfigFailsOnEveryRankWithoutHanging() throws {
+        let (p1, o1) = try start(binary, arguments + ["--set", "optimiser.learning_rate=1", "--run-dir", root + "/bad"])
+        let r1 = finish(p1, o1, timeout: 30)
+        XCTAssertNotEqual(r1.status, 0)
+        XCTAssertTrue(r1.output.contains("unknown key \"optimiser\""), r1.output)
+        let mpirun = "/usr/bin/mpirun"
+        guard FileManager.default.isExecutableFile(atPath: mpirun) else { return XCTFail("mpirun is not installed") }
+        let (p2, o2) = try start(mpirun, ["-np", "2", "--oversubscribe", binary, "train", "--set", "data.train=/nonexistent/shards",
+                                          "--run-dir", root + "/bad2"])
+        let r2 = finish(p2, o2, timeout: 30)
+        XCTAssertNotEqual(r2.status, 0)
+        XCTAssertTrue(r2.output.contains("/nonexistent/shards"), r2.output)
+    }
+
+    func childProcesses(of pid: Int32) throws -> [Int32] {
+        let text = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
+        return text.split(separator: " ").compactMap { Int32($0) }.sorted()
+    }
+}
+
+/// Text set once from another thread.
+final class LockedText: @unchecked Sendable {
+    private let lock = NSLock()
+    private var text: String?
+    var value: String? { lock.withLock { text } }
+    func set(_ value: String) { lock.withLock { text = value } }
+}
