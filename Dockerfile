@@ -30,6 +30,8 @@ RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
 COPY launch ./launch
+COPY configs ./configs
+COPY datasets ./datasets
 
 RUN swift build -c release \
     && install -m 0755 "$(swift build -c release --show-bin-path)/anticollapse" /usr/local/bin/anticollapse

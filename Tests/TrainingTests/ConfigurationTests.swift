@@ -62,4 +62,23 @@ final class ConfigurationTests: XCTestCase {
             }
         }
     }
+
+    /// Every shipped config loads and validates (the repository's configs/ folder).
+    func testShippedConfigsLoad() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("configs")
+        let enumerator = try XCTUnwrap(FileManager.default.enumerator(atPath: folder.path))
+        let files = (enumerator.allObjects as? [String] ?? []).filter { $0.hasSuffix(".yaml") }.sorted()
+        XCTAssertGreaterThanOrEqual(files.count, 8)
+        for file in files {
+            let configuration = try TrainingConfiguration.load(file: folder.appendingPathComponent(file).path)
+            XCTAssertEqual(configuration.data.train, "datasets/mnist5k/train", file)
+        }
+        let lejepa = try TrainingConfiguration.load(file: folder.appendingPathComponent("lejepa-mnist5k.yaml").path)
+        XCTAssertEqual(lejepa.data.localAugmentation.cropScale, 0.1...0.4)
+        XCTAssertEqual(lejepa.data.localAugmentation.rotationDegrees, 15)   // merged with the defaults
+        let ablation = try TrainingConfiguration.load(file: folder.appendingPathComponent("ablation/vicreg-no-variance.yaml").path)
+        XCTAssertEqual(ablation.objective.vicreg.variance, 0)
+        XCTAssertEqual(ablation.objective.vicreg.invariance, 25)
+    }
 }
