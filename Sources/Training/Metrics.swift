@@ -70,16 +70,17 @@ final class ProgressPrinter {
     private let log: (String) -> Void
     private let interactive = isatty(STDOUT_FILENO) != 0
     private let started = Date()
-    private var firstStep: Int?
+    private let firstStep: Int
     private var drewInPlace = false
 
-    init(log: @escaping (String) -> Void, totalSteps: Int) {
+    /// - Parameter startStep: the step the run (or this resumed part of it) starts from.
+    init(log: @escaping (String) -> Void, startStep: Int) {
         self.log = log
+        firstStep = startStep
     }
 
     func show(_ record: MetricsRecord, totalSteps: Int, lastStep: Int) {
-        if firstStep == nil { firstStep = record.step - 1 }
-        let done = record.step - (firstStep ?? 0)
+        let done = record.step - firstStep
         let elapsed = Date().timeIntervalSince(started)
         let remaining = done > 0 ? elapsed / Double(done) * Double(lastStep - record.step) : 0
         let terms = record.terms.map { "\($0.name) \(Self.format($0.value))" }.joined(separator: " ")

@@ -312,7 +312,7 @@ public final class Trainer {
                                      prefetchDepth: configuration.data.prefetch)
         defer { loader.stop() }
         let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, startStep: step)
-        let progress = ProgressPrinter(log: log, totalSteps: totalSteps)
+        let progress = ProgressPrinter(log: log, startStep: step)
         let rowCounts = (0..<communicator.size).map { sampler.rankRange(rank: $0, worldSize: communicator.size).count }
         let reduction = StatisticsReduction(rawValue: configuration.objective.reduction) ?? .automatic
         let lastStep = min(totalSteps, stopAfter.map { step + $0 } ?? totalSteps)
