@@ -56,16 +56,24 @@ public struct CounterRandom: Sendable, Hashable {
     /// The Philox4x32 bijection with 10 rounds.
     @inlinable
     public static func philox(counter: SIMD4<UInt32>, key: SIMD2<UInt32>) -> SIMD4<UInt32> {
-        var c = counter
-        var k = key
+        // Scalars rather than SIMD lanes: the rounds are serial multiply–xor chains.
+        var c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3]
+        var k0 = key[0], k1 = key[1]
         for round in 0..<10 {
-            if round > 0 { k &+= SIMD2(0x9E37_79B9, 0xBB67_AE85) }
-            let p0 = UInt64(0xD251_1F53) &* UInt64(c[0])
-            let p1 = UInt64(0xCD9E_8D57) &* UInt64(c[2])
-            c = SIMD4(UInt32(truncatingIfNeeded: p1 >> 32) ^ c[1] ^ k[0], UInt32(truncatingIfNeeded: p1),
-                      UInt32(truncatingIfNeeded: p0 >> 32) ^ c[3] ^ k[1], UInt32(truncatingIfNeeded: p0))
+            if round > 0 {
+                k0 &+= 0x9E37_79B9
+                k1 &+= 0xBB67_AE85
+            }
+            let p0 = UInt64(0xD251_1F53) &* UInt64(c0)
+            let p1 = UInt64(0xCD9E_8D57) &* UInt64(c2)
+            let n0 = UInt32(truncatingIfNeeded: p1 >> 32) ^ c1 ^ k0
+            let n2 = UInt32(truncatingIfNeeded: p0 >> 32) ^ c3 ^ k1
+            c1 = UInt32(truncatingIfNeeded: p1)
+            c3 = UInt32(truncatingIfNeeded: p0)
+            c0 = n0
+            c2 = n2
         }
-        return c
+        return SIMD4(c0, c1, c2, c3)
     }
 
     // MARK: Distributions
@@ -91,6 +99,37 @@ public struct CounterRandom: Sendable, Hashable {
         return radius * (index % 2 == 0 ? Double.cos(angle) : Double.sin(angle))
     }
 
+    /// The standard normal draws at elements `2·pair` and `2·pair + 1` (one Box–Muller
+    /// transform of one block: the same values as ``normal(at:)`` at those elements).
+    @inlinable
+    public func normalPair(_ pair: UInt64) -> (Double, Double) {
+        let words = block(pair)
+        let u1 = Double(((UInt64(words[0]) << 32) | UInt64(words[1])) >> 11) * 0x1p-53
+        let u2 = Double(((UInt64(words[2]) << 32) | UInt64(words[3])) >> 11) * 0x1p-53
+        let radius = (-2 * Double.log(1 - u1)).squareRoot()
+        let angle = 2 * Double.pi * u2
+        return (radius * Double.cos(angle), radius * Double.sin(angle))
+    }
+
+    /// Writes the normal draws of elements `start ..< start + output.count` (the values of
+    /// ``normal(at:)``, computed a pair at a time).
+    @inlinable
+    public func normals<Scalar: BinaryFloatingPoint>(start: UInt64, into output: UnsafeMutableBufferPointer<Scalar>) {
+        var i = 0
+        while i < output.count {
+            let index = start + UInt64(i)
+            let (even, odd) = normalPair(index / 2)
+            if index % 2 == 1 {
+                output[i] = Scalar(odd)
+                i += 1
+            } else {
+                output[i] = Scalar(even)
+                if i + 1 < output.count { output[i + 1] = Scalar(odd) }
+                i += 2
+            }
+        }
+    }
+
     /// Fills `tensor` with uniform draws in `[low, high)` from elements `start …`.
     public func fillUniform<Scalar: TensorScalar>(_ tensor: Tensor<Scalar>, low: Double = 0, high: Double = 1,
                                                   start: UInt64 = 0) {
@@ -103,7 +142,8 @@ public struct CounterRandom: Sendable, Hashable {
     public func fillNormal<Scalar: TensorScalar>(_ tensor: Tensor<Scalar>, mean: Double = 0, standardDeviation: Double = 1,
                                                  start: UInt64 = 0) {
         tensor.withUnsafeMutableBufferPointer { p in
-            for i in p.indices { p[i] = Scalar(mean + standardDeviation * normal(at: start + UInt64(i))) }
+            normals(start: start, into: p)
+            for i in p.indices { p[i] = Scalar(mean + standardDeviation * Double(p[i])) }
         }
     }
 
