@@ -70,7 +70,7 @@ public struct EvaluationResult: Codable, Sendable, Equatable {
 
 /// The evaluation of a checkpoint: features of both datasets from the frozen encoder, a
 /// weighted k-NN and a linear probe.
-public struct CheckpointEvaluation {
+public struct CheckpointEvaluation: Sendable {
     public var checkpoint: String
     public var trainDataset: String
     public var testDataset: String
