@@ -280,10 +280,15 @@ public struct RunReport {
                                             : "\(side) × \(side)"
         let title = statistics.kind == .crossCorrelation ? "Cross-correlation of two views" : "Embedding covariance"
         var figures = [SVGPlot.heatmap(title: title, values: statistics.block, rows: side, columns: side, caption: shown)]
-        let spectrum = statistics.eigenvalues.enumerated().map { (x: Double($0.offset + 1), y: $0.element) }
+        // Eigenvalues below 1e-10 of the largest are rounding noise (with N rows at most N − 1
+        // are non-zero): they are left out and counted in the axis label.
+        let floor = (statistics.eigenvalues.first ?? 0) * 1e-10
+        let kept = statistics.eigenvalues.prefix { $0 > floor }
+        let spectrum = kept.enumerated().map { (x: Double($0.offset + 1), y: $0.element) }
+        let omitted = statistics.eigenvalues.count - kept.count
         figures.append(SVGPlot.lineChart(title: "Covariance eigenvalue spectrum", series: [.init(name: "eigenvalue", points: spectrum)],
-                                         xLabel: "index (largest first)", yLabel: "eigenvalue (log scale)", logY: true,
-                                         markers: spectrum.count <= 256))
+                                         xLabel: "index, largest first" + (omitted > 0 ? " (\(omitted) below 1e-10 × largest omitted)" : ""),
+                                         yLabel: "eigenvalue (log scale)", logY: true, markers: spectrum.count <= 256))
         let normal = { (x: Double) in Double.exp(-x * x / 2) / (2 * Double.pi).squareRoot() }
         for (i, values) in statistics.projections.enumerated() {
             figures.append(SVGPlot.histogram(title: "Random projection \(i + 1)", values: values, bins: 40, range: -4...4,

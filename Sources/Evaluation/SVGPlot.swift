@@ -34,6 +34,7 @@ public enum SVGPlot {
     static func label(_ value: Double) -> String {
         let magnitude = abs(value)
         if value == 0 { return "0" }
+        if value == value.rounded() && magnitude < 1e6 { return String(format: "%.0f", value) }
         if magnitude >= 1e5 || magnitude < 1e-3 { return String(format: "%.2g", value) }
         return String(format: "%.3g", value)
     }
