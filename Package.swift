@@ -51,11 +51,14 @@ let package = Package(
                 dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets",
                                .product(name: "Yams", package: "Yams")],
                 swiftSettings: numericSettings),
+        .target(name: "Evaluation",
+                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Training"],
+                swiftSettings: numericSettings),
 
         // MARK: Command line
         .executableTarget(
             name: "anticollapse",
-            dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Training", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: numericSettings),
         /// Runs one named distributed scenario on every MPI rank and prints one JSON line a rank;
         /// the tests launch it under `mpirun` and compare the ranks with a single process.
@@ -74,6 +77,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "_TestSupport"]),
         .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "Training", "Datasets", "_TestSupport"]),
     ]
 )

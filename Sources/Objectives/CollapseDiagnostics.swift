@@ -28,6 +28,17 @@ public struct CollapseDiagnostics: Sendable, Equatable {
     /// The bytes this rank passed to the all-reduce.
     public var communicatedBytes: Int
 
+    public init(globalBatchSize: Int, meanStandardDeviation: Double, minimumStandardDeviation: Double,
+                effectiveRank: Double, offDiagonalCovarianceEnergy: Double, eppsPulley: Double, communicatedBytes: Int) {
+        self.globalBatchSize = globalBatchSize
+        self.meanStandardDeviation = meanStandardDeviation
+        self.minimumStandardDeviation = minimumStandardDeviation
+        self.effectiveRank = effectiveRank
+        self.offDiagonalCovarianceEnergy = offDiagonalCovarianceEnergy
+        self.eppsPulley = eppsPulley
+        self.communicatedBytes = communicatedBytes
+    }
+
     /// The stream of the counter-based generator the diagnostic directions come from.
     static var directionStream: String { "diagnostics.directions" }
 

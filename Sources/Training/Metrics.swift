@@ -14,6 +14,13 @@ public struct MetricsRecord: Sendable {
     public var communicatedBytes: Int
     public var diagnostics: CollapseDiagnostics?
 
+    public init(step: Int, epoch: Int, loss: Double, terms: [ObjectiveTerm], learningRate: Double, samplesPerSecond: Double,
+                gradientNorm: Double, communicatedBytes: Int, diagnostics: CollapseDiagnostics?) {
+        self.step = step; self.epoch = epoch; self.loss = loss; self.terms = terms; self.learningRate = learningRate
+        self.samplesPerSecond = samplesPerSecond; self.gradientNorm = gradientNorm
+        self.communicatedBytes = communicatedBytes; self.diagnostics = diagnostics
+    }
+
     /// The record as one JSON object (keys in a fixed order, numbers as JSON numbers; a
     /// non-finite number is written as null).
     public var jsonLine: String {

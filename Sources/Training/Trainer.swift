@@ -312,6 +312,7 @@ public final class Trainer {
                                      prefetchDepth: configuration.data.prefetch)
         defer { loader.stop() }
         let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, startStep: step)
+        let tensorBoard = communicator.isRoot ? try TensorBoardWriter(directory: runDirectory) : nil
         let progress = ProgressPrinter(log: log, startStep: step)
         let rowCounts = (0..<communicator.size).map { sampler.rankRange(rank: $0, worldSize: communicator.size).count }
         let reduction = StatisticsReduction(rawValue: configuration.objective.reduction) ?? .automatic
@@ -375,6 +376,7 @@ public final class Trainer {
                                            communicatedBytes: result.communicatedBytes + synchronizer.bytesPerStep,
                                            diagnostics: diagnostics)
                 try metrics.write(record)
+                try tensorBoard?.write(record)
                 if logging { progress.show(record, totalSteps: totalSteps, lastStep: lastStep) }
             }
             if stop[0] != 0 {

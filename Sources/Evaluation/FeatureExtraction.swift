@@ -1,0 +1,192 @@
+// The Evaluation module: how good are the representations a run learned?
+//
+// - `TrainedModel` restores a `Model<Float>` from a checkpoint (its config and its tensors).
+// - `FeatureExtractor` runs the frozen encoder (evaluation mode: batch norm uses its running
+//   statistics) over every row of a dataset, the rows split across ranks and all-gathered, so
+//   every rank ends with the features of every row.
+// - `NearestNeighborClassifier` is the weighted k-NN of DINO and solo-learn.
+// - `LinearProbe` is multinomial logistic regression on standardised features.
+// - `RunReport` writes a self-contained HTML report of a run directory.
+import Communication
+import Datasets
+import Foundation
+import Layers
+import Tensor
+import Training
+
+/// A problem met while evaluating, naming the file or setting at fault.
+public struct EvaluationError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+// MARK: - Restoring a model
+
+/// A model with the parameters and running statistics of a checkpoint, and the config that
+/// trained it.
+public struct TrainedModel {
+    /// The checkpoint file.
+    public let path: String
+    /// The training step the checkpoint was written at.
+    public let step: Int
+    /// The run's resolved config, from the checkpoint's `config` attribute.
+    public let configuration: TrainingConfiguration
+    /// The model, with `/params` and `/buffers` of the checkpoint copied in.
+    public let model: Model<Float>
+
+    /// Reads and verifies the checkpoint file `path` and restores its model.
+    ///
+    /// - Throws: ``CheckpointError`` for a file that cannot be read or fails its checksum;
+    ///   ``EvaluationError`` naming the file for a config that does not load or a tensor that
+    ///   is missing or has the wrong shape.
+    public init(checkpoint path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        let checkpoint = try HDF5CheckpointDirectory(directory: directory.isEmpty ? "." : directory).read(path)
+        try self.init(checkpoint, path: path)
+    }
+
+    /// Restores the model of a checkpoint already read from `path`.
+    public init(_ checkpoint: Checkpoint, path: String) throws {
+        let configuration: TrainingConfiguration
+        do {
+            configuration = try TrainingConfiguration.load(yaml: checkpoint.config, source: "\(path) (config attribute)")
+        } catch {
+            throw EvaluationError("checkpoint \(path): its config does not load: \(error)")
+        }
+        let model = try Model<Float>(configuration.model, seed: configuration.seed)
+        for (prefix, store) in [("params", model.parameters), ("buffers", model.buffers)] {
+            for entry in store.entries {
+                let name = "\(prefix)/\(entry.name)"
+                guard let (shape, values) = checkpoint.tensors[name] else {
+                    throw EvaluationError("checkpoint \(path) has no tensor /\(name), which its config's model needs")
+                }
+                guard shape == entry.shape, values.count == entry.count else {
+                    throw EvaluationError("checkpoint \(path): /\(name) has shape \(shape), the model expects \(entry.shape)")
+                }
+                store.view(of: store.values, entry).copy(from: Tensor(shape: shape, scalars: values))
+            }
+        }
+        self.path = path
+        self.step = checkpoint.step
+        self.configuration = configuration
+        self.model = model
+    }
+
+    /// The newest checkpoint file in `runDirectory/checkpoints`, or nil when there is none.
+    public static func newestCheckpoint(inRun runDirectory: String) throws -> String? {
+        try HDF5CheckpointDirectory(directory: (runDirectory as NSString).appendingPathComponent("checkpoints")).list().last
+    }
+}
+
+// MARK: - Feature extraction
+
+/// Representations of every row of a dataset, and the rows' labels.
+public struct Features: Sendable {
+    /// `rows × width`, row `i` of the dataset in row `i`.
+    public var values: Tensor<Float>
+    /// The dataset's labels, one a row (nil when it has none).
+    public var labels: [Int64]?
+
+    public init(values: Tensor<Float>, labels: [Int64]?) {
+        self.values = values
+        self.labels = labels
+    }
+
+    /// The number of rows.
+    public var rowCount: Int { values.rowCount }
+    /// The width of a row.
+    public var width: Int { values.columnCount }
+}
+
+/// Runs a frozen model over a whole dataset, un-augmented, in evaluation mode.
+///
+/// Under several ranks each rank takes a contiguous part of the rows (the first
+/// `rows mod ranks` ranks one more, as ``GlobalBatchSampler/split(_:rank:parts:)``), runs it in
+/// chunks, and an all-gather (of parts padded to equal counts) gives every rank all rows, in
+/// dataset order: the result is that of one process.
+public struct FeatureExtractor {
+    /// Which output of the model becomes the features.
+    public enum Output: String, Sendable {
+        /// The encoder's output: the representation that probes and k-NN evaluate.
+        case representation
+        /// The projector's output: the embedding the objective sees.
+        case embedding
+    }
+
+    /// The frozen model.
+    public let model: Model<Float>
+    /// Rows a forward pass (default 256): bounds the memory of the activations.
+    public var chunkSize: Int
+    public var output: Output
+
+    /// - Parameters:
+    ///   - model: the model; its parameters are read, never changed.
+    ///   - output: the encoder's representation (default) or the projector's embedding.
+    ///   - chunkSize: rows a forward pass (default 256).
+    public init(model: Model<Float>, output: Output = .representation, chunkSize: Int = 256) {
+        self.model = model
+        self.output = output
+        self.chunkSize = max(1, chunkSize)
+    }
+
+    /// The width of a feature row.
+    public var width: Int {
+        switch output {
+        case .representation: return model.description.encoder.outputFeatures
+        case .embedding: return (model.description.projector ?? model.description.encoder).outputFeatures
+        }
+    }
+
+    /// The features of `rows` (default: every row) of `dataset`; every rank must call it and
+    /// every rank receives all of them.
+    ///
+    /// - Throws: ``EvaluationError`` naming the dataset when its rows do not fit the encoder;
+    ///   the dataset's errors (naming the shard) when a row cannot be read.
+    public func extract(_ dataset: ShardedDataset, rows: [Int]? = nil,
+                        communicator: any Communicator = SingleProcessCommunicator()) throws -> Features {
+        let inputShape = model.description.encoder.inputShape
+        guard dataset.featureCount == inputShape.reduce(1, *) else {
+            throw EvaluationError("\(dataset.location) has rows of shape \(dataset.featureShape), but the encoder takes \(inputShape)")
+        }
+        let allRows = rows ?? Array(0..<dataset.rowCount)
+        let total = allRows.count, width = self.width
+        let mine = GlobalBatchSampler.split(total, rank: communicator.rank, parts: communicator.size)
+        let padded = (total + communicator.size - 1) / communicator.size
+        // This rank's part, padded to `padded` rows.
+        let local = Tensor<Float>(zeros: [padded, width])
+        var localLabels = [Int64](repeating: -1, count: padded)
+        let loader = try BatchLoader(dataset: dataset, sampler: GlobalBatchSampler(rowCount: dataset.rowCount, globalBatchSize: 1, seed: 0),
+                                     prefetchDepth: 0)
+        let context = LayerContext(training: false, communicator: communicator)
+        var start = mine.lowerBound
+        while start < mine.upperBound {
+            let end = min(start + chunkSize, mine.upperBound)
+            let (input, labels) = try loader.readNormalized(rows: Array(allRows[start..<end]))
+            let images = input.reshaped([end - start] + inputShape)
+            let result: Tensor<Float>
+            switch output {
+            case .representation: result = try model.encoder.forward(images, context: context)
+            case .embedding: result = try model.forward(images, context: context).embedding
+            }
+            let offset = start - mine.lowerBound
+            local.rows(offset..<(offset + end - start)).copy(from: result)
+            if let labels { for (i, label) in labels.enumerated() { localLabels[offset + i] = label } }
+            start = end
+        }
+        // Every rank's padded part, in rank order; then the padding dropped.
+        let gathered = Tensor<Float>(zeros: [padded * communicator.size, width])
+        try local.withUnsafeBufferPointer { send in
+            try gathered.withUnsafeMutableBufferPointer { try communicator.allGather(send, into: $0) }
+        }
+        let gatheredLabels = dataset.hasLabels ? try communicator.allGather(localLabels) : []
+        let values = Tensor<Float>(zeros: [total, width])
+        var labels: [Int64]? = dataset.hasLabels ? [] : nil
+        for rank in 0..<communicator.size {
+            let part = GlobalBatchSampler.split(total, rank: rank, parts: communicator.size)
+            guard !part.isEmpty else { continue }
+            values.rows(part).copy(from: gathered.rows((rank * padded)..<(rank * padded + part.count)))
+            labels?.append(contentsOf: gatheredLabels[(rank * padded)..<(rank * padded + part.count)])
+        }
+        return Features(values: values, labels: labels)
+    }
+}

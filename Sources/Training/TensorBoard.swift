@@ -1,0 +1,152 @@
+import Foundation
+
+/// Writes TensorBoard scalar summaries: an `events.out.tfevents.<seconds>.<host>` file in the
+/// run directory, readable by `tensorboard --logdir RUN_DIR` without TensorFlow.
+///
+/// ## Format
+/// The file is a sequence of TFRecords, each
+///
+///     uint64 length (little-endian) · uint32 masked CRC32C(length bytes) · data · uint32 masked CRC32C(data)
+///
+/// with `masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8`. Each record's data is a
+/// protobuf `tensorflow.Event`, encoded by hand (only the fields needed):
+///
+///     Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+///     Summary { repeated Value value = 1; }
+///     Value   { string tag = 1; float simple_value = 2; }
+///
+/// The first record carries `file_version = "brain.Event:2"`; every later one a summary.
+public final class TensorBoardWriter {
+    /// The event file.
+    public let path: String
+    private let handle: FileHandle
+
+    /// Creates a new event file in `directory` (creating the directory).
+    ///
+    /// - Throws: ``TrainingError`` naming the file when it cannot be created.
+    public init(directory: String, now: Date = Date()) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
+        let base = (directory as NSString).appendingPathComponent("events.out.tfevents.\(Int(now.timeIntervalSince1970)).\(host)")
+        var path = base, suffix = 0
+        while FileManager.default.fileExists(atPath: path) { suffix += 1; path = "\(base).\(suffix)" }
+        guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
+            throw TrainingError("cannot create the TensorBoard event file \(path)")
+        }
+        self.path = path
+        self.handle = handle
+        var event = ProtocolBuffer()
+        event.double(1, now.timeIntervalSince1970)
+        event.string(3, "brain.Event:2")
+        try write(record: event.bytes)
+    }
+
+    deinit { try? handle.close() }
+
+    /// Writes one event with scalar summaries `(tag, value)` at `step`.
+    public func write(step: Int, scalars: [(tag: String, value: Double)], wallTime: Date = Date()) throws {
+        var summary = ProtocolBuffer()
+        for (tag, value) in scalars {
+            var entry = ProtocolBuffer()
+            entry.string(1, tag)
+            entry.float(2, Float(value))
+            summary.message(1, entry)
+        }
+        var event = ProtocolBuffer()
+        event.double(1, wallTime.timeIntervalSince1970)
+        event.varint(2, UInt64(bitPattern: Int64(step)))
+        event.message(5, summary)
+        try write(record: event.bytes)
+    }
+
+    /// Writes the scalars of a metrics record: `loss`, `loss/<term>`, `lr`,
+    /// `samples_per_second`, `grad_norm` and, when measured, `diagnostics/<name>`.
+    public func write(_ record: MetricsRecord) throws {
+        var scalars: [(String, Double)] = [("loss", record.loss)]
+        scalars += record.terms.map { ("loss/\($0.name)", $0.value) }
+        scalars += [("lr", record.learningRate), ("samples_per_second", record.samplesPerSecond), ("grad_norm", record.gradientNorm)]
+        if let d = record.diagnostics {
+            scalars += [("diagnostics/std_mean", d.meanStandardDeviation), ("diagnostics/std_min", d.minimumStandardDeviation),
+                        ("diagnostics/effective_rank", d.effectiveRank),
+                        ("diagnostics/offdiag_cov_energy", d.offDiagonalCovarianceEnergy),
+                        ("diagnostics/epps_pulley", d.eppsPulley)]
+        }
+        try write(step: record.step, scalars: scalars.map { (tag: $0.0, value: $0.1) })
+    }
+
+    /// Appends one TFRecord holding `data`.
+    private func write(record data: [UInt8]) throws {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(data.count + 16)
+        let length = withUnsafeBytes(of: UInt64(data.count).littleEndian, Array.init)
+        bytes += length
+        bytes += withUnsafeBytes(of: CRC32C.masked(length).littleEndian, Array.init)
+        bytes += data
+        bytes += withUnsafeBytes(of: CRC32C.masked(data).littleEndian, Array.init)
+        do { try handle.write(contentsOf: bytes) } catch {
+            throw TrainingError("cannot write the TensorBoard event file \(path): \(error)")
+        }
+    }
+}
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as TFRecord framing uses it.
+public enum CRC32C {
+    private static let table: [UInt32] = (0..<256).map { byte in
+        var crc = UInt32(byte)
+        for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+        return crc
+    }
+
+    /// The CRC-32C of `bytes`.
+    public static func checksum<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in bytes { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        return crc ^ 0xFFFF_FFFF
+    }
+
+    /// TFRecord's masked CRC: `((crc >> 15) | (crc << 17)) + 0xa282ead8`.
+    public static func masked<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
+        let crc = checksum(bytes)
+        return ((crc >> 15) | (crc << 17)) &+ 0xA282_EAD8
+    }
+}
+
+/// A protobuf message encoded field by field (wire types 0, 1, 2 and 5).
+struct ProtocolBuffer {
+    private(set) var bytes: [UInt8] = []
+
+    private mutating func rawVarint(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 { bytes.append(UInt8(v & 0x7F) | 0x80); v >>= 7 }
+        bytes.append(UInt8(v))
+    }
+
+    private mutating func key(_ field: Int, _ wireType: UInt64) { rawVarint(UInt64(field) << 3 | wireType) }
+
+    /// A varint field (int64, uint64, bool, enum); a negative int64 is its two's complement.
+    mutating func varint(_ field: Int, _ value: UInt64) { key(field, 0); rawVarint(value) }
+
+    /// A 64-bit little-endian field (double).
+    mutating func double(_ field: Int, _ value: Double) {
+        key(field, 1)
+        bytes += withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init)
+    }
+
+    /// A 32-bit little-endian field (float).
+    mutating func float(_ field: Int, _ value: Float) {
+        key(field, 5)
+        bytes += withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init)
+    }
+
+    /// A length-delimited field holding UTF-8 text.
+    mutating func string(_ field: Int, _ value: String) { lengthDelimited(field, Array(value.utf8)) }
+
+    /// A length-delimited field holding a message.
+    mutating func message(_ field: Int, _ value: ProtocolBuffer) { lengthDelimited(field, value.bytes) }
+
+    private mutating func lengthDelimited(_ field: Int, _ value: [UInt8]) {
+        key(field, 2)
+        rawVarint(UInt64(value.count))
+        bytes += value
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import Objectives
+import Training
+import XCTest
+import _TestSupport
+
+/// The TensorBoard event file, read back by a small TFRecord and protobuf reader.
+final class TensorBoardTests: XCTestCase {
+    /// One decoded `tensorflow.Event` (the fields the writer uses).
+    struct Event {
+        var wallTime: Double?
+        var step: Int64 = 0
+        var fileVersion: String?
+        var scalars: [(tag: String, value: Float)] = []
+    }
+
+    /// Reads the TFRecords of an event file, checking both masked CRC32Cs of every record.
+    static func records(_ data: [UInt8], file: StaticString = #filePath, line: UInt = #line) -> [[UInt8]] {
+        var records: [[UInt8]] = [], offset = 0
+        func uint32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(data[at + $1]) << (8 * $1) } }
+        while offset < data.count {
+            let length = Int((0..<8).reduce(UInt64(0)) { $0 | UInt64(data[offset + $1]) << (8 * $1) })
+            XCTAssertEqual(uint32(offset + 8), CRC32C.masked(data[offset..<(offset + 8)]), "length CRC", file: file, line: line)
+            let body = Array(data[(offset + 12)..<(offset + 12 + length)])
+            XCTAssertEqual(uint32(offset + 12 + length), CRC32C.masked(body), "data CRC", file: file, line: line)
+            records.append(body)
+            offset += 16 + length
+        }
+        XCTAssertEqual(offset, data.count, "trailing bytes", file: file, line: line)
+        return records
+    }
+
+    /// A minimal protobuf reader: (field, wire type, varint or bytes).
+    static func fields(_ bytes: [UInt8]) -> [(field: Int, varint: UInt64, bytes: [UInt8])] {
+        var result: [(Int, UInt64, [UInt8])] = [], i = 0
+        func varint() -> UInt64 {
+            var value: UInt64 = 0, shift: UInt64 = 0
+            while true { let b = bytes[i]; i += 1; value |= UInt64(b & 0x7F) << shift; shift += 7; if b < 0x80 { return value } }
+        }
+        while i < bytes.count {
+            let key = varint(), field = Int(key >> 3)
+            switch key & 7 {
+            case 0: result.append((field, varint(), []))
+            case 1: result.append((field, 0, Array(bytes[i..<(i + 8)]))); i += 8
+            case 5: result.append((field, 0, Array(bytes[i..<(i + 4)]))); i += 4
+            case 2: let n = Int(varint()); result.append((field, 0, Array(bytes[i..<(i + n)]))); i += n
+            default: XCTFail("unexpected wire type \(key & 7)"); return result
+            }
+        }
+        return result
+    }
+
+    static func event(_ bytes: [UInt8]) -> Event {
+        func littleEndian(_ b: [UInt8]) -> UInt64 { b.enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * $1.offset) } }
+        var event = Event()
+        for f in fields(bytes) {
+            switch f.field {
+            case 1: event.wallTime = Double(bitPattern: littleEndian(f.bytes))
+            case 2: event.step = Int64(bitPattern: f.varint)
+            case 3: event.fileVersion = String(decoding: f.bytes, as: UTF8.self)
+            case 5:
+                for value in fields(f.bytes) where value.field == 1 {
+                    var tag = "", number: Float = .nan
+                    for part in fields(value.bytes) {
+                        if part.field == 1 { tag = String(decoding: part.bytes, as: UTF8.self) }
+                        if part.field == 2 { number = Float(bitPattern: UInt32(littleEndian(part.bytes))) }
+                    }
+                    event.scalars.append((tag, number))
+                }
+            default: XCTFail("unexpected Event field \(f.field)")
+            }
+        }
+        return event
+    }
+
+    /// Reads every event of `path`.
+    static func events(_ path: String) throws -> [Event] {
+        let data = try XCTUnwrap(FileManager.default.contents(atPath: path), "cannot read \(path)")
+        return records(Array(data)).map(event)
+    }
+
+    func testCRC32CKnownAnswer() {
+        XCTAssertEqual(CRC32C.checksum(Array("123456789".utf8)), 0xE306_9283)
+        XCTAssertEqual(CRC32C.checksum([UInt8](repeating: 0, count: 32)), 0x8A91_36AA)
+    }
+
+    func testEventsReadBack() throws {
+        let directory = try temporaryDirectory(for: self, prefix: "tensorboard").path
+        let writer = try TensorBoardWriter(directory: directory, now: Date(timeIntervalSince1970: 1_700_000_000))
+        XCTAssertTrue((writer.path as NSString).lastPathComponent.hasPrefix("events.out.tfevents.1700000000."))
+        try writer.write(step: 3, scalars: [("loss", 1.5), ("lr", 0.25)], wallTime: Date(timeIntervalSince1970: 1_700_000_001.5))
+        let record = MetricsRecord(step: 300, epoch: 1, loss: 2, terms: [ObjectiveTerm("invariance", 0.5), ObjectiveTerm("variance", 1.5)],
+                                   learningRate: 0.1, samplesPerSecond: 1000, gradientNorm: 3, communicatedBytes: 0,
+                                   diagnostics: CollapseDiagnostics(globalBatchSize: 8, meanStandardDeviation: 0.75,
+                                                                    minimumStandardDeviation: 0.125, effectiveRank: 5,
+                                                                    offDiagonalCovarianceEnergy: 0.5, eppsPulley: 0.25,
+                                                                    communicatedBytes: 0))
+        try writer.write(record)
+        // A second writer in the same second gets a file of its own.
+        let second = try TensorBoardWriter(directory: directory, now: Date(timeIntervalSince1970: 1_700_000_000))
+        XCTAssertNotEqual(second.path, writer.path)
+
+        let events = try Self.events(writer.path)
+        XCTAssertEqual(events.count, 3)
+        XCTAssertEqual(events[0].fileVersion, "brain.Event:2")
+        XCTAssertEqual(events[0].wallTime, 1_700_000_000)
+        XCTAssertEqual(events[1].step, 3)
+        XCTAssertEqual(events[1].wallTime, 1_700_000_001.5)
+        XCTAssertEqual(events[1].scalars.map(\.tag), ["loss", "lr"])
+        XCTAssertEqual(events[1].scalars.map(\.value), [1.5, 0.25])
+        XCTAssertEqual(events[2].step, 300)
+        let scalars = Dictionary(uniqueKeysWithValues: events[2].scalars.map { ($0.tag, $0.value) })
+        XCTAssertEqual(scalars["loss"], 2)
+        XCTAssertEqual(scalars["loss/invariance"], 0.5)
+        XCTAssertEqual(scalars["loss/variance"], 1.5)
+        XCTAssertEqual(scalars["lr"], 0.1)
+        XCTAssertEqual(scalars["samples_per_second"], 1000)
+        XCTAssertEqual(scalars["diagnostics/std_min"], 0.125)
+        XCTAssertEqual(scalars["diagnostics/effective_rank"], 5)
+    }
+}
