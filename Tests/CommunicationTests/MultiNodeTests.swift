@@ -12,6 +12,8 @@ import Glibc
 ///
 /// Needs root and `ip netns` (iproute2); it skips otherwise, and where a container may not
 /// create namespaces. That is the only skip of the suite: everything else fails loudly.
+/// Every step has a timeout (at most 50 s in all; the test takes about 3 s), and the namespaces
+/// are removed even when the test fails or a job is killed.
 final class MultiNodeTests: XCTestCase {
     /// The root of this checkout, which holds `launch/netns/`.
     private static let repository = URL(fileURLWithPath: #filePath)
@@ -27,7 +29,7 @@ final class MultiNodeTests: XCTestCase {
 
         // Each rank runs in the namespace of its node, and MPI sees two nodes of one rank each.
         let places = try MPIRun.launch(executable: "MPIHarness", ranks: 2, arguments: ["whereami"],
-                                       launcher: launcher, timeout: 20)
+                                       launcher: launcher, timeout: 15)
         let ownNamespace = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
         for report in places {
             XCTAssertEqual(report.values["networkNamespace"], .string("net:[\(nodes.namespaceInodes[report.rank])]"),
@@ -40,7 +42,7 @@ final class MultiNodeTests: XCTestCase {
         let count = 1000
         let reports = try MPIRun.launch(executable: "MPIHarness", ranks: 2,
                                         arguments: ["collectives", "--count", "\(count)", "--max-chunk", "256"],
-                                        launcher: launcher, timeout: 20)
+                                        launcher: launcher, timeout: 15)
         let expected = try roundTripped(CollectivesFixture.expected(size: 2, count: count))
         for report in reports {
             XCTAssertEqual(report.scenario, "collectives")
@@ -92,7 +94,7 @@ private struct TwoNodes {
         testCase.addTeardownBlock {
             do {
                 let down = try MPIRun.spawn(scripts.appendingPathComponent("down").path, arguments: [name],
-                                            environment: environment, timeout: 15)
+                                            environment: environment, timeout: 10)
                 XCTAssertEqual(down.exitStatus, 0, "launch/netns/down \(name) failed\n\(down.combinedOutput)")
             } catch {
                 XCTFail("launch/netns/down \(name): \(error)")
@@ -100,21 +102,28 @@ private struct TwoNodes {
         }
 
         let up = try MPIRun.spawn(scripts.appendingPathComponent("up").path, arguments: [name],
-                                  environment: environment, timeout: 15)
+                                  environment: environment, timeout: 10)
         if up.exitStatus == 3 {
             throw XCTSkip("this machine cannot create network namespaces: \(up.standardError)")
         }
         guard up.exitStatus == 0, !up.timedOut else {
-            throw MPIRunError.failed(status: up.exitStatus, output: "launch/netns/up \(name)\n\(up.combinedOutput)")
+            throw NetworkNamespaceError(description: "launch/netns/up \(name) exited with status \(up.exitStatus)"
+                                        + (up.timedOut ? " (timed out)" : "") + "\n\(up.combinedOutput)")
         }
         hostfile = try temporaryDirectory(for: testCase, prefix: "multinode").appendingPathComponent("hosts")
         try up.standardOutput.write(to: hostfile, atomically: true, encoding: .utf8)
         namespaceInodes = try namespaces.map { namespace in
             var status = stat()
             guard stat("/run/netns/\(namespace)", &status) == 0 || stat("/var/run/netns/\(namespace)", &status) == 0 else {
-                throw MPIRunError.spawn(call: "stat(/run/netns/\(namespace))", code: errno)
+                throw NetworkNamespaceError(description: "launch/netns/up made no /run/netns/\(namespace): "
+                                            + String(cString: strerror(errno)))
             }
             return UInt64(status.st_ino)
         }
     }
+}
+
+/// `launch/netns/up` failed on a machine that can create network namespaces.
+private struct NetworkNamespaceError: Error, CustomStringConvertible {
+    let description: String
 }
