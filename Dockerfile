@@ -11,11 +11,13 @@
 #       -np 4 --oversubscribe --bind-to none anticollapse --help
 # The test suite inside the image:
 #   docker run --rm --shm-size=1g --entrypoint /anticollapse/launch/test anticollapse
+# MultiNodeTests simulates two nodes with network namespaces (iproute2, installed below); it
+# skips unless the container may create them, e.g. with `docker run --privileged`.
 FROM swift:6.3-bookworm
 
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev pkg-config \
+        libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev pkg-config iproute2 \
     && rm -rf /var/lib/apt/lists/*
 
 ENV OMPI_ALLOW_RUN_AS_ROOT=1 \

@@ -32,6 +32,9 @@ let scenarios: [Scenario] = [
     Scenario(name: "objectives",
              usage: "objectives --fixture PATH  every objective on every golden case, on this rank's rows, both reduction paths",
              run: objectivesScenario),
+    Scenario(name: "whereami",
+             usage: "whereami  where each rank runs: network namespace, host name, pid, [localRank, localSize]",
+             run: whereAmIScenario),
 ]
 
 /// The arguments of a scenario: `--name value` options.

@@ -17,8 +17,45 @@ import Darwin
 /// test bundle (`.build/<triple>/<configuration>/`), or in `$ANTICOLLAPSE_BUILD_PRODUCTS`.
 /// `mpirun` is started in a process group of its own with `--oversubscribe --bind-to none` (the
 /// test machines have fewer cores than ranks) and with Open MPI's permission to run as root;
-/// when the timeout passes, the whole group is killed.
+/// when the timeout passes, the whole group is killed. A ``Launcher`` adds options (a hostfile)
+/// or replaces `mpirun` by a wrapper script, as the multi-node test does.
 public enum MPIRun {
+    /// How `mpirun` is started: the program that stands for it, options placed before the
+    /// executable, and variables added to its environment.
+    ///
+    /// ``local`` runs `mpirun` on this machine. The multi-node test runs a wrapper that starts
+    /// `mpirun` inside a network namespace, with a hostfile:
+    ///
+    /// ```swift
+    /// let launcher = MPIRun.Launcher(program: "\(repository)/launch/netns/mpirun",
+    ///                                options: ["--hostfile", hostfile, "--mca", "btl", "tcp,self"],
+    ///                                environment: ["ANTICOLLAPSE_NETNS": name])
+    /// let reports = try MPIRun.launch(ranks: 2, arguments: ["collectives"], launcher: launcher)
+    /// ```
+    public struct Launcher: Sendable {
+        /// The absolute path of a program taking `mpirun`'s arguments; nil for `mpirun` itself
+        /// (`$MPIRUN`, else the first match on `PATH`).
+        public var program: String?
+        /// `mpirun` options placed after `-np N --oversubscribe --bind-to none` and before the
+        /// executable, e.g. `["--hostfile", path]`. An MCA parameter may appear only once.
+        public var options: [String]
+        /// Variables added to (or replacing those of) `mpirun`'s environment.
+        public var environment: [String: String]
+
+        /// - Parameters:
+        ///   - program: a wrapper to run instead of `mpirun` (default nil: `mpirun`).
+        ///   - options: extra `mpirun` options (default none).
+        ///   - environment: extra environment variables (default none).
+        public init(program: String? = nil, options: [String] = [], environment: [String: String] = [:]) {
+            self.program = program
+            self.options = options
+            self.environment = environment
+        }
+
+        /// `mpirun` on this machine, with nothing added.
+        public static let local = Launcher()
+    }
+
     /// What one `mpirun` invocation produced.
     public struct Outcome: Sendable {
         /// The exit status of `mpirun`, or `128 + signal` when a signal ended it.
@@ -55,18 +92,20 @@ public enum MPIRun {
     ///   - executable: the name of an executable product of this package.
     ///   - ranks: the number of MPI processes.
     ///   - arguments: the arguments of the executable (for `MPIHarness`, the scenario and its options).
+    ///   - launcher: how `mpirun` is started (default ``Launcher/local``).
     ///   - timeout: seconds after which the job is killed and the call throws.
     /// - Throws: ``MPIRunError`` when the job fails, times out, or does not print exactly one
     ///   report per rank.
     public static func launch(executable: String = "MPIHarness", ranks: Int, arguments: [String] = [],
-                              timeout: TimeInterval = 60) throws -> [RankReport] {
+                              launcher: Launcher = .local, timeout: TimeInterval = 60) throws -> [RankReport] {
         // Reports go to one file a rank: mpirun may interleave long lines on its standard output.
         let reportDirectory = FileManager.default.temporaryDirectory
             .appendingPathComponent("mpirun-reports-\(UUID().uuidString)", isDirectory: true)
         try FileManager.default.createDirectory(at: reportDirectory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: reportDirectory) }
         let outcome = try run(executable: executable, ranks: ranks,
-                              arguments: arguments + ["--report-dir", reportDirectory.path], timeout: timeout)
+                              arguments: arguments + ["--report-dir", reportDirectory.path],
+                              launcher: launcher, timeout: timeout)
         guard !outcome.timedOut else { throw MPIRunError.timedOut(seconds: timeout, output: outcome.combinedOutput) }
         guard outcome.exitStatus == 0 else {
             throw MPIRunError.failed(status: outcome.exitStatus, output: outcome.combinedOutput)
@@ -93,15 +132,27 @@ public enum MPIRun {
 
     /// Runs `executable` on `ranks` processes and returns what happened, whatever the exit status.
     ///
-    /// Use it to check failures (such as the `abort` scenario); ``launch(executable:ranks:arguments:timeout:)``
-    /// is the call for jobs that must succeed.
-    /// - Throws: ``MPIRunError`` when `mpirun` or the executable cannot be found or started.
+    /// Use it to check failures (such as the `abort` scenario); ``launch(executable:ranks:arguments:launcher:timeout:)``
+    /// is the call for jobs that must succeed. The parameters are those of `launch`.
+    /// - Throws: ``MPIRunError`` when `mpirun` (or the launcher's program) or the executable
+    ///   cannot be found or started.
     public static func run(executable: String = "MPIHarness", ranks: Int, arguments: [String] = [],
-                           timeout: TimeInterval = 60) throws -> Outcome {
-        guard let mpirun = mpirunPath else { throw MPIRunError.mpirunMissing }
+                           launcher: Launcher = .local, timeout: TimeInterval = 60) throws -> Outcome {
+        let mpirun: String
+        if let wrapper = launcher.program {
+            guard FileManager.default.isExecutableFile(atPath: wrapper) else {
+                throw MPIRunError.executableMissing(name: wrapper, searched: [wrapper])
+            }
+            mpirun = wrapper
+        } else {
+            guard let path = mpirunPath else { throw MPIRunError.mpirunMissing }
+            mpirun = path
+        }
         let program = try locate(executable: executable)
-        let mpirunArguments = ["-np", "\(ranks)", "--oversubscribe", "--bind-to", "none", program] + arguments
-        return try spawn(mpirun, arguments: mpirunArguments, environment: mpirunEnvironment(), timeout: timeout)
+        let mpirunArguments = ["-np", "\(ranks)", "--oversubscribe", "--bind-to", "none"] + launcher.options
+            + [program] + arguments
+        let environment = mpirunEnvironment().merging(launcher.environment) { _, added in added }
+        return try spawn(mpirun, arguments: mpirunArguments, environment: environment, timeout: timeout)
     }
 
     // MARK: Finding things

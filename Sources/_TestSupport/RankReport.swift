@@ -4,7 +4,7 @@ import Foundation
 /// The one JSON line that each rank of an `MPIHarness` scenario prints on standard output.
 ///
 /// `{"rank":r,"size":n,"scenario":"collectives","values":{"sumFloat":[…], …}}`: the harness
-/// encodes it, ``MPIRun/launch(executable:ranks:arguments:timeout:)`` decodes it, and the tests
+/// encodes it, ``MPIRun/launch(executable:ranks:arguments:launcher:timeout:)`` decodes it, and the tests
 /// compare the `values` of every rank with what a single process computes.
 public struct RankReport: Codable, Sendable, Equatable {
     /// The rank that printed the report.
