@@ -64,6 +64,10 @@ struct Train: ParsableCommand {
             if let path = try trainer.resume(ResumeMode(argument: resume)), communicator.isRoot {
                 print("resumed from \(path) at step \(trainer.step)")
             }
+            guard trainer.step < trainer.totalSteps else {
+                if communicator.isRoot { print("the run is complete: step \(trainer.step) of \(trainer.totalSteps); nothing to train") }
+                return
+            }
             let summary = try trainer.train(stopAfter: stopAfter)
             if communicator.isRoot {
                 let terms = summary.terms.map { "\($0.name) \($0.value)" }.joined(separator: ", ")
