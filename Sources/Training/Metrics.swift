@@ -75,18 +75,23 @@ final class MetricsWriter {
 /// The progress line of rank 0: redrawn in place on a terminal, a plain line otherwise.
 final class ProgressPrinter {
     private let log: (String) -> Void
+    private let enabled: Bool
     private let interactive = isatty(STDOUT_FILENO) != 0
     private let started = Date()
     private let firstStep: Int
     private var drewInPlace = false
 
-    /// - Parameter startStep: the step the run (or this resumed part of it) starts from.
-    init(log: @escaping (String) -> Void, startStep: Int) {
+    /// - Parameters:
+    ///   - enabled: whether this rank prints (rank 0 only).
+    ///   - startStep: the step the run (or this resumed part of it) starts from.
+    init(log: @escaping (String) -> Void, enabled: Bool, startStep: Int) {
         self.log = log
+        self.enabled = enabled
         firstStep = startStep
     }
 
     func show(_ record: MetricsRecord, totalSteps: Int, lastStep: Int) {
+        guard enabled else { return }
         let done = record.step - firstStep
         let elapsed = Date().timeIntervalSince(started)
         let remaining = done > 0 ? elapsed / Double(done) * Double(lastStep - record.step) : 0

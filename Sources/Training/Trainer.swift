@@ -313,7 +313,7 @@ public final class Trainer {
         defer { loader.stop() }
         let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, startStep: step)
         let tensorBoard = communicator.isRoot ? try TensorBoardWriter(directory: runDirectory) : nil
-        let progress = ProgressPrinter(log: log, startStep: step)
+        let progress = ProgressPrinter(log: log, enabled: communicator.isRoot, startStep: step)
         let rowCounts = (0..<communicator.size).map { sampler.rankRange(rank: $0, worldSize: communicator.size).count }
         let reduction = StatisticsReduction(rawValue: configuration.objective.reduction) ?? .automatic
         let lastStep = min(totalSteps, stopAfter.map { step + $0 } ?? totalSteps)
