@@ -77,7 +77,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"]),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "_TestSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Layers", "_TestSupport"]),
         .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "Training", "Datasets", "_TestSupport"]),
     ]
 )

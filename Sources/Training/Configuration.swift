@@ -134,6 +134,9 @@ public struct LoggingConfiguration: Codable, Equatable, Sendable {
     public var everySteps = 10
     /// Steps between collapse diagnostics (0: off).
     public var diagnosticsEvery = 50
+    /// Train a linear classifier on the detached representations of labelled training data and
+    /// report its accuracy (solo-learn's online linear evaluation).
+    public var onlineProbe = true
 }
 
 // MARK: - Loading

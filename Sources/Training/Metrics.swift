@@ -13,12 +13,15 @@ public struct MetricsRecord: Sendable {
     /// Bytes this rank sent in the step's collectives (statistics + gradients).
     public var communicatedBytes: Int
     public var diagnostics: CollapseDiagnostics?
+    /// The online linear probe's mean loss and accuracy since the previous record.
+    public var onlineProbe: (loss: Double, accuracy: Double)?
 
     public init(step: Int, epoch: Int, loss: Double, terms: [ObjectiveTerm], learningRate: Double, samplesPerSecond: Double,
-                gradientNorm: Double, communicatedBytes: Int, diagnostics: CollapseDiagnostics?) {
+                gradientNorm: Double, communicatedBytes: Int, diagnostics: CollapseDiagnostics?,
+                onlineProbe: (loss: Double, accuracy: Double)? = nil) {
         self.step = step; self.epoch = epoch; self.loss = loss; self.terms = terms; self.learningRate = learningRate
         self.samplesPerSecond = samplesPerSecond; self.gradientNorm = gradientNorm
-        self.communicatedBytes = communicatedBytes; self.diagnostics = diagnostics
+        self.communicatedBytes = communicatedBytes; self.diagnostics = diagnostics; self.onlineProbe = onlineProbe
     }
 
     /// The record as one JSON object (keys in a fixed order, numbers as JSON numbers; a
@@ -29,6 +32,9 @@ public struct MetricsRecord: Sendable {
         fields += terms.map { "\"\($0.name)\":\(number($0.value))" }
         fields += ["\"lr\":\(number(learningRate))", "\"samples_per_second\":\(number(samplesPerSecond))",
                    "\"grad_norm\":\(number(gradientNorm))", "\"communicated_bytes\":\(communicatedBytes)"]
+        if let probe = onlineProbe {
+            fields += ["\"probe_loss\":\(number(probe.loss))", "\"probe_accuracy\":\(number(probe.accuracy))"]
+        }
         if let d = diagnostics {
             fields += ["\"std_mean\":\(number(d.meanStandardDeviation))", "\"std_min\":\(number(d.minimumStandardDeviation))",
                        "\"effective_rank\":\(number(d.effectiveRank))",
@@ -100,6 +106,9 @@ final class ProgressPrinter {
         let stepText = String(repeating: " ", count: max(0, width - String(record.step).count)) + String(record.step)
         var line = "step \(stepText)/\(totalSteps) | epoch \(record.epoch) | loss \(Self.format(record.loss)) (\(terms))"
         line += " | lr \(Self.format(record.learningRate)) | \(Int(record.samplesPerSecond)) samples/s | ETA \(Self.duration(remaining))"
+        if let probe = record.onlineProbe {
+            line += String(format: " | probe %.1f%%", 100 * probe.accuracy)
+        }
         if let d = record.diagnostics {
             line += " | std \(Self.format(d.meanStandardDeviation)) erank \(Self.format(d.effectiveRank))"
         }

@@ -314,6 +314,10 @@ public final class Trainer {
         let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, startStep: step)
         let tensorBoard = communicator.isRoot ? try TensorBoardWriter(directory: runDirectory) : nil
         let progress = ProgressPrinter(log: log, enabled: communicator.isRoot, startStep: step)
+        let probe = configuration.logging.onlineProbe && dataset.hasLabels && dataset.classCount > 1
+            ? try OnlineProbe(features: configuration.model.encoder.outputFeatures, classes: dataset.classCount,
+                              seed: configuration.seed, communicator: communicator)
+            : nil
         let rowCounts = (0..<communicator.size).map { sampler.rankRange(rank: $0, worldSize: communicator.size).count }
         let reduction = StatisticsReduction(rawValue: configuration.objective.reduction) ?? .automatic
         let lastStep = min(totalSteps, stopAfter.map { step + $0 } ?? totalSteps)
@@ -333,7 +337,12 @@ public final class Trainer {
             let context = LayerContext(training: true, communicator: communicator)
             var embeddings: [Tensor<Float>] = []
             for (index, view) in batch.views.enumerated() {
-                embeddings.append(try model.forward(view, context: context.slot(index)).last)
+                let output = try model.forward(view, context: context.slot(index))
+                embeddings.append(output.last)
+                if index == 0, let probe, let labels = batch.labels {
+                    try probe.step(representation: output.representation, labels: labels,
+                                   globalBatchSize: configuration.schedule.globalBatchSize)
+                }
             }
             if gradients.count != embeddings.count || zip(gradients, embeddings).contains(where: { $0.shape != $1.shape }) {
                 gradients = embeddings.map { Tensor(zeros: $0.shape) }
@@ -374,7 +383,7 @@ public final class Trainer {
                 let record = MetricsRecord(step: step, epoch: batch.epoch, loss: result.loss, terms: result.terms,
                                            learningRate: learningRate, samplesPerSecond: rate, gradientNorm: gradientNorm,
                                            communicatedBytes: result.communicatedBytes + synchronizer.bytesPerStep,
-                                           diagnostics: diagnostics)
+                                           diagnostics: diagnostics, onlineProbe: probe?.take())
                 try metrics.write(record)
                 try tensorBoard?.write(record)
                 if logging { progress.show(record, totalSteps: totalSteps, lastStep: lastStep) }

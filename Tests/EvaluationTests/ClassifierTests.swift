@@ -1,4 +1,5 @@
 import Evaluation
+import Layers
 import XCTest
 import _TestSupport
 

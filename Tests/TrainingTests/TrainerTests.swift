@@ -73,6 +73,9 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(last?["step"] as? Int, 20)
         XCTAssertNotNil(last?["effective_rank"])
         XCTAssertNotNil(last?["invariance"])
+        // The online probe on the labelled training rows reports an accuracy.
+        let accuracy = try XCTUnwrap(last?["probe_accuracy"] as? Double)
+        XCTAssertTrue((0...1).contains(accuracy), "\(accuracy)")
     }
 
     /// N ranks reproduce one process: parameters after 20 steps with 1, 2 and 3 ranks, every objective.
