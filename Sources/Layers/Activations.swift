@@ -13,6 +13,8 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
     public func parameterSpecs() -> [ParameterSpec] { [] }
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         let cache = caches.cache(context.slot, make: Cache.init)
         let output = reuse(&cache.output, shape: input.shape)
@@ -24,6 +26,8 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "ReLU", slot: context.slot) }
@@ -55,6 +59,8 @@ public final class GELU<Scalar: LayerScalar>: Layer {
     public func parameterSpecs() -> [ParameterSpec] { [] }
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         let cache = caches.cache(context.slot, make: Cache.init)
         let output = reuse(&cache.output, shape: input.shape)
@@ -68,6 +74,8 @@ public final class GELU<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let input = cache.input, input.count == outputGradient.count
         else { throw LayerError.noForward(layer: "GELU", slot: context.slot) }

@@ -83,6 +83,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
     }
 
     /// `(B, C) → (B, C)` or `(B, C, H, W) → (B, C, H, W)`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let runningMean, let runningVariance else { throw LayerError.unbound(layer: "BatchNorm") }
         guard input.rank >= 2, input.shape[1] == features else {
@@ -165,6 +167,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let normalized = cache.normalized,
               normalized.count == outputGradient.count

@@ -37,6 +37,8 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         self.epsilon = epsilon
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)

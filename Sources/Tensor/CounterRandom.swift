@@ -92,6 +92,8 @@ public struct CounterRandom: Sendable, Hashable {
     }
 
     /// Fills `tensor` with uniform draws in `[low, high)` from elements `start …`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func fillUniform<Scalar: TensorScalar>(_ tensor: Tensor<Scalar>, low: Double = 0, high: Double = 1,
                                                   start: UInt64 = 0) {
         tensor.withUnsafeMutableBufferPointer { p in
@@ -100,6 +102,8 @@ public struct CounterRandom: Sendable, Hashable {
     }
 
     /// Fills `tensor` with normal draws of the given mean and standard deviation from elements `start …`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func fillNormal<Scalar: TensorScalar>(_ tensor: Tensor<Scalar>, mean: Double = 0, standardDeviation: Double = 1,
                                                  start: UInt64 = 0) {
         tensor.withUnsafeMutableBufferPointer { p in
