@@ -62,49 +62,69 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
 
         // The one all-reduce.
         try batch.allReduce(&statistics)
-        moments.combine(statistics)
+        moments.combine(statistics, forming: false)
         let n = moments.globalBatchSize
         guard n >= 2 else { throw ObjectiveError("vicreg needs a global batch of at least 2 rows, given \(n)") }
 
-        // Loss.
+        // Loss and G = ∂loss/∂C of each view, streamed over the lower triangle of the covariance
+        // (no D × D matrix in Double); G is symmetric and formed in Scalar for the gradient product.
         let invariance = Double(statistics[squaredDistance.lowerBound]) / Double(n * d)
         var variance = 0.0, covariance = 0.0
-        var covarianceGradients: [Tensor<Scalar>] = []
-        for v in 0..<2 {
-            let cov = moments.moments[v]
-            cov.scale(by: 1 / Double(n - 1))
-            let gradient = Tensor<Double>(zeros: [d, d])   // G = ∂loss/∂C
-            cov.withUnsafeBufferPointer { c in
-                gradient.withUnsafeMutableBufferPointer { g in
-                    for j in 0..<d {
-                        let standardDeviation = (c[j * d + j] + epsilon).squareRoot()
-                        if standardDeviation < 1 {
-                            variance += (1 - standardDeviation) / Double(2 * d)
-                            g[j * d + j] = -varianceWeight / (4 * Double(d) * standardDeviation)
-                        }
-                        for k in 0..<d where k != j {
-                            covariance += c[j * d + k] * c[j * d + k] / Double(d)
-                            g[j * d + k] = 2 * covarianceWeight * c[j * d + k] / Double(d)
-                        }
-                    }
-                }
-            }
-            covarianceGradients.append(gradient.converted(to: Scalar.self))
-        }
-        let loss = invarianceWeight * invariance + varianceWeight * variance + covarianceWeight * covariance
-
-        // Gradient of this rank's rows.
+        let covarianceScale = 1 / Double(n - 1)
+        let gradient = Tensor<Scalar>(zeros: [d, d])
         let localDifference = views[0].copy()
         localDifference.add(views[1], scaledBy: -1)
         for v in 0..<2 {
+            gradient.withUnsafeMutableBufferPointer { g in
+                moments.forEachCovarianceRow(v, statistics) { j, m in
+                    var offDiagonal = 0.0
+                    for k in 0..<j {
+                        let c = m[k] * covarianceScale
+                        offDiagonal += c * c / Double(d)
+                        g[j * d + k] = Scalar(2 * covarianceWeight * c / Double(d))
+                    }
+                    covariance += 2 * offDiagonal                    // C_jk and C_kj
+                    let standardDeviation = (m[j] * covarianceScale + epsilon).squareRoot()
+                    if standardDeviation < 1 {
+                        variance += (1 - standardDeviation) / Double(2 * d)
+                        g[j * d + j] = Scalar(-varianceWeight / (4 * Double(d) * standardDeviation))
+                    } else {
+                        g[j * d + j] = 0
+                    }
+                }
+                VICReg.mirrorLowerTriangle(g, dimension: d)
+            }
+            // Gradient of this rank's rows.
             gradients[v].copy(from: localDifference)
             gradients[v].scale(by: Scalar((v == 0 ? 2 : -2) * invarianceWeight / Double(n * d)))
-            Tensor.gemm(moments.centred(views[v], view: v), covarianceGradients[v], into: gradients[v],
+            Tensor.gemm(moments.centred(views[v], view: v), gradient, into: gradients[v],
                         alpha: Scalar(2 / Double(n - 1)), beta: 1)
         }
+        let loss = invarianceWeight * invariance + varianceWeight * variance + covarianceWeight * covariance
         return ObjectiveResult(loss: loss,
                                terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("variance", variance),
                                        ObjectiveTerm("covariance", covariance)],
                                communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+
+    /// Copies the strictly lower triangle of the `d × d` row-major matrix into the upper one,
+    /// a tile at a time through a small buffer, so that both reads and writes run along rows
+    /// (a strided write of rows 8 KiB apart would thrash the cache).
+    static func mirrorLowerTriangle(_ g: UnsafeMutableBufferPointer<Scalar>, dimension d: Int) {
+        let tile = 64
+        let buffer = UnsafeMutableBufferPointer<Scalar>.allocate(capacity: tile * tile)
+        defer { buffer.deallocate() }
+        for ib in stride(from: 0, to: d, by: tile) {
+            let iEnd = min(ib + tile, d)
+            for jb in stride(from: 0, through: ib, by: tile) {
+                let jEnd = min(jb + tile, d)
+                for i in ib..<iEnd {
+                    for j in jb..<min(jEnd, i) { buffer[(j - jb) * tile + (i - ib)] = g[i * d + j] }
+                }
+                for j in jb..<jEnd {
+                    for i in max(ib, j + 1)..<max(iEnd, j + 1) { g[j * d + i] = buffer[(j - jb) * tile + (i - ib)] }
+                }
+            }
+        }
     }
 }
