@@ -98,8 +98,9 @@ public enum Benchmarks {
         let B = Double(b), D = Double(d), K = Double(k)
         switch objective {
         case .vicreg:
-            // Two covariances (syrk) and two gradient products (x − μ) G.
-            return 2 * (D * (D + 1) * B) + 2 * (2 * B * D * D)
+            // Two covariances (syrk) and, per view, the gradient product (x − μ) G: one D × D
+            // product, or (one process, 2B < D) the Gram form, two B × B × D products.
+            return 2 * (D * (D + 1) * B) + (2 * b < d ? 2 * (2 * 2 * B * B * D) : 2 * (2 * B * D * D))
         case .barlow_twins:
             // The cross-covariance and two gradient products.
             return 2 * B * D * D + 2 * (2 * B * D * D)
