@@ -36,7 +36,9 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
         output.withUnsafeBufferPointer { y in
             outputGradient.withUnsafeBufferPointer { dy in
                 inputGradient.withUnsafeMutableBufferPointer { dx in
-                    for i in y.indices { dx[i] = y[i] > 0 ? dy[i] : 0 }
+                    // Both operands loaded unconditionally: a select, which vectorises (a
+                    // conditional load compiles to an unpredictable branch).
+                    for i in y.indices { let g = dy[i]; dx[i] = y[i] > 0 ? g : 0 }
                 }
             }
         }
