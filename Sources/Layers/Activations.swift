@@ -13,6 +13,8 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
     public func parameterSpecs() -> [ParameterSpec] { [] }
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         let cache = caches.cache(context.slot, make: Cache.init)
         let output = reuse(&cache.output, shape: input.shape)
@@ -24,6 +26,8 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "ReLU", slot: context.slot) }
@@ -32,7 +36,9 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
         output.withUnsafeBufferPointer { y in
             outputGradient.withUnsafeBufferPointer { dy in
                 inputGradient.withUnsafeMutableBufferPointer { dx in
-                    for i in y.indices { dx[i] = y[i] > 0 ? dy[i] : 0 }
+                    // Both operands loaded unconditionally: a select, which vectorises (a
+                    // conditional load compiles to an unpredictable branch).
+                    for i in y.indices { let g = dy[i]; dx[i] = y[i] > 0 ? g : 0 }
                 }
             }
         }
@@ -55,6 +61,8 @@ public final class GELU<Scalar: LayerScalar>: Layer {
     public func parameterSpecs() -> [ParameterSpec] { [] }
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         let cache = caches.cache(context.slot, make: Cache.init)
         let output = reuse(&cache.output, shape: input.shape)
@@ -68,6 +76,8 @@ public final class GELU<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let input = cache.input, input.count == outputGradient.count
         else { throw LayerError.noForward(layer: "GELU", slot: context.slot) }

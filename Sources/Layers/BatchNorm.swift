@@ -83,6 +83,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
     }
 
     /// `(B, C) → (B, C)` or `(B, C, H, W) → (B, C, H, W)`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let runningMean, let runningVariance else { throw LayerError.unbound(layer: "BatchNorm") }
         guard input.rank >= 2, input.shape[1] == features else {
@@ -104,16 +106,30 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
             // Shifted sums of this rank, then one all-reduce makes them global.
             for i in statistics.indices { statistics[i] = 0 }
             statistics[0] = Double(B * S)
-            input.withUnsafeBufferPointer { x in
-                runningMean.withUnsafeBufferPointer { shift in
-                    for b in 0..<B {
-                        for c in 0..<C {
-                            let row = x.baseAddress! + (b * C + c) * S
-                            let k = Double(shift[c])
-                            var s1 = 0.0, s2 = 0.0
-                            for s in 0..<S { let d = Double(row[s]) - k; s1 += d; s2 += d * d }
-                            statistics[1 + c] += s1
-                            statistics[1 + C + c] += s2
+            statistics.withUnsafeMutableBufferPointer { sums in
+                input.withUnsafeBufferPointer { x in
+                    runningMean.withUnsafeBufferPointer { shift in
+                        if S == 1 {
+                            // (B, C): the same sums, vectorised along the channels.
+                            for b in 0..<B {
+                                let row = x.baseAddress! + b * C
+                                for c in 0..<C {
+                                    let d = Double(row[c]) - Double(shift[c])
+                                    sums[1 + c] += d
+                                    sums[1 + C + c] += d * d
+                                }
+                            }
+                            return
+                        }
+                        for b in 0..<B {
+                            for c in 0..<C {
+                                let row = x.baseAddress! + (b * C + c) * S
+                                let k = Double(shift[c])
+                                var s1 = 0.0, s2 = 0.0
+                                for s in 0..<S { let d = Double(row[s]) - k; s1 += d; s2 += d * d }
+                                sums[1 + c] += s1
+                                sums[1 + C + c] += s2
+                            }
                         }
                     }
                 }
@@ -145,14 +161,33 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
         }
 
         // x̂ = (x − μ) / √(σ² + ε);  y = γ x̂ + β                (B, C, S)
+        // Per-channel constants once, in Scalar: [μ, 1/√(σ²+ε), γ, β] × C.
+        let constants = UnsafeMutableBufferPointer<Scalar>.allocate(capacity: 4 * C)
+        defer { constants.deallocate() }
+        for c in 0..<C {
+            constants[c] = Scalar(cache.mean[c])
+            constants[C + c] = Scalar(cache.inverseStd[c])
+            constants[2 * C + c] = weight.map { $0[flat: c] } ?? 1
+            constants[3 * C + c] = bias.map { $0[flat: c] } ?? 0
+        }
         input.withUnsafeBufferPointer { x in
             normalized.withUnsafeMutableBufferPointer { xHat in
                 output.withUnsafeMutableBufferPointer { y in
+                    if S == 1 {
+                        for b in 0..<B {
+                            for c in 0..<C {
+                                let i = b * C + c
+                                xHat[i] = (x[i] - constants[c]) * constants[C + c]
+                                y[i] = constants[2 * C + c] * xHat[i] + constants[3 * C + c]
+                            }
+                        }
+                        return
+                    }
                     for b in 0..<B {
                         for c in 0..<C {
                             let base = (b * C + c) * S
-                            let mean = Scalar(cache.mean[c]), inverseStd = Scalar(cache.inverseStd[c])
-                            let gamma = weight.map { $0[flat: c] } ?? 1, beta = bias.map { $0[flat: c] } ?? 0
+                            let mean = constants[c], inverseStd = constants[C + c]
+                            let gamma = constants[2 * C + c], beta = constants[3 * C + c]
                             for s in base..<(base + S) {
                                 xHat[s] = (x[s] - mean) * inverseStd
                                 y[s] = gamma * xHat[s] + beta
@@ -165,6 +200,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let normalized = cache.normalized,
               normalized.count == outputGradient.count
@@ -174,18 +211,30 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
 
         // This rank's Σ dy and Σ dy·x̂ per channel                     (C), (C)
         for i in 0..<(2 * C) { statistics[i] = 0 }
-        outputGradient.withUnsafeBufferPointer { dy in
-            normalized.withUnsafeBufferPointer { xHat in
-                for b in 0..<B {
-                    for c in 0..<C {
-                        let base = (b * C + c) * S
-                        var sumDy = 0.0, sumDyXHat = 0.0
-                        for s in base..<(base + S) {
-                            sumDy += Double(dy[s])
-                            sumDyXHat += Double(dy[s]) * Double(xHat[s])
+        statistics.withUnsafeMutableBufferPointer { sums in
+            outputGradient.withUnsafeBufferPointer { dy in
+                normalized.withUnsafeBufferPointer { xHat in
+                    if S == 1 {
+                        for b in 0..<B {
+                            for c in 0..<C {
+                                let i = b * C + c
+                                sums[c] += Double(dy[i])
+                                sums[C + c] += Double(dy[i]) * Double(xHat[i])
+                            }
                         }
-                        statistics[c] += sumDy
-                        statistics[C + c] += sumDyXHat
+                        return
+                    }
+                    for b in 0..<B {
+                        for c in 0..<C {
+                            let base = (b * C + c) * S
+                            var sumDy = 0.0, sumDyXHat = 0.0
+                            for s in base..<(base + S) {
+                                sumDy += Double(dy[s])
+                                sumDyXHat += Double(dy[s]) * Double(xHat[s])
+                            }
+                            sums[c] += sumDy
+                            sums[C + c] += sumDyXHat
+                        }
                     }
                 }
             }
@@ -210,15 +259,21 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
         // training: dx = γ/√(σ²+ε) · (dy − Σdy/n − x̂ · Σdy·x̂/n)   (global sums, global n)
         // eval:     dx = γ/√(σ²+ε) · dy
         let n = Double(cache.count)
+        // Per-channel constants once, in Scalar: [scale, mean dy, mean dy·x̂] × C.
+        let constants = UnsafeMutableBufferPointer<Scalar>.allocate(capacity: 3 * C)
+        defer { constants.deallocate() }
+        for c in 0..<C {
+            let gamma = weight.map { Double($0[flat: c]) } ?? 1
+            constants[c] = Scalar(gamma * cache.inverseStd[c])
+            constants[C + c] = Scalar(cache.training ? statistics[c] / n : 0)
+            constants[2 * C + c] = Scalar(cache.training ? statistics[C + c] / n : 0)
+        }
         outputGradient.withUnsafeBufferPointer { dy in
             normalized.withUnsafeBufferPointer { xHat in
                 inputGradient.withUnsafeMutableBufferPointer { dx in
-                    for c in 0..<C {
-                        let gamma = weight.map { Double($0[flat: c]) } ?? 1
-                        let scale = Scalar(gamma * cache.inverseStd[c])
-                        let meanDy = Scalar(cache.training ? statistics[c] / n : 0)
-                        let meanDyXHat = Scalar(cache.training ? statistics[C + c] / n : 0)
-                        for b in 0..<B {
+                    for b in 0..<B {
+                        for c in 0..<C {
+                            let scale = constants[c], meanDy = constants[C + c], meanDyXHat = constants[2 * C + c]
                             let base = (b * C + c) * S
                             for s in base..<(base + S) {
                                 dx[s] = scale * (dy[s] - meanDy - xHat[s] * meanDyXHat)

@@ -23,12 +23,16 @@ public final class Sequential<Scalar: LayerScalar>: Layer {
         }
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         var x = input
         for layer in layers { x = try layer.forward(x, context: context) }
         return x
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         var gradient = outputGradient
         for layer in layers.reversed() { gradient = try layer.backward(gradient, context: context) }
@@ -69,6 +73,8 @@ public final class Residual<Scalar: LayerScalar>: Layer {
         shortcut?.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "shortcut"))
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         let cache = caches.cache(context.slot, make: Cache.init)
         let bodyOutput = try body.forward(input, context: context)
@@ -83,6 +89,8 @@ public final class Residual<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "Residual", slot: context.slot) }

@@ -65,6 +65,8 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     }
 
     /// `(B, C, H, W) → (B, OC, OH, OW)`, `OH = (H + 2P − K) / S + 1`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let weight else { throw LayerError.unbound(layer: "Conv2d") }
         guard input.rank == 4, input.shape[1] == inChannels,
@@ -104,6 +106,8 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let weight, let weightGradient else { throw LayerError.unbound(layer: "Conv2d") }
         guard let cache = caches.existing(context.slot), let input = cache.input, let output = cache.output,

@@ -46,6 +46,8 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
     }
 
     /// `(…, D) → (…, D)`, normalising each run of `D` elements (R = count / D rows).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard input.rank >= 1, input.shape.last == features else {
             throw LayerError.shapeMismatch(layer: "LayerNorm(\(features))", expected: "(…, \(features))", got: input.shape)
@@ -82,6 +84,8 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let normalized = cache.normalized,
               normalized.count == outputGradient.count

@@ -50,6 +50,8 @@ public final class Linear<Scalar: LayerScalar>: Layer {
     }
 
     /// `(B, C) → (B, OC)`; any input whose rows have `inFeatures` elements is read as `(B, C)`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let weight else { throw LayerError.unbound(layer: "Linear") }
         guard input.rank >= 1, input.columnCount == inFeatures else {
@@ -66,6 +68,8 @@ public final class Linear<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let weight, let weightGradient else { throw LayerError.unbound(layer: "Linear") }
         guard let cache = caches.existing(context.slot), let input = cache.input,

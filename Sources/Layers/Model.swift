@@ -62,6 +62,8 @@ public final class Model<Scalar: LayerScalar> {
     ///
     /// - Parameter input: `(B, …)` rows of ``NetworkDescription/inputShape``; flat rows
     ///   `(B, C·H·W)` are viewed as images `(B, C, H, W)` for convolutional encoders.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Output {
         let sampleShape = description.encoder.inputShape
         guard input.rank >= 1, input.columnCount == sampleShape.reduce(1, *) else {
@@ -77,6 +79,8 @@ public final class Model<Scalar: LayerScalar> {
     /// The backward pass of one view: takes the gradient of the last part's output
     /// (``Output/last``), accumulates every parameter gradient into `parameters.gradients` and
     /// returns the gradient with respect to the encoder's input `(B, C, H, W)` or `(B, D)`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         var gradient = outputGradient
         if let predictor { gradient = try predictor.backward(gradient, context: context) }

@@ -24,6 +24,8 @@ public final class AvgPool2d<Scalar: LayerScalar>: Layer {
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
     /// `(B, C, H, W) → (B, C, OH, OW)`, `OH = (H − K) / S + 1`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard input.rank == 4, input.shape[2] >= kernelSize, input.shape[3] >= kernelSize else {
             throw LayerError.shapeMismatch(layer: "AvgPool2d(\(kernelSize))", expected: "(B, C, H ≥ \(kernelSize), W ≥ \(kernelSize))",
@@ -52,6 +54,8 @@ public final class AvgPool2d<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "AvgPool2d", slot: context.slot) }
@@ -93,6 +97,8 @@ public final class GlobalAvgPool2d<Scalar: LayerScalar>: Layer {
     public func parameterSpecs() -> [ParameterSpec] { [] }
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard input.rank == 4, input.shape[2] * input.shape[3] > 0 else {
             throw LayerError.shapeMismatch(layer: "GlobalAvgPool2d", expected: "(B, C, H, W)", got: input.shape)
@@ -113,6 +119,8 @@ public final class GlobalAvgPool2d<Scalar: LayerScalar>: Layer {
         return output
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "GlobalAvgPool2d", slot: context.slot) }
@@ -141,6 +149,8 @@ public final class Flatten<Scalar: LayerScalar>: Layer {
     public func parameterSpecs() -> [ParameterSpec] { [] }
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard input.rank >= 1 else {
             throw LayerError.shapeMismatch(layer: "Flatten", expected: "(B, …)", got: input.shape)
@@ -149,6 +159,8 @@ public final class Flatten<Scalar: LayerScalar>: Layer {
         return input.reshaped([input.rowCount, input.columnCount])
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let cache = caches.existing(context.slot), outputGradient.count == cache.inputShape.reduce(1, *)
         else { throw LayerError.noForward(layer: "Flatten", slot: context.slot) }

@@ -35,6 +35,8 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
         self.epsilon = epsilon
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)
@@ -63,7 +65,7 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
         let scale2 = moments.moments[1].scalars.map { ($0 / n + epsilon).squareRoot() }
         let crossCorrelation = moments.moments[2]
         var onDiagonal = 0.0, offDiagonal = 0.0
-        let k = Tensor<Double>(zeros: [d, d])                  // ∂loss/∂M₁₂
+        let k = Tensor<Scalar>(zeros: [d, d])                  // ∂loss/∂M₁₂, rounded to Scalar
         var g1 = [Double](repeating: 0, count: d), g2 = [Double](repeating: 0, count: d)
         crossCorrelation.withUnsafeMutableBufferPointer { c in
             k.withUnsafeMutableBufferPointer { k in
@@ -78,7 +80,7 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
                             offDiagonal += c[i * d + j] * c[i * d + j]
                             h = 2 * offDiagonalWeight * c[i * d + j]
                         }
-                        k[i * d + j] = h / (n * scale1[i] * scale2[j])
+                        k[i * d + j] = Scalar(h / (n * scale1[i] * scale2[j]))
                         g1[i] -= h * c[i * d + j] / (2 * n * scale1[i] * scale1[i])
                         g2[j] -= h * c[i * d + j] / (2 * n * scale2[j] * scale2[j])
                     }
@@ -89,7 +91,7 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
 
         // Gradient of this rank's rows.
         let centred = [moments.centred(views[0], view: 0), moments.centred(views[1], view: 1)]
-        let kScalar = k.converted(to: Scalar.self)
+        let kScalar = k
         for (v, g) in [g1, g2].enumerated() {
             gradients[v].copy(from: centred[v])
             gradients[v].withUnsafeMutableBufferPointer { out in

@@ -49,6 +49,8 @@ public struct CollapseDiagnostics: Sendable, Equatable {
     ///   - communicator: the ranks of the job; every rank must call this.
     ///   - step: selects the step's Epps–Pulley directions, with `seed`.
     ///   - directionCount: the number of Epps–Pulley directions (default 256).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public static func measure<Scalar: TensorScalar & CommunicableScalar>(
         _ embeddings: Tensor<Scalar>, communicator: any Communicator, step: Int = 0, seed: UInt64 = 0,
         directionCount: Int = 256

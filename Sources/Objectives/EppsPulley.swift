@@ -53,12 +53,12 @@ struct EppsPulley<Scalar: TensorScalar> {
         let draws = Tensor<Double>(zeros: [dimension, count])
         CounterRandom(seed: seed, streamName: streamName).substream(UInt64(truncatingIfNeeded: step)).fillNormal(draws)
         draws.withUnsafeMutableBufferPointer { a in
-            for k in 0..<count {
-                var norm = 0.0
-                for i in 0..<dimension { norm += a[i * count + k] * a[i * count + k] }
-                norm = norm.squareRoot()
-                for i in 0..<dimension { a[i * count + k] /= norm }
-            }
+            // Column norms accumulated row by row (each column's sum in row order, as a
+            // column walk would, without striding over rows).
+            var norms = [Double](repeating: 0, count: count)
+            for i in 0..<dimension { for k in 0..<count { norms[k] += a[i * count + k] * a[i * count + k] } }
+            for k in 0..<count { norms[k] = norms[k].squareRoot() }
+            for i in 0..<dimension { for k in 0..<count { a[i * count + k] /= norms[k] } }
         }
         return draws.converted(to: Scalar.self)
     }

@@ -120,8 +120,17 @@ struct GlobalMoments<Scalar: TensorScalar> {
         }
     }
 
+    /// The count of each partition and, per view and partition, `μ_{v,r} − μ_v` (empty for a
+    /// partition without rows), after ``combine(_:forming:)``.
+    private var partitionCounts: [Double] = []
+    private var deviations: [[[Double]]] = []
+
     /// Reads the reduced buffer and adds the between-rank parts: the global moments.
-    mutating func combine(_ buffer: FusedStatistics<Scalar>) {
+    ///
+    /// - Parameter formed: whether to form ``moments`` (default true); objectives that stream
+    ///   the lower triangle of a covariance with ``forEachCovarianceRow(_:_:_:)`` skip the
+    ///   `D × D` matrices in `Double`.
+    mutating func combine(_ buffer: FusedStatistics<Scalar>, forming formed: Bool = true) {
         let d = dimension
         let counts = (0..<partitionCount).map { Double(buffer[countRegion.lowerBound + $0]) }
         let total = counts.reduce(0, +)
@@ -145,6 +154,12 @@ struct GlobalMoments<Scalar: TensorScalar> {
         // deviations[v][r] = μ_{v,r} − μ_v, only for ranks with rows.
         let deviations = (0..<viewCount).map { v in
             (0..<partitionCount).map { r in counts[r] > 0 ? zip(rankMeans[v][r], means[v]).map { $0 - $1 } : [] }
+        }
+        self.partitionCounts = counts
+        self.deviations = deviations
+        guard formed else {
+            moments = []
+            return
         }
         moments = zip(secondMoments, momentRegions).map { moment, region in
             switch moment {
@@ -179,6 +194,31 @@ struct GlobalMoments<Scalar: TensorScalar> {
                     }
                 }
                 return m
+            }
+        }
+    }
+
+    /// Calls `body(i, m)` for every row `i` of the global covariance moment `index` (a
+    /// `.covariance`) with `m[j]`, `j ≤ i`, its lower triangle: the values ``moments`` would
+    /// hold, without forming the `D × D` matrix. `m` is valid during the call only.
+    func forEachCovarianceRow(_ index: Int, _ buffer: FusedStatistics<Scalar>,
+                              _ body: (Int, UnsafeMutableBufferPointer<Double>) -> Void) {
+        guard case .covariance(let v) = secondMoments[index] else {
+            preconditionFailure("moment \(index) is \(secondMoments[index]), not a covariance")
+        }
+        let d = dimension, region = momentRegions[index]
+        let row = UnsafeMutableBufferPointer<Double>.allocate(capacity: max(d, 1))
+        defer { row.deallocate() }
+        buffer.values.withUnsafeBufferPointer { packed in
+            var position = region.lowerBound
+            for i in 0..<d {
+                for j in 0...i { row[j] = Double(packed[position + j]) }
+                position += i + 1
+                for r in 0..<partitionCount where partitionCounts[r] > 0 {
+                    let delta = deviations[v][r], count = partitionCounts[r]
+                    for j in 0...i { row[j] += count * delta[i] * delta[j] }
+                }
+                body(i, row)
             }
         }
     }

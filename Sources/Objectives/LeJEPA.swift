@@ -32,6 +32,8 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         self.directions = directions
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 1...Int.max)

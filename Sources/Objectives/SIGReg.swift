@@ -50,6 +50,8 @@ public struct SIGReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// The stream of the counter-based generator the random directions come from.
     static var directionStream: String { "sigreg.directions" }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 1...Int.max)

@@ -42,6 +42,8 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// The stream of the counter-based generator the sub-batch permutation comes from.
     static var subBatchStream: String { "wmse.subbatches" }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func evaluate(views: [Tensor<Scalar>], gradients: [Tensor<Scalar>],
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)

@@ -91,6 +91,8 @@ public final class AdamW<Scalar: TensorScalar>: Optimizer {
         }
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func applySingle(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state: State, role: ParameterRole) {
         precondition(stepCount > 0, "AdamW.applySingle before step(): bias correction needs stepCount ≥ 1")
         let t = Double(stepCount)

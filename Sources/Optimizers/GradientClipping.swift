@@ -8,6 +8,8 @@ extension ParameterStore {
     /// Equals PyTorch's `total_norm` in `clip_grad_norm_` (the norm of the per-parameter norms).
     /// After `GradientSynchronizer.allReduceGradients()` the gradients, and so this norm, are the
     /// same on every rank.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func gradientNorm() -> Double {
         gradients.squaredNorm().squareRoot()
     }
@@ -29,6 +31,8 @@ extension ParameterStore {
     /// - Parameter maxNorm: the largest global norm allowed, > 0.
     /// - Returns: the global norm before clipping.
     @discardableResult
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func clipGradientNorm(maxNorm: Double) -> Double {
         precondition(maxNorm > 0, "clipGradientNorm: maxNorm \(maxNorm) must be positive")
         let total = gradientNorm()

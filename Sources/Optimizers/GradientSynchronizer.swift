@@ -71,6 +71,8 @@ public final class GradientSynchronizer<Scalar: TensorScalar & CommunicableScala
     /// - Returns: the bytes handed to the all-reduce (``bytesPerStep``).
     /// - Throws: the communicator's error.
     @discardableResult
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func allReduceGradients(scale: Double = 1) throws -> Int {
         try parameters.gradients.withUnsafeMutableBufferPointer { gradients in
             for bucket in buckets {

@@ -89,6 +89,8 @@ public final class LARS<Scalar: TensorScalar>: Optimizer {
     /// filter, negated): weights only.
     public static func isAdapted(_ role: ParameterRole) -> Bool { role == .weight }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func applySingle(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state buffer: Tensor<Scalar>,
                             role: ParameterRole) {
         let adapted = LARS.isAdapted(role)

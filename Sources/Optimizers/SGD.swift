@@ -74,6 +74,8 @@ public final class SGD<Scalar: TensorScalar>: Optimizer {
         return momentumBuffer
     }
 
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func applySingle(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state buffer: Tensor<Scalar>,
                             role: ParameterRole) {
         let decay = Scalar(excludeBiasAndNormalization && role != .weight ? 0 : weightDecay)

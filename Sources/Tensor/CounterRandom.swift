@@ -99,18 +99,6 @@ public struct CounterRandom: Sendable, Hashable {
         return radius * (index % 2 == 0 ? Double.cos(angle) : Double.sin(angle))
     }
 
-    /// The standard normal draws at elements `2·pair` and `2·pair + 1` (one Box–Muller
-    /// transform of one block: the same values as ``normal(at:)`` at those elements).
-    @inlinable
-    public func normalPair(_ pair: UInt64) -> (Double, Double) {
-        let words = block(pair)
-        let u1 = Double(((UInt64(words[0]) << 32) | UInt64(words[1])) >> 11) * 0x1p-53
-        let u2 = Double(((UInt64(words[2]) << 32) | UInt64(words[3])) >> 11) * 0x1p-53
-        let radius = (-2 * Double.log(1 - u1)).squareRoot()
-        let angle = 2 * Double.pi * u2
-        return (radius * Double.cos(angle), radius * Double.sin(angle))
-    }
-
     /// Writes the normal draws of elements `start ..< start + output.count` (the values of
     /// ``normal(at:)``, computed a pair at a time).
     @inlinable
@@ -118,7 +106,7 @@ public struct CounterRandom: Sendable, Hashable {
         var i = 0
         while i < output.count {
             let index = start + UInt64(i)
-            let (even, odd) = normalPair(index / 2)
+            let (even, odd) = normalPair(block: index / 2)
             if index % 2 == 1 {
                 output[i] = Scalar(odd)
                 i += 1
@@ -131,6 +119,8 @@ public struct CounterRandom: Sendable, Hashable {
     }
 
     /// Fills `tensor` with uniform draws in `[low, high)` from elements `start …`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func fillUniform<Scalar: TensorScalar>(_ tensor: Tensor<Scalar>, low: Double = 0, high: Double = 1,
                                                   start: UInt64 = 0) {
         tensor.withUnsafeMutableBufferPointer { p in
@@ -139,12 +129,39 @@ public struct CounterRandom: Sendable, Hashable {
     }
 
     /// Fills `tensor` with normal draws of the given mean and standard deviation from elements `start …`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func fillNormal<Scalar: TensorScalar>(_ tensor: Tensor<Scalar>, mean: Double = 0, standardDeviation: Double = 1,
                                                  start: UInt64 = 0) {
         tensor.withUnsafeMutableBufferPointer { p in
-            normals(start: start, into: p)
-            for i in p.indices { p[i] = Scalar(mean + standardDeviation * Double(p[i])) }
+            // Elements 2b and 2b + 1 share block b: draw it once for both (the values of
+            // `normal(at:)`, half the Philox blocks and logarithms).
+            var i = 0
+            while i < p.count {
+                let index = start + UInt64(i)
+                if index % 2 == 0 && i + 1 < p.count {
+                    let (even, odd) = normalPair(block: index / 2)
+                    p[i] = Scalar(mean + standardDeviation * even)
+                    p[i + 1] = Scalar(mean + standardDeviation * odd)
+                    i += 2
+                } else {
+                    p[i] = Scalar(mean + standardDeviation * normal(at: index))
+                    i += 1
+                }
+            }
         }
+    }
+
+    /// The normal draws of elements `2·block` (cosine) and `2·block + 1` (sine): exactly
+    /// `(normal(at: 2·block), normal(at: 2·block + 1))`.
+    @inlinable
+    public func normalPair(block index: UInt64) -> (Double, Double) {
+        let words = block(index)
+        let u1 = Double(((UInt64(words[0]) << 32) | UInt64(words[1])) >> 11) * 0x1p-53
+        let u2 = Double(((UInt64(words[2]) << 32) | UInt64(words[3])) >> 11) * 0x1p-53
+        let radius = (-2 * Double.log(1 - u1)).squareRoot()
+        let angle = 2 * Double.pi * u2
+        return (radius * Double.cos(angle), radius * Double.sin(angle))
     }
 
     /// A sequential generator reading this stream from `counter`, for the standard library's

@@ -4,6 +4,8 @@ extension Tensor {
     // MARK: Reductions (accumulated in Double)
 
     /// The sum of all elements.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func sum() -> Double {
         withUnsafeBufferPointer { p in
             var s = 0.0
@@ -13,6 +15,8 @@ extension Tensor {
     }
 
     /// The sum of squares of all elements.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func squaredNorm() -> Double {
         withUnsafeBufferPointer { p in
             var s = 0.0
@@ -22,6 +26,8 @@ extension Tensor {
     }
 
     /// The dot product with a tensor of the same count.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func dot(_ other: Tensor) -> Double {
         precondition(other.count == count, "dot of \(shape) and \(other.shape)")
         return withUnsafeBufferPointer { a in
@@ -34,6 +40,8 @@ extension Tensor {
     }
 
     /// The sum of each column of the `rowCount × columnCount` matrix, in `Double`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func columnSums() -> [Double] {
         var sums = [Double](repeating: 0, count: columnCount)
         addColumnSums(into: &sums)
@@ -41,6 +49,8 @@ extension Tensor {
     }
 
     /// Adds the sum of each column to `sums` (which has `columnCount` elements).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func addColumnSums(into sums: inout [Double]) {
         let n = rowCount, d = columnCount
         precondition(sums.count == d, "column sums of \(shape) into \(sums.count)")
@@ -55,11 +65,15 @@ extension Tensor {
     }
 
     /// The largest absolute value (0 for an empty tensor).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func maxAbs() -> Scalar {
         withUnsafeBufferPointer { p in p.reduce(0) { Swift.max($0, Swift.abs($1)) } }
     }
 
     /// Whether every element is finite.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func allFinite() -> Bool {
         withUnsafeBufferPointer { p in p.allSatisfy { $0.isFinite } }
     }
@@ -67,6 +81,8 @@ extension Tensor {
     // MARK: Element-wise, in place
 
     /// `self = alpha · x + self` (BLAS `axpy`).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func add(_ x: Tensor, scaledBy alpha: Scalar = 1) {
         precondition(x.count == count, "add \(x.shape) to \(shape)")
         withUnsafeMutableBufferPointer { y in
@@ -77,6 +93,8 @@ extension Tensor {
     }
 
     /// `self = alpha · self`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func scale(by alpha: Scalar) {
         withUnsafeMutableBufferPointer { y in for i in y.indices { y[i] *= alpha } }
     }
@@ -87,6 +105,8 @@ extension Tensor {
     }
 
     /// Adds `vector` (of `columnCount` elements) to every row.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func addToEachRow(_ vector: Tensor) {
         let n = rowCount, d = columnCount
         precondition(vector.count == d, "add a vector of \(vector.count) to rows of \(shape)")
@@ -101,6 +121,8 @@ extension Tensor {
     }
 
     /// The largest absolute element-wise difference from `other` (same count).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     @inlinable public func maxAbsDifference(_ other: Tensor) -> Double {
         precondition(other.count == count, "compare \(shape) with \(other.shape)")
         return withUnsafeBufferPointer { a in

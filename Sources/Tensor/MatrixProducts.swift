@@ -10,6 +10,8 @@ extension Tensor {
     ///   - c: the `m × n` result; must not overlap `a` or `b`.
     ///   - alpha: scales the product (default 1).
     ///   - beta: scales what `c` held (default 0: overwrite).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public static func gemm(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false,
                             into c: Tensor, alpha: Scalar = 1, beta: Scalar = 0) {
         let (m, k) = transposeA ? (a.columnCount, a.rowCount) : (a.rowCount, a.columnCount)
@@ -35,6 +37,8 @@ extension Tensor {
     }
 
     /// The product `op(a) · op(b)` in a new tensor.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public static func matmul(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false) -> Tensor {
         let m = transposeA ? a.columnCount : a.rowCount
         let n = transposeB ? b.rowCount : b.columnCount
@@ -49,6 +53,8 @@ extension Tensor {
     ///
     /// - Parameter fillUpper: mirror the computed lower triangle into the upper one (default
     ///   true). With false the upper triangle of `c` keeps what it held, scaled by nothing.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public static func syrk(_ a: Tensor, transpose: Bool = true, into c: Tensor,
                             alpha: Scalar = 1, beta: Scalar = 0, fillUpper: Bool = true) {
         let (n, k) = transpose ? (a.columnCount, a.rowCount) : (a.rowCount, a.columnCount)
@@ -89,6 +95,8 @@ public struct LinearAlgebraError: Error, CustomStringConvertible {
 extension Tensor {
     /// The lower Cholesky factor `L` of a symmetric positive-definite matrix (`self = L Lᵀ`),
     /// or its inverse `L⁻¹` with `inverse`; the upper triangle of the result is zero.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func choleskyLower(inverse: Bool = false) throws -> Tensor {
         precondition(rank == 2 && shape[0] == shape[1], "Cholesky of a non-square \(shape)")
         let n = shape[0]
@@ -104,6 +112,8 @@ extension Tensor {
     }
 
     /// The eigenvalues of a symmetric matrix, in ascending order.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func symmetricEigenvalues() throws -> [Scalar] {
         precondition(rank == 2 && shape[0] == shape[1], "eigenvalues of a non-square \(shape)")
         let n = shape[0]

@@ -43,12 +43,16 @@ public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
     }
 
     /// A tensor of `value`s.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public init(shape: [Int], repeating value: Scalar) {
         self.init(zeros: shape)
         fill(value)
     }
 
     /// A tensor holding `scalars` in row-major order.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public init(shape: [Int], scalars: [Scalar]) {
         precondition(Tensor.elementCount(shape) == scalars.count,
                      "shape \(shape) holds \(Tensor.elementCount(shape)) elements, given \(scalars.count)")
@@ -123,6 +127,7 @@ public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
     }
 
     /// The element at a flat (row-major) index.
+    @inlinable
     public subscript(flat index: Int) -> Scalar {
         get {
             precondition(index >= 0 && index < count, "flat index \(index) out of \(count)")
@@ -148,11 +153,15 @@ public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
     public var scalars: [Scalar] { withUnsafeBufferPointer { Array($0) } }
 
     /// Sets every element to `value`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func fill(_ value: Scalar) {
         withUnsafeMutableBufferPointer { $0.update(repeating: value) }
     }
 
     /// Copies the elements of `source` (same count) into this view.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func copy(from source: Tensor) {
         precondition(source.count == count, "copy of \(source.shape) into \(shape)")
         withUnsafeMutableBufferPointer { target in
@@ -161,6 +170,8 @@ public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
     }
 
     /// A copy in new storage.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
     public func copy() -> Tensor {
         let result = Tensor(zeros: shape)
         result.copy(from: self)
@@ -168,6 +179,10 @@ public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
     }
 
     /// A copy converted to another scalar type.
+    @_specialize(where Scalar == Float, Other == Double)
+    @_specialize(where Scalar == Double, Other == Float)
+    @_specialize(where Scalar == Float, Other == Float)
+    @_specialize(where Scalar == Double, Other == Double)
     public func converted<Other: TensorScalar>(to _: Other.Type = Other.self) -> Tensor<Other> {
         let result = Tensor<Other>(zeros: shape)
         withUnsafeBufferPointer { source in

@@ -57,6 +57,22 @@ final class FiniteDifferenceTests: XCTestCase {
         try checkGradient(VICReg<Double>(), inputs: inputs, d: 5, counts: [3, 0, 4])
     }
 
+    /// With every statistics row on one partition and 2N < D, VICReg forms its gradient in the
+    /// Gram form (N × N products); split over ranks on the statistics path it takes the D × D
+    /// form. Both match central differences and each other.
+    func testVICRegGramForm() throws {
+        let inputs = randomInputs(2, n: 5, d: 12, seed: 2)
+        try checkGradient(VICReg<Double>(), inputs: inputs, d: 12)
+        try checkGradient(VICReg<Double>(), inputs: inputs, d: 12, counts: [2, 3], reduction: .gather)
+        try checkGradient(VICReg<Double>(), inputs: inputs, d: 12, counts: [2, 3])
+        let gram = try evaluateSplit(VICReg<Double>(), inputs: inputs, dimension: 12, counts: [5], reduction: .statistics)
+        let square = try evaluateSplit(VICReg<Double>(), inputs: inputs, dimension: 12, counts: [2, 3],
+                                       reduction: .statistics)
+        for v in 0..<2 {
+            XCTAssertLessThanOrEqual(relativeNormError(gram.gradients[v], square.gradients[v]), 1e-12, "view \(v)")
+        }
+    }
+
     func testBarlowTwins() throws {
         let inputs = randomInputs(2, n: 7, d: 5, seed: 2)
         try checkGradient(BarlowTwins<Double>(), inputs: inputs, d: 5)

@@ -1,0 +1,360 @@
+import Communication
+import Foundation
+import Layers
+import Objectives
+import Optimizers
+import Tensor
+
+/// Timing of training steps and objectives on random inputs (no data loading), with the FLOPs
+/// they count and the machine's BLAS `sgemm` rate measured in the same run as a yardstick:
+/// what `anticollapse bench` prints.
+///
+/// A step is what ``Trainer`` does between two batches: zero the gradients, forward both views
+/// (one activation slot each), the objective, backward both views, the gradient all-reduce
+/// (single process: the identity, through the same ``GradientSynchronizer``), the gradient
+/// norm, and the LARS update.
+public enum Benchmarks {
+    /// The objectives a benchmark can run.
+    public enum ObjectiveName: String, CaseIterable, Sendable, Codable {
+        case vicreg, barlow_twins, wmse, sigreg, lejepa
+    }
+
+    /// One matrix product `m × k` by `k × n`: `2·m·n·k` FLOPs.
+    public struct GEMMShape: Sendable, Equatable, Codable, CustomStringConvertible {
+        public var m: Int, n: Int, k: Int
+        public init(m: Int, n: Int, k: Int) { self.m = m; self.n = n; self.k = k }
+        public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+        public var description: String { "\(m)×\(n)×\(k)" }
+    }
+
+    /// What a step benchmark builds and runs.
+    public struct StepOptions: Sendable {
+        /// MLP widths of the encoder, `[input, hidden…, output]`.
+        public var encoder: [Int]
+        /// MLP widths of the projector, `[encoder output, hidden…, embedding]`; empty for none.
+        public var projector: [Int]
+        /// Rows of each view.
+        public var batch: Int
+        public var objective: ObjectiveName
+        /// Timed steps, after `warmup` untimed ones.
+        public var steps: Int
+        public var warmup: Int
+        /// SIGReg / LeJEPA projection directions.
+        public var directions: Int
+        public var seed: UInt64
+
+        public init(encoder: [Int] = [784, 1024, 1024], projector: [Int] = [1024, 2048, 2048], batch: Int = 256,
+                    objective: ObjectiveName = .vicreg, steps: Int = 20, warmup: Int = 3, directions: Int = 1024,
+                    seed: UInt64 = 0) {
+            self.encoder = encoder
+            self.projector = projector
+            self.batch = batch
+            self.objective = objective
+            self.steps = steps
+            self.warmup = warmup
+            self.directions = directions
+            self.seed = seed
+        }
+
+        /// The model the trainer would build for these widths (VICReg's: projector without a
+        /// last bias).
+        public var model: ModelDescription {
+            ModelDescription(encoder: .mlp(widths: encoder),
+                             projector: projector.isEmpty ? nil : .mlp(widths: projector, lastBias: false))
+        }
+
+        /// The embedding width the objective sees.
+        public var embeddingWidth: Int { projector.last ?? encoder.last ?? 0 }
+    }
+
+    // MARK: FLOP counting
+
+    /// Every matrix product of one view's forward and backward pass through an MLP network:
+    /// per linear layer `B×out×in` forward, `B×in×out` for the input gradient and `out×in×B` for
+    /// the weight gradient (the input gradient of the first layer is formed too, as
+    /// ``Model/backward(_:context:)`` returns it).
+    public static func mlpGEMMs(widths: [Int], batch: Int) -> [GEMMShape] {
+        guard widths.count >= 2 else { return [] }
+        var shapes: [GEMMShape] = []
+        for (input, output) in zip(widths, widths.dropFirst()) {
+            shapes.append(GEMMShape(m: batch, n: output, k: input))   // y = x Wᵀ
+            shapes.append(GEMMShape(m: batch, n: input, k: output))   // dx = dy W
+            shapes.append(GEMMShape(m: output, n: input, k: batch))   // dW += dyᵀ x
+        }
+        return shapes
+    }
+
+    /// The matrix products of the model for `views` views of `batch` rows.
+    public static func modelGEMMs(_ options: StepOptions, views: Int = 2) -> [GEMMShape] {
+        let one = mlpGEMMs(widths: options.encoder, batch: options.batch)
+            + mlpGEMMs(widths: options.projector, batch: options.batch)
+        return Array((0..<views).map { _ in one }.joined())
+    }
+
+    /// The FLOPs of the objective's matrix products on two views of `batch × dimension` (a
+    /// symmetric rank-k update counts `D·(D+1)·B`, the half it computes).
+    public static func objectiveFLOPs(_ objective: ObjectiveName, batch b: Int, dimension d: Int,
+                                      directions k: Int) -> Double {
+        let B = Double(b), D = Double(d), K = Double(k)
+        switch objective {
+        case .vicreg:
+            // Two covariances (syrk) and, per view, the gradient product (x − μ) G: one D × D
+            // product, or (one process, 2B < D) the Gram form, two B × B × D products.
+            return 2 * (D * (D + 1) * B) + (2 * b < d ? 2 * (2 * 2 * B * B * D) : 2 * (2 * B * D * D))
+        case .barlow_twins:
+            // The cross-covariance and two gradient products.
+            return 2 * B * D * D + 2 * (2 * B * D * D)
+        case .wmse:
+            // Two covariances, Cholesky + inverse, whitening, backward sums, three D³ products
+            // and two gradient products per view.
+            return 2 * (D * (D + 1) * B + D * D * D + 2 * B * D * D + 2 * B * D * D + 3 * 2 * D * D * D + 2 * 2 * B * D * D)
+        case .sigreg, .lejepa:
+            // Projections onto K directions and their gradient, per view.
+            return 2 * (2 * B * D * K + 2 * B * K * D)
+        }
+    }
+
+    // MARK: The BLAS yardstick
+
+    /// The best and median GFLOP/s of `sgemm` on `shape` over `repeats` calls (after one
+    /// untimed call), with the current BLAS thread count.
+    public static func sgemmRate(_ shape: GEMMShape, repeats: Int = 10) -> (best: Double, median: Double) {
+        let a = Tensor<Float>(zeros: [shape.m, shape.k]), b = Tensor<Float>(zeros: [shape.k, shape.n])
+        let c = Tensor<Float>(zeros: [shape.m, shape.n])
+        let random = CounterRandom(seed: 1, streamName: "bench.sgemm")
+        random.fillUniform(a, low: -1, high: 1)
+        random.fillUniform(b, low: -1, high: 1, start: UInt64(a.count))
+        Tensor.gemm(a, b, into: c)
+        var seconds: [Double] = []
+        for _ in 0..<max(1, repeats) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            Tensor.gemm(a, b, into: c)
+            seconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+        }
+        let rates = seconds.map { shape.flops / $0 / 1e9 }
+        return (rates.max() ?? 0, median(rates))
+    }
+
+    // MARK: Step
+
+    /// Milliseconds of each part of a step, median over the timed steps.
+    public struct Phases: Sendable, Codable, Equatable {
+        public var forward = 0.0, objective = 0.0, backward = 0.0, allReduce = 0.0, update = 0.0
+    }
+
+    /// What a step benchmark measured.
+    public struct StepReport: Sendable, Encodable {
+        public var objective: String
+        public var encoder: [Int], projector: [Int], batch: Int
+        public var blasThreads: Int
+        public var steps: Int
+        /// Milliseconds a step, median and minimum.
+        public var medianMilliseconds: Double, minimumMilliseconds: Double
+        public var phases: Phases
+        /// Rows a second (both views of `batch` rows are one sample each).
+        public var samplesPerSecond: Double
+        /// The GFLOP counted per step: the model's matrix products (forward and backward of
+        /// both views) and the objective's.
+        public var modelGFLOP: Double, objectiveGFLOP: Double
+        public var gflopPerStep: Double { modelGFLOP + objectiveGFLOP }
+        /// `gflopPerStep` over the median step time.
+        public var achievedGFLOPS: Double
+        /// `sgemm` on 1024³ and on the model's largest product, best of the repeats, measured
+        /// in this run.
+        public var sgemmGFLOPS: Double, sgemmLargestGFLOPS: Double
+        public var largestGEMM: String
+        /// `achievedGFLOPS / sgemmGFLOPS`.
+        public var fractionOfSGEMM: Double
+        /// The last step's loss.
+        public var loss: Double
+
+        enum CodingKeys: String, CodingKey {
+            case objective, encoder, projector, batch, blasThreads, steps, medianMilliseconds, minimumMilliseconds,
+                 phases, samplesPerSecond, modelGFLOP, objectiveGFLOP, gflopPerStep, achievedGFLOPS, sgemmGFLOPS,
+                 sgemmLargestGFLOPS, largestGEMM, fractionOfSGEMM, loss
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(objective, forKey: .objective)
+            try c.encode(self.encoder, forKey: .encoder)
+            try c.encode(projector, forKey: .projector)
+            try c.encode(batch, forKey: .batch)
+            try c.encode(blasThreads, forKey: .blasThreads)
+            try c.encode(steps, forKey: .steps)
+            try c.encode(medianMilliseconds, forKey: .medianMilliseconds)
+            try c.encode(minimumMilliseconds, forKey: .minimumMilliseconds)
+            try c.encode(phases, forKey: .phases)
+            try c.encode(samplesPerSecond, forKey: .samplesPerSecond)
+            try c.encode(modelGFLOP, forKey: .modelGFLOP)
+            try c.encode(objectiveGFLOP, forKey: .objectiveGFLOP)
+            try c.encode(gflopPerStep, forKey: .gflopPerStep)
+            try c.encode(achievedGFLOPS, forKey: .achievedGFLOPS)
+            try c.encode(sgemmGFLOPS, forKey: .sgemmGFLOPS)
+            try c.encode(sgemmLargestGFLOPS, forKey: .sgemmLargestGFLOPS)
+            try c.encode(largestGEMM, forKey: .largestGEMM)
+            try c.encode(fractionOfSGEMM, forKey: .fractionOfSGEMM)
+            try c.encode(loss, forKey: .loss)
+        }
+
+        /// The report as aligned `name  value` lines.
+        public var table: String {
+            func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+            let rows: [(String, String)] = [
+                ("objective", objective),
+                ("model", "encoder \(encoder) projector \(projector), \(batch) rows × 2 views"),
+                ("BLAS threads", "\(blasThreads)"),
+                ("ms/step", "median \(f(medianMilliseconds)), min \(f(minimumMilliseconds)) over \(steps) steps"),
+                ("  phases (median ms)", "forward \(f(phases.forward)), objective \(f(phases.objective)), backward \(f(phases.backward)), all-reduce \(f(phases.allReduce)), update \(f(phases.update))"),
+                ("samples/s", f(samplesPerSecond, 0)),
+                ("GFLOP/step", "\(f(gflopPerStep, 2)) (model \(f(modelGFLOP, 2)), objective \(f(objectiveGFLOP, 2)))"),
+                ("achieved GFLOP/s", f(achievedGFLOPS)),
+                ("sgemm GFLOP/s", "\(f(sgemmGFLOPS)) (1024³), \(f(sgemmLargestGFLOPS)) (\(largestGEMM))"),
+                ("achieved / sgemm", f(fractionOfSGEMM, 2)),
+                ("loss", "\(loss)"),
+            ]
+            let width = rows.map(\.0.count).max() ?? 0
+            return rows.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }
+                .joined(separator: "\n")
+        }
+    }
+
+    /// The objective of `name` in `Float`.
+    public static func makeObjective(_ name: ObjectiveName, directions: Int) -> any Objective<Float> {
+        switch name {
+        case .vicreg: return VICReg<Float>()
+        case .barlow_twins: return BarlowTwins<Float>()
+        case .wmse: return WMSE<Float>()
+        case .sigreg: return SIGReg<Float>(directions: .random(count: directions))
+        case .lejepa: return LeJEPA<Float>(globalViewCount: 2, directions: .random(count: directions))
+        }
+    }
+
+    /// Runs `options.warmup + options.steps` training steps on random inputs and reports the
+    /// timed ones, with the `sgemm` yardstick measured just before.
+    public static func step(_ options: StepOptions) throws -> StepReport {
+        precondition(options.batch >= 2 && options.steps >= 1, "bench step needs a batch ≥ 2 and steps ≥ 1")
+        let communicator = SingleProcessCommunicator()
+        let model = try Model<Float>(options.model, seed: options.seed)
+        let optimizer = try LARS(parameters: model.parameters, learningRate: 0.2, weightDecay: 1e-6)
+        let synchronizer = GradientSynchronizer(parameters: model.parameters, communicator: communicator)
+        let objective = makeObjective(options.objective, directions: options.directions)
+        let width = options.encoder.first ?? 0
+        let inputs = (0..<2).map { v in
+            let x = Tensor<Float>(zeros: [options.batch, width])
+            CounterRandom(seed: options.seed, streamName: "bench.input.\(v)").fillNormal(x)
+            return x
+        }
+        let gradients = (0..<2).map { _ in Tensor<Float>(zeros: [options.batch, options.embeddingWidth]) }
+        let context = LayerContext(training: true, communicator: communicator)
+
+        let gemms = modelGEMMs(options)
+        let largest = gemms.max { $0.flops < $1.flops } ?? GEMMShape(m: 1024, n: 1024, k: 1024)
+        let yardstick = sgemmRate(GEMMShape(m: 1024, n: 1024, k: 1024))
+        let largestRate = sgemmRate(largest)
+
+        var totals: [Double] = [], phases: [[Double]] = []
+        var loss = Double.nan
+        func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+        for step in 0..<(options.warmup + options.steps) {
+            let t0 = now()
+            model.parameters.zeroGradients()
+            var embeddings: [Tensor<Float>] = []
+            for (v, input) in inputs.enumerated() {
+                embeddings.append(try model.forward(input, context: context.slot(v)).last)
+            }
+            let t1 = now()
+            let result = try objective.evaluate(views: embeddings, gradients: gradients,
+                                                context: ObjectiveContext(communicator: communicator, step: step,
+                                                                          seed: options.seed, reduction: .statistics,
+                                                                          rowCounts: [options.batch]))
+            loss = result.loss
+            let t2 = now()
+            for (v, gradient) in gradients.enumerated() { _ = try model.backward(gradient, context: context.slot(v)) }
+            let t3 = now()
+            try synchronizer.allReduceGradients()
+            _ = model.parameters.gradientNorm()
+            let t4 = now()
+            optimizer.step()
+            let t5 = now()
+            guard step >= options.warmup else { continue }
+            let ms = { (a: UInt64, b: UInt64) in Double(b - a) * 1e-6 }
+            totals.append(ms(t0, t5))
+            phases.append([ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5)])
+        }
+        let medianMs = median(totals)
+        let phase = { (i: Int) in median(phases.map { $0[i] }) }
+        let modelGFLOP = gemms.reduce(0) { $0 + $1.flops } / 1e9
+        let objectiveGFLOP = objectiveFLOPs(options.objective, batch: options.batch, dimension: options.embeddingWidth,
+                                            directions: options.directions) / 1e9
+        let achieved = (modelGFLOP + objectiveGFLOP) / (medianMs / 1e3)
+        return StepReport(objective: options.objective.rawValue, encoder: options.encoder, projector: options.projector,
+                          batch: options.batch, blasThreads: BLASThreads.count, steps: options.steps,
+                          medianMilliseconds: medianMs, minimumMilliseconds: totals.min() ?? 0,
+                          phases: Phases(forward: phase(0), objective: phase(1), backward: phase(2),
+                                         allReduce: phase(3), update: phase(4)),
+                          samplesPerSecond: Double(options.batch) / (medianMs / 1e3),
+                          modelGFLOP: modelGFLOP, objectiveGFLOP: objectiveGFLOP, achievedGFLOPS: achieved,
+                          sgemmGFLOPS: yardstick.best, sgemmLargestGFLOPS: largestRate.best,
+                          largestGEMM: largest.description, fractionOfSGEMM: achieved / max(yardstick.best, 1e-9),
+                          loss: loss)
+    }
+
+    // MARK: Objective alone
+
+    /// What an objective benchmark measured.
+    public struct ObjectiveReport: Sendable, Codable {
+        public var objective: String
+        public var batch: Int, dimension: Int
+        public var medianMilliseconds: Double, minimumMilliseconds: Double
+        public var gflop: Double
+        public var achievedGFLOPS: Double
+        public var sgemmGFLOPS: Double
+        public var loss: Double
+
+        public var table: String {
+            func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+            return "\(objective.padding(toLength: 13, withPad: " ", startingAt: 0)) \(batch)×\(dimension)  "
+                + "median \(f(medianMilliseconds, 2)) ms, min \(f(minimumMilliseconds, 2)) ms, \(f(gflop, 2)) GFLOP, "
+                + "\(f(achievedGFLOPS)) GFLOP/s (sgemm \(f(sgemmGFLOPS))), loss \(loss)"
+        }
+    }
+
+    /// Times the statistics, the (single-process) all-reduce and the gradient of `name` alone
+    /// on two random views of `batch × dimension`.
+    public static func objective(_ name: ObjectiveName, batch: Int, dimension: Int, steps: Int = 20, warmup: Int = 3,
+                                 directions: Int = 1024, seed: UInt64 = 0,
+                                 sgemm: Double? = nil) throws -> ObjectiveReport {
+        let communicator = SingleProcessCommunicator()
+        let objective = makeObjective(name, directions: directions)
+        let views = (0..<2).map { v in
+            let x = Tensor<Float>(zeros: [batch, dimension])
+            CounterRandom(seed: seed, streamName: "bench.embedding.\(v)").fillNormal(x)
+            return x
+        }
+        let gradients = views.map { Tensor<Float>(zeros: $0.shape) }
+        let yardstick = sgemm ?? sgemmRate(GEMMShape(m: 1024, n: 1024, k: 1024)).best
+        var times: [Double] = []
+        var loss = Double.nan
+        for step in 0..<(warmup + steps) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            loss = try objective.evaluate(views: views, gradients: gradients,
+                                          context: ObjectiveContext(communicator: communicator, step: step, seed: seed,
+                                                                    reduction: .statistics, rowCounts: [batch])).loss
+            if step >= warmup { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-6) }
+        }
+        let gflop = objectiveFLOPs(name, batch: batch, dimension: dimension, directions: directions) / 1e9
+        let medianMs = median(times)
+        return ObjectiveReport(objective: name.rawValue, batch: batch, dimension: dimension, medianMilliseconds: medianMs,
+                               minimumMilliseconds: times.min() ?? 0, gflop: gflop,
+                               achievedGFLOPS: gflop / (medianMs / 1e3), sgemmGFLOPS: yardstick, loss: loss)
+    }
+
+    /// The median of `values` (0 when empty).
+    public static func median(_ values: [Double]) -> Double {
+        guard !values.isEmpty else { return 0 }
+        let sorted = values.sorted()
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
+}

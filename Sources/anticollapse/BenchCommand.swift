@@ -1,0 +1,97 @@
+// `anticollapse bench`: training-step and objective timings on random inputs, with the BLAS
+// sgemm rate of the same run as a yardstick.
+import ArgumentParser
+import Foundation
+import Tensor
+import Training
+
+/// Benchmarks of the training step and of the objectives (one process, random inputs).
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time training steps and objectives on random inputs (one process).",
+        subcommands: [StepBench.self, ObjectiveBench.self])
+}
+
+extension Benchmarks.ObjectiveName: ExpressibleByArgument {}
+
+/// Parses `784,1024,1024`.
+private func widths(_ text: String, option: String) throws -> [Int] {
+    if text.isEmpty || text == "none" { return [] }
+    let values = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+    guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) > 0 }) else {
+        throw ValidationError("\(option): expected positive comma-separated widths such as 784,1024,1024, got \(text)")
+    }
+    return values.map { $0! }
+}
+
+private func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+struct StepBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "step",
+        abstract: "Time forward + backward (2 views) + gradient all-reduce + LARS update of an MLP model.")
+
+    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
+    @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
+    @Option(help: "Rows per view.") var batch = 256
+    @Option(help: "vicreg, barlow_twins, wmse, sigreg or lejepa.") var objective = Benchmarks.ObjectiveName.vicreg
+    @Option(help: "Timed steps.") var steps = 20
+    @Option(help: "Untimed steps first.") var warmup = 3
+    @Option(help: "OpenBLAS threads (default: the trainer's policy).") var threads: Int?
+    @Option(help: "SIGReg/LeJEPA projection directions.") var directions = 1024
+    @Flag(help: "Print the report as JSON too.") var json = false
+
+    func validate() throws {
+        guard batch >= 2 else { throw ValidationError("--batch must be at least 2") }
+        guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be ≥ 1 and --warmup ≥ 0") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        BLASThreads.configure(override: threads)
+        let options = Benchmarks.StepOptions(encoder: try widths(encoder, option: "--encoder"),
+                                             projector: try widths(projector, option: "--projector"),
+                                             batch: batch, objective: objective, steps: steps, warmup: warmup,
+                                             directions: directions)
+        let report = try Benchmarks.step(options)
+        print(report.table)
+        if json { try printJSON(report) }
+    }
+}
+
+struct ObjectiveBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "objective",
+        abstract: "Time the statistics, all-reduce and gradient of each objective alone (one process).")
+
+    @Option(help: "Rows per view.") var batch = 256
+    @Option(help: "Embedding width.") var dimension = 2048
+    @Option(help: "Objectives to run (default: all).") var objective: [Benchmarks.ObjectiveName] = []
+    @Option(help: "Timed evaluations.") var steps = 20
+    @Option(help: "Untimed evaluations first.") var warmup = 3
+    @Option(help: "OpenBLAS threads (default: the trainer's policy).") var threads: Int?
+    @Option(help: "SIGReg/LeJEPA projection directions.") var directions = 1024
+    @Flag(help: "Print the reports as JSON too.") var json = false
+
+    func run() throws {
+        let blas = BLASThreads.configure(override: threads)
+        let sgemm = Benchmarks.sgemmRate(Benchmarks.GEMMShape(m: 1024, n: 1024, k: 1024)).best
+        print("BLAS threads \(blas); sgemm 1024³ \(String(format: "%.1f", sgemm)) GFLOP/s")
+        var reports: [Benchmarks.ObjectiveReport] = []
+        for name in objective.isEmpty ? Benchmarks.ObjectiveName.allCases : objective {
+            do {
+                let report = try Benchmarks.objective(name, batch: batch, dimension: dimension, steps: steps,
+                                                      warmup: warmup, directions: directions, sgemm: sgemm)
+                print(report.table)
+                reports.append(report)
+            } catch {
+                print("\(name.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(batch)×\(dimension)  skipped: \(error)")
+            }
+        }
+        if json { try printJSON(reports) }
+    }
+}
