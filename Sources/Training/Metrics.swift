@@ -1,3 +1,4 @@
+import Communication
 import Foundation
 import Objectives
 
@@ -82,7 +83,9 @@ final class MetricsWriter {
 final class ProgressPrinter {
     private let log: (String) -> Void
     private let enabled: Bool
-    private let interactive = isatty(STDOUT_FILENO) != 0
+    /// Redraw in place only on a terminal of our own: under mpirun a rank's standard output is
+    /// a pseudo-terminal even when mpirun's own output goes to a file.
+    private let interactive = isatty(STDOUT_FILENO) != 0 && !MPICommunicator.isLaunchedByMPI
     private let started = Date()
     private let firstStep: Int
     private var drewInPlace = false

@@ -46,12 +46,7 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
-        let communicator: any Communicator
-        do { communicator = try makeCommunicator() } catch {
-            FileHandle.standardError.write(Data("error: cannot start MPI: \(error)\n".utf8))
-            throw ExitCode.failure
-        }
-        try runOnEveryRank(communicator) {
+        try runJob { communicator in
             BLASThreads.configure(override: blasThreads, communicator: communicator)
             // The datasets default to those of the config that trained the checkpoint.
             var trainPath = train, testPath = test

@@ -43,12 +43,7 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        let communicator: any Communicator
-        do { communicator = try makeCommunicator() } catch {
-            FileHandle.standardError.write(Data("error: cannot start MPI: \(error)\n".utf8))
-            throw ExitCode.failure
-        }
-        try runOnEveryRank(communicator) {
+        try runJob { communicator in
             let configuration = try TrainingConfiguration.load(file: config, overrides: overrides)
             let threads = configuration.schedule.blasThreads > 0 ? configuration.schedule.blasThreads : blasThreads
             let blas = BLASThreads.configure(override: threads, communicator: communicator)
@@ -77,20 +72,4 @@ struct Train: ParsableCommand {
             }
         }
     }
-}
-
-/// Runs `body` on this rank; on an error, ends the whole job with a non-zero status on every
-/// rank (MPI_Abort when there are several), never leaving peers waiting in a collective.
-func runOnEveryRank(_ communicator: any Communicator, _ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch {
-        if communicator.size > 1 {
-            // Prints "[rank r] error: …" and ends every rank of the job.
-            try? communicator.abort(message: "error: \(error)", exitCode: 1)
-        }
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        throw ExitCode.failure
-    }
-    if communicator is MPICommunicator { try MPICommunicator.finalize() }
 }
