@@ -141,6 +141,35 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(killedAt), 30, "the job took too long to end")
     }
 
+    /// `mpirun -np 2` and `-np 3` train to the parameters of one process (every objective's
+    /// exactness is checked in-process by TrainingTests; this is the real MPI path end to end).
+    func testMPIRanksReproduceOneProcess() throws {
+        let mpirun = try XCTUnwrap(["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) },
+                                   "mpirun is not installed")
+        let short = arguments.map { $0 == "schedule.steps=160" ? "schedule.steps=20" : $0 }
+            + ["--set", "schedule.global_batch_size=63", "--set", "objective.name=barlow_twins"]
+        var states: [Int: Checkpoint] = [:]
+        for ranks in [1, 2, 3] {
+            let run = root + "/np\(ranks)"
+            let (process, pipe) = ranks == 1
+                ? try start(binary, short + ["--run-dir", run])
+                : try start(mpirun, ["-np", "\(ranks)", "--oversubscribe", "--bind-to", "none", binary] + short + ["--run-dir", run])
+            let result = finish(process, pipe)
+            XCTAssertEqual(result.status, 0, result.output)
+            let checkpoint = try HDF5CheckpointDirectory(directory: run + "/checkpoints").read(run + "/checkpoints/ckpt-00000020.h5")
+            XCTAssertEqual(checkpoint.worldSize, ranks)
+            states[ranks] = checkpoint
+        }
+        let single = try XCTUnwrap(states[1])
+        for ranks in [2, 3] {
+            let split = try XCTUnwrap(states[ranks])
+            for key in single.tensors.keys.sorted() where key.hasPrefix("params/") {
+                let error = relativeNormError(try XCTUnwrap(split.tensors[key]).values, try XCTUnwrap(single.tensors[key]).values)
+                XCTAssertLessThanOrEqual(error, 1e-3, "\(key) on \(ranks) ranks")
+            }
+        }
+    }
+
     /// A bad config fails before any work, naming the key, with a non-zero exit on every rank.
     func testBadConfigFailsOnEveryRankWithoutHanging() throws {
         let (p1, o1) = try start(binary, arguments + ["--set", "optimiser.learning_rate=1", "--run-dir", root + "/bad"])
