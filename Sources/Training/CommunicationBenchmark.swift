@@ -49,7 +49,8 @@ extension Benchmarks {
         var rows: [AllReduceRow] = []
         for size in sizes {
             let count = max(1, size / MemoryLayout<Float>.stride), bytes = count * MemoryLayout<Float>.stride
-            var buffer = [Float](repeating: 1, count: count)
+            // Zeros stay zeros however many sums (ones would overflow to infinity on many ranks).
+            var buffer = [Float](repeating: 0, count: count)
             let timed = allReduceIterations(bytes: bytes, iterations: iterations)
             var seconds: [Double] = []
             seconds.reserveCapacity(timed)
@@ -60,8 +61,6 @@ extension Benchmarks {
                     try communicator.allReduce(pointer, .sum)
                     let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
                     if call >= max(1, timed / 10) { seconds.append(elapsed) }
-                    // Keep the values finite and the same on every rank after many sums.
-                    pointer[0] = 1
                 }
             }
             var slowest = [seconds.reduce(0, +) / Double(timed), seconds.min() ?? 0]
