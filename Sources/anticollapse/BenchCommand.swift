@@ -1,12 +1,13 @@
 // `anticollapse bench`: training-step and objective timings on random inputs, with the BLAS
-// sgemm rate of the same run as a yardstick.
+// sgemm rate of the same run as a yardstick; all-reduce latency and bandwidth (under mpirun),
+// loader throughput and checkpoint write/read rates.
 import ArgumentParser
 import Communication
 import Foundation
 import Tensor
 import Training
 
-/// Benchmarks of the training step and of the objectives (one process, random inputs).
+/// The benchmark suite: step, objective, comm, data and checkpoint (only comm runs on several ranks).
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Time training steps, objectives, all-reduce, data loading and checkpoints.",
