@@ -1,15 +1,17 @@
 // `anticollapse bench`: training-step and objective timings on random inputs, with the BLAS
-// sgemm rate of the same run as a yardstick.
+// sgemm rate of the same run as a yardstick; all-reduce latency and bandwidth (under mpirun),
+// loader throughput and checkpoint write/read rates.
 import ArgumentParser
+import Communication
 import Foundation
 import Tensor
 import Training
 
-/// Benchmarks of the training step and of the objectives (one process, random inputs).
+/// The benchmark suite: step, objective, comm, data and checkpoint (only comm runs on several ranks).
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Time training steps and objectives on random inputs (one process).",
-        subcommands: [StepBench.self, ObjectiveBench.self])
+        abstract: "Time training steps, objectives, all-reduce, data loading and checkpoints.",
+        subcommands: [StepBench.self, ObjectiveBench.self, CommBench.self, DataBench.self, CheckpointBench.self])
 }
 
 extension Benchmarks.ObjectiveName: ExpressibleByArgument {}
@@ -93,5 +95,66 @@ struct ObjectiveBench: ParsableCommand {
             }
         }
         if json { try printJSON(reports) }
+    }
+}
+
+struct CommBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "comm",
+        abstract: "Time all-reduce (sum, Float) from --min-bytes to --max-bytes, doubling, like osu_allreduce.",
+        discussion: "Run under mpirun (e.g. mpirun -np 2 anticollapse bench comm); one process times the identity. Rank 0 prints mean and minimum µs a call (slowest rank), algorithm bandwidth bytes/time and bus bandwidth 2(p−1)/p·bytes/time.")
+
+    @Option(help: "Smallest message in bytes.") var minBytes = 4096
+    @Option(help: "Largest message in bytes.") var maxBytes = 64 << 20
+    @Option(help: "Timed calls a size up to 1 MiB (a tenth, at least 5, above).") var iterations = 100
+    @Flag(help: "Print the rows as JSON too.") var json = false
+
+    func validate() throws {
+        guard minBytes >= 4 else { throw ValidationError("--min-bytes must be at least 4 (one Float), got \(minBytes)") }
+        guard maxBytes >= minBytes else { throw ValidationError("--max-bytes (\(maxBytes)) must be at least --min-bytes (\(minBytes))") }
+        guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
+    }
+
+    func run() throws {
+        try runJob { communicator in
+            let rows = try Benchmarks.allReduce(communicator: communicator,
+                                                sizes: Benchmarks.doublingSizes(from: minBytes, to: maxBytes),
+                                                iterations: iterations)
+            guard communicator.isRoot else { return }
+            print(Benchmarks.allReduceTable(rows, worldSize: communicator.size))
+            if json { try printJSON(rows) }
+        }
+    }
+}
+
+struct DataBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "data",
+        abstract: "Measure the loader's rows/s and MB/s, with and without augmentation (as dataset bench).")
+
+    @OptionGroup var bench: Dataset.Bench
+
+    func run() throws { try bench.run() }
+}
+
+struct CheckpointBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint",
+        abstract: "Write and read back the HDF5 checkpoint of an MLP model and its LARS state (one process).")
+
+    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
+    @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
+    @Option(help: "Writes and reads timed (rates are their medians).") var repeats = 3
+    @Flag(help: "Print the report as JSON too.") var json = false
+
+    func validate() throws {
+        guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+    }
+
+    func run() throws {
+        let report = try Benchmarks.checkpoint(encoder: try widths(encoder, option: "--encoder"),
+                                               projector: try widths(projector, option: "--projector"), repeats: repeats)
+        print(report.table)
+        if json { try printJSON(report) }
     }
 }
