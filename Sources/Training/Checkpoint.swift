@@ -71,6 +71,29 @@ public struct Checkpoint: Equatable, Sendable {
     }
 }
 
+extension Checkpoint {
+    /// The tensors of `model` and of its optimizer's state in the checkpoint layout:
+    /// `params/<name>`, `buffers/<name>`, `optimizer/<name>/<slot>`.
+    ///
+    /// - Parameter optimizerSlots: each slot's name and its flat buffer (in the layout of
+    ///   `model.parameters`).
+    public static func tensors(of model: Model<Float>, optimizerSlots: [(name: String, buffer: Tensor<Float>)])
+        -> [String: (shape: [Int], values: [Float])] {
+        var tensors: [String: (shape: [Int], values: [Float])] = [:]
+        for (prefix, store) in [("params", model.parameters), ("buffers", model.buffers)] {
+            for entry in store.entries {
+                tensors["\(prefix)/\(entry.name)"] = (entry.shape, store.view(of: store.values, entry).scalars)
+            }
+        }
+        for (slot, buffer) in optimizerSlots {
+            for entry in model.parameters.entries {
+                tensors["optimizer/\(entry.name)/\(slot)"] = (entry.shape, model.parameters.view(of: buffer, entry).scalars)
+            }
+        }
+        return tensors
+    }
+}
+
 /// A checkpoint file that cannot be used, naming the file.
 public struct CheckpointError: Error, CustomStringConvertible, Equatable {
     public let path: String

@@ -37,16 +37,7 @@ extension Benchmarks {
         let options = StepOptions(encoder: encoder, projector: projector)
         let model = try Model<Float>(options.model, seed: options.seed)
         let optimizer = try LARS(parameters: model.parameters, learningRate: 0.2, weightDecay: 1e-6)
-        // The tensors of Trainer.makeCheckpoint(): parameters, buffers, optimizer slots.
-        var tensors: [String: (shape: [Int], values: [Float])] = [:]
-        for (prefix, store) in [("params", model.parameters), ("buffers", model.buffers)] {
-            for entry in store.entries { tensors["\(prefix)/\(entry.name)"] = (entry.shape, store.view(of: store.values, entry).scalars) }
-        }
-        for slot in optimizer.slotNames {
-            for entry in model.parameters.entries {
-                tensors["optimizer/\(entry.name)/\(slot)"] = (entry.shape, model.parameters.view(of: optimizer.slot(slot), entry).scalars)
-            }
-        }
+        let tensors = Checkpoint.tensors(of: model, optimizerSlots: optimizer.slotNames.map { ($0, optimizer.slot($0)) })
         let checkpoint = Checkpoint(step: 1, epoch: 0, stepInEpoch: 1, seed: options.seed, globalBatchSize: options.batch,
                                     worldSize: 1, optimizerName: "lars", optimizerStepCount: optimizer.stepCount,
                                     config: "", codeVersion: "bench", tensors: tensors)

@@ -250,19 +250,7 @@ public final class Trainer {
 
     /// The state to save now.
     public func makeCheckpoint() throws -> Checkpoint {
-        var tensors: [String: (shape: [Int], values: [Float])] = [:]
-        for (prefix, store) in [("params", model.parameters), ("buffers", model.buffers)] {
-            for entry in store.entries {
-                let view = store.view(of: store.values, entry)
-                tensors["\(prefix)/\(entry.name)"] = (entry.shape, view.scalars)
-            }
-        }
-        for slot in optimizer.slotNames {
-            let buffer = optimizer.slot(slot)
-            for entry in model.parameters.entries {
-                tensors["optimizer/\(entry.name)/\(slot)"] = (entry.shape, model.parameters.view(of: buffer, entry).scalars)
-            }
-        }
+        let tensors = Checkpoint.tensors(of: model, optimizerSlots: optimizer.slotNames.map { ($0, optimizer.slot($0)) })
         let position = sampler.position(ofStep: step)
         return Checkpoint(step: step, epoch: position.epoch, stepInEpoch: position.stepInEpoch, seed: configuration.seed,
                           globalBatchSize: configuration.schedule.globalBatchSize, worldSize: communicator.size,
