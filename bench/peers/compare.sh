@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs `anticollapse bench step` and the JAX / PyTorch peers of the same step alternately
+# for N rounds and prints each one's ms/step (median of the run), the median over rounds,
+# and the ratios peer ms / our ms (higher = we are faster), with our in-run sgemm rate.
+#
+#   bench/peers/compare.sh [--rounds N] [--threads T] [--python PY] [-- step options]
+#   bench/peers/compare.sh --rounds 3 -- --encoder 64,256,256 --projector 256,512,512 --batch 128
+#
+# Step options (default: the reference shape) are passed unchanged to all three:
+# --encoder, --projector, --batch, --steps, --warmup. A peer whose package does not import
+# under PY (default: $PEERS_PYTHON, else /tmp/peers-venv/bin/python, else python3) is skipped.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+rounds=3
+threads=2
+py=${PEERS_PYTHON:-}
+if [[ -z $py ]]; then
+    if [[ -x /tmp/peers-venv/bin/python ]]; then py=/tmp/peers-venv/bin/python; else py=python3; fi
+fi
+
+while (($#)); do
+    case $1 in
+        --rounds) rounds=$2; shift 2 ;;
+        --threads) threads=$2; shift 2 ;;
+        --python) py=$2; shift 2 ;;
+        --) shift; break ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) break ;;
+    esac
+done
+# The reference shape, for each option not given.
+step_args=()
+for default in --encoder=784,1024,1024 --projector=1024,2048,2048 --batch=256 --steps=20 --warmup=3; do
+    [[ " $* " == *" ${default%%=*} "* ]] || step_args+=("${default%%=*}" "${default#*=}")
+done
+step_args+=("$@")
+
+ours=$root/.build/release/anticollapse
+if [[ ! -x $ours ]]; then
+    echo "building $ours" >&2
+    (cd "$root" && swift build -c release --product anticollapse) >&2
+fi
+
+peers=()
+for peer in jax torch; do
+    if "$py" -c "import $peer" 2>/dev/null; then peers+=("$peer"); else echo "skipping $peer: not importable by $py" >&2; fi
+done
+
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+
+# Last JSON line of a run's output.
+json_of() { grep '^{' "$1" | tail -n 1; }
+# A field of a JSON object on stdin.
+field() { "$py" -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+
+echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1); threads $threads"
+echo "step: ${step_args[*]}"
+for ((r = 1; r <= rounds; r++)); do
+    "$ours" bench step --json --threads "$threads" "${step_args[@]}" > "$log/ours.$r"
+    line="round $r: ours $(json_of "$log/ours.$r" | field medianMilliseconds | xargs printf '%.1f') ms"
+    for peer in "${peers[@]}"; do
+        "$py" "$here/${peer}_step.py" --json --threads "$threads" "${step_args[@]}" > "$log/$peer.$r"
+        line+=", $peer $(json_of "$log/$peer.$r" | field medianMilliseconds | xargs printf '%.1f') ms"
+    done
+    echo "$line"
+done
+
+# Median over rounds of each run's median ms/step.
+median_of() {
+    local name=$1 r
+    for ((r = 1; r <= rounds; r++)); do json_of "$log/$name.$r"; done |
+        "$py" -c "import json,statistics,sys; print(statistics.median(json.loads(l)['medianMilliseconds'] for l in sys.stdin))"
+}
+
+ours_ms=$(median_of ours)
+last=$(json_of "$log/ours.$rounds")
+printf '%-8s %10s %10s %12s\n' who 'ms/step' 'samples/s' 'peer/ours'
+batch=$(field batch <<< "$last")
+printf '%-8s %10.1f %10.0f %12s\n' ours "$ours_ms" "$("$py" -c "print($batch/($ours_ms/1e3))")" '1.00'
+for peer in "${peers[@]}"; do
+    ms=$(median_of "$peer")
+    printf '%-8s %10.1f %10.0f %12.2f\n' "$peer" "$ms" "$("$py" -c "print($batch/($ms/1e3))")" \
+        "$("$py" -c "print($ms/$ours_ms)")"
+done
+printf 'ours, last round: sgemm %.1f GFLOP/s (1024^3), %.1f GFLOP/s (%s); achieved %.1f GFLOP/s = %.2f of sgemm; BLAS threads %s\n' \
+    "$(field sgemmGFLOPS <<< "$last")" "$(field sgemmLargestGFLOPS <<< "$last")" "$(field largestGEMM <<< "$last")" \
+    "$(field achievedGFLOPS <<< "$last")" "$(field fractionOfSGEMM <<< "$last")" "$(field blasThreads <<< "$last")"

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `anticollapse bench step` (VICReg, float32, CPU, eager).
+
+One timed step = zero_grad, forward of two views of `--batch` random rows through the
+same encoder + projector MLP (nn.BatchNorm1d in training mode with per-view batch
+statistics, eps 1e-5, then ReLU, between layers; last encoder layer linear; last
+projector layer without bias), the VICReg loss (25 invariance, 25 variance, 1 covariance),
+backward, the gradient norm, and the LARS optimizer of the VICReg reference
+(facebookresearch/vicreg main_vicreg.py; lr 0.2, weight decay 1e-6, momentum 0.9,
+eta 0.001, biases and BN parameters excluded from weight decay and the trust ratio).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", default="784,1024,1024")
+    p.add_argument("--projector", default="1024,2048,2048")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print a JSON line too")
+    return p.parse_args()
+
+
+args = parse()
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(args.threads)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+torch.set_num_threads(args.threads)
+torch.set_num_interop_threads(1)
+
+
+def widths(text):
+    return [] if text in ("", "none") else [int(w) for w in text.split(",")]
+
+
+def mlp(ws, last_bias):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(ws, ws[1:])):
+        last = i == len(ws) - 2
+        layers.append(nn.Linear(n_in, n_out, bias=(not last) or last_bias))
+        if not last:
+            layers += [nn.BatchNorm1d(n_out, eps=1e-5), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def off_diagonal(x):
+    n, m = x.shape
+    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def vicreg(x, y):
+    b, d = x.shape
+    repr_loss = F.mse_loss(x, y)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+    std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+    std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    cov_x = (x.T @ x) / (b - 1)
+    cov_y = (y.T @ y) / (b - 1)
+    cov_loss = off_diagonal(cov_x).pow_(2).sum().div(d) + off_diagonal(cov_y).pow_(2).sum().div(d)
+    return 25.0 * repr_loss + 25.0 * std_loss + 1.0 * cov_loss
+
+
+class LARS(torch.optim.Optimizer):
+    """As in the VICReg reference (main_vicreg.py)."""
+
+    def __init__(self, params, lr, weight_decay=0, momentum=0.9, eta=0.001,
+                 weight_decay_filter=None, lars_adaptation_filter=None):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
+                        weight_decay_filter=weight_decay_filter, lars_adaptation_filter=lars_adaptation_filter)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                dp = p.grad
+                if dp is None:
+                    continue
+                if g["weight_decay_filter"] is None or not g["weight_decay_filter"](p):
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                if g["lars_adaptation_filter"] is None or not g["lars_adaptation_filter"](p):
+                    param_norm = torch.norm(p)
+                    update_norm = torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.0,
+                                    torch.where(update_norm > 0, (g["eta"] * param_norm / update_norm), one), one)
+                    dp = dp.mul(q)
+                param_state = self.state[p]
+                if "mu" not in param_state:
+                    param_state["mu"] = torch.zeros_like(p)
+                mu = param_state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
+
+
+def exclude_bias_and_norm(p):
+    return p.ndim == 1
+
+
+def main():
+    torch.manual_seed(args.seed)
+    enc, proj = widths(args.encoder), widths(args.projector)
+    model = nn.Sequential(mlp(enc, True), mlp(proj, False) if proj else nn.Identity())
+    model.train()
+    opt = LARS(model.parameters(), lr=0.2, weight_decay=1e-6,
+               weight_decay_filter=exclude_bias_and_norm, lars_adaptation_filter=exclude_bias_and_norm)
+    x1 = torch.randn(args.batch, enc[0])
+    x2 = torch.randn(args.batch, enc[0])
+
+    times = []
+    loss = float("nan")
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        out = vicreg(model(x1), model(x2))
+        out.backward()
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+        opt.step()
+        t1 = time.perf_counter()
+        if i >= args.warmup:
+            times.append((t1 - t0) * 1e3)
+        loss = out.item()
+    med, mn = statistics.median(times), min(times)
+    sps = args.batch / (med / 1e3)
+    print(f"peer             torch {torch.__version__}, eager, LARS (VICReg reference)")
+    print(f"threads          torch.set_num_threads({torch.get_num_threads()}), interop 1, OMP/MKL/OPENBLAS_NUM_THREADS={args.threads}")
+    print(f"model            encoder {enc} projector {proj}, {args.batch} rows x 2 views")
+    print(f"ms/step          median {med:.1f}, min {mn:.1f} over {args.steps} steps")
+    print(f"samples/s        {sps:.0f}")
+    print(f"loss             {loss}")
+    if args.json:
+        print(json.dumps({"peer": "torch", "version": torch.__version__, "optimizer": "LARS",
+                          "threads": torch.get_num_threads(), "encoder": enc, "projector": proj,
+                          "batch": args.batch, "steps": args.steps, "medianMilliseconds": med,
+                          "minimumMilliseconds": mn, "samplesPerSecond": sps, "loss": loss}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
