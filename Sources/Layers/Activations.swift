@@ -1,7 +1,7 @@
 import Tensor
 
 /// The rectified linear unit, `y = max(x, 0)`, element-wise on any shape (PyTorch's `nn.ReLU`).
-public final class ReLU<Scalar: LayerScalar>: Layer {
+public final class ReLU<Scalar: LayerScalar>: ParameterFreeLayer {
     private final class Cache {
         var output: Tensor<Scalar>?         // (B, …)
         var inputGradient: Tensor<Scalar>?  // (B, …)
@@ -10,8 +10,6 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
 
     public init() {}
 
-    public func parameterSpecs() -> [ParameterSpec] { [] }
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
@@ -48,7 +46,7 @@ public final class ReLU<Scalar: LayerScalar>: Layer {
 
 /// The Gaussian error linear unit in its exact form, `y = x Φ(x) = x/2 · (1 + erf(x/√2))`,
 /// element-wise on any shape (PyTorch's `nn.GELU()` with `approximate='none'`).
-public final class GELU<Scalar: LayerScalar>: Layer {
+public final class GELU<Scalar: LayerScalar>: ParameterFreeLayer {
     private final class Cache {
         var input: Tensor<Scalar>?          // (B, …), the caller's
         var output: Tensor<Scalar>?         // (B, …)
@@ -58,8 +56,6 @@ public final class GELU<Scalar: LayerScalar>: Layer {
 
     public init() {}
 
-    public func parameterSpecs() -> [ParameterSpec] { [] }
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)

@@ -87,6 +87,15 @@ extension Layer {
     public func bufferSpecs() -> [ParameterSpec] { [] }
 }
 
+/// A layer without parameters or buffers (activations, pooling, reshaping): nothing to declare
+/// and nothing to bind.
+public protocol ParameterFreeLayer: Layer {}
+
+extension ParameterFreeLayer {
+    public func parameterSpecs() -> [ParameterSpec] { [] }
+    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
+}
+
 /// `prefix.name`, or `name` when `prefix` is empty.
 @inlinable
 public func qualifiedName(_ prefix: String, _ name: String) -> String {

@@ -2,7 +2,7 @@ import Tensor
 
 /// Average pooling of NCHW images over `kernelSize × kernelSize` windows every `stride`
 /// positions, no padding, rounding the output size down (PyTorch's `nn.AvgPool2d(k, s)`).
-public final class AvgPool2d<Scalar: LayerScalar>: Layer {
+public final class AvgPool2d<Scalar: LayerScalar>: ParameterFreeLayer {
     public let kernelSize: Int
     public let stride: Int
 
@@ -20,8 +20,6 @@ public final class AvgPool2d<Scalar: LayerScalar>: Layer {
         self.stride = stride ?? kernelSize
     }
 
-    public func parameterSpecs() -> [ParameterSpec] { [] }
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
     /// `(B, C, H, W) → (B, C, OH, OW)`, `OH = (H − K) / S + 1`.
     @_specialize(where Scalar == Float)
@@ -84,7 +82,7 @@ public final class AvgPool2d<Scalar: LayerScalar>: Layer {
 
 /// The mean of each channel over all positions, `(B, C, H, W) → (B, C)` (PyTorch's
 /// `nn.AdaptiveAvgPool2d(1)` followed by `nn.Flatten()`), the end of a ResNet trunk.
-public final class GlobalAvgPool2d<Scalar: LayerScalar>: Layer {
+public final class GlobalAvgPool2d<Scalar: LayerScalar>: ParameterFreeLayer {
     private final class Cache {
         var inputShape: [Int] = []
         var output: Tensor<Scalar>?         // (B, C)
@@ -94,8 +92,6 @@ public final class GlobalAvgPool2d<Scalar: LayerScalar>: Layer {
 
     public init() {}
 
-    public func parameterSpecs() -> [ParameterSpec] { [] }
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
@@ -140,14 +136,12 @@ public final class GlobalAvgPool2d<Scalar: LayerScalar>: Layer {
 }
 
 /// `(B, d1, d2, …) → (B, d1·d2·…)`, a view of the same elements (PyTorch's `nn.Flatten()`).
-public final class Flatten<Scalar: LayerScalar>: Layer {
+public final class Flatten<Scalar: LayerScalar>: ParameterFreeLayer {
     private final class Cache { var inputShape: [Int] = [] }
     private var caches = SlotCaches<Cache>()
 
     public init() {}
 
-    public func parameterSpecs() -> [ParameterSpec] { [] }
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
 
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
