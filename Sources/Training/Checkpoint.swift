@@ -103,7 +103,10 @@ public struct CheckpointError: Error, CustomStringConvertible, Equatable {
 
 /// Where checkpoints are kept: a small protocol, so tests can substitute a fake.
 public protocol CheckpointStorage: Sendable {
-    /// Writes `checkpoint` for its step, atomically (never a half-written file under the final name).
+    /// Where the checkpoint of step `step` is (or would be) stored.
+    func path(step: Int) -> String
+    /// Writes `checkpoint` to ``path(step:)`` of its step, atomically (never a half-written
+    /// file under the final name).
     func write(_ checkpoint: Checkpoint) throws -> String
     /// The checkpoint files, oldest first.
     func list() throws -> [String]
@@ -114,11 +117,11 @@ public protocol CheckpointStorage: Sendable {
 }
 
 extension CheckpointStorage {
-    /// The newest checkpoint that reads and verifies, skipping (and reporting through `warn`)
-    /// truncated or corrupt ones; nil when there is none.
-    public func newestValid(warn: (String) -> Void) throws -> Checkpoint? {
+    /// The newest checkpoint that reads and verifies, with its path, skipping (and reporting
+    /// through `warn`) truncated or corrupt ones; nil when there is none.
+    public func newestValid(warn: (String) -> Void) throws -> (path: String, checkpoint: Checkpoint)? {
         for path in try list().reversed() {
-            do { return try read(path) } catch { warn("skipping \(error)") }
+            do { return (path, try read(path)) } catch { warn("skipping \(error)") }
         }
         return nil
     }

@@ -225,20 +225,16 @@ public final class Trainer {
         case .none:
             return nil
         case .automatic:
-            // Rank 0 picks; every rank reads the same file.
-            var stepBox = [Int64(-1)]
-            if communicator.isRoot, let newest = try checkpoints.newestValid(warn: { log("warning: \($0)") }) {
-                stepBox[0] = Int64(newest.step)
-            }
+            // Rank 0 picks (and has read) the newest valid checkpoint; the others read the same file.
+            let newest = communicator.isRoot ? try checkpoints.newestValid(warn: { log("warning: \($0)") }) : nil
+            var stepBox = [Int64(newest?.checkpoint.step ?? -1)]
             try communicator.broadcast(&stepBox, root: 0)
             guard stepBox[0] >= 0 else {
                 log("no checkpoint in \(runDirectory): starting from scratch")
                 return nil
             }
-            guard let path = try checkpoints.list().first(where: { $0.hasSuffix(String(format: "ckpt-%08d.h5", stepBox[0])) }) else {
-                throw TrainingError("checkpoint of step \(stepBox[0]) vanished from \(runDirectory)")
-            }
-            try restore(try checkpoints.read(path), from: path)
+            let path = newest?.path ?? checkpoints.path(step: Int(stepBox[0]))
+            try restore(try newest?.checkpoint ?? checkpoints.read(path), from: path)
             return path
         case let .path(path):
             try restore(try checkpoints.read(path), from: path)
@@ -262,12 +258,10 @@ public final class Trainer {
     /// prunes old ones. Every rank must call it.
     @discardableResult
     public func writeCheckpoint() throws -> String? {
-        var fingerprint = [Int64(bitPattern: parameterFingerprint())]
-        let all = try communicator.allGather(fingerprint)
+        let all = try communicator.allGather([Int64(bitPattern: parameterFingerprint())])
         if Set(all).count > 1 {
             throw TrainingError("ranks hold different parameters at step \(step) (fingerprints \(all.map { String(UInt64(bitPattern: $0), radix: 16) })): they drifted apart")
         }
-        fingerprint[0] = 0
         var path: String?
         if communicator.isRoot {
             path = try checkpoints.write(try makeCheckpoint())
@@ -384,7 +378,7 @@ public final class Trainer {
             if everyCheckpoint > 0 && step % everyCheckpoint == 0 && step < lastStep { try writeCheckpoint() }
         }
         progress.finish()
-        if step > 0 && (stoppedBySignal || step == lastStep) && lastCheckpoint.map({ !$0.hasSuffix(String(format: "ckpt-%08d.h5", step)) }) ?? true {
+        if step > 0 && (stoppedBySignal || step == lastStep) && lastCheckpoint != checkpoints.path(step: step) {
             try writeCheckpoint()
         }
         return TrainingSummary(step: step, totalSteps: totalSteps, stoppedBySignal: stoppedBySignal, loss: result.loss,

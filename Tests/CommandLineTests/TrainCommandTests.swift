@@ -119,7 +119,7 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertEqual(result.status, 0, result.output)
         XCTAssertTrue(result.output.contains("stop requested"), result.output)
         let newest = try HDF5CheckpointDirectory(directory: run + "/checkpoints").newestValid { XCTFail($0) }
-        let step = try XCTUnwrap(newest?.step)
+        let step = try XCTUnwrap(newest?.checkpoint.step)
         XCTAssertGreaterThanOrEqual(step, 10)
         XCTAssertLessThan(step, 160, "SIGTERM came after the run ended")
     }

@@ -139,7 +139,8 @@ final class TrainerTests: XCTestCase {
         var warnings: [String] = []
         let storage = HDF5CheckpointDirectory(directory: run + "/checkpoints")
         let chosen = try storage.newestValid { warnings.append($0) }
-        XCTAssertEqual(chosen?.step, 5)
+        XCTAssertEqual(chosen?.checkpoint.step, 5)
+        XCTAssertEqual(chosen?.path, run + "/checkpoints/ckpt-00000005.h5")
         XCTAssertEqual(warnings.count, 1)
         XCTAssertTrue(warnings[0].contains("ckpt-00000010.h5"), warnings.joined())
         let resumed = try train(configuration, worldSize: 1, runDirectory: run, resume: .automatic)
