@@ -68,5 +68,19 @@ func objectivesScenario(_ communicator: any Communicator, _ arguments: ScenarioA
             }
         }
     }
+
+    // VICReg's Gram form on the gather path (2N < D), which no golden case reaches: the test
+    // compares it with one process.
+    let data = VICRegGramFixture.views(), n = VICRegGramFixture.rows, d = VICRegGramFixture.dimension
+    let size = communicator.size, rank = communicator.rank
+    let count = n / size + (rank < n % size ? 1 : 0), first = rank * (n / size) + min(rank, n % size)
+    let inputs = data.map { Tensor<Float>(shape: [count, d], scalars: $0[first * d ..< (first + count) * d].map { Float($0) }) }
+    let gradients = inputs.map { Tensor<Float>(zeros: $0.shape) }
+    let result = try VICReg<Float>().evaluate(views: inputs, gradients: gradients,
+                                              context: ObjectiveContext(communicator: communicator, reduction: .gather))
+    values["gram/vicreg/gather/loss"] = JSONValue([result.loss])
+    values["gram/vicreg/gather/rows"] = JSONValue([Int64(first), Int64(count)])
+    values["gram/vicreg/gather/grad_z1"] = JSONValue(gradients[0].scalars)
+    values["gram/vicreg/gather/grad_z2"] = JSONValue(gradients[1].scalars)
     return values
 }

@@ -26,8 +26,17 @@ public enum StatisticsReduction: String, Sendable, CaseIterable {
 /// the rows padded to `n_max`. (The row counts the choice needs are known by then: given in
 /// ``ObjectiveContext/rowCounts`` or all-gathered once, whichever path follows.) On the gather path
 /// every rank repeats the statistics of the whole batch (`N·F`), while the statistics path
-/// splits them (`n_max·F`). Gathering wins when `D²` is large against `N·D` and the FLOPs it
-/// repeats are cheap on the machine; the per-step gradient work is the same on both paths.
+/// splits them (`n_max·F`). Both paths add the gradient products of this rank's rows
+/// (`n_max·F_g`, ``StatisticsPlan/gradientFlopsPerRow``).
+///
+/// An objective with a Gram form (``StatisticsPlan/gramForm``; VICReg) replaces, when it holds
+/// every row and `2N < D`, the `D × D` statistics and gradient products by `N × N` ones:
+///
+///     gather (Gram form): 2·latency + (P−1)·n_max·V·D·s / bandwidth + 4·V·n_max·N·D / flopRate
+///
+/// (per view the Gram block of this rank's rows against all rows, and its product with the
+/// rows; the second latency is the all-reduce of the block norms). Gathering wins when `D²` is
+/// large against `N·D` and the FLOPs it repeats are cheap on the machine.
 public struct ReductionCostModel: Sendable, Equatable {
     /// The fixed cost of one collective, in seconds.
     public var latency: Double
@@ -47,16 +56,18 @@ public struct ReductionCostModel: Sendable, Equatable {
     /// The estimated seconds of each path for one evaluation.
     public func cost(of path: StatisticsReduction, plan: StatisticsPlan, worldSize: Int,
                      globalBatchSize: Int, largestRankCount: Int, scalarBytes: Int) -> Double {
-        let p = Double(worldSize), nMax = Double(largestRankCount)
+        let p = Double(worldSize), nMax = Double(largestRankCount), n = Double(globalBatchSize)
         switch path {
         case .gather:
-            return latency
-                + (p - 1) * nMax * Double(plan.viewCount * plan.dimension * scalarBytes) / bandwidth
-                + Double(globalBatchSize) * plan.flopsPerRow / flopRate
+            let gathering = latency + (p - 1) * nMax * Double(plan.viewCount * plan.dimension * scalarBytes) / bandwidth
+            if plan.usesGramForm(globalBatchSize: globalBatchSize) {
+                return gathering + latency + 4 * Double(plan.viewCount * plan.dimension) * nMax * n / flopRate
+            }
+            return gathering + (n * plan.flopsPerRow + nMax * plan.gradientFlopsPerRow) / flopRate
         default:
             return Double(plan.allReduceCount) * latency
                 + 2 * (p - 1) / p * Double(plan.elementCount(partitions: worldSize) * scalarBytes) / bandwidth
-                + nMax * plan.flopsPerRow / flopRate
+                + nMax * (plan.flopsPerRow + plan.gradientFlopsPerRow) / flopRate
         }
     }
 
@@ -86,19 +97,32 @@ public struct StatisticsPlan: Sendable, Equatable {
     public var flopsPerRow: Double
     /// All-reduces the statistics path takes (1, or 2 when the backward pass needs batch sums).
     public var allReduceCount: Int
+    /// Floating-point operations per row of this rank to apply the statistics in the gradient
+    /// (the same on both paths; 0 when negligible).
+    public var gradientFlopsPerRow: Double
+    /// Whether the objective switches to an `N × N` Gram form when it holds every row of a
+    /// global batch of `N < D/2` rows (see ``usesGramForm(globalBatchSize:)``).
+    public var gramForm: Bool
 
     public init(viewCount: Int, dimension: Int, fixedElements: Int, elementsPerRank: Int, flopsPerRow: Double,
-                allReduceCount: Int) {
+                allReduceCount: Int, gradientFlopsPerRow: Double = 0, gramForm: Bool = false) {
         self.viewCount = viewCount
         self.dimension = dimension
         self.fixedElements = fixedElements
         self.elementsPerRank = elementsPerRank
         self.flopsPerRow = flopsPerRow
         self.allReduceCount = allReduceCount
+        self.gradientFlopsPerRow = gradientFlopsPerRow
+        self.gramForm = gramForm
     }
 
     /// The statistics elements for `partitions` ranks.
     public func elementCount(partitions: Int) -> Int { fixedElements + elementsPerRank * partitions }
+
+    /// Whether an objective with a Gram form uses it for a global batch of `globalBatchSize`
+    /// rows it holds entirely: when `2N < D`, where the `N × N` products cost less than the
+    /// `D × D` ones.
+    public func usesGramForm(globalBatchSize: Int) -> Bool { gramForm && 2 * globalBatchSize < dimension }
 }
 
 /// Several statistics packed into one buffer, so that one all-reduce makes all of them global.
@@ -232,6 +256,15 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
         guard path == .statistics, communicator.size > 1 else { return }
         try statistics.withUnsafeMutableBufferPointer { try communicator.allReduce($0, .sum) }
         communicatedBytes += statistics.values.count * MemoryLayout<Scalar>.stride
+    }
+
+    /// Sums per-rank values that the gather path leaves local (each rank's share of a sum over
+    /// the rows it owns) over ranks; nothing to do on one rank. On the statistics path the
+    /// fused all-reduce carries such values instead.
+    mutating func sumOverRanks(_ values: inout [Double]) throws {
+        guard communicator.size > 1 else { return }
+        try communicator.allReduce(&values, .sum)
+        communicatedBytes += values.count * MemoryLayout<Double>.stride
     }
 
     /// All ranks' rows of every view, in rank order, with one all-gather of the rows padded to

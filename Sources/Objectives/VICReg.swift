@@ -46,19 +46,23 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let secondMoments: [GlobalMoments<Scalar>.SecondMoment] = [.covariance(0), .covariance(1)]
 
         // Statistics: the moments of both views and the summed squared distance between them.
+        // Per row: two covariance rows (syrk, D² each) to form, and per view the gradient
+        // product (x − μ) G, 2·D².
         let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
                                                       partitions: 1)
         let plan = StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 1,
-                                  elementsPerRank: size.perRank, flopsPerRow: Double(2 * d * d), allReduceCount: 1)
+                                  elementsPerRank: size.perRank, flopsPerRow: Double(2 * d * d), allReduceCount: 1,
+                                  gradientFlopsPerRow: Double(4 * d * d), gramForm: true)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
+        if batch.partitionCount == 1, plan.usesGramForm(globalBatchSize: batch.statisticsViews[0].rowCount) {
+            return try evaluateGram(&batch, gradients: gradients)
+        }
         var statistics = FusedStatistics<Scalar>()
         var moments = GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
                                             partitionCount: batch.partitionCount, in: &statistics)
         let squaredDistance = statistics.reserve(1)
         moments.accumulate(batch.statisticsViews, partition: batch.partition, into: &statistics)
-        let difference = batch.statisticsViews[0].copy()
-        difference.add(batch.statisticsViews[1], scaledBy: -1)
-        statistics[squaredDistance.lowerBound] = Scalar(difference.squaredNorm())
+        statistics[squaredDistance.lowerBound] = Scalar(VICReg.squaredDistance(batch.statisticsViews))
 
         // The one all-reduce.
         try batch.allReduce(&statistics)
@@ -67,23 +71,12 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         guard n >= 2 else { throw ObjectiveError("vicreg needs a global batch of at least 2 rows, given \(n)") }
 
         // Loss and G = ∂loss/∂C of each view, streamed over the lower triangle of the covariance
-        // (no D × D matrix in Double).
-        //
-        // The gradient product (x − μ) G takes one of two forms of the same value:
-        // - D × D: G formed in Scalar (symmetric, mirrored), one n × D × D product;
-        // - Gram, when every row of the statistics is on this rank (one partition) and 2N < D:
-        //   with G = a·C + diag(h), a = 2ν/D, h_j = G_jj − a·C_jj and C = Xᵀ X/(N−1) of the
-        //   centred rows X, (x_i − μ) G = a/(N−1)·(x_i − μ) Xᵀ X + (x_i − μ) ∘ h, two products
-        //   of n × N × D instead of D² work a row.
+        // (no D × D matrix in Double); G is formed in Scalar (symmetric, mirrored) for the one
+        // n × D × D gradient product of each view.
         let invariance = Double(statistics[squaredDistance.lowerBound]) / Double(n * d)
         var variance = 0.0, covariance = 0.0
         let covarianceScale = 1 / Double(n - 1)
-        let offDiagonalFactor = 2 * covarianceWeight / Double(d)          // a
-        let useGram = batch.partitionCount == 1 && 2 * n < d
-        let gradient = Tensor<Scalar>(zeros: useGram ? [0] : [d, d])
-        var diagonal = [Double](repeating: 0, count: useGram ? d : 0)     // h
-        let localDifference = views[0].copy()
-        localDifference.add(views[1], scaledBy: -1)
+        let gradient = Tensor<Scalar>(zeros: [d, d])
         for v in 0..<2 {
             gradient.withUnsafeMutableBufferPointer { g in
                 moments.forEachCovarianceRow(v, statistics) { j, m in
@@ -91,49 +84,126 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
                     for k in 0..<j {
                         let c = m[k] * covarianceScale
                         offDiagonal += c * c / Double(d)
-                        if !useGram { g[j * d + k] = Scalar(2 * covarianceWeight * c / Double(d)) }
+                        g[j * d + k] = Scalar(2 * covarianceWeight * c / Double(d))
                     }
                     covariance += 2 * offDiagonal                    // C_jk and C_kj
-                    let standardDeviation = (m[j] * covarianceScale + epsilon).squareRoot()
-                    var diagonalGradient = 0.0
-                    if standardDeviation < 1 {
-                        variance += (1 - standardDeviation) / Double(2 * d)
-                        diagonalGradient = -varianceWeight / (4 * Double(d) * standardDeviation)
-                    }
-                    if useGram {
-                        diagonal[j] = diagonalGradient - offDiagonalFactor * (m[j] * covarianceScale)
-                    } else {
-                        g[j * d + j] = Scalar(diagonalGradient)
-                    }
+                    let hinge = varianceHinge(m[j] * covarianceScale, dimension: d)
+                    variance += hinge.term
+                    g[j * d + j] = Scalar(hinge.gradient)
                 }
-                if !useGram { VICReg.mirrorLowerTriangle(g, dimension: d) }
+                VICReg.mirrorLowerTriangle(g, dimension: d)
             }
-            // Gradient of this rank's rows.
-            gradients[v].copy(from: localDifference)
-            gradients[v].scale(by: Scalar((v == 0 ? 2 : -2) * invarianceWeight / Double(n * d)))
-            let centred = moments.centred(views[v], view: v)
-            if useGram {
-                let all = batch.path == .gather ? moments.centred(batch.statisticsViews[v], view: v) : centred
-                let gram = Tensor<Scalar>(zeros: [centred.rowCount, all.rowCount])
-                Tensor.gemm(centred, all, transposeB: true, into: gram)
-                Tensor.gemm(gram, all, into: gradients[v],
-                            alpha: Scalar(2 / Double(n - 1) * offDiagonalFactor / Double(n - 1)), beta: 1)
-                let rows = centred.rowCount
-                let factors = diagonal.map { Scalar(2 / Double(n - 1) * $0) }
-                centred.withUnsafeBufferPointer { x in
-                    gradients[v].withUnsafeMutableBufferPointer { out in
-                        for i in 0..<rows { for j in 0..<d { out[i * d + j] += factors[j] * x[i * d + j] } }
-                    }
+            setInvarianceGradient(gradients[v], view: v, views: views, globalBatchSize: n)
+            Tensor.gemm(moments.centred(views[v], view: v), gradient, into: gradients[v],
+                        alpha: Scalar(2 / Double(n - 1)), beta: 1)
+        }
+        return result(invariance: invariance, variance: variance, covariance: covariance, batch: batch)
+    }
+
+    /// The loss and gradient through the `N × N` Gram matrix of the centred rows, never a
+    /// `D × D` one: for when this rank holds every row of the global batch (one process, or
+    /// the gather path) and `2N < D`, where it is the cheaper form of the same value.
+    ///
+    /// With `X` the globally centred rows (`N × D`), `S = XᵀX` and `K = XXᵀ`:
+    /// - `Σ_jk S_jk² = ‖K‖²_F` (both are `Σ σ⁴`), so the off-diagonal sum of squares of
+    ///   `C = S/(N−1)` is `(‖K‖²_F − Σ_j S_jj²)/(N−1)²`, with `S_jj = Σ_i X_ij²`; each rank
+    ///   forms the block `K_r = X_r Xᵀ` of its own rows, and the blocks' squared norms are
+    ///   summed over ranks (one all-reduce of two `Double`s).
+    /// - With `G = a·C + diag(h)`, `a = 2ν/D`, `h_j = G_jj − a·C_jj`, the covariance part of
+    ///   the gradient of row `i` is `2/(N−1)·(x_i − μ) G = 2/(N−1)·[a/(N−1)·K_{i,:} X + x_i ∘ h]`.
+    ///
+    /// Work per view: `4·n·N·D` (or `3·N²·D` on one rank, where `K` comes from `syrk`) instead
+    /// of `6·n·D²`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    func evaluateGram(_ batch: inout GlobalBatch<Scalar>, gradients: [Tensor<Scalar>]) throws -> ObjectiveResult {
+        let all = batch.statisticsViews, views = batch.localViews
+        let n = all[0].rowCount, d = all[0].columnCount, local = views[0].rowCount
+        guard n >= 2 else { throw ObjectiveError("vicreg needs a global batch of at least 2 rows, given \(n)") }
+        let offset = local == n ? 0 : (batch.rowOffset ?? 0)
+        let invariance = VICReg.squaredDistance(all) / Double(n * d)
+        let a = 2 * covarianceWeight / Double(d)
+
+        var centred: [Tensor<Scalar>] = [], blocks: [Tensor<Scalar>] = [], columnSquares: [[Double]] = []
+        var blockNorms = [Double](repeating: 0, count: 2)
+        for v in 0..<2 {
+            let x = GlobalMoments<Scalar>.centre(all[v], on: all[v].columnSums().map { $0 / Double(n) })
+            let mine = x.rows(offset ..< offset + local)
+            let block = Tensor<Scalar>(zeros: [local, n])
+            if local == n {
+                Tensor.syrk(x, transpose: false, into: block)
+            } else if local > 0 {
+                Tensor.gemm(mine, x, transposeB: true, into: block)
+            }
+            blockNorms[v] = block.squaredNorm()
+            var squares = [Double](repeating: 0, count: d)
+            x.withUnsafeBufferPointer { p in
+                for i in 0..<n { for j in 0..<d { let e = Double(p[i * d + j]); squares[j] += e * e } }
+            }
+            centred.append(x)
+            blocks.append(block)
+            columnSquares.append(squares)
+        }
+        try batch.sumOverRanks(&blockNorms)
+
+        var variance = 0.0, covariance = 0.0
+        let covarianceScale = 1 / Double(n - 1)
+        for v in 0..<2 {
+            var diagonalSquares = 0.0
+            var factors = [Scalar](repeating: 0, count: d)          // 2/(N−1)·h_j
+            for j in 0..<d {
+                let c = columnSquares[v][j] * covarianceScale
+                diagonalSquares += c * c
+                let hinge = varianceHinge(c, dimension: d)
+                variance += hinge.term
+                factors[j] = Scalar(2 * covarianceScale * (hinge.gradient - a * c))
+            }
+            covariance += (blockNorms[v] * covarianceScale * covarianceScale - diagonalSquares) / Double(d)
+
+            setInvarianceGradient(gradients[v], view: v, views: views, globalBatchSize: n)
+            guard local > 0 else { continue }
+            Tensor.gemm(blocks[v], centred[v], into: gradients[v],
+                        alpha: Scalar(2 * covarianceScale * a * covarianceScale), beta: 1)
+            let mine = centred[v].rows(offset ..< offset + local)
+            mine.withUnsafeBufferPointer { x in
+                gradients[v].withUnsafeMutableBufferPointer { out in
+                    for i in 0..<local { for j in 0..<d { out[i * d + j] += factors[j] * x[i * d + j] } }
                 }
-            } else {
-                Tensor.gemm(centred, gradient, into: gradients[v], alpha: Scalar(2 / Double(n - 1)), beta: 1)
             }
         }
-        let loss = invarianceWeight * invariance + varianceWeight * variance + covarianceWeight * covariance
-        return ObjectiveResult(loss: loss,
-                               terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("variance", variance),
-                                       ObjectiveTerm("covariance", covariance)],
-                               communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+        return result(invariance: invariance, variance: variance, covariance: covariance, batch: batch)
+    }
+
+    /// The variance term of one feature, `max(0, 1 − √(C_jj + ε))/(2D)`, and `G_jj`, its
+    /// derivative (times μ) with respect to `C_jj`.
+    private func varianceHinge(_ variance: Double, dimension d: Int) -> (term: Double, gradient: Double) {
+        let standardDeviation = (variance + epsilon).squareRoot()
+        guard standardDeviation < 1 else { return (0, 0) }
+        return ((1 - standardDeviation) / Double(2 * d), -varianceWeight / (4 * Double(d) * standardDeviation))
+    }
+
+    /// `Σ_i ‖z_i − z'_i‖²` of two views.
+    private static func squaredDistance(_ views: [Tensor<Scalar>]) -> Double {
+        let difference = views[0].copy()
+        difference.add(views[1], scaledBy: -1)
+        return difference.squaredNorm()
+    }
+
+    /// Overwrites `gradient` with the invariance part of view `v`'s gradient,
+    /// `±2λ/(N·D)·(z_i − z'_i)`.
+    private func setInvarianceGradient(_ gradient: Tensor<Scalar>, view v: Int, views: [Tensor<Scalar>],
+                                       globalBatchSize n: Int) {
+        gradient.copy(from: views[0])
+        gradient.add(views[1], scaledBy: -1)
+        gradient.scale(by: Scalar((v == 0 ? 2 : -2) * invarianceWeight / Double(n * gradient.columnCount)))
+    }
+
+    private func result(invariance: Double, variance: Double, covariance: Double,
+                        batch: GlobalBatch<Scalar>) -> ObjectiveResult {
+        ObjectiveResult(loss: invarianceWeight * invariance + varianceWeight * variance + covarianceWeight * covariance,
+                        terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("variance", variance),
+                                ObjectiveTerm("covariance", covariance)],
+                        communicatedBytes: batch.communicatedBytes, reduction: batch.path)
     }
 
     /// Copies the strictly lower triangle of the `d × d` row-major matrix into the upper one,

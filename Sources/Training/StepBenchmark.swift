@@ -91,16 +91,19 @@ public enum Benchmarks {
         return Array((0..<views).map { _ in one }.joined())
     }
 
-    /// The FLOPs of the objective's matrix products on two views of `batch × dimension` (a
-    /// symmetric rank-k update counts `D·(D+1)·B`, the half it computes).
+    /// The FLOPs of the objective's matrix products on two views of `batch × dimension` per
+    /// rank on `ranks` ranks (a symmetric rank-k update counts `D·(D+1)·B`, the half it
+    /// computes), on the path the trainer's default (`automatic`) takes for VICReg.
     public static func objectiveFLOPs(_ objective: ObjectiveName, batch b: Int, dimension d: Int,
-                                      directions k: Int) -> Double {
-        let B = Double(b), D = Double(d), K = Double(k)
+                                      directions k: Int, ranks: Int = 1) -> Double {
+        let B = Double(b), D = Double(d), K = Double(k), N = Double(b * ranks)
         switch objective {
         case .vicreg:
-            // Two covariances (syrk) and, per view, the gradient product (x − μ) G: one D × D
-            // product, or (one process, 2B < D) the Gram form, two B × B × D products.
-            return 2 * (D * (D + 1) * B) + (2 * b < d ? 2 * (2 * 2 * B * B * D) : 2 * (2 * B * D * D))
+            // With 2N < D the Gram form (one process: syrk of the N × N Gram and one N × N × D
+            // product per view; several: the n × N block and its product); otherwise two
+            // covariances (syrk) and per view the D × D gradient product.
+            if 2 * b * ranks < d { return ranks == 1 ? 2 * (N * (N + 1) * D + 2 * N * N * D) : 2 * (4 * B * N * D) }
+            return 2 * (D * (D + 1) * B) + 2 * (2 * B * D * D)
         case .barlow_twins:
             // The cross-covariance and two gradient products.
             return 2 * B * D * D + 2 * (2 * B * D * D)
@@ -147,6 +150,8 @@ public enum Benchmarks {
         public var objective: String
         public var encoder: [Int], projector: [Int], batch: Int
         public var blasThreads: Int
+        /// The ranks that ran the step, each on `batch` rows per view.
+        public var ranks: Int
         public var steps: Int
         /// Milliseconds a step, median and minimum.
         public var medianMilliseconds: Double, minimumMilliseconds: Double
@@ -169,7 +174,7 @@ public enum Benchmarks {
         public var loss: Double
 
         enum CodingKeys: String, CodingKey {
-            case objective, encoder, projector, batch, blasThreads, steps, medianMilliseconds, minimumMilliseconds,
+            case objective, encoder, projector, batch, blasThreads, ranks, steps, medianMilliseconds, minimumMilliseconds,
                  phases, samplesPerSecond, modelGFLOP, objectiveGFLOP, gflopPerStep, achievedGFLOPS, sgemmGFLOPS,
                  sgemmLargestGFLOPS, largestGEMM, fractionOfSGEMM, loss
         }
@@ -181,6 +186,7 @@ public enum Benchmarks {
             try c.encode(projector, forKey: .projector)
             try c.encode(batch, forKey: .batch)
             try c.encode(blasThreads, forKey: .blasThreads)
+            try c.encode(ranks, forKey: .ranks)
             try c.encode(steps, forKey: .steps)
             try c.encode(medianMilliseconds, forKey: .medianMilliseconds)
             try c.encode(minimumMilliseconds, forKey: .minimumMilliseconds)
@@ -202,8 +208,9 @@ public enum Benchmarks {
             func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
             let rows: [(String, String)] = [
                 ("objective", objective),
-                ("model", "encoder \(encoder) projector \(projector), \(batch) rows × 2 views"),
-                ("BLAS threads", "\(blasThreads)"),
+                ("model", "encoder \(encoder) projector \(projector), \(batch) rows × 2 views"
+                    + (ranks > 1 ? " on each of \(ranks) ranks" : "")),
+                ("BLAS threads", ranks > 1 ? "\(blasThreads) per rank" : "\(blasThreads)"),
                 ("ms/step", "median \(f(medianMilliseconds)), min \(f(minimumMilliseconds)) over \(steps) steps"),
                 ("  phases (median ms)", "forward \(f(phases.forward)), objective \(f(phases.objective)), backward \(f(phases.backward)), all-reduce \(f(phases.allReduce)), update \(f(phases.update))"),
                 ("samples/s", f(samplesPerSecond, 0)),
@@ -232,9 +239,15 @@ public enum Benchmarks {
 
     /// Runs `options.warmup + options.steps` training steps on random inputs and reports the
     /// timed ones, with the `sgemm` yardstick measured just before.
-    public static func step(_ options: StepOptions) throws -> StepReport {
+    ///
+    /// On several ranks (under `mpirun`) every rank runs `options.batch` rows of its own per view
+    /// — weak scaling, as data-parallel training adds ranks: the global batch is
+    /// `worldSize · batch`, the objective's statistics and the gradients are all-reduced, and
+    /// `samplesPerSecond` counts the rows of every rank. Each step starts at a barrier, so the
+    /// figures are those of the slowest rank; the report is the calling rank's.
+    public static func step(_ options: StepOptions,
+                            communicator: any Communicator = SingleProcessCommunicator()) throws -> StepReport {
         precondition(options.batch >= 2 && options.steps >= 1, "bench step needs a batch ≥ 2 and steps ≥ 1")
-        let communicator = SingleProcessCommunicator()
         let model = try Model<Float>(options.model, seed: options.seed)
         let optimizer = try LARS(parameters: model.parameters, learningRate: 0.2, weightDecay: 1e-6)
         let synchronizer = GradientSynchronizer(parameters: model.parameters, communicator: communicator)
@@ -242,7 +255,8 @@ public enum Benchmarks {
         let width = options.encoder.first ?? 0
         let inputs = (0..<2).map { v in
             let x = Tensor<Float>(zeros: [options.batch, width])
-            CounterRandom(seed: options.seed, streamName: "bench.input.\(v)").fillNormal(x)
+            CounterRandom(seed: options.seed, streamName: "bench.input.\(v)")
+                .fillNormal(x, start: UInt64(communicator.rank * x.count))
             return x
         }
         let gradients = (0..<2).map { _ in Tensor<Float>(zeros: [options.batch, options.embeddingWidth]) }
@@ -256,7 +270,9 @@ public enum Benchmarks {
         var totals: [Double] = [], phases: [[Double]] = []
         var loss = Double.nan
         func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+        let rowCounts = [Int](repeating: options.batch, count: communicator.size)
         for step in 0..<(options.warmup + options.steps) {
+            if communicator.size > 1 { try communicator.barrier() }
             let t0 = now()
             model.parameters.zeroGradients()
             var embeddings: [Tensor<Float>] = []
@@ -266,8 +282,8 @@ public enum Benchmarks {
             let t1 = now()
             let result = try objective.evaluate(views: embeddings, gradients: gradients,
                                                 context: ObjectiveContext(communicator: communicator, step: step,
-                                                                          seed: options.seed, reduction: .statistics,
-                                                                          rowCounts: [options.batch]))
+                                                                          seed: options.seed, reduction: .automatic,
+                                                                          rowCounts: rowCounts))
             loss = result.loss
             let t2 = now()
             for (v, gradient) in gradients.enumerated() { _ = try model.backward(gradient, context: context.slot(v)) }
@@ -286,14 +302,15 @@ public enum Benchmarks {
         let phase = { (i: Int) in median(phases.map { $0[i] }) }
         let modelGFLOP = gemms.reduce(0) { $0 + $1.flops } / 1e9
         let objectiveGFLOP = objectiveFLOPs(options.objective, batch: options.batch, dimension: options.embeddingWidth,
-                                            directions: options.directions) / 1e9
+                                            directions: options.directions, ranks: communicator.size) / 1e9
         let achieved = (modelGFLOP + objectiveGFLOP) / (medianMs / 1e3)
         return StepReport(objective: options.objective.rawValue, encoder: options.encoder, projector: options.projector,
-                          batch: options.batch, blasThreads: BLASThreads.count, steps: options.steps,
+                          batch: options.batch, blasThreads: BLASThreads.count, ranks: communicator.size,
+                          steps: options.steps,
                           medianMilliseconds: medianMs, minimumMilliseconds: totals.min() ?? 0,
                           phases: Phases(forward: phase(0), objective: phase(1), backward: phase(2),
                                          allReduce: phase(3), update: phase(4)),
-                          samplesPerSecond: Double(options.batch) / (medianMs / 1e3),
+                          samplesPerSecond: Double(options.batch * communicator.size) / (medianMs / 1e3),
                           modelGFLOP: modelGFLOP, objectiveGFLOP: objectiveGFLOP, achievedGFLOPS: achieved,
                           sgemmGFLOPS: yardstick.best, sgemmLargestGFLOPS: largestRate.best,
                           largestGEMM: largest.description, fractionOfSGEMM: achieved / max(yardstick.best, 1e-9),

@@ -7,7 +7,8 @@ import Foundation
 import Tensor
 import Training
 
-/// The benchmark suite: step, objective, comm, data and checkpoint (only comm runs on several ranks).
+/// The benchmark suite: step, objective, comm, data and checkpoint (step and comm also run on
+/// several ranks under mpirun).
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Time training steps, objectives, all-reduce, data loading and checkpoints.",
@@ -35,7 +36,8 @@ private func printJSON<T: Encodable>(_ value: T) throws {
 struct StepBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "step",
-        abstract: "Time forward + backward (2 views) + gradient all-reduce + LARS update of an MLP model.")
+        abstract: "Time forward + backward (2 views) + gradient all-reduce + LARS update of an MLP model.",
+        discussion: "Under mpirun every rank runs --batch rows per view (weak scaling) and rank 0 prints.")
 
     @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
     @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
@@ -59,9 +61,12 @@ struct StepBench: ParsableCommand {
                                              projector: try widths(projector, option: "--projector"),
                                              batch: batch, objective: objective, steps: steps, warmup: warmup,
                                              directions: directions)
-        let report = try Benchmarks.step(options)
-        print(report.table)
-        if json { try printJSON(report) }
+        try runJob { communicator in
+            let report = try Benchmarks.step(options, communicator: communicator)
+            guard communicator.isRoot else { return }
+            print(report.table)
+            if json { try printJSON(report) }
+        }
     }
 }
 

@@ -12,6 +12,19 @@ final class MPIObjectivesTests: XCTestCase {
             let reports = try MPIRun.launch(executable: "MPIHarness", ranks: ranks,
                                             arguments: ["objectives", "--fixture", GoldenCase.fixturePath], timeout: 120)
             XCTAssertEqual(reports.map(\.rank), Array(0..<ranks))
+            // VICReg's Gram form on the gather path (the n × N block) against one process (syrk).
+            let square = try evaluateSplit(VICReg<Float>(), inputs: VICRegGramFixture.views(),
+                                           dimension: VICRegGramFixture.dimension, counts: [VICRegGramFixture.rows],
+                                           reduction: .statistics)
+            for report in reports {
+                assertClose(try report.doubles("gram/vicreg/gather/loss")[0], square.results[0].loss, rtol: 1e-5,
+                            "Gram form on \(ranks) MPI ranks")
+            }
+            for (v, key) in ["grad_z1", "grad_z2"].enumerated() {
+                let gradient = try reports.flatMap { try $0.doubles("gram/vicreg/gather/\(key)") }
+                XCTAssertLessThanOrEqual(relativeNormError(gradient, square.gradients[v]), 1e-4,
+                                         "Gram form \(key) on \(ranks) MPI ranks")
+            }
             for golden in cases {
                 for (objective, _, gradientKeys, termNames) in golden.objectives(as: Float.self) {
                     let name = objective.name

@@ -70,6 +70,32 @@ final class ReductionPathTests: XCTestCase {
         }
     }
 
+    /// VICReg's Gram form (every row held and 2N < D: one process, or the gather path) against
+    /// its D × D form (the statistics path), in Float with embeddings offset by 300, on even and
+    /// uneven splits with an empty rank: the same loss, terms and gradients.
+    func testVICRegGramFormMatchesTheCovarianceFormOnEverySplit() throws {
+        let (n, d) = (12, 40)
+        let data = inputs(2, n: n, d: d, offset: 300)
+        let square = try evaluateSplit(VICReg<Float>(), inputs: data, dimension: d, counts: [5, 7], reduction: .statistics)
+        let splits = [[n], [6, 6], rowSplit(n, ranks: 2, uneven: true), rowSplit(n, ranks: 3, uneven: true), [0, 12]]
+        for counts in splits {
+            let gram = try evaluateSplit(VICReg<Float>(), inputs: data, dimension: d, counts: counts,
+                                         reduction: counts.count == 1 ? .statistics : .gather)
+            let label = "ranks \(counts)"
+            XCTAssertEqual(Set(gram.results.map(\.reduction)), [counts.count == 1 ? .statistics : .gather], label)
+            for result in gram.results {
+                assertClose(result.loss, square.results[0].loss, rtol: 1e-5, label)
+                for (term, reference) in zip(result.terms, square.results[0].terms) {
+                    XCTAssertEqual(term.name, reference.name)
+                    assertClose(term.value, reference.value, rtol: 1e-4, "\(label) \(term.name)")
+                }
+            }
+            for v in 0..<2 {
+                XCTAssertLessThanOrEqual(relativeNormError(gram.gradients[v], square.gradients[v]), 1e-4, "\(label) view \(v)")
+            }
+        }
+    }
+
     func testInvalidInputsThrowClearErrors() throws {
         let communicator = SingleProcessCommunicator()
         let view = Tensor<Float>(zeros: [1, 3])
