@@ -271,6 +271,16 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
         outputGradient.withUnsafeBufferPointer { dy in
             normalized.withUnsafeBufferPointer { xHat in
                 inputGradient.withUnsafeMutableBufferPointer { dx in
+                    if S == 1 {
+                        // (B, C): a loop along the channels of each row, which vectorises.
+                        for b in 0..<B {
+                            for c in 0..<C {
+                                let i = b * C + c
+                                dx[i] = constants[c] * (dy[i] - constants[C + c] - xHat[i] * constants[2 * C + c])
+                            }
+                        }
+                        return
+                    }
                     for b in 0..<B {
                         for c in 0..<C {
                             let scale = constants[c], meanDy = constants[C + c], meanDyXHat = constants[2 * C + c]

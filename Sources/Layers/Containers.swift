@@ -35,7 +35,10 @@ public final class Sequential<Scalar: LayerScalar>: Layer {
     @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         var gradient = outputGradient
-        for layer in layers.reversed() { gradient = try layer.backward(gradient, context: context) }
+        let inner = context.needingInputGradient(true)
+        for (index, layer) in layers.enumerated().reversed() {
+            gradient = try layer.backward(gradient, context: index == 0 ? context : inner)
+        }
         return gradient
     }
 }
@@ -95,6 +98,7 @@ public final class Residual<Scalar: LayerScalar>: Layer {
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "Residual", slot: context.slot) }
         // dx = body'ᵀ dy + shortcut'ᵀ dy
+        let context = context.needingInputGradient(true)
         let bodyGradient = try body.backward(outputGradient, context: context)
         let skipGradient = try shortcut?.backward(outputGradient, context: context) ?? outputGradient
         let inputGradient = reuse(&cache.inputGradient, shape: bodyGradient.shape)

@@ -116,7 +116,8 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
         let (B, H, W) = (input.shape[0], input.shape[2], input.shape[3])
         let (OC, L) = (outChannels, output.shape[2] * output.shape[3])
         let CKK = inChannels * kernelSize * kernelSize
-        let inputGradient = reuse(&cache.inputGradient, shape: input.shape)
+        let needsInputGradient = context.needsInputGradient
+        let inputGradient = needsInputGradient ? reuse(&cache.inputGradient, shape: input.shape) : Tensor(zeros: [0])
         inputGradient.fill(0)
         for o in 0..<OC { biasSums[o] = 0 }
         input.withUnsafeBufferPointer { x in
@@ -133,13 +134,15 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
                                     Scalar.gemm(transposeA: false, transposeB: true, m: OC, n: CKK, k: L,
                                                 alpha: 1, a: dyImage, lda: L, b: UnsafePointer(col.baseAddress!), ldb: L,
                                                 beta: 1, c: dw.baseAddress!, ldc: CKK)
-                                    // dcol = Wᵀ · dy[b]              (CKK, L) = (OC, CKK)ᵀ (OC, L)
-                                    Scalar.gemm(transposeA: true, transposeB: false, m: CKK, n: L, k: OC,
-                                                alpha: 1, a: w.baseAddress!, lda: CKK, b: dyImage, ldb: L,
-                                                beta: 0, c: col.baseAddress!, ldc: L)
-                                    // dx[b] += col2im(dcol)          (C, H, W)
-                                    col2im(UnsafePointer(col.baseAddress!), height: H, width: W,
-                                           adding: dx.baseAddress! + b * inChannels * H * W)
+                                    if needsInputGradient {
+                                        // dcol = Wᵀ · dy[b]          (CKK, L) = (OC, CKK)ᵀ (OC, L)
+                                        Scalar.gemm(transposeA: true, transposeB: false, m: CKK, n: L, k: OC,
+                                                    alpha: 1, a: w.baseAddress!, lda: CKK, b: dyImage, ldb: L,
+                                                    beta: 0, c: col.baseAddress!, ldc: L)
+                                        // dx[b] += col2im(dcol)      (C, H, W)
+                                        col2im(UnsafePointer(col.baseAddress!), height: H, width: W,
+                                               adding: dx.baseAddress! + b * inChannels * H * W)
+                                    }
                                     // db += Σ_l dy[b]                (OC)
                                     for o in 0..<OC {
                                         var sum = 0.0

@@ -31,18 +31,32 @@ public struct LayerContext: Sendable {
     public var communicator: any Communicator
     /// The activation slot (usually the view index), `0, 1, …`.
     public var slot: Int
+    /// Whether `backward` must return the gradient with respect to the input (default true).
+    /// A trainer sets it to false for the whole network: containers keep it false only for their
+    /// first layer, and a first `Linear` or `Conv2d` then skips its input-gradient product (for
+    /// MNIST's first layer, `2·B·784·1024` FLOPs a view) and returns an empty tensor.
+    public var needsInputGradient: Bool
 
-    public init(training: Bool, communicator: any Communicator = SingleProcessCommunicator(), slot: Int = 0) {
+    public init(training: Bool, communicator: any Communicator = SingleProcessCommunicator(), slot: Int = 0,
+                needsInputGradient: Bool = true) {
         precondition(slot >= 0, "negative activation slot \(slot)")
         self.training = training
         self.communicator = communicator
         self.slot = slot
+        self.needsInputGradient = needsInputGradient
     }
 
     /// The same context on another activation slot.
     public func slot(_ slot: Int) -> LayerContext {
         var copy = self
         copy.slot = slot
+        return copy
+    }
+
+    /// The same context with ``needsInputGradient`` set to `needed`.
+    public func needingInputGradient(_ needed: Bool) -> LayerContext {
+        var copy = self
+        copy.needsInputGradient = needed
         return copy
     }
 }

@@ -75,9 +75,14 @@ public final class Linear<Scalar: LayerScalar>: Layer {
         guard let cache = caches.existing(context.slot), let input = cache.input,
               outputGradient.rowCount == input.rowCount, outputGradient.count == input.rowCount * outFeatures
         else { throw LayerError.noForward(layer: "Linear", slot: context.slot) }
-        let inputGradient = reuse(&cache.inputGradient, shape: input.shape)
         // dx = dy W                                          (B, C) = (B, OC) (OC, C)
-        Tensor.gemm(outputGradient, weight, into: inputGradient)
+        let inputGradient: Tensor<Scalar>
+        if context.needsInputGradient {
+            inputGradient = reuse(&cache.inputGradient, shape: input.shape)
+            Tensor.gemm(outputGradient, weight, into: inputGradient)
+        } else {
+            inputGradient = Tensor(zeros: [0])
+        }
         // dW += dyᵀ x                                        (OC, C) += (B, OC)ᵀ (B, C)
         Tensor.gemm(outputGradient, transposeA: true, input, into: weightGradient, beta: 1)
         if let biasGradient {

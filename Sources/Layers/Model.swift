@@ -78,13 +78,15 @@ public final class Model<Scalar: LayerScalar> {
 
     /// The backward pass of one view: takes the gradient of the last part's output
     /// (``Output/last``), accumulates every parameter gradient into `parameters.gradients` and
-    /// returns the gradient with respect to the encoder's input `(B, C, H, W)` or `(B, D)`.
+    /// returns the gradient with respect to the encoder's input `(B, C, H, W)` or `(B, D)`
+    /// (an empty tensor when `context.needsInputGradient` is false, as for training).
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         var gradient = outputGradient
-        if let predictor { gradient = try predictor.backward(gradient, context: context) }
-        if let projector { gradient = try projector.backward(gradient, context: context) }
+        let inner = context.needingInputGradient(true)
+        if let predictor { gradient = try predictor.backward(gradient, context: inner) }
+        if let projector { gradient = try projector.backward(gradient, context: inner) }
         return try encoder.backward(gradient, context: context)
     }
 }

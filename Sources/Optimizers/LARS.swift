@@ -102,11 +102,10 @@ public final class LARS<Scalar: TensorScalar>: Optimizer {
                 buffer.withUnsafeMutableBufferPointer { b in
                     var trustRatio: Scalar = 1
                     if adapted {
-                        var parameterSquares = 0.0, updateSquares = 0.0
-                        for i in 0..<p.count {
-                            let d = g[i] + decay * p[i]
-                            parameterSquares += Double(p[i]) * Double(p[i])
-                            updateSquares += Double(d) * Double(d)
+                        let parameterSquares = Tensor<Scalar>.laneSum(p.count) { Double(p[$0]) * Double(p[$0]) }
+                        let updateSquares = Tensor<Scalar>.laneSum(p.count) {
+                            let d = Double(g[$0] + decay * p[$0])
+                            return d * d
                         }
                         let parameterNorm = parameterSquares.squareRoot(), updateNorm = updateSquares.squareRoot()
                         if parameterNorm > 0 && updateNorm > 0 {

@@ -7,22 +7,14 @@ extension Tensor {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     @inlinable public func sum() -> Double {
-        withUnsafeBufferPointer { p in
-            var s = 0.0
-            for x in p { s += Double(x) }
-            return s
-        }
+        withUnsafeBufferPointer { p in Tensor.laneSum(p.count) { Double(p[$0]) } }
     }
 
     /// The sum of squares of all elements.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     @inlinable public func squaredNorm() -> Double {
-        withUnsafeBufferPointer { p in
-            var s = 0.0
-            for x in p { let d = Double(x); s += d * d }
-            return s
-        }
+        withUnsafeBufferPointer { p in Tensor.laneSum(p.count) { let x = Double(p[$0]); return x * x } }
     }
 
     /// The dot product with a tensor of the same count.
@@ -31,12 +23,29 @@ extension Tensor {
     @inlinable public func dot(_ other: Tensor) -> Double {
         precondition(other.count == count, "dot of \(shape) and \(other.shape)")
         return withUnsafeBufferPointer { a in
-            other.withUnsafeBufferPointer { b in
-                var s = 0.0
-                for i in 0..<count { s += Double(a[i]) * Double(b[i]) }
-                return s
-            }
+            other.withUnsafeBufferPointer { b in Tensor.laneSum(count) { Double(a[$0]) * Double(b[$0]) } }
         }
+    }
+
+    /// `Σ_{i < count} term(i)` in `Double`, over 8 interleaved partial sums (element `i` goes to
+    /// lane `i mod 8`) added pairwise at the end.
+    ///
+    /// One running sum is a chain of dependent additions, one per floating-point add latency
+    /// (4 cycles): 8 M elements take 13 ms at 2.6 GHz. Eight independent lanes let the adds
+    /// pipeline and vectorise, so a pass runs at memory speed. The order of additions is fixed
+    /// by `count` alone, so the result is deterministic.
+    @inlinable @inline(__always)
+    public static func laneSum(_ count: Int, _ term: (Int) -> Double) -> Double {
+        var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0
+        var i = 0
+        while i + 8 <= count {
+            s0 += term(i); s1 += term(i + 1); s2 += term(i + 2); s3 += term(i + 3)
+            s4 += term(i + 4); s5 += term(i + 5); s6 += term(i + 6); s7 += term(i + 7)
+            i += 8
+        }
+        var tail = 0.0
+        while i < count { tail += term(i); i += 1 }
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
     }
 
     /// The sum of each column of the `rowCount × columnCount` matrix, in `Double`.

@@ -71,14 +71,16 @@ public enum Benchmarks {
 
     /// Every matrix product of one view's forward and backward pass through an MLP network:
     /// per linear layer `B×out×in` forward, `B×in×out` for the input gradient and `out×in×B` for
-    /// the weight gradient (the input gradient of the first layer is formed too, as
-    /// ``Model/backward(_:context:)`` returns it).
-    public static func mlpGEMMs(widths: [Int], batch: Int) -> [GEMMShape] {
+    /// the weight gradient — except the first layer's input gradient when `firstInputGradient`
+    /// is false (the network's input: the trainer does not form it).
+    public static func mlpGEMMs(widths: [Int], batch: Int, firstInputGradient: Bool = true) -> [GEMMShape] {
         guard widths.count >= 2 else { return [] }
         var shapes: [GEMMShape] = []
-        for (input, output) in zip(widths, widths.dropFirst()) {
+        for (layer, (input, output)) in zip(widths, widths.dropFirst()).enumerated() {
             shapes.append(GEMMShape(m: batch, n: output, k: input))   // y = x Wᵀ
-            shapes.append(GEMMShape(m: batch, n: input, k: output))   // dx = dy W
+            if layer > 0 || firstInputGradient {
+                shapes.append(GEMMShape(m: batch, n: input, k: output))   // dx = dy W
+            }
             shapes.append(GEMMShape(m: output, n: input, k: batch))   // dW += dyᵀ x
         }
         return shapes
@@ -86,7 +88,7 @@ public enum Benchmarks {
 
     /// The matrix products of the model for `views` views of `batch` rows.
     public static func modelGEMMs(_ options: StepOptions, views: Int = 2) -> [GEMMShape] {
-        let one = mlpGEMMs(widths: options.encoder, batch: options.batch)
+        let one = mlpGEMMs(widths: options.encoder, batch: options.batch, firstInputGradient: false)
             + mlpGEMMs(widths: options.projector, batch: options.batch)
         return Array((0..<views).map { _ in one }.joined())
     }
@@ -260,7 +262,7 @@ public enum Benchmarks {
             return x
         }
         let gradients = (0..<2).map { _ in Tensor<Float>(zeros: [options.batch, options.embeddingWidth]) }
-        let context = LayerContext(training: true, communicator: communicator)
+        let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false)
 
         let gemms = modelGEMMs(options)
         let largest = gemms.max { $0.flops < $1.flops } ?? GEMMShape(m: 1024, n: 1024, k: 1024)

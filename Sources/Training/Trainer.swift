@@ -316,7 +316,7 @@ public final class Trainer {
             let learningRate = schedule.learningRate(at: step)
             optimizer.learningRate = learningRate
             model.parameters.zeroGradients()
-            let context = LayerContext(training: true, communicator: communicator)
+            let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false)
             var embeddings: [Tensor<Float>] = []
             for (index, view) in batch.views.enumerated() {
                 let output = try model.forward(view, context: context.slot(index))

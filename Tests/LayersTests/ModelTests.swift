@@ -116,6 +116,26 @@ final class ModelTests: XCTestCase {
 
     /// Two views through one model in slots 0 and 1: each view's result is that of the view
     /// alone, and the parameter gradients are the sum of the views'.
+    /// Without the input gradient (what the trainer asks for), the first Linear or Conv2d skips
+    /// its input-gradient product, every layer after it still gets its own, and every parameter
+    /// gradient is bitwise what the full backward pass gives.
+    func testSkippingTheInputGradientLeavesParameterGradientsUnchanged() throws {
+        for description in [mlp, resnet] {
+            var gradients: [[Double]] = []
+            for needsInputGradient in [true, false] {
+                let model = try Model<Double>(description, seed: 5)
+                let context = LayerContext(training: true, needsInputGradient: needsInputGradient)
+                let output = try model.forward(randomTensor([4] + description.encoder.inputShape, seed: 6), context: context)
+                model.parameters.zeroGradients()
+                let inputGradient = try model.backward(randomTensor(output.last.shape, seed: 7), context: context)
+                XCTAssertEqual(inputGradient.count, needsInputGradient ? 4 * description.encoder.inputShape.reduce(1, *) : 0)
+                gradients.append(model.parameters.gradients.scalars)
+            }
+            XCTAssertGreaterThan(gradients[0].map(abs).max() ?? 0, 0)
+            XCTAssertEqual(gradients[1], gradients[0])
+        }
+    }
+
     func testTwoViewsAccumulateGradients() throws {
         let views = [randomTensor([6, 6], seed: 1, as: Double.self), randomTensor([6, 6], seed: 2, as: Double.self)]
         let gradients = [randomTensor([6, 4], seed: 3, as: Double.self), randomTensor([6, 4], seed: 4, as: Double.self)]
