@@ -18,6 +18,7 @@ static inline hid_t shim_H5T_C_S1(void) { H5open(); return H5T_C_S1; }
 static inline hid_t shim_H5P_DEFAULT(void) { return H5P_DEFAULT; }
 static inline hid_t shim_H5P_DATASET_CREATE(void) { H5open(); return H5P_DATASET_CREATE; }
 static inline hid_t shim_H5P_LINK_CREATE(void) { H5open(); return H5P_LINK_CREATE; }
+static inline hid_t shim_H5P_DATASET_ACCESS(void) { H5open(); return H5P_DATASET_ACCESS; }
 static inline hid_t shim_H5P_FILE_ACCESS(void) { H5open(); return H5P_FILE_ACCESS; }
 static inline hid_t shim_H5S_ALL(void) { return H5S_ALL; }
 static inline hid_t shim_H5E_DEFAULT(void) { return H5E_DEFAULT; }

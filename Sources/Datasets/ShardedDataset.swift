@@ -54,7 +54,8 @@ public final class ShardedDataset: @unchecked Sendable {
     public let classCount: Int
 
     private let lock = NSLock()
-    private var files: [Int: HDF5File] = [:]
+    /// The open shards, each with its `/x` (and `/y`) held open for their chunk caches.
+    private var files: [Int: (file: HDF5File, retained: [HDF5RetainedDataset])] = [:]
     nonisolated(unsafe) private var rowsReadCounter = 0
 
     /// All rows over all shards.
@@ -151,7 +152,10 @@ public final class ShardedDataset: @unchecked Sendable {
     }
 
     deinit {
-        for file in files.values { try? file.close() }
+        for open in files.values {
+            for dataset in open.retained { try? dataset.release() }
+            try? open.file.close()
+        }
     }
 
     /// The shard paths of a directory (`NAME-00000-of-000NN.h5`, all present), a manifest or one file.
@@ -304,11 +308,23 @@ public final class ShardedDataset: @unchecked Sendable {
         return low
     }
 
+    /// The bytes of decompressed chunks each open shard may keep: its whole `/x` when all shards'
+    /// fit in 256 MiB, otherwise an even share of that (at least HDF5's default, 1 MiB). Rows
+    /// are sampled at random, so a batch touches most chunks of a shard; with the chunks cached
+    /// a chunk is decompressed once rather than once per batch.
+    private var chunkCacheBytes: Int {
+        let storedBytes = storage == .uint8 ? 1 : 4
+        let largestShard = (shards.map(\.rowCount).max() ?? 0) * featureCount * storedBytes
+        return max(1 << 20, min(largestShard + (1 << 16), (256 << 20) / max(shards.count, 1)))
+    }
+
     private func openFile(_ index: Int) throws -> HDF5File {
         try lock.withLock {
-            if let file = files[index] { return file }
+            if let open = files[index] { return open.file }
             let file = try HDF5File.open(shards[index].path)
-            files[index] = file
+            var retained = [try file.retainDataset("x", cacheBytes: chunkCacheBytes)]
+            if hasLabels { retained.append(try file.retainDataset("y")) }
+            files[index] = (file, retained)
             return file
         }
     }

@@ -73,6 +73,28 @@ public class HDF5Group: @unchecked Sendable {
         }
     }
 
+    /// Keeps the dataset `name` open until the returned object is released, so that HDF5 keeps
+    /// its chunk cache between reads.
+    ///
+    /// HDF5 shares one chunk cache among all open handles of a dataset and drops it when the
+    /// last one closes. Every read of this module opens and closes its dataset, so a reader
+    /// that picks rows at random from a compressed dataset would decompress the same chunks
+    /// again on every read; while a retained handle is alive, reads of rows whose chunks are in
+    /// the cache cost a copy. The cache holds `cacheBytes` (HDF5's default is 1 MiB) over up
+    /// to `cacheSlots` chunks (a prime well above the chunks it holds).
+    public func retainDataset(_ name: String, cacheBytes: Int = 1 << 20,
+                              cacheSlots: Int = 10_007) throws -> HDF5RetainedDataset {
+        try HDF5Library.locked {
+            let (location, site) = try site("open dataset", name)
+            try requireExists(name, site)
+            let access = try site.check(H5Pcreate(shim_H5P_DATASET_ACCESS()), "H5Pcreate")
+            defer { H5Pclose(access) }
+            try site.check(H5Pset_chunk_cache(access, cacheSlots, cacheBytes, 0.75), "H5Pset_chunk_cache")
+            let id = try site.check(H5Dopen2(location, name, access), "H5Dopen2")
+            return HDF5RetainedDataset(handle: HDF5Handle(id, closer: H5Dclose, closerName: "H5Dclose"))
+        }
+    }
+
     /// Whether an object (group, dataset, …) exists at `name`; missing intermediate groups
     /// give `false`, not an error.
     public func contains(_ name: String) throws -> Bool {
@@ -282,5 +304,18 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
     /// Groups opened from the file stay usable until they are released.
     public func close() throws {
         try handle.close(at: HDF5Site(file: filePath, object: nil, operation: "close"))
+    }
+}
+
+/// A dataset held open by ``HDF5Group/retainDataset(_:cacheBytes:cacheSlots:)``: its chunk
+/// cache lives while this object does (or until ``release()``).
+public final class HDF5RetainedDataset: @unchecked Sendable {
+    private let handle: HDF5Handle
+
+    init(handle: HDF5Handle) { self.handle = handle }
+
+    /// Closes the dataset handle now; later calls do nothing.
+    public func release() throws {
+        try handle.close(at: HDF5Site(file: "", object: nil, operation: "close dataset"))
     }
 }

@@ -72,6 +72,28 @@ final class HDF5DatasetTests: XCTestCase {
         }
     }
 
+    /// A retained dataset stays open beside the module's per-read handles (HDF5 shares its
+    /// chunk cache with them): reads return the same rows, a missing dataset is named, and the
+    /// file closes cleanly once the handle is released (twice is harmless).
+    func testRetainedDatasetKeepsReadsCorrectAndReleases() throws {
+        let path = try temporaryDirectory(for: self).appendingPathComponent("retained.h5").path
+        let values = (0..<(64 * 4)).map { Float($0) }
+        try HDF5File.withNewFile(path) { file in
+            try file.createDataset("x", shape: [64, 4], values: values, chunks: [16, 4], gzipLevel: 4)
+        }
+        let file = try HDF5File.open(path)
+        let retained = try file.retainDataset("x", cacheBytes: 4096)
+        for rows in [[63, 0, 17], [1, 62, 16, 33], [63, 0, 17]] {
+            XCTAssertEqual(try file.readRows(rows, as: Float.self, from: "x").values,
+                           rows.flatMap { Array(values[($0 * 4)..<($0 * 4 + 4)]) })
+        }
+        assertThrowsError(try file.retainDataset("missing"), containing: path, "/missing")
+        try retained.release()
+        try retained.release()
+        try file.close()
+        XCTAssertFalse(file.isOpen)
+    }
+
     func testReadingConvertsBetweenNumberTypes() throws {
         let path = try temporaryDirectory(for: self).appendingPathComponent("convert.h5").path
         try HDF5File.withNewFile(path) { file in
