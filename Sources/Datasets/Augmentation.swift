@@ -120,8 +120,8 @@ extension Augmentation {
         let brightnessShift = uniform(.brightness, -brightness...brightness)
         let contrastFactor = uniform(.contrast, (1 - contrast)...(1 + contrast))
         let planeIn = height * width, planeOut = outputHeight * outputWidth
-        var noise = [Double](repeating: 0, count: noiseStandardDeviation == 0 ? 0 : channels * planeOut)
-        noise.withUnsafeMutableBufferPointer { g.normals(start: Draw.noiseStart, into: $0) }
+        var noise = [Float](repeating: 0, count: noiseStandardDeviation == 0 ? 0 : channels * planeOut)
+        noise.withUnsafeMutableBufferPointer { g.singlePrecisionNormals(start: Draw.noiseStart, into: $0) }
         for channel in 0..<channels {
             let plane = source.baseAddress! + channel * planeIn
             let out = output.baseAddress! + channel * planeOut
@@ -143,7 +143,7 @@ extension Augmentation {
             let channelStd = normalization.standardDeviation[channel % normalization.standardDeviation.count]
             for i in 0..<planeOut {
                 let jittered = (Double(out[i]) - mean) * contrastFactor + mean + brightnessShift
-                let shift = noise.isEmpty ? 0 : noiseStandardDeviation * noise[channel * planeOut + i]
+                let shift = noise.isEmpty ? 0 : noiseStandardDeviation * Double(noise[channel * planeOut + i])
                 out[i] = Float((jittered - channelMean) / channelStd + shift)
             }
         }

@@ -118,6 +118,37 @@ public struct CounterRandom: Sendable, Hashable {
         }
     }
 
+    /// Writes single-precision standard normal draws of elements `start ..< start + output.count`:
+    /// element `i` comes from block `i / 4`, whose four 32-bit words make two Box–Muller pairs
+    /// in `Float` (words 0–1 give elements `4b` (cosine) and `4b + 1` (sine), words 2–3 give
+    /// `4b + 2` and `4b + 3`), from 24-bit uniforms.
+    ///
+    /// Half the Philox blocks of ``normals(start:into:)`` and single-precision logarithm and
+    /// trigonometry: for noise where `Float` resolution is all that is used (image
+    /// augmentation), about four times faster. The values differ from ``normal(at:)``'s.
+    @inlinable
+    public func singlePrecisionNormals(start: UInt64, into output: UnsafeMutableBufferPointer<Float>) {
+        var i = 0
+        while i < output.count {
+            let index = start + UInt64(i)
+            let words = block(index / 4)
+            let first = index % 4 < 2
+            // Uniforms in (0, 1] for the radius and [0, 1) for the angle, 24 bits each.
+            let u1 = Float((first ? words[0] : words[2]) >> 8 + 1) * 0x1p-24
+            let u2 = Float((first ? words[1] : words[3]) >> 8) * 0x1p-24
+            let radius = (-2 * Float.log(u1)).squareRoot()
+            let angle = 2 * Float.pi * u2
+            if index % 2 == 0 {
+                output[i] = radius * Float.cos(angle)
+                if i + 1 < output.count { output[i + 1] = radius * Float.sin(angle) }
+                i += 2
+            } else {
+                output[i] = radius * Float.sin(angle)
+                i += 1
+            }
+        }
+    }
+
     /// Fills `tensor` with uniform draws in `[low, high)` from elements `start …`.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)

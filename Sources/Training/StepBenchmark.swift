@@ -158,6 +158,12 @@ public enum Benchmarks {
         /// Milliseconds a step, median and minimum.
         public var medianMilliseconds: Double, minimumMilliseconds: Double
         public var phases: Phases
+        /// Milliseconds a step spends in collectives (median over steps; batch norm's, the
+        /// objective's and the gradients', waits for the slowest rank included), and the bytes
+        /// a step hands them (the last step's).
+        public var collectiveMilliseconds: Double, collectiveBytes: Int
+        /// `collectiveMilliseconds` over the median step time.
+        public var collectiveFraction: Double { medianMilliseconds > 0 ? collectiveMilliseconds / medianMilliseconds : 0 }
         /// Rows a second (both views of `batch` rows are one sample each).
         public var samplesPerSecond: Double
         /// The GFLOP counted per step: the model's matrix products (forward and backward of
@@ -177,7 +183,7 @@ public enum Benchmarks {
 
         enum CodingKeys: String, CodingKey {
             case objective, encoder, projector, batch, blasThreads, ranks, steps, medianMilliseconds, minimumMilliseconds,
-                 phases, samplesPerSecond, modelGFLOP, objectiveGFLOP, gflopPerStep, achievedGFLOPS, sgemmGFLOPS,
+                 phases, collectiveMilliseconds, collectiveBytes, collectiveFraction, samplesPerSecond, modelGFLOP, objectiveGFLOP, gflopPerStep, achievedGFLOPS, sgemmGFLOPS,
                  sgemmLargestGFLOPS, largestGEMM, fractionOfSGEMM, loss
         }
 
@@ -193,6 +199,9 @@ public enum Benchmarks {
             try c.encode(medianMilliseconds, forKey: .medianMilliseconds)
             try c.encode(minimumMilliseconds, forKey: .minimumMilliseconds)
             try c.encode(phases, forKey: .phases)
+            try c.encode(collectiveMilliseconds, forKey: .collectiveMilliseconds)
+            try c.encode(collectiveBytes, forKey: .collectiveBytes)
+            try c.encode(collectiveFraction, forKey: .collectiveFraction)
             try c.encode(samplesPerSecond, forKey: .samplesPerSecond)
             try c.encode(modelGFLOP, forKey: .modelGFLOP)
             try c.encode(objectiveGFLOP, forKey: .objectiveGFLOP)
@@ -215,6 +224,8 @@ public enum Benchmarks {
                 ("BLAS threads", ranks > 1 ? "\(blasThreads) per rank" : "\(blasThreads)"),
                 ("ms/step", "median \(f(medianMilliseconds)), min \(f(minimumMilliseconds)) over \(steps) steps"),
                 ("  phases (median ms)", "forward \(f(phases.forward)), objective \(f(phases.objective)), backward \(f(phases.backward)), all-reduce \(f(phases.allReduce)), update \(f(phases.update))"),
+                ("in collectives", "\(f(collectiveMilliseconds, 2)) ms/step (\(f(100 * collectiveFraction)) %), "
+                    + "\(f(Double(collectiveBytes) / 1e6)) MB handed to them"),
                 ("samples/s", f(samplesPerSecond, 0)),
                 ("GFLOP/step", "\(f(gflopPerStep, 2)) (model \(f(modelGFLOP, 2)), objective \(f(objectiveGFLOP, 2)))"),
                 ("achieved GFLOP/s", f(achievedGFLOPS)),
@@ -248,8 +259,10 @@ public enum Benchmarks {
     /// `samplesPerSecond` counts the rows of every rank. Each step starts at a barrier, so the
     /// figures are those of the slowest rank; the report is the calling rank's.
     public static func step(_ options: StepOptions,
-                            communicator: any Communicator = SingleProcessCommunicator()) throws -> StepReport {
+                            communicator job: any Communicator = SingleProcessCommunicator()) throws -> StepReport {
         precondition(options.batch >= 2 && options.steps >= 1, "bench step needs a batch ≥ 2 and steps ≥ 1")
+        // Every collective of the step (batch norm, the objective's, the gradients') is timed.
+        let communicator = TimedCommunicator(job)
         let model = try Model<Float>(options.model, seed: options.seed)
         let optimizer = try LARS(parameters: model.parameters, learningRate: 0.2, weightDecay: 1e-6)
         let synchronizer = GradientSynchronizer(parameters: model.parameters, communicator: communicator)
@@ -269,12 +282,13 @@ public enum Benchmarks {
         let yardstick = sgemmRate(GEMMShape(m: 1024, n: 1024, k: 1024))
         let largestRate = sgemmRate(largest)
 
-        var totals: [Double] = [], phases: [[Double]] = []
+        var totals: [Double] = [], phases: [[Double]] = [], communicatedBytes = 0
         var loss = Double.nan
         func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
         let rowCounts = [Int](repeating: options.batch, count: communicator.size)
         for step in 0..<(options.warmup + options.steps) {
-            if communicator.size > 1 { try communicator.barrier() }
+            if job.size > 1 { try job.barrier() }
+            communicator.reset()
             let t0 = now()
             model.parameters.zeroGradients()
             var embeddings: [Tensor<Float>] = []
@@ -298,7 +312,8 @@ public enum Benchmarks {
             guard step >= options.warmup else { continue }
             let ms = { (a: UInt64, b: UInt64) in Double(b - a) * 1e-6 }
             totals.append(ms(t0, t5))
-            phases.append([ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5)])
+            phases.append([ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5), communicator.seconds * 1e3])
+            communicatedBytes = communicator.bytes
         }
         let medianMs = median(totals)
         let phase = { (i: Int) in median(phases.map { $0[i] }) }
@@ -312,6 +327,7 @@ public enum Benchmarks {
                           medianMilliseconds: medianMs, minimumMilliseconds: totals.min() ?? 0,
                           phases: Phases(forward: phase(0), objective: phase(1), backward: phase(2),
                                          allReduce: phase(3), update: phase(4)),
+                          collectiveMilliseconds: phase(5), collectiveBytes: communicatedBytes,
                           samplesPerSecond: Double(options.batch * communicator.size) / (medianMs / 1e3),
                           modelGFLOP: modelGFLOP, objectiveGFLOP: objectiveGFLOP, achievedGFLOPS: achieved,
                           sgemmGFLOPS: yardstick.best, sgemmLargestGFLOPS: largestRate.best,

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 import Tensor
 import _TestSupport
@@ -55,6 +56,32 @@ final class CounterRandomTests: XCTestCase {
         assertClose(sum / Double(n), 0, atol: 0.01)
         assertClose(sumSquares / Double(n), 1, atol: 0.01)
         assertClose(cube / Double(n), 0, atol: 0.03)
+    }
+
+    /// The single-precision normals: pure functions of position (pieces starting at odd and
+    /// even offsets agree with the whole), standard normal moments, and no pair repeated across
+    /// the two halves of a block.
+    func testSinglePrecisionNormals() {
+        let g = CounterRandom(seed: 5, stream: 9)
+        let n = 200_000
+        var whole = [Float](repeating: 0, count: n)
+        whole.withUnsafeMutableBufferPointer { g.singlePrecisionNormals(start: 0, into: $0) }
+        for start in [1, 2, 3, 4, 7] {
+            var piece = [Float](repeating: 0, count: 11)
+            piece.withUnsafeMutableBufferPointer { g.singlePrecisionNormals(start: UInt64(start), into: $0) }
+            XCTAssertEqual(piece, Array(whole[start..<(start + 11)]), "start \(start)")
+        }
+        XCTAssertNotEqual(whole[0], whole[2])
+        let values = whole.map(Double.init)
+        let mean = values.reduce(0, +) / Double(n)
+        let variance = values.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(n)
+        let skew = values.reduce(0) { $0 + pow($1 - mean, 3) } / Double(n)
+        let kurtosis = values.reduce(0) { $0 + pow($1 - mean, 4) } / Double(n)
+        assertClose(mean, 0, atol: 0.01)
+        assertClose(variance, 1, atol: 0.01)
+        assertClose(skew, 0, atol: 0.03)
+        assertClose(kurtosis, 3, atol: 0.06)
+        XCTAssertTrue(whole.allSatisfy(\.isFinite))
     }
 
     func testSequenceShufflesReproducibly() {
