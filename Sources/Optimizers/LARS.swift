@@ -102,10 +102,24 @@ public final class LARS<Scalar: TensorScalar>: Optimizer {
                 buffer.withUnsafeMutableBufferPointer { b in
                     var trustRatio: Scalar = 1
                     if adapted {
-                        let parameterSquares = Tensor<Scalar>.laneSum(p.count) { Double(p[$0]) * Double(p[$0]) }
-                        let updateSquares = Tensor<Scalar>.laneSum(p.count) {
-                            let d = Double(g[$0] + decay * p[$0])
-                            return d * d
+                        // ‖p‖² and ‖g + λp‖² in one pass over p and g, four lanes each (see
+                        // `Tensor.laneSum`): the update is memory-bound.
+                        var ps = SIMD4<Double>(), us = SIMD4<Double>()
+                        var i = 0
+                        while i + 4 <= p.count {
+                            let x = SIMD4<Double>(Double(p[i]), Double(p[i + 1]), Double(p[i + 2]), Double(p[i + 3]))
+                            let d = SIMD4<Double>(Double(g[i] + decay * p[i]), Double(g[i + 1] + decay * p[i + 1]),
+                                                  Double(g[i + 2] + decay * p[i + 2]), Double(g[i + 3] + decay * p[i + 3]))
+                            ps += x * x
+                            us += d * d
+                            i += 4
+                        }
+                        var parameterSquares = ps.sum(), updateSquares = us.sum()
+                        while i < p.count {
+                            let d = Double(g[i] + decay * p[i])
+                            parameterSquares += Double(p[i]) * Double(p[i])
+                            updateSquares += d * d
+                            i += 1
                         }
                         let parameterNorm = parameterSquares.squareRoot(), updateNorm = updateSquares.squareRoot()
                         if parameterNorm > 0 && updateNorm > 0 {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs `anticollapse bench step` and the JAX / PyTorch peers of the same step alternately
 # for N rounds and prints each one's ms/step (median of the run), the median over rounds,
-# and the ratios peer ms / our ms (higher = we are faster), with our in-run sgemm rate.
+# and the ratios peer ms / our ms (higher = we are faster) — of the medians, and the median of
+# the ratios within each round — with our in-run sgemm rate.
 #
 #   bench/peers/compare.sh [--rounds N] [--threads T] [--python PY] [-- step options]
 #   bench/peers/compare.sh --rounds 3 -- --encoder 64,256,256 --projector 256,512,512 --batch 128
@@ -77,13 +78,22 @@ median_of() {
 
 ours_ms=$(median_of ours)
 last=$(json_of "$log/ours.$rounds")
-printf '%-8s %10s %10s %12s\n' who 'ms/step' 'samples/s' 'peer/ours'
+# Median over rounds of the ratio peer ms / our ms within each round: runs next to each other
+# share the machine's state (this VM has slow spells that last seconds to minutes).
+ratio_of() {
+    local name=$1 r
+    for ((r = 1; r <= rounds; r++)); do
+        echo "$(json_of "$log/ours.$r" | field medianMilliseconds) $(json_of "$log/$name.$r" | field medianMilliseconds)"
+    done | "$py" -c "import statistics,sys; print(statistics.median(float(p)/float(o) for o,p in (l.split() for l in sys.stdin)))"
+}
+
+printf '%-8s %10s %10s %12s %16s\n' who 'ms/step' 'samples/s' 'peer/ours' 'per-round ratio'
 batch=$(field batch <<< "$last")
-printf '%-8s %10.1f %10.0f %12s\n' ours "$ours_ms" "$("$py" -c "print($batch/($ours_ms/1e3))")" '1.00'
+printf '%-8s %10.1f %10.0f %12s %16s\n' ours "$ours_ms" "$("$py" -c "print($batch/($ours_ms/1e3))")" '1.00' '1.00'
 for peer in "${peers[@]}"; do
     ms=$(median_of "$peer")
-    printf '%-8s %10.1f %10.0f %12.2f\n' "$peer" "$ms" "$("$py" -c "print($batch/($ms/1e3))")" \
-        "$("$py" -c "print($ms/$ours_ms)")"
+    printf '%-8s %10.1f %10.0f %12.2f %16.2f\n' "$peer" "$ms" "$("$py" -c "print($batch/($ms/1e3))")" \
+        "$("$py" -c "print($ms/$ours_ms)")" "$(ratio_of "$peer")"
 done
 printf 'ours, last round: sgemm %.1f GFLOP/s (1024^3), %.1f GFLOP/s (%s); achieved %.1f GFLOP/s = %.2f of sgemm; BLAS threads %s\n' \
     "$(field sgemmGFLOPS <<< "$last")" "$(field sgemmLargestGFLOPS <<< "$last")" "$(field largestGEMM <<< "$last")" \
