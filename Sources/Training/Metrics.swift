@@ -16,13 +16,19 @@ public struct MetricsRecord: Sendable {
     public var diagnostics: CollapseDiagnostics?
     /// The online linear probe's mean loss and accuracy since the previous record.
     public var onlineProbe: (loss: Double, accuracy: Double)?
+    /// The shares of step time, since the previous record, spent waiting for the data loader
+    /// and inside collectives (batch norm's, the objective's, the gradients'; waits for the
+    /// slowest rank included).
+    public var dataWaitFraction: Double?, collectiveFraction: Double?
 
     public init(step: Int, epoch: Int, loss: Double, terms: [ObjectiveTerm], learningRate: Double, samplesPerSecond: Double,
                 gradientNorm: Double, communicatedBytes: Int, diagnostics: CollapseDiagnostics?,
-                onlineProbe: (loss: Double, accuracy: Double)? = nil) {
+                onlineProbe: (loss: Double, accuracy: Double)? = nil, dataWaitFraction: Double? = nil,
+                collectiveFraction: Double? = nil) {
         self.step = step; self.epoch = epoch; self.loss = loss; self.terms = terms; self.learningRate = learningRate
         self.samplesPerSecond = samplesPerSecond; self.gradientNorm = gradientNorm
         self.communicatedBytes = communicatedBytes; self.diagnostics = diagnostics; self.onlineProbe = onlineProbe
+        self.dataWaitFraction = dataWaitFraction; self.collectiveFraction = collectiveFraction
     }
 
     /// The record as one JSON object (keys in a fixed order, numbers as JSON numbers; a
@@ -33,6 +39,8 @@ public struct MetricsRecord: Sendable {
         fields += terms.map { "\"\($0.name)\":\(number($0.value))" }
         fields += ["\"lr\":\(number(learningRate))", "\"samples_per_second\":\(number(samplesPerSecond))",
                    "\"grad_norm\":\(number(gradientNorm))", "\"communicated_bytes\":\(communicatedBytes)"]
+        if let dataWaitFraction { fields.append("\"data_wait_fraction\":\(number(dataWaitFraction))") }
+        if let collectiveFraction { fields.append("\"collective_fraction\":\(number(collectiveFraction))") }
         if let probe = onlineProbe {
             fields += ["\"probe_loss\":\(number(probe.loss))", "\"probe_accuracy\":\(number(probe.accuracy))"]
         }
@@ -108,7 +116,11 @@ final class ProgressPrinter {
         let width = String(totalSteps).count
         let stepText = String(repeating: " ", count: max(0, width - String(record.step).count)) + String(record.step)
         var line = "step \(stepText)/\(totalSteps) | epoch \(record.epoch) | loss \(Self.format(record.loss)) (\(terms))"
-        line += " | lr \(Self.format(record.learningRate)) | \(Int(record.samplesPerSecond)) samples/s | ETA \(Self.duration(remaining))"
+        line += " | lr \(Self.format(record.learningRate)) | \(Int(record.samplesPerSecond)) samples/s"
+        if let collective = record.collectiveFraction, let wait = record.dataWaitFraction {
+            line += String(format: " (comm %.1f%%, data wait %.1f%%)", 100 * collective, 100 * wait)
+        }
+        line += " | ETA \(Self.duration(remaining))"
         if let probe = record.onlineProbe {
             line += String(format: " | probe %.1f%%", 100 * probe.accuracy)
         }

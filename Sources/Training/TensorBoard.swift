@@ -60,11 +60,14 @@ public final class TensorBoardWriter {
     }
 
     /// Writes the scalars of a metrics record: `loss`, `loss/<term>`, `lr`,
-    /// `samples_per_second`, `grad_norm` and, when measured, `diagnostics/<name>`.
+    /// `samples_per_second`, `grad_norm` and, when measured, `time/data_wait_fraction`,
+    /// `time/collective_fraction` and `diagnostics/<name>`.
     public func write(_ record: MetricsRecord) throws {
         var scalars: [(String, Double)] = [("loss", record.loss)]
         scalars += record.terms.map { ("loss/\($0.name)", $0.value) }
         scalars += [("lr", record.learningRate), ("samples_per_second", record.samplesPerSecond), ("grad_norm", record.gradientNorm)]
+        if let wait = record.dataWaitFraction { scalars.append(("time/data_wait_fraction", wait)) }
+        if let collective = record.collectiveFraction { scalars.append(("time/collective_fraction", collective)) }
         if let d = record.diagnostics {
             scalars += [("diagnostics/std_mean", d.meanStandardDeviation), ("diagnostics/std_min", d.minimumStandardDeviation),
                         ("diagnostics/effective_rank", d.effectiveRank),

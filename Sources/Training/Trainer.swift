@@ -86,6 +86,8 @@ public final class Trainer {
     public let totalSteps: Int
     private let schedule: LearningRateSchedule
     private let synchronizer: GradientSynchronizer<Float>
+    /// `communicator`, timed: the training step's collectives go through it.
+    private let collectives: TimedCommunicator
     private let log: (String) -> Void
     private let codeVersion: String
     /// Steps completed (the next step to run).
@@ -138,7 +140,8 @@ public final class Trainer {
         self.schedule = try LearningRateSchedule.warmupCosine(
             base: peak, warmupSteps: min(Int((schedule.warmupEpochs * Double(sampler.stepsPerEpoch)).rounded()), totalSteps - 1),
             totalSteps: totalSteps, finalFraction: schedule.finalLearningRateFraction).validated()
-        synchronizer = GradientSynchronizer(parameters: model.parameters, communicator: communicator)
+        collectives = TimedCommunicator(communicator)
+        synchronizer = GradientSynchronizer(parameters: model.parameters, communicator: collectives)
         self.checkpoints = checkpoints ?? HDF5CheckpointDirectory(directory: (runDirectory as NSString).appendingPathComponent("checkpoints"))
     }
 
@@ -307,16 +310,20 @@ public final class Trainer {
         var result = ObjectiveResult(loss: .nan, terms: [], communicatedBytes: 0, reduction: reduction)
         var stoppedBySignal = false
         var trainingSeconds = 0.0, samples = 0
+        // Since the last record: step time, time waiting for the loader.
+        var windowSeconds = 0.0, windowDataWait = 0.0
+        collectives.reset()
         let everyCheckpoint = configuration.checkpoint.everySteps
         log("training \(configuration.objective.name.rawValue) on \(dataset.location) (\(dataset.rowCount) rows): steps \(step)..<\(lastStep) of \(totalSteps), global batch \(configuration.schedule.globalBatchSize) over \(communicator.size) rank(s), \(model.parameters.count) parameters")
 
         while step < lastStep {
-            let batch = try loader.next()
             let started = Date()
+            let batch = try loader.next()
+            windowDataWait += Date().timeIntervalSince(started)
             let learningRate = schedule.learningRate(at: step)
             optimizer.learningRate = learningRate
             model.parameters.zeroGradients()
-            let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false)
+            let context = LayerContext(training: true, communicator: collectives, needsInputGradient: false)
             var embeddings: [Tensor<Float>] = []
             for (index, view) in batch.views.enumerated() {
                 let output = try model.forward(view, context: context.slot(index))
@@ -330,7 +337,7 @@ public final class Trainer {
                 gradients = embeddings.map { Tensor(zeros: $0.shape) }
             }
             result = try objective.evaluate(views: embeddings, gradients: gradients,
-                                            context: ObjectiveContext(communicator: communicator, step: step, seed: configuration.seed,
+                                            context: ObjectiveContext(communicator: collectives, step: step, seed: configuration.seed,
                                                                       reduction: reduction, rowCounts: rowCounts))
             guard result.loss.isFinite else {
                 let bad = result.terms.filter { !$0.value.isFinite }.map(\.name)
@@ -349,6 +356,7 @@ public final class Trainer {
             step += 1
             let seconds = Date().timeIntervalSince(started)
             trainingSeconds += seconds
+            windowSeconds += seconds
             samples += configuration.schedule.globalBatchSize
 
             // Lockstep decisions: a signal on any rank stops every rank after this step.
@@ -365,10 +373,15 @@ public final class Trainer {
                 let record = MetricsRecord(step: step, epoch: batch.epoch, loss: result.loss, terms: result.terms,
                                            learningRate: learningRate, samplesPerSecond: rate, gradientNorm: gradientNorm,
                                            communicatedBytes: result.communicatedBytes + synchronizer.bytesPerStep,
-                                           diagnostics: diagnostics, onlineProbe: probe?.take())
+                                           diagnostics: diagnostics, onlineProbe: probe?.take(),
+                                           dataWaitFraction: windowDataWait / max(windowSeconds, 1e-9),
+                                           collectiveFraction: collectives.seconds / max(windowSeconds, 1e-9))
                 try metrics.write(record)
                 try tensorBoard?.write(record)
                 if logging { progress.show(record, totalSteps: totalSteps, lastStep: lastStep) }
+                windowSeconds = 0
+                windowDataWait = 0
+                collectives.reset()
             }
             if stop[0] != 0 {
                 log("stop requested (SIGTERM/SIGINT): writing a checkpoint at step \(step)")

@@ -94,8 +94,10 @@ final class TensorBoardTests: XCTestCase {
                                    diagnostics: CollapseDiagnostics(globalBatchSize: 8, meanStandardDeviation: 0.75,
                                                                     minimumStandardDeviation: 0.125, effectiveRank: 5,
                                                                     offDiagonalCovarianceEnergy: 0.5, eppsPulley: 0.25,
-                                                                    communicatedBytes: 0))
+                                                                    communicatedBytes: 0),
+                                   dataWaitFraction: 0.25, collectiveFraction: 0.0625)
         try writer.write(record)
+        XCTAssertTrue(record.jsonLine.contains("\"data_wait_fraction\":0.25,\"collective_fraction\":0.0625"), record.jsonLine)
         // A second writer in the same second gets a file of its own.
         let second = try TensorBoardWriter(directory: directory, now: Date(timeIntervalSince1970: 1_700_000_000))
         XCTAssertNotEqual(second.path, writer.path)
@@ -115,6 +117,8 @@ final class TensorBoardTests: XCTestCase {
         XCTAssertEqual(scalars["loss/variance"], 1.5)
         XCTAssertEqual(scalars["lr"], 0.1)
         XCTAssertEqual(scalars["samples_per_second"], 1000)
+        XCTAssertEqual(scalars["time/data_wait_fraction"], 0.25)
+        XCTAssertEqual(scalars["time/collective_fraction"], 0.0625)
         XCTAssertEqual(scalars["diagnostics/std_min"], 0.125)
         XCTAssertEqual(scalars["diagnostics/effective_rank"], 5)
     }
