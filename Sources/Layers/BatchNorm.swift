@@ -38,8 +38,9 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
 
     private final class Cache {
         var training = false
-        var count = 0                             // n: values per channel over the global batch
-        var mean: [Double] = [], inverseStd: [Double] = []   // (C) μ and 1/√(σ² + ε)
+        var groups = 1                            // G: row groups with statistics of their own
+        var count: [Int] = []                     // (G) n: values per channel over the global batch
+        var mean: [Double] = [], inverseStd: [Double] = []   // (G, C) μ and 1/√(σ² + ε)
         var normalized: Tensor<Scalar>?           // (B, C, S) x̂
         var output: Tensor<Scalar>?               // (B, C, S)
         var inputGradient: Tensor<Scalar>?        // (B, C, S)
@@ -91,16 +92,41 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
             throw LayerError.shapeMismatch(layer: "BatchNorm(\(features))", expected: "(B, \(features)[, H, W])",
                                            got: input.shape)
         }
-        let (B, C, S) = (input.shape[0], features, input.count / max(input.shape[0] * features, 1))
-        let cache = caches.cache(context.slot) {
-            let cache = Cache()
-            cache.mean = [Double](repeating: 0, count: C)
-            cache.inverseStd = [Double](repeating: 0, count: C)
-            return cache
+        let groups = context.rowGroups
+        guard input.shape[0] % groups == 0 else {
+            throw LayerError.shapeMismatch(layer: "BatchNorm(\(features)) over \(groups) row groups",
+                                           expected: "(B, \(features)[, H, W]) with B a multiple of \(groups)",
+                                           got: input.shape)
+        }
+        let cache = caches.cache(context.slot, make: Cache.init)
+        if cache.groups != groups || cache.mean.count != groups * features {
+            cache.groups = groups
+            cache.count = [Int](repeating: 0, count: groups)
+            cache.mean = [Double](repeating: 0, count: groups * features)
+            cache.inverseStd = [Double](repeating: 0, count: groups * features)
         }
         let normalized = reuse(&cache.normalized, shape: input.shape)
         let output = reuse(&cache.output, shape: input.shape)
         cache.training = context.training
+        // Each group in turn, as separate forward passes would: group g + 1 is shifted by the
+        // running mean that group g updated.
+        let rows = input.shape[0] / groups
+        for g in 0..<groups {
+            let part = g * rows ..< (g + 1) * rows
+            try forwardGroup(g, input.rows(part), normalized: normalized.rows(part), output: output.rows(part),
+                             cache: cache, runningMean: runningMean, runningVariance: runningVariance, context: context)
+        }
+        return output
+    }
+
+    /// The forward pass of row group `g` (all rows when there is one group).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    private func forwardGroup(_ g: Int, _ input: Tensor<Scalar>, normalized: Tensor<Scalar>, output: Tensor<Scalar>,
+                              cache: Cache, runningMean: Tensor<Scalar>, runningVariance: Tensor<Scalar>,
+                              context: LayerContext) throws {
+        let (B, C, S) = (input.shape[0], features, input.count / max(input.shape[0] * features, 1))
+        let base = g * C
 
         if context.training {
             // Shifted sums of this rank, then one all-reduce makes them global.
@@ -136,16 +162,16 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
             }
             try statistics.withUnsafeMutableBufferPointer { try context.communicator.allReduce($0, .sum) }
             let n = statistics[0]
-            cache.count = Int(n)
-            guard cache.count > 1 else { throw LayerError.batchTooSmall(layer: "BatchNorm(\(features))", count: cache.count) }
+            cache.count[g] = Int(n)
+            guard cache.count[g] > 1 else { throw LayerError.batchTooSmall(layer: "BatchNorm(\(features))", count: cache.count[g]) }
             runningMean.withUnsafeMutableBufferPointer { runningMean in
                 runningVariance.withUnsafeMutableBufferPointer { runningVariance in
                     for c in 0..<C {
                         let shiftedMean = statistics[1 + c] / n
                         let variance = max(statistics[1 + C + c] / n - shiftedMean * shiftedMean, 0)  // biased σ²
                         let mean = Double(runningMean[c]) + shiftedMean
-                        cache.mean[c] = mean
-                        cache.inverseStd[c] = 1 / (variance + epsilon).squareRoot()
+                        cache.mean[base + c] = mean
+                        cache.inverseStd[base + c] = 1 / (variance + epsilon).squareRoot()
                         // Running statistics: global mean, unbiased global variance.
                         runningMean[c] = Scalar((1 - momentum) * Double(runningMean[c]) + momentum * mean)
                         runningVariance[c] = Scalar((1 - momentum) * Double(runningVariance[c])
@@ -155,8 +181,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
             }
         } else {
             for c in 0..<C {
-                cache.mean[c] = Double(runningMean[flat: c])
-                cache.inverseStd[c] = 1 / (Double(runningVariance[flat: c]) + epsilon).squareRoot()
+                cache.mean[base + c] = Double(runningMean[flat: c])
+                cache.inverseStd[base + c] = 1 / (Double(runningVariance[flat: c]) + epsilon).squareRoot()
             }
         }
 
@@ -165,8 +191,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
         let constants = UnsafeMutableBufferPointer<Scalar>.allocate(capacity: 4 * C)
         defer { constants.deallocate() }
         for c in 0..<C {
-            constants[c] = Scalar(cache.mean[c])
-            constants[C + c] = Scalar(cache.inverseStd[c])
+            constants[c] = Scalar(cache.mean[base + c])
+            constants[C + c] = Scalar(cache.inverseStd[base + c])
             constants[2 * C + c] = weight.map { $0[flat: c] } ?? 1
             constants[3 * C + c] = bias.map { $0[flat: c] } ?? 0
         }
@@ -197,7 +223,6 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
                 }
             }
         }
-        return output
     }
 
     @_specialize(where Scalar == Float)
@@ -207,7 +232,22 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
               normalized.count == outputGradient.count
         else { throw LayerError.noForward(layer: "BatchNorm", slot: context.slot) }
         let inputGradient = reuse(&cache.inputGradient, shape: normalized.shape)
+        let rows = normalized.shape[0] / cache.groups, dy = outputGradient.reshaped(normalized.shape)
+        for g in 0..<cache.groups {
+            let part = g * rows ..< (g + 1) * rows
+            try backwardGroup(g, dy.rows(part), normalized: normalized.rows(part), inputGradient: inputGradient.rows(part),
+                              cache: cache, context: context)
+        }
+        return inputGradient
+    }
+
+    /// The backward pass of row group `g`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    private func backwardGroup(_ g: Int, _ outputGradient: Tensor<Scalar>, normalized: Tensor<Scalar>,
+                               inputGradient: Tensor<Scalar>, cache: Cache, context: LayerContext) throws {
         let (B, C, S) = (normalized.shape[0], features, normalized.count / max(normalized.shape[0] * features, 1))
+        let base = g * C
 
         // This rank's Σ dy and Σ dy·x̂ per channel                     (C), (C)
         for i in 0..<(2 * C) { statistics[i] = 0 }
@@ -258,13 +298,13 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
 
         // training: dx = γ/√(σ²+ε) · (dy − Σdy/n − x̂ · Σdy·x̂/n)   (global sums, global n)
         // eval:     dx = γ/√(σ²+ε) · dy
-        let n = Double(cache.count)
+        let n = Double(cache.count[g])
         // Per-channel constants once, in Scalar: [scale, mean dy, mean dy·x̂] × C.
         let constants = UnsafeMutableBufferPointer<Scalar>.allocate(capacity: 3 * C)
         defer { constants.deallocate() }
         for c in 0..<C {
             let gamma = weight.map { Double($0[flat: c]) } ?? 1
-            constants[c] = Scalar(gamma * cache.inverseStd[c])
+            constants[c] = Scalar(gamma * cache.inverseStd[base + c])
             constants[C + c] = Scalar(cache.training ? statistics[c] / n : 0)
             constants[2 * C + c] = Scalar(cache.training ? statistics[C + c] / n : 0)
         }
@@ -293,7 +333,6 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
                 }
             }
         }
-        return inputGradient
     }
 }
 

@@ -36,20 +36,36 @@ public struct LayerContext: Sendable {
     /// first layer, and a first `Linear` or `Conv2d` then skips its input-gradient product (for
     /// MNIST's first layer, `2·B·784·1024` FLOPs a view) and returns an empty tensor.
     public var needsInputGradient: Bool
+    /// The number of equal, consecutive row groups of the batch that each take batch
+    /// statistics of their own (default 1). Several views of the same shape stacked into one
+    /// batch (`G · n` rows) go through the network in one pass — one matrix product per layer
+    /// with `G` times the rows — while batch norm normalises each view by its own statistics,
+    /// group after group, exactly as `G` passes on `G` slots would.
+    public var rowGroups: Int
 
     public init(training: Bool, communicator: any Communicator = SingleProcessCommunicator(), slot: Int = 0,
-                needsInputGradient: Bool = true) {
+                needsInputGradient: Bool = true, rowGroups: Int = 1) {
         precondition(slot >= 0, "negative activation slot \(slot)")
+        precondition(rowGroups >= 1, "\(rowGroups) row groups")
         self.training = training
         self.communicator = communicator
         self.slot = slot
         self.needsInputGradient = needsInputGradient
+        self.rowGroups = rowGroups
     }
 
     /// The same context on another activation slot.
     public func slot(_ slot: Int) -> LayerContext {
         var copy = self
         copy.slot = slot
+        return copy
+    }
+
+    /// The same context with the batch in `groups` row groups (see ``rowGroups``).
+    public func groupingRows(_ groups: Int) -> LayerContext {
+        precondition(groups >= 1, "\(groups) row groups")
+        var copy = self
+        copy.rowGroups = groups
         return copy
     }
 

@@ -274,7 +274,7 @@ public enum Benchmarks {
                 .fillNormal(x, start: UInt64(communicator.rank * x.count))
             return x
         }
-        let gradients = (0..<2).map { _ in Tensor<Float>(zeros: [options.batch, options.embeddingWidth]) }
+        let passes = ViewPasses()
         let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false)
 
         let gemms = modelGEMMs(options)
@@ -291,18 +291,15 @@ public enum Benchmarks {
             communicator.reset()
             let t0 = now()
             model.parameters.zeroGradients()
-            var embeddings: [Tensor<Float>] = []
-            for (v, input) in inputs.enumerated() {
-                embeddings.append(try model.forward(input, context: context.slot(v)).last)
-            }
+            let embeddings = try passes.forward(inputs, model: model, context: context).outputs
             let t1 = now()
-            let result = try objective.evaluate(views: embeddings, gradients: gradients,
+            let result = try objective.evaluate(views: embeddings, gradients: passes.gradients,
                                                 context: ObjectiveContext(communicator: communicator, step: step,
                                                                           seed: options.seed, reduction: .automatic,
                                                                           rowCounts: rowCounts))
             loss = result.loss
             let t2 = now()
-            for (v, gradient) in gradients.enumerated() { _ = try model.backward(gradient, context: context.slot(v)) }
+            try passes.backward(model: model, context: context)
             let t3 = now()
             try synchronizer.allReduceGradients()
             _ = model.parameters.gradientNorm()

@@ -306,7 +306,7 @@ public final class Trainer {
         let rowCounts = (0..<communicator.size).map { sampler.rankRange(rank: $0, worldSize: communicator.size).count }
         let reduction = StatisticsReduction(rawValue: configuration.objective.reduction) ?? .automatic
         let lastStep = min(totalSteps, stopAfter.map { step + $0 } ?? totalSteps)
-        var gradients: [Tensor<Float>] = []
+        let passes = ViewPasses()
         var result = ObjectiveResult(loss: .nan, terms: [], communicatedBytes: 0, reduction: reduction)
         var stoppedBySignal = false
         var trainingSeconds = 0.0, samples = 0
@@ -324,28 +324,19 @@ public final class Trainer {
             optimizer.learningRate = learningRate
             model.parameters.zeroGradients()
             let context = LayerContext(training: true, communicator: collectives, needsInputGradient: false)
-            var embeddings: [Tensor<Float>] = []
-            for (index, view) in batch.views.enumerated() {
-                let output = try model.forward(view, context: context.slot(index))
-                embeddings.append(output.last)
-                if index == 0, let probe, let labels = batch.labels {
-                    try probe.step(representation: output.representation, labels: labels,
-                                   globalBatchSize: configuration.schedule.globalBatchSize)
-                }
+            let (embeddings, representation) = try passes.forward(batch.views, model: model, context: context)
+            if let probe, let labels = batch.labels {
+                try probe.step(representation: representation, labels: labels,
+                               globalBatchSize: configuration.schedule.globalBatchSize)
             }
-            if gradients.count != embeddings.count || zip(gradients, embeddings).contains(where: { $0.shape != $1.shape }) {
-                gradients = embeddings.map { Tensor(zeros: $0.shape) }
-            }
-            result = try objective.evaluate(views: embeddings, gradients: gradients,
+            result = try objective.evaluate(views: embeddings, gradients: passes.gradients,
                                             context: ObjectiveContext(communicator: collectives, step: step, seed: configuration.seed,
                                                                       reduction: reduction, rowCounts: rowCounts))
             guard result.loss.isFinite else {
                 let bad = result.terms.filter { !$0.value.isFinite }.map(\.name)
                 throw TrainingError("the loss is \(result.loss) at step \(step)\(bad.isEmpty ? "" : " (non-finite terms: \(bad.joined(separator: ", ")))"); the last good checkpoint is \(lastCheckpoint ?? "none")")
             }
-            for (index, gradient) in gradients.enumerated() {
-                _ = try model.backward(gradient, context: context.slot(index))
-            }
+            try passes.backward(model: model, context: context)
             try synchronizer.allReduceGradients()
             let gradientNorm = model.parameters.gradientNorm()
             guard gradientNorm.isFinite else {

@@ -136,6 +136,72 @@ final class ModelTests: XCTestCase {
         }
     }
 
+    /// Views stacked into one batch with a row group each give what one pass per view on its
+    /// own slot gives — outputs, input gradients, parameter gradients and running statistics —
+    /// on the MLP (BatchNorm1d) and the ResNet (BatchNorm2d), for two and three views, in
+    /// training and evaluation mode, on one rank and split over two.
+    func testStackedViewsInRowGroupsMatchOnePassPerView() throws {
+        for description in [mlp, resnet] {
+            for viewCount in [2, 3] {
+                let rows = 4, shape = description.encoder.inputShape
+                let views = (0..<viewCount).map { randomTensor([rows] + shape, seed: UInt64(20 + $0), as: Double.self) }
+                let width = (description.projector ?? description.encoder).outputFeatures
+                let outputGradient = randomTensor([viewCount * rows, width], seed: 30, as: Double.self)
+                for training in [true, false] {
+                    let separate = try Model<Double>(description, seed: 8), stacked = try Model<Double>(description, seed: 8)
+                    // One pass per view, each on its own slot.
+                    separate.parameters.zeroGradients()
+                    var outputs: [Double] = [], inputGradients: [Double] = []
+                    for (v, view) in views.enumerated() {
+                        outputs += try separate.forward(view, context: LayerContext(training: training, slot: v)).last.scalars
+                    }
+                    for v in 0..<viewCount {
+                        let gradient = outputGradient.rows(v * rows ..< (v + 1) * rows).copy()
+                        inputGradients += try separate.backward(gradient, context: LayerContext(training: training, slot: v)).scalars
+                    }
+                    // One pass over the stacked views.
+                    let all = Tensor<Double>(zeros: [viewCount * rows] + shape)
+                    for (v, view) in views.enumerated() { all.rows(v * rows ..< (v + 1) * rows).copy(from: view) }
+                    let context = LayerContext(training: training, rowGroups: viewCount)
+                    stacked.parameters.zeroGradients()
+                    let label = "\(description.encoder) \(viewCount) views, training \(training)"
+                    assertClose(try stacked.forward(all, context: context).last.scalars, outputs, rtol: 1e-12, atol: 1e-12, label)
+                    assertClose(try stacked.backward(outputGradient, context: context).scalars, inputGradients,
+                                rtol: 1e-10, atol: 1e-12, label)
+                    assertClose(stacked.parameters.gradients.scalars, separate.parameters.gradients.scalars,
+                                rtol: 1e-10, atol: 1e-12, label)
+                    assertClose(stacked.buffers.values.scalars, separate.buffers.values.scalars, rtol: 1e-14, atol: 0, label)
+                }
+            }
+        }
+        // Split over two ranks (uneven), in row groups: the single-process result.
+        let views = (0..<2).map { randomTensor([5, 6], seed: UInt64(40 + $0), as: Double.self) }
+        let reference = try Model<Double>(mlp, seed: 9)
+        let expected = try views.enumerated().flatMap { v, view in
+            try reference.forward(view, context: LayerContext(training: true, slot: v)).last.scalars
+        }
+        let perRank = try runRanks(2) { [mlp] communicator -> [Double] in
+            let rows = communicator.rank == 0 ? 0..<2 : 2..<5
+            let all = Tensor<Double>(zeros: [2 * rows.count, 6])
+            for v in 0..<2 { all.rows(v * rows.count ..< (v + 1) * rows.count).copy(from: views[v].rows(rows)) }
+            let model = try Model<Double>(mlp, seed: 9)
+            return try model.forward(all, context: LayerContext(training: true, communicator: communicator, rowGroups: 2)).last.scalars
+        }
+        // Rank r holds rows `rows_r` of view 0, then of view 1.
+        let width = 4
+        var gathered = [Double](repeating: .nan, count: expected.count)
+        for (rank, values) in perRank.enumerated() {
+            let rows = rank == 0 ? 0..<2 : 2..<5
+            for v in 0..<2 {
+                for (i, row) in rows.enumerated() {
+                    let source = (v * rows.count + i) * width, target = (v * 5 + row) * width
+                    gathered[target ..< target + width] = values[source ..< source + width]
+                }
+            }
+        }
+        assertClose(gathered, expected, rtol: 1e-12, atol: 1e-12, "two ranks")
+    }
+
     func testTwoViewsAccumulateGradients() throws {
         let views = [randomTensor([6, 6], seed: 1, as: Double.self), randomTensor([6, 6], seed: 2, as: Double.self)]
         let gradients = [randomTensor([6, 4], seed: 3, as: Double.self), randomTensor([6, 4], seed: 4, as: Double.self)]
