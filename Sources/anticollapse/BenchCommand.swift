@@ -107,12 +107,12 @@ struct CommBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "comm",
         abstract: "Time all-reduce (sum, Float) from --min-bytes to --max-bytes, doubling, like osu_allreduce.",
-        discussion: "Run under mpirun (e.g. mpirun -np 2 anticollapse bench comm); one process times the identity. Rank 0 prints mean and minimum µs a call (slowest rank), algorithm bandwidth bytes/time and bus bandwidth 2(p−1)/p·bytes/time.")
+        discussion: "Run under mpirun (e.g. mpirun -np 2 anticollapse bench comm); one process times the identity. Rank 0 prints mean and minimum µs a call (slowest rank), algorithm bandwidth bytes/time and bus bandwidth 2(p−1)/p·bytes/time, then the fit t = α + 2(p−1)/p·bytes/β (docs/SCALING.md).")
 
     @Option(help: "Smallest message in bytes.") var minBytes = 4096
     @Option(help: "Largest message in bytes.") var maxBytes = 64 << 20
     @Option(help: "Timed calls a size up to 1 MiB (a tenth, at least 5, above).") var iterations = 100
-    @Flag(help: "Print the rows as JSON too.") var json = false
+    @Flag(help: "Print the rows and the fit as JSON too.") var json = false
 
     func validate() throws {
         guard minBytes >= 4 else { throw ValidationError("--min-bytes must be at least 4 (one Float), got \(minBytes)") }
@@ -126,8 +126,9 @@ struct CommBench: ParsableCommand {
                                                 sizes: Benchmarks.doublingSizes(from: minBytes, to: maxBytes),
                                                 iterations: iterations)
             guard communicator.isRoot else { return }
-            print(Benchmarks.allReduceTable(rows, worldSize: communicator.size))
-            if json { try printJSON(rows) }
+            let report = Benchmarks.AllReduceReport(worldSize: communicator.size, rows: rows)
+            print(report.table)
+            if json { try printJSON(report) }
         }
     }
 }
