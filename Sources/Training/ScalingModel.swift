@@ -68,7 +68,7 @@ public struct CollectiveModel: Sendable, Codable, Equatable {
 /// (the trainer overlaps nothing):
 ///
 ///     compute     model GEMMs of 2 views × n rows / flopRate  +  overhead
-///     objective   on the path taken: its collectives (CollectiveModel) + plan FLOPs / flopRate
+///     objective   on the path taken: its collectives (CollectiveModel) + plan FLOPs / objectiveFlopRate
 ///     batch norm  per BN layer and view: all-reduce of (1 + 2C) Doubles forward, 2C backward
 ///     gradient    one all-reduce of every parameter's gradient (parameters × 4 bytes)
 ///
@@ -84,34 +84,46 @@ public struct ScalingModel: Sendable {
         public var latency: Double
         /// β, bytes a second through one rank's link (the bus bandwidth of `bench comm`).
         public var bandwidth: Double
-        /// Floating-point operations a second of one rank, on the model's and the objective's
-        /// matrix products.
+        /// Floating-point operations a second of one rank on the model's matrix products.
         public var flopRate: Double
+        /// Floating-point operations a second of one rank on the objective's statistics plan
+        /// (``StatisticsPlan/flops(on:worldSize:globalBatchSize:largestRankCount:)``): the
+        /// objectives also run element-wise loops (Barlow Twins' `D × D` loss, the
+        /// characteristic functions of SIGReg) that the plan counts at no cost.
+        public var objectiveFlopRate: Double
         /// Seconds a step of each rank that do not depend on the batch (the optimizer update,
         /// the gradient norm).
         public var overhead: Double
 
-        public init(latency: Double, bandwidth: Double, flopRate: Double, overhead: Double = 0) {
+        /// - Parameter objectiveFlopRate: `flopRate` when nil.
+        public init(latency: Double, bandwidth: Double, flopRate: Double, objectiveFlopRate: Double? = nil,
+                    overhead: Double = 0) {
             self.latency = latency
             self.bandwidth = bandwidth
             self.flopRate = flopRate
+            self.objectiveFlopRate = objectiveFlopRate ?? flopRate
             self.overhead = overhead
         }
 
         /// The collective model of `latency` and `bandwidth`.
         public var collectives: CollectiveModel { CollectiveModel(latency: latency, bandwidth: bandwidth) }
 
-        /// A ``ReductionCostModel`` of the same numbers.
+        /// A ``ReductionCostModel`` of the same numbers (its rate is the objective's).
         public var costModel: ReductionCostModel {
-            ReductionCostModel(latency: latency, bandwidth: bandwidth, flopRate: flopRate)
+            ReductionCostModel(latency: latency, bandwidth: bandwidth, flopRate: objectiveFlopRate)
         }
 
         /// The compute numbers of a one-process `bench step` report: the rate of its model
-        /// products over the forward and backward phases, and its update and gradient-norm
-        /// phases as the overhead; `latency` and `bandwidth` as given.
-        public static func calibrated(from report: Benchmarks.StepReport, latency: Double, bandwidth: Double) -> Machine {
+        /// products over the forward and backward phases; the rate of `plan`'s FLOPs on one
+        /// rank with the report's batch over the objective phase; and the gradient-norm and
+        /// update phases as the overhead. `latency` and `bandwidth` as given.
+        public static func calibrated(from report: Benchmarks.StepReport, plan: StatisticsPlan, latency: Double,
+                                      bandwidth: Double) -> Machine {
             let passes = (report.phases.forward + report.phases.backward) / 1e3
+            let objectiveFLOPs = plan.flops(on: .statistics, worldSize: 1, globalBatchSize: report.batch,
+                                            largestRankCount: report.batch)
             return Machine(latency: latency, bandwidth: bandwidth, flopRate: report.modelGFLOP * 1e9 / max(passes, 1e-9),
+                           objectiveFlopRate: objectiveFLOPs / max(report.phases.objective / 1e3, 1e-9),
                            overhead: (report.phases.allReduce + report.phases.update) / 1e3)
         }
     }
@@ -211,7 +223,7 @@ public struct ScalingModel: Sendable {
         return ScalingPrediction.PathCost(
             collectives: count, communicatedBytes: bytes,
             sentBytes: plan.sentBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax, scalarBytes: s),
-            communicationSeconds: seconds, flops: flops, seconds: seconds + flops / machine.flopRate)
+            communicationSeconds: seconds, flops: flops, seconds: seconds + flops / machine.objectiveFlopRate)
     }
 
     /// The predicted step on `worldSize` ranks.
@@ -282,7 +294,7 @@ public struct ScalingModel: Sendable {
         let trainer = trainerCostModel
         var lines = [
             "# \(options.objective.rawValue), MLP \(widths) (D \(options.embeddingWidth), \(f(Double(parameterCount) / 1e6, 2))M parameters, \(batchNormFeatures.count) batch norms), \(scaling)",
-            "# machine: α \(f(machine.latency * 1e6, 2)) µs, β \(f(machine.bandwidth / 1e9, 2)) GB/s, \(f(machine.flopRate / 1e9)) GFLOP/s a rank, overhead \(f(machine.overhead * 1e3)) ms; "
+            "# machine: α \(f(machine.latency * 1e6, 2)) µs, β \(f(machine.bandwidth / 1e9, 2)) GB/s, \(f(machine.flopRate / 1e9)) GFLOP/s a rank (objective \(f(machine.objectiveFlopRate / 1e9))), overhead \(f(machine.overhead * 1e3)) ms; "
                 + "path: the trainer's cost model (\(f(trainer.latency * 1e6)) µs, \(f(trainer.bandwidth / 1e9)) GB/s, \(f(trainer.flopRate / 1e9)) GFLOP/s), * where the machine's would take the other",
             "# MB sent: per rank and step, with bandwidth-optimal collectives",
         ]
@@ -322,7 +334,7 @@ public struct ScalingPrediction: Sendable, Codable, Equatable {
         public var communicationSeconds: Double
         /// The plan's FLOPs on this path (``StatisticsPlan/flops(on:worldSize:globalBatchSize:largestRankCount:)``).
         public var flops: Double
-        /// Collectives plus FLOPs at the machine's rate.
+        /// Collectives plus FLOPs at the machine's objective rate.
         public var seconds: Double
     }
 

@@ -186,9 +186,11 @@ struct ScalingBench: ParsableCommand {
     @Option(help: "α: latency of one message step, µs.") var latencyUs = 20.0
     @Option(help: "β: bus bandwidth of a rank's link, GB/s.") var bandwidthGbs = 10.0
     @Option(help: "Matrix-product GFLOP/s of one rank (ignored with --calibrate).") var gflops = 50.0
-    @Option(help: "Milliseconds a step of each rank independent of the batch: update, gradient norm (ignored with --calibrate).")
+    @Option(help: "GFLOP/s of one rank on the objective's counted FLOPs (default: --gflops; ignored with --calibrate).")
+    var objectiveGflops: Double?
+    @Option(help: "Milliseconds a step of each rank independent of the batch: gradient norm, update (ignored with --calibrate).")
     var overheadMs = 0.0
-    @Flag(help: "Measure --gflops and --overhead-ms with a short one-process bench step of this shape first.")
+    @Flag(help: "Measure --gflops, --objective-gflops and --overhead-ms with a short one-process bench step of this shape first.")
     var calibrate = false
     @Option(help: "OpenBLAS threads for --calibrate (default: the trainer's policy).") var threads: Int?
     @Flag(help: "Print the predictions as JSON too.") var json = false
@@ -202,6 +204,9 @@ struct ScalingBench: ParsableCommand {
         guard latencyUs >= 0, latencyUs.isFinite else { throw ValidationError("--latency-us must be ≥ 0, got \(latencyUs)") }
         guard bandwidthGbs > 0, bandwidthGbs.isFinite else { throw ValidationError("--bandwidth-gbs must be positive, got \(bandwidthGbs)") }
         guard gflops > 0, gflops.isFinite else { throw ValidationError("--gflops must be positive, got \(gflops)") }
+        if let objectiveGflops, !(objectiveGflops > 0 && objectiveGflops.isFinite) {
+            throw ValidationError("--objective-gflops must be positive, got \(objectiveGflops)")
+        }
         guard overheadMs >= 0, overheadMs.isFinite else { throw ValidationError("--overhead-ms must be ≥ 0, got \(overheadMs)") }
         guard directions >= 1 else { throw ValidationError("--directions must be at least 1, got \(directions)") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
@@ -224,18 +229,20 @@ struct ScalingBench: ParsableCommand {
         var options = Benchmarks.StepOptions(encoder: try widths(encoder, option: "--encoder"),
                                              projector: try widths(projector, option: "--projector"),
                                              batch: batch ?? 256, objective: objective, directions: directions)
-        var machine = ScalingModel.Machine(latency: latencyUs * 1e-6, bandwidth: bandwidthGbs * 1e9,
-                                           flopRate: gflops * 1e9, overhead: overheadMs * 1e-3)
+        var machine = ScalingModel.Machine(latency: latencyUs * 1e-6, bandwidth: bandwidthGbs * 1e9, flopRate: gflops * 1e9,
+                                           objectiveFlopRate: objectiveGflops.map { $0 * 1e9 }, overhead: overheadMs * 1e-3)
         if calibrate {
             BLASThreads.configure(override: threads)
             options.steps = 5
             options.warmup = 1
             let report = try Benchmarks.step(options)
-            machine = .calibrated(from: report, latency: machine.latency, bandwidth: machine.bandwidth)
-            print(String(format: "# calibrated on one process, %d BLAS thread(s), %d rows: %.1f ms/step (forward %.1f, objective %.1f, backward %.1f, update %.1f ms) → %.1f GFLOP/s, overhead %.1f ms",
+            let plan = Benchmarks.statisticsPlan(objective, dimension: options.embeddingWidth, directions: directions)
+            machine = .calibrated(from: report, plan: plan, latency: machine.latency, bandwidth: machine.bandwidth)
+            print(String(format: "# calibrated on one process, %d BLAS thread(s), %d rows: %.1f ms/step (forward %.1f, objective %.1f, backward %.1f, norm + update %.1f ms) → %.1f GFLOP/s, objective %.1f GFLOP/s, overhead %.1f ms",
                          report.blasThreads, report.batch, report.medianMilliseconds, report.phases.forward,
                          report.phases.objective, report.phases.backward,
-                         report.phases.allReduce + report.phases.update, machine.flopRate / 1e9, machine.overhead * 1e3))
+                         report.phases.allReduce + report.phases.update, machine.flopRate / 1e9,
+                         machine.objectiveFlopRate / 1e9, machine.overhead * 1e3))
         }
         let scaling: ScalingModel.Batch = globalBatch.map { .global($0) } ?? .perRank(batch ?? 256)
         let model = try ScalingModel(options: options, machine: machine)

@@ -86,10 +86,10 @@ final class ScalingModelTests: XCTestCase {
 
     /// The step is the sum of its parts, each by its formula, on two ranks by hand.
     func testStepOnTwoRanksByHand() throws {
-        let (alpha, beta, rate, overhead) = (7e-6, 2e9, 4e10, 3e-3)
+        let (alpha, beta, rate, objectiveRate, overhead) = (7e-6, 2e9, 4e10, 1.5e10, 3e-3)
         let options = Benchmarks.StepOptions(encoder: [20, 32, 32], projector: [32, 64, 48], objective: .barlow_twins)
         let model = try ScalingModel(options: options, machine: .init(latency: alpha, bandwidth: beta, flopRate: rate,
-                                                                      overhead: overhead))
+                                                                      objectiveFlopRate: objectiveRate, overhead: overhead))
         let prediction = try model.predict(worldSize: 2, batch: .perRank(16))
         XCTAssertEqual(prediction.globalBatch, 32)
         XCTAssertEqual(prediction.rowsPerRank, 16)
@@ -118,13 +118,14 @@ final class ScalingModelTests: XCTestCase {
         let plan = BarlowTwins<Float>.plan(dimension: 48)
         XCTAssertEqual(prediction.path, ReductionCostModel().choose(plan: plan, worldSize: 2, globalBatchSize: 32,
                                                                     largestRankCount: 16, scalarBytes: 4))
+        XCTAssertEqual(model.machine.costModel, ReductionCostModel(latency: alpha, bandwidth: beta, flopRate: objectiveRate))
         XCTAssertEqual(prediction.machinePath, model.machine.costModel.choose(plan: plan, worldSize: 2, globalBatchSize: 32,
                                                                               largestRankCount: 16, scalarBytes: 4))
         let statisticsBytes = plan.elementCount(partitions: 2) * 4
         XCTAssertEqual(prediction.statistics.communicatedBytes, statisticsBytes)
         XCTAssertEqual(prediction.statistics.communicationSeconds, alpha + Double(statisticsBytes) / beta, accuracy: 1e-15)
         XCTAssertEqual(prediction.statistics.seconds,
-                       prediction.statistics.communicationSeconds + 16 * (plan.flopsPerRow + plan.gradientFlopsPerRow) / rate,
+                       prediction.statistics.communicationSeconds + 16 * (plan.flopsPerRow + plan.gradientFlopsPerRow) / objectiveRate,
                        accuracy: 1e-15)
         XCTAssertEqual(prediction.gather.communicatedBytes, 2 * 16 * 2 * 48 * 4)
         XCTAssertEqual(prediction.gather.communicationSeconds, alpha + Double(16 * 2 * 48 * 4) / beta, accuracy: 1e-15)
@@ -164,11 +165,14 @@ final class ScalingModelTests: XCTestCase {
     }
 
     func testCalibrationFromAStepReport() throws {
-        let options = Benchmarks.StepOptions(encoder: [16, 32, 32], projector: [32, 64, 64], batch: 32, steps: 2, warmup: 1)
+        let options = Benchmarks.StepOptions(encoder: [16, 32, 32], projector: [32, 64, 64], batch: 16, steps: 2, warmup: 1)
         let report = try Benchmarks.step(options)
-        let machine = ScalingModel.Machine.calibrated(from: report, latency: 1e-6, bandwidth: 1e9)
+        let plan = VICReg<Float>.plan(dimension: 64)
+        let machine = ScalingModel.Machine.calibrated(from: report, plan: plan, latency: 1e-6, bandwidth: 1e9)
         assertClose(machine.flopRate * (report.phases.forward + report.phases.backward) / 1e3, report.modelGFLOP * 1e9,
                     rtol: 1e-9)
+        // One rank with 16 rows of 64 features (2N < D): VICReg's Gram form, 3·V·N²·D.
+        assertClose(machine.objectiveFlopRate * report.phases.objective / 1e3, 3 * 2 * 16 * 16 * 64, rtol: 1e-9)
         assertClose(machine.overhead, (report.phases.allReduce + report.phases.update) / 1e3, rtol: 1e-9)
         XCTAssertEqual(machine.latency, 1e-6)
     }
