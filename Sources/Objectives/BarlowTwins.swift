@@ -41,13 +41,10 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)
         let d = views[0].columnCount
-        let secondMoments: [GlobalMoments<Scalar>.SecondMoment] = [.variance(0), .variance(1), .crossCovariance(0, 1)]
+        let secondMoments = BarlowTwins.secondMoments
 
         // Statistics: means, per-feature variances and the cross moment.
-        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                                      partitions: 1)
-        let plan = StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed, elementsPerRank: size.perRank,
-                                  flopsPerRow: Double(2 * d * d), allReduceCount: 1)
+        let plan = BarlowTwins.plan(dimension: d)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
         var statistics = FusedStatistics<Scalar>()
         var moments = GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
@@ -103,5 +100,19 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
         return ObjectiveResult(loss: loss,
                                terms: [ObjectiveTerm("on_diagonal", onDiagonal), ObjectiveTerm("off_diagonal", offDiagonal)],
                                communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+
+    /// The second moments Barlow Twins reduces: each view's variances and the cross moment.
+    static var secondMoments: [GlobalMoments<Scalar>.SecondMoment] { [.variance(0), .variance(1), .crossCovariance(0, 1)] }
+
+    /// What Barlow Twins' statistics of two views of `dimension` features cost (see
+    /// ``ReductionCostModel``): the `D × D` cross moment, the `2·D` variances, and per rank its
+    /// row count and exact means. Per row: the cross moment's `2·D²` to form, and the two
+    /// gradient products `Ẑ₂c Kᵀ`, `Ẑ₁c K` of this rank's rows, `4·D²`.
+    public static func plan(dimension d: Int) -> StatisticsPlan {
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
+                                                      partitions: 1)
+        return StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed, elementsPerRank: size.perRank,
+                              flopsPerRow: Double(2 * d * d), allReduceCount: 1, gradientFlopsPerRow: Double(4 * d * d))
     }
 }

@@ -31,7 +31,10 @@ struct EppsPulley<Scalar: TensorScalar> {
 
     var directionCount: Int { directions.columnCount }
     /// The buffer elements of the sums: cos and sin per direction and knot.
-    var sumCount: Int { 2 * directionCount * EppsPulley.knotCount }
+    var sumCount: Int { EppsPulley.sumCount(directionCount: directionCount) }
+
+    /// The buffer elements of the sums on `directionCount` directions.
+    static func sumCount(directionCount: Int) -> Int { 2 * directionCount * knotCount }
 
     init(directions: Tensor<Scalar>) {
         self.directions = directions

@@ -2,7 +2,7 @@ import Tensor
 import Communication
 
 /// How the statistics of the global batch are formed from the ranks' rows.
-public enum StatisticsReduction: String, Sendable, CaseIterable {
+public enum StatisticsReduction: String, Sendable, CaseIterable, Codable {
     /// Chosen per evaluation by ``ReductionCostModel``, identically on every rank.
     case automatic
     /// Every rank computes statistics of its own rows; one fused all-reduce sums them.
@@ -27,16 +27,21 @@ public enum StatisticsReduction: String, Sendable, CaseIterable {
 /// ``ObjectiveContext/rowCounts`` or all-gathered once, whichever path follows.) On the gather path
 /// every rank repeats the statistics of the whole batch (`N·F`), while the statistics path
 /// splits them (`n_max·F`). Both paths add the gradient products of this rank's rows
-/// (`n_max·F_g`, ``StatisticsPlan/gradientFlopsPerRow``).
+/// (`n_max·F_g`, ``StatisticsPlan/gradientFlopsPerRow``) and the work that depends on neither
+/// (``StatisticsPlan/flopsPerEvaluation``).
 ///
 /// An objective with a Gram form (``StatisticsPlan/gramForm``; VICReg) replaces, when it holds
 /// every row and `2N < D`, the `D × D` statistics and gradient products by `N × N` ones:
 ///
-///     gather (Gram form): 2·latency + (P−1)·n_max·V·D·s / bandwidth + 4·V·n_max·N·D / flopRate
+///     gather (Gram form): 2·latency + [(P−1)·n_max·V·D·s + 2(P−1)/P·16] / bandwidth + 4·V·n_max·N·D / flopRate
 ///
 /// (per view the Gram block of this rank's rows against all rows, and its product with the
-/// rows; the second latency is the all-reduce of the block norms). Gathering wins when `D²` is
-/// large against `N·D` and the FLOPs it repeats are cheap on the machine.
+/// rows; the second collective is the all-reduce of the two block norms, 16 bytes). Gathering
+/// wins when `D²` is large against `N·D` and the FLOPs it repeats are cheap on the machine.
+///
+/// The terms are ``StatisticsPlan``'s: ``StatisticsPlan/collectiveCount(on:worldSize:globalBatchSize:)``,
+/// ``StatisticsPlan/sentBytes(on:worldSize:globalBatchSize:largestRankCount:scalarBytes:)`` and
+/// ``StatisticsPlan/flops(on:worldSize:globalBatchSize:largestRankCount:)``.
 public struct ReductionCostModel: Sendable, Equatable {
     /// The fixed cost of one collective, in seconds.
     public var latency: Double
@@ -56,19 +61,11 @@ public struct ReductionCostModel: Sendable, Equatable {
     /// The estimated seconds of each path for one evaluation.
     public func cost(of path: StatisticsReduction, plan: StatisticsPlan, worldSize: Int,
                      globalBatchSize: Int, largestRankCount: Int, scalarBytes: Int) -> Double {
-        let p = Double(worldSize), nMax = Double(largestRankCount), n = Double(globalBatchSize)
-        switch path {
-        case .gather:
-            let gathering = latency + (p - 1) * nMax * Double(plan.viewCount * plan.dimension * scalarBytes) / bandwidth
-            if plan.usesGramForm(globalBatchSize: globalBatchSize) {
-                return gathering + latency + 4 * Double(plan.viewCount * plan.dimension) * nMax * n / flopRate
-            }
-            return gathering + (n * plan.flopsPerRow + nMax * plan.gradientFlopsPerRow) / flopRate
-        default:
-            return Double(plan.allReduceCount) * latency
-                + 2 * (p - 1) / p * Double(plan.elementCount(partitions: worldSize) * scalarBytes) / bandwidth
-                + nMax * (plan.flopsPerRow + plan.gradientFlopsPerRow) / flopRate
-        }
+        Double(plan.collectiveCount(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)) * latency
+            + plan.sentBytes(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                             largestRankCount: largestRankCount, scalarBytes: scalarBytes) / bandwidth
+            + plan.flops(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                         largestRankCount: largestRankCount) / flopRate
     }
 
     /// The cheaper path (the statistics path on a tie, and always on one rank).
@@ -84,6 +81,11 @@ public struct ReductionCostModel: Sendable, Equatable {
 }
 
 /// What an objective's statistics cost: the input of ``ReductionCostModel``.
+///
+/// Each objective builds its plan with a static `plan(dimension:…)` function (``VICReg/plan(dimension:)``,
+/// ``BarlowTwins/plan(dimension:)``, ``WMSE/plan(dimension:)``, ``SIGReg/plan(dimension:viewCount:directionCount:)``,
+/// ``LeJEPA/plan(dimension:viewCount:directionCount:)``), the one its evaluation uses, so that a
+/// model of the job (e.g. the trainer's scaling model) sees the same sizes.
 public struct StatisticsPlan: Sendable, Equatable {
     /// The number of views whose rows the gather path would move.
     public var viewCount: Int
@@ -100,12 +102,17 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// Floating-point operations per row of this rank to apply the statistics in the gradient
     /// (the same on both paths; 0 when negligible).
     public var gradientFlopsPerRow: Double
+    /// Floating-point operations of each rank per evaluation that depend neither on the rows
+    /// nor on the path (W-MSE's factorisations and `D × D × D` products; 0 when negligible).
+    /// The same on both paths, so they do not change the choice.
+    public var flopsPerEvaluation: Double
     /// Whether the objective switches to an `N × N` Gram form when it holds every row of a
     /// global batch of `N < D/2` rows (see ``usesGramForm(globalBatchSize:)``).
     public var gramForm: Bool
 
     public init(viewCount: Int, dimension: Int, fixedElements: Int, elementsPerRank: Int, flopsPerRow: Double,
-                allReduceCount: Int, gradientFlopsPerRow: Double = 0, gramForm: Bool = false) {
+                allReduceCount: Int, gradientFlopsPerRow: Double = 0, flopsPerEvaluation: Double = 0,
+                gramForm: Bool = false) {
         self.viewCount = viewCount
         self.dimension = dimension
         self.fixedElements = fixedElements
@@ -113,6 +120,7 @@ public struct StatisticsPlan: Sendable, Equatable {
         self.flopsPerRow = flopsPerRow
         self.allReduceCount = allReduceCount
         self.gradientFlopsPerRow = gradientFlopsPerRow
+        self.flopsPerEvaluation = flopsPerEvaluation
         self.gramForm = gramForm
     }
 
@@ -123,6 +131,76 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// rows it holds entirely: when `2N < D`, where the `N × N` products cost less than the
     /// `D × D` ones.
     public func usesGramForm(globalBatchSize: Int) -> Bool { gramForm && 2 * globalBatchSize < dimension }
+
+    /// Whether a rank holds every row of the batch on `path` (one rank, or the gather path) and
+    /// so takes the Gram form when the objective has one and `2N < D`.
+    private func takesGramForm(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int) -> Bool {
+        (worldSize == 1 || path == .gather) && usesGramForm(globalBatchSize: globalBatchSize)
+    }
+
+    /// The bytes of the Gram form's all-reduce: the squared norms of both views' blocks, two `Double`s.
+    private static var gramNormBytes: Int { 2 * MemoryLayout<Double>.stride }
+
+    /// The collectives one evaluation takes on `path`, the row counts being known (none on one
+    /// rank): the statistics path's ``allReduceCount``; on the gather path the all-gather of
+    /// the rows, and in the Gram form the all-reduce of the block norms.
+    public func collectiveCount(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int) -> Int {
+        guard worldSize > 1 else { return 0 }
+        if path == .gather { return takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) ? 2 : 1 }
+        return allReduceCount
+    }
+
+    /// The bytes one evaluation hands to collectives on `path` — all-reduce buffers plus
+    /// all-gather receive buffers, what ``ObjectiveResult/communicatedBytes`` reports when the
+    /// row counts are known (``ObjectiveContext/rowCounts``): `S·s` on the statistics path;
+    /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus 16 in the Gram form, on the
+    /// gather path; 0 on one rank.
+    public func communicatedBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
+                                  largestRankCount: Int, scalarBytes: Int) -> Int {
+        guard worldSize > 1 else { return 0 }
+        if path == .gather {
+            let rows = worldSize * largestRankCount * viewCount * dimension * scalarBytes
+            return rows + (takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
+                           ? StatisticsPlan.gramNormBytes : 0)
+        }
+        return elementCount(partitions: worldSize) * scalarBytes
+    }
+
+    /// The bytes one rank sends on `path` with bandwidth-optimal collectives: `2(P−1)/P` times
+    /// an all-reduce's buffer (a ring, or reduce-scatter then all-gather), and `(P−1)` times
+    /// this rank's block in an all-gather; 0 on one rank.
+    public func sentBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int, largestRankCount: Int,
+                          scalarBytes: Int) -> Double {
+        guard worldSize > 1 else { return 0 }
+        let p = Double(worldSize), allReduceFactor = 2 * (p - 1) / p
+        if path == .gather {
+            let block = Double(largestRankCount * viewCount * dimension * scalarBytes)
+            let norms = takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
+                ? allReduceFactor * Double(StatisticsPlan.gramNormBytes) : 0
+            return (p - 1) * block + norms
+        }
+        return allReduceFactor * Double(elementCount(partitions: worldSize) * scalarBytes)
+    }
+
+    /// The floating-point operations of the slowest rank (the one with `largestRankCount`
+    /// rows) in one evaluation on `path`:
+    /// - statistics path: `n_max·(F + F_g)`;
+    /// - gather path: `N·F + n_max·F_g` (every rank forms the whole batch's statistics);
+    /// - Gram form (holding every row, `2N < D`): `4·V·n_max·N·D`, or `3·V·N²·D` on one rank;
+    /// plus ``flopsPerEvaluation`` on every path.
+    public func flops(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
+                      largestRankCount: Int) -> Double {
+        let n = Double(globalBatchSize), nMax = Double(largestRankCount), v = Double(viewCount), d = Double(dimension)
+        let rows: Double
+        if takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) {
+            rows = worldSize == 1 ? 3 * v * n * n * d : 4 * v * nMax * n * d
+        } else if path == .gather && worldSize > 1 {
+            rows = n * flopsPerRow + nMax * gradientFlopsPerRow
+        } else {
+            rows = nMax * (flopsPerRow + gradientFlopsPerRow)
+        }
+        return rows + flopsPerEvaluation
+    }
 }
 
 /// Several statistics packed into one buffer, so that one all-reduce makes all of them global.

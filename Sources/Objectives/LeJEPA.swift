@@ -47,10 +47,7 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
 
         // Statistics: the row count, the summed squared distances to the centres, and the
         // Epps–Pulley sums of every view.
-        let plan = StatisticsPlan(viewCount: viewCount, dimension: d,
-                                  fixedElements: 2 + viewCount * eppsPulley.sumCount, elementsPerRank: 0,
-                                  flopsPerRow: Double(viewCount * eppsPulley.directionCount * (2 * d + 100)),
-                                  allReduceCount: 1)
+        let plan = LeJEPA.plan(dimension: d, viewCount: viewCount, directionCount: eppsPulley.directionCount)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
         var statistics = FusedStatistics<Scalar>()
         let rowCount = statistics.reserve(1)
@@ -100,6 +97,16 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         return ObjectiveResult(loss: loss,
                                terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("sigreg", sigreg)],
                                communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+
+    /// What LeJEPA's statistics of `viewCount` views of `dimension` features on
+    /// `directionCount` directions cost (see ``ReductionCostModel``): SIGReg's
+    /// (``SIGReg/plan(dimension:viewCount:directionCount:)``) and the summed squared distance
+    /// to the centres, one more element.
+    public static func plan(dimension d: Int, viewCount: Int, directionCount k: Int) -> StatisticsPlan {
+        var plan = SIGReg<Scalar>.plan(dimension: d, viewCount: viewCount, directionCount: k)
+        plan.fixedElements += 1
+        return plan
     }
 
     /// The mean of the first `globalViewCount` views, row by row (formed in `Double`).

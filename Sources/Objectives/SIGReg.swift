@@ -60,10 +60,7 @@ public struct SIGReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
                                                                         streamName: SIGReg.directionStream))
 
         // Statistics: the row count and, per view, the sums of cos(t p) and sin(t p).
-        let plan = StatisticsPlan(viewCount: viewCount, dimension: d,
-                                  fixedElements: 1 + viewCount * eppsPulley.sumCount, elementsPerRank: 0,
-                                  flopsPerRow: Double(viewCount * eppsPulley.directionCount * (2 * d + 100)),
-                                  allReduceCount: 1)
+        let plan = SIGReg.plan(dimension: d, viewCount: viewCount, directionCount: eppsPulley.directionCount)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
         var statistics = FusedStatistics<Scalar>()
         let rowCount = statistics.reserve(1)
@@ -92,5 +89,18 @@ public struct SIGReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         }
         return ObjectiveResult(loss: loss, terms: [ObjectiveTerm("epps_pulley", loss)],
                                communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+
+    /// What SIGReg's statistics of `viewCount` views of `dimension` features on
+    /// `directionCount` directions cost (see ``ReductionCostModel``): the row count and per
+    /// view the sums of `cos(t_j p)`, `sin(t_j p)` at 17 knots — `1 + V·2·K·17` elements,
+    /// whatever the world size. Per row and view: the projection (`2·D·K`) and about 100
+    /// operations per direction for the characteristic function; the gradient of this rank's
+    /// rows costs as much again.
+    public static func plan(dimension d: Int, viewCount: Int, directionCount k: Int) -> StatisticsPlan {
+        let perRow = Double(viewCount * k * (2 * d + 100))
+        return StatisticsPlan(viewCount: viewCount, dimension: d,
+                              fixedElements: 1 + viewCount * EppsPulley<Scalar>.sumCount(directionCount: k),
+                              elementsPerRank: 0, flopsPerRow: perRow, allReduceCount: 1, gradientFlopsPerRow: perRow)
     }
 }

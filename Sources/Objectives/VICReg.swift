@@ -43,16 +43,8 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)
         let d = views[0].columnCount
-        let secondMoments: [GlobalMoments<Scalar>.SecondMoment] = [.covariance(0), .covariance(1)]
-
-        // Statistics: the moments of both views and the summed squared distance between them.
-        // Per row: two covariance rows (syrk, D² each) to form, and per view the gradient
-        // product (x − μ) G, 2·D².
-        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                                      partitions: 1)
-        let plan = StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 1,
-                                  elementsPerRank: size.perRank, flopsPerRow: Double(2 * d * d), allReduceCount: 1,
-                                  gradientFlopsPerRow: Double(4 * d * d), gramForm: true)
+        let secondMoments = VICReg.secondMoments
+        let plan = VICReg.plan(dimension: d)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
         if batch.partitionCount == 1, plan.usesGramForm(globalBatchSize: batch.statisticsViews[0].rowCount) {
             return try evaluateGram(&batch, gradients: gradients)
@@ -98,6 +90,22 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
                         alpha: Scalar(2 / Double(n - 1)), beta: 1)
         }
         return result(invariance: invariance, variance: variance, covariance: covariance, batch: batch)
+    }
+
+    /// The second moments VICReg reduces: the covariance of each view.
+    static var secondMoments: [GlobalMoments<Scalar>.SecondMoment] { [.covariance(0), .covariance(1)] }
+
+    /// What VICReg's statistics of two views of `dimension` features cost (see
+    /// ``ReductionCostModel``): the packed lower triangles of both covariances, the summed
+    /// squared distance between the views, and per rank its row count and exact means. Per
+    /// row: two covariance rows to form (syrk, `D²` each) and per view the gradient product
+    /// `(x − μ) G`, `2·D²`; the Gram form when it holds every row and `2N < D`.
+    public static func plan(dimension d: Int) -> StatisticsPlan {
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
+                                                      partitions: 1)
+        return StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 1,
+                              elementsPerRank: size.perRank, flopsPerRow: Double(2 * d * d), allReduceCount: 1,
+                              gradientFlopsPerRow: Double(4 * d * d), gramForm: true)
     }
 
     /// The loss and gradient through the `N × N` Gram matrix of the centred rows, never a

@@ -48,11 +48,8 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
                          context: ObjectiveContext) throws -> ObjectiveResult {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 2...2)
         let d = views[0].columnCount, localCount = views[0].rowCount
-        let secondMoments: [GlobalMoments<Scalar>.SecondMoment] = [.covariance(0), .covariance(1)]
-        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                                      partitions: 1)
-        let plan = StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 2 * (d * d + d) + 1,
-                                  elementsPerRank: size.perRank, flopsPerRow: Double(8 * d * d), allReduceCount: 2)
+        let secondMoments = WMSE.secondMoments
+        let plan = WMSE.plan(dimension: d)
         var batch = try GlobalBatch(views: views, context: context, plan: plan, needsRowCounts: whiteningSize != nil)
 
         // Which statistics rows belong to which sub-batch.
@@ -112,6 +109,29 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         for v in 0..<2 { gradients[v].copy(from: statisticsGradients[v].rows(localRows)) }
         return ObjectiveResult(loss: loss, terms: [ObjectiveTerm("alignment", loss)],
                                communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+    }
+
+    /// The second moments W-MSE reduces: the covariance of each view.
+    static var secondMoments: [GlobalMoments<Scalar>.SecondMoment] { [.covariance(0), .covariance(1)] }
+
+    /// What W-MSE's statistics of two views of `dimension` features cost (see
+    /// ``ReductionCostModel``), for one whitened batch (sub-batches of `whiteningSize` repeat
+    /// the moments once each): the forward moments (packed covariances, per rank the row
+    /// count and exact means), then the backward sums `Σ g x̃ᵀ`, `Σ g` of both views and the
+    /// loss — two all-reduces.
+    ///
+    /// Per statistics row and view, all formed for every statistics row (so repeated on the
+    /// gather path): the covariance row (syrk, `D²`), the whitening `2·D²`, the backward sum
+    /// `2·D²` and the two gradient products `4·D²` — `18·D²` for both views. Per evaluation and
+    /// view, independent of the rows: the Cholesky factor and its inverse (`D³`, in `Double`)
+    /// and the three `D × D × D` products of the backward pass (`6·D³`).
+    public static func plan(dimension d: Int) -> StatisticsPlan {
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
+                                                      partitions: 1)
+        let cube = Double(d) * Double(d) * Double(d)
+        return StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 2 * (d * d + d) + 1,
+                              elementsPerRank: size.perRank, flopsPerRow: Double(18 * d * d), allReduceCount: 2,
+                              flopsPerEvaluation: 2 * (cube + 6 * cube))
     }
 
     /// The statistics rows of each sub-batch (indices into the statistics views).

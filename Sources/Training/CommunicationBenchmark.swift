@@ -18,6 +18,16 @@ extension Benchmarks {
         /// Bus bandwidth, `2(p−1)/p · bytes / mean time`, in GB/s: what each rank's link carries
         /// in a ring all-reduce, comparable across world sizes (NCCL-tests' `busbw`).
         public var busBandwidth: Double
+
+        public init(bytes: Int, iterations: Int, meanMicroseconds: Double, minimumMicroseconds: Double,
+                    algorithmBandwidth: Double, busBandwidth: Double) {
+            self.bytes = bytes
+            self.iterations = iterations
+            self.meanMicroseconds = meanMicroseconds
+            self.minimumMicroseconds = minimumMicroseconds
+            self.algorithmBandwidth = algorithmBandwidth
+            self.busBandwidth = busBandwidth
+        }
     }
 
     /// Message sizes from `minimum` to `maximum` bytes, doubling (`maximum` included when it is
@@ -72,6 +82,95 @@ extension Benchmarks {
                                      busBandwidth: 2 * (ranks - 1) / ranks * algorithm))
         }
         return rows
+    }
+
+    /// The all-reduce time model fitted to benchmark rows: `t(bytes) = α + 2(P−1)/P · bytes/β`.
+    public struct AllReduceFit: Sendable, Codable, Equatable {
+        /// α, the seconds of a call whatever its size (on two ranks: one message's latency).
+        public var latency: Double
+        /// β, the bus bandwidth in bytes a second: what each rank's link carries in a ring
+        /// all-reduce, so that a call of `bytes` takes `α + 2(P−1)/P · bytes/β`.
+        public var bandwidth: Double
+        /// The world size of the rows.
+        public var worldSize: Int
+        /// The root-mean-square relative residual `(t_measured − t_model)/t_measured` over the rows.
+        public var relativeResidual: Double
+
+        public init(latency: Double, bandwidth: Double, worldSize: Int, relativeResidual: Double) {
+            self.latency = latency
+            self.bandwidth = bandwidth
+            self.worldSize = worldSize
+            self.relativeResidual = relativeResidual
+        }
+
+        /// The modelled seconds of an all-reduce of `bytes`.
+        public func seconds(bytes: Int) -> Double {
+            let p = Double(worldSize)
+            return latency + 2 * (p - 1) / p * Double(bytes) / bandwidth
+        }
+
+        /// One line: α in µs, β in GB/s and the residual.
+        public var summary: String {
+            String(format: "fit t = α + 2(p−1)/p·bytes/β (least squares on relative error, mean times): "
+                   + "α = %.2f µs, β = %.3f GB/s (bus), rms residual %.0f %%",
+                   latency * 1e6, bandwidth / 1e9, relativeResidual * 100)
+        }
+    }
+
+    /// Fits `t(bytes) = α + bytes/β_eff` to the rows' mean times and reports α and the bus
+    /// bandwidth `β = 2(P−1)/P · β_eff`.
+    ///
+    /// The fit minimises the squared *relative* residuals, `Σ ((t_i − α − b_i/β_eff)/t_i)²`, so
+    /// that the microsecond times of small messages weigh as much as the milliseconds of large
+    /// ones (an absolute fit would leave α to the noise of the largest messages). When the best
+    /// α would be negative it is taken as 0 and β_eff refitted alone.
+    /// - Returns: nil on one rank (an all-reduce moves nothing, β is undefined), with fewer
+    ///   than two distinct sizes, or when the times do not grow with the size.
+    public static func fitAllReduce(_ rows: [AllReduceRow], worldSize: Int) -> AllReduceFit? {
+        let points = rows.filter { $0.meanMicroseconds > 0 }.map { (x: Double($0.bytes), t: $0.meanMicroseconds * 1e-6) }
+        guard worldSize > 1, Set(points.map(\.x)).count >= 2 else { return nil }
+        // Residual r_i = 1 − α·u_i − s·x_i·u_i with u_i = 1/t_i and s = 1/β_eff: linear least
+        // squares in (α, s) through the normal equations.
+        var suu = 0.0, sxuu = 0.0, sxxuu = 0.0, su = 0.0, sxu = 0.0
+        for (x, t) in points {
+            let u = 1 / t
+            suu += u * u; sxuu += x * u * u; sxxuu += x * x * u * u; su += u; sxu += x * u
+        }
+        let determinant = suu * sxxuu - sxuu * sxuu
+        var latency = determinant != 0 ? (su * sxxuu - sxu * sxuu) / determinant : -1
+        var slope = determinant != 0 ? (suu * sxu - sxuu * su) / determinant : 0
+        if latency < 0 {
+            latency = 0
+            slope = sxu / sxxuu
+        }
+        guard slope > 0, slope.isFinite else { return nil }
+        let residual = (points.reduce(0.0) { total, point in
+            let r = (point.t - latency - slope * point.x) / point.t
+            return total + r * r
+        } / Double(points.count)).squareRoot()
+        let p = Double(worldSize)
+        return AllReduceFit(latency: latency, bandwidth: 2 * (p - 1) / p / slope, worldSize: worldSize,
+                            relativeResidual: residual)
+    }
+
+    /// What `anticollapse bench comm --json` prints: the rows and their fit.
+    public struct AllReduceReport: Sendable, Codable, Equatable {
+        public var worldSize: Int
+        public var rows: [AllReduceRow]
+        /// nil on one rank (see ``fitAllReduce(_:worldSize:)``).
+        public var fit: AllReduceFit?
+
+        public init(worldSize: Int, rows: [AllReduceRow]) {
+            self.worldSize = worldSize
+            self.rows = rows
+            fit = Benchmarks.fitAllReduce(rows, worldSize: worldSize)
+        }
+
+        /// The table, then the fit (or why there is none).
+        public var table: String {
+            Benchmarks.allReduceTable(rows, worldSize: worldSize) + "\n# "
+                + (fit?.summary ?? "no fit: it needs at least 2 ranks and 2 message sizes whose times grow with the size")
+        }
     }
 
     /// The rows as an aligned table with a header, like `osu_allreduce`'s.

@@ -12,7 +12,8 @@ import Training
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Time training steps, objectives, all-reduce, data loading and checkpoints.",
-        subcommands: [StepBench.self, ObjectiveBench.self, CommBench.self, DataBench.self, CheckpointBench.self])
+        subcommands: [StepBench.self, ObjectiveBench.self, CommBench.self, DataBench.self, CheckpointBench.self,
+                      ScalingBench.self])
 }
 
 extension Benchmarks.ObjectiveName: ExpressibleByArgument {}
@@ -107,12 +108,12 @@ struct CommBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "comm",
         abstract: "Time all-reduce (sum, Float) from --min-bytes to --max-bytes, doubling, like osu_allreduce.",
-        discussion: "Run under mpirun (e.g. mpirun -np 2 anticollapse bench comm); one process times the identity. Rank 0 prints mean and minimum µs a call (slowest rank), algorithm bandwidth bytes/time and bus bandwidth 2(p−1)/p·bytes/time.")
+        discussion: "Run under mpirun (e.g. mpirun -np 2 anticollapse bench comm); one process times the identity. Rank 0 prints mean and minimum µs a call (slowest rank), algorithm bandwidth bytes/time and bus bandwidth 2(p−1)/p·bytes/time, then the fit t = α + 2(p−1)/p·bytes/β (docs/SCALING.md).")
 
     @Option(help: "Smallest message in bytes.") var minBytes = 4096
     @Option(help: "Largest message in bytes.") var maxBytes = 64 << 20
     @Option(help: "Timed calls a size up to 1 MiB (a tenth, at least 5, above).") var iterations = 100
-    @Flag(help: "Print the rows as JSON too.") var json = false
+    @Flag(help: "Print the rows and the fit as JSON too.") var json = false
 
     func validate() throws {
         guard minBytes >= 4 else { throw ValidationError("--min-bytes must be at least 4 (one Float), got \(minBytes)") }
@@ -126,8 +127,9 @@ struct CommBench: ParsableCommand {
                                                 sizes: Benchmarks.doublingSizes(from: minBytes, to: maxBytes),
                                                 iterations: iterations)
             guard communicator.isRoot else { return }
-            print(Benchmarks.allReduceTable(rows, worldSize: communicator.size))
-            if json { try printJSON(rows) }
+            let report = Benchmarks.AllReduceReport(worldSize: communicator.size, rows: rows)
+            print(report.table)
+            if json { try printJSON(report) }
         }
     }
 }
@@ -161,5 +163,91 @@ struct CheckpointBench: ParsableCommand {
                                                projector: try widths(projector, option: "--projector"), repeats: repeats)
         print(report.table)
         if json { try printJSON(report) }
+    }
+}
+
+struct ScalingBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scaling",
+        abstract: "Predict step time, bytes moved and the reduction path at many world sizes (the scaling model).",
+        discussion: """
+            Weak scaling (--batch rows per rank) or strong scaling (--global-batch rows split over the ranks). \
+            α and β come from `mpirun -np 2 anticollapse bench comm` (its fit line); the compute rate from --gflops \
+            or, with --calibrate, from a short one-process `bench step` of the same shape. See docs/SCALING.md.
+            """)
+
+    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
+    @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
+    @Option(help: "vicreg, barlow_twins, wmse, sigreg or lejepa.") var objective = Benchmarks.ObjectiveName.vicreg
+    @Option(help: "SIGReg/LeJEPA projection directions.") var directions = 1024
+    @Option(help: "Rows per rank and view (weak scaling; the default unless --global-batch).") var batch: Int?
+    @Option(help: "Rows per view over all ranks (strong scaling).") var globalBatch: Int?
+    @Option(help: "World sizes, comma-separated.") var ranks = "1,2,8,16,64,256,1024"
+    @Option(help: "α: latency of one message step, µs.") var latencyUs = 20.0
+    @Option(help: "β: bus bandwidth of a rank's link, GB/s.") var bandwidthGbs = 10.0
+    @Option(help: "Matrix-product GFLOP/s of one rank (ignored with --calibrate).") var gflops = 50.0
+    @Option(help: "GFLOP/s of one rank on the objective's counted FLOPs (default: --gflops; ignored with --calibrate).")
+    var objectiveGflops: Double?
+    @Option(help: "Milliseconds a step of each rank independent of the batch: gradient norm, update (ignored with --calibrate).")
+    var overheadMs = 0.0
+    @Flag(help: "Measure --gflops, --objective-gflops and --overhead-ms with a short one-process bench step of this shape first.")
+    var calibrate = false
+    @Option(help: "OpenBLAS threads for --calibrate (default: the trainer's policy).") var threads: Int?
+    @Flag(help: "Print the predictions as JSON too.") var json = false
+
+    func validate() throws {
+        if batch != nil && globalBatch != nil {
+            throw ValidationError("give --batch (rows per rank, weak scaling) or --global-batch (strong scaling), not both")
+        }
+        if let batch, batch < 2 { throw ValidationError("--batch must be at least 2, got \(batch)") }
+        if let globalBatch, globalBatch < 2 { throw ValidationError("--global-batch must be at least 2, got \(globalBatch)") }
+        guard latencyUs >= 0, latencyUs.isFinite else { throw ValidationError("--latency-us must be ≥ 0, got \(latencyUs)") }
+        guard bandwidthGbs > 0, bandwidthGbs.isFinite else { throw ValidationError("--bandwidth-gbs must be positive, got \(bandwidthGbs)") }
+        guard gflops > 0, gflops.isFinite else { throw ValidationError("--gflops must be positive, got \(gflops)") }
+        if let objectiveGflops, !(objectiveGflops > 0 && objectiveGflops.isFinite) {
+            throw ValidationError("--objective-gflops must be positive, got \(objectiveGflops)")
+        }
+        guard overheadMs >= 0, overheadMs.isFinite else { throw ValidationError("--overhead-ms must be ≥ 0, got \(overheadMs)") }
+        guard directions >= 1 else { throw ValidationError("--directions must be at least 1, got \(directions)") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        let sizes = try worldSizes()
+        if let globalBatch, let largest = sizes.max(), largest > globalBatch {
+            throw ValidationError("--ranks: \(largest) ranks would leave ranks without rows of a global batch of \(globalBatch)")
+        }
+    }
+
+    /// Parses `--ranks 1,2,8`.
+    func worldSizes() throws -> [Int] {
+        let values = ranks.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 1 }) else {
+            throw ValidationError("--ranks: expected world sizes ≥ 1 separated by commas such as 1,2,8,64, got \(ranks)")
+        }
+        return values.compactMap { $0 }
+    }
+
+    func run() throws {
+        var options = Benchmarks.StepOptions(encoder: try widths(encoder, option: "--encoder"),
+                                             projector: try widths(projector, option: "--projector"),
+                                             batch: batch ?? 256, objective: objective, directions: directions)
+        var machine = ScalingModel.Machine(latency: latencyUs * 1e-6, bandwidth: bandwidthGbs * 1e9, flopRate: gflops * 1e9,
+                                           objectiveFlopRate: objectiveGflops.map { $0 * 1e9 }, overhead: overheadMs * 1e-3)
+        if calibrate {
+            BLASThreads.configure(override: threads)
+            options.steps = 5
+            options.warmup = 1
+            let report = try Benchmarks.step(options)
+            let plan = Benchmarks.statisticsPlan(objective, dimension: options.embeddingWidth, directions: directions)
+            machine = .calibrated(from: report, plan: plan, latency: machine.latency, bandwidth: machine.bandwidth)
+            print(String(format: "# calibrated on one process, %d BLAS thread(s), %d rows: %.1f ms/step (forward %.1f, objective %.1f, backward %.1f, norm + update %.1f ms) → %.1f GFLOP/s, objective %.1f GFLOP/s, overhead %.1f ms",
+                         report.blasThreads, report.batch, report.medianMilliseconds, report.phases.forward,
+                         report.phases.objective, report.phases.backward,
+                         report.phases.allReduce + report.phases.update, machine.flopRate / 1e9,
+                         machine.objectiveFlopRate / 1e9, machine.overhead * 1e3))
+        }
+        let scaling: ScalingModel.Batch = globalBatch.map { .global($0) } ?? .perRank(batch ?? 256)
+        let model = try ScalingModel(options: options, machine: machine)
+        let predictions = try model.predict(worldSizes: try worldSizes(), batch: scaling)
+        print(model.table(predictions, batch: scaling))
+        if json { try printJSON(predictions) }
     }
 }
