@@ -59,6 +59,24 @@ public struct ObjectiveConfiguration: Codable, Equatable, Sendable {
     /// How batch statistics become global: `automatic` (by the cost model), `statistics`
     /// (all-reduce the moments) or `gather` (all-gather the embeddings).
     public var reduction = "automatic"
+    /// The machine `automatic` assumes (`anticollapse bench comm` fits the first two).
+    public var costModel = CostModelSettings()
+
+    /// The constants of ``ReductionCostModel``, in the units people quote.
+    public struct CostModelSettings: Codable, Equatable, Sendable {
+        /// The fixed cost of one collective.
+        public var latencyMicroseconds = 20.0
+        /// The bus bandwidth of an all-reduce (GB/s, 10⁹ bytes).
+        public var bandwidthGigabytesPerSecond = 10.0
+        /// One rank's rate on the statistics kernels (GFLOP/s).
+        public var gigaflops = 50.0
+
+        /// The cost model with these constants.
+        public var model: ReductionCostModel {
+            ReductionCostModel(latency: latencyMicroseconds / 1e6, bandwidth: bandwidthGigabytesPerSecond * 1e9,
+                               flopRate: gigaflops * 1e9)
+        }
+    }
 
     public struct VICRegWeights: Codable, Equatable, Sendable {
         public var invariance = 25.0, variance = 25.0, covariance = 1.0
@@ -242,6 +260,11 @@ extension TrainingConfiguration {
         let twoViewObjectives: [ObjectiveConfiguration.Name] = [.vicreg, .barlowTwins, .wmse]
         if twoViewObjectives.contains(objective.name) && (data.globalViews != 2 || data.localViews != 0) {
             throw fail("data.global_views", "\(objective.name.rawValue) compares exactly 2 views (global_views: 2, local_views: 0)")
+        }
+        for (key, value) in [("latency_microseconds", objective.costModel.latencyMicroseconds),
+                             ("bandwidth_gigabytes_per_second", objective.costModel.bandwidthGigabytesPerSecond),
+                             ("gigaflops", objective.costModel.gigaflops)] where !(value.isFinite && value > 0) {
+            throw fail("objective.cost_model.\(key)", "must be a positive number, got \(value)")
         }
         if !StatisticsReduction.allCases.map(\.rawValue).contains(objective.reduction) {
             throw fail("objective.reduction", "unknown \"\(objective.reduction)\"; valid: \(StatisticsReduction.allCases.map(\.rawValue).joined(separator: ", "))")

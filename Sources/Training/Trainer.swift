@@ -331,7 +331,9 @@ public final class Trainer {
             }
             result = try objective.evaluate(views: embeddings, gradients: passes.gradients,
                                             context: ObjectiveContext(communicator: collectives, step: step, seed: configuration.seed,
-                                                                      reduction: reduction, rowCounts: rowCounts))
+                                                                      reduction: reduction,
+                                                                      costModel: configuration.objective.costModel.model,
+                                                                      rowCounts: rowCounts))
             guard result.loss.isFinite else {
                 let bad = result.terms.filter { !$0.value.isFinite }.map(\.name)
                 throw TrainingError("the loss is \(result.loss) at step \(step)\(bad.isEmpty ? "" : " (non-finite terms: \(bad.joined(separator: ", ")))"); the last good checkpoint is \(lastCheckpoint ?? "none")")

@@ -1,4 +1,5 @@
 import XCTest
+import Objectives
 import Training
 import _TestSupport
 
@@ -34,6 +35,9 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(configuration.optimizer.learningRate, 0.1)
         XCTAssertEqual(configuration.schedule.epochs, 6)
         XCTAssertEqual(configuration.model.encoder.outputFeatures, 512)
+        XCTAssertEqual(configuration.objective.costModel.model, ReductionCostModel())
+        let measured = try TrainingConfiguration.load(yaml: "objective: {cost_model: {latency_microseconds: 2, bandwidth_gigabytes_per_second: 1.5, gigaflops: 90}}")
+        XCTAssertEqual(measured.objective.costModel.model, ReductionCostModel(latency: 2e-6, bandwidth: 1.5e9, flopRate: 90e9))
         // The resolved config round-trips through its YAML.
         XCTAssertEqual(try TrainingConfiguration.load(yaml: try configuration.yaml()), configuration)
     }
@@ -47,6 +51,9 @@ final class ConfigurationTests: XCTestCase {
             ("", ["schedule.global_batch_size=1"], ["schedule.global_batch_size", "at least 2"]),
             ("", ["optimizer.learning_rate=-1"], ["optimizer.learning_rate", "positive"]),
             ("", ["objective.reduction=all"], ["objective.reduction", "statistics", "gather"]),
+            ("", ["objective.cost_model.latency_microseconds=0"], ["objective.cost_model.latency_microseconds", "positive"]),
+            ("objective: {cost_model: {bandwidth: 3}}", [], ["unknown key \"objective.cost_model.bandwidth\"",
+                                                            "bandwidth_gigabytes_per_second"]),
             ("", ["objective.name=vicreg", "data.global_views=3"], ["data.global_views", "exactly 2 views"]),
             ("model: {projector: {type: mlp, widths: [999, 10]}}", [], ["model.projector.widths[0]", "1024"]),
             ("- a list", [], ["top level must be a mapping"]),
