@@ -10,7 +10,7 @@ import Tensor
 /// what `anticollapse bench` prints.
 ///
 /// A step is what ``Trainer`` does between two batches: zero the gradients, forward both views
-/// (one activation slot each), the objective, backward both views, the gradient all-reduce
+/// (stacked into one batch of two row groups), the objective, backward, the gradient all-reduce
 /// (single process: the identity, through the same ``GradientSynchronizer``), the gradient
 /// norm, and the LARS update.
 public enum Benchmarks {
