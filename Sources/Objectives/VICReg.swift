@@ -135,7 +135,7 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         var centred: [Tensor<Scalar>] = [], blocks: [Tensor<Scalar>] = [], columnSquares: [[Double]] = []
         var blockNorms = [Double](repeating: 0, count: 2)
         for v in 0..<2 {
-            let x = GlobalMoments<Scalar>.centre(all[v], on: all[v].columnSums().map { $0 / Double(n) })
+            let (x, squares) = VICReg.centreWithColumnSquares(all[v])
             let mine = x.rows(offset ..< offset + local)
             let block = Tensor<Scalar>(zeros: [local, n])
             if local == n {
@@ -144,10 +144,6 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
                 Tensor.gemm(mine, x, transposeB: true, into: block)
             }
             blockNorms[v] = block.squaredNorm()
-            var squares = [Double](repeating: 0, count: d)
-            x.withUnsafeBufferPointer { p in
-                for i in 0..<n { for j in 0..<d { let e = Double(p[i * d + j]); squares[j] += e * e } }
-            }
             centred.append(x)
             blocks.append(block)
             columnSquares.append(squares)
@@ -190,20 +186,50 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         return ((1 - standardDeviation) / Double(2 * d), -varianceWeight / (4 * Double(d) * standardDeviation))
     }
 
-    /// `Σ_i ‖z_i − z'_i‖²` of two views.
+    /// `Σ_i ‖z_i − z'_i‖²` of two views, in one pass (differences in `Double`).
     private static func squaredDistance(_ views: [Tensor<Scalar>]) -> Double {
-        let difference = views[0].copy()
-        difference.add(views[1], scaledBy: -1)
-        return difference.squaredNorm()
+        views[0].withUnsafeBufferPointer { a in
+            views[1].withUnsafeBufferPointer { b in
+                Tensor<Scalar>.laneSum(a.count) { let e = Double(a[$0]) - Double(b[$0]); return e * e }
+            }
+        }
+    }
+
+    /// The rows centred on their column means (subtracted in `Double`, rounded once) and, per
+    /// column, the sum of squares of the centred values: one pass after the means.
+    private static func centreWithColumnSquares(_ rows: Tensor<Scalar>) -> (Tensor<Scalar>, [Double]) {
+        let n = rows.rowCount, d = rows.columnCount
+        let mean = rows.columnSums().map { $0 / Double(n) }
+        let centred = Tensor<Scalar>(zeros: [n, d])
+        var squares = [Double](repeating: 0, count: d)
+        rows.withUnsafeBufferPointer { x in
+            centred.withUnsafeMutableBufferPointer { y in
+                squares.withUnsafeMutableBufferPointer { s in
+                    for i in 0..<n {
+                        for j in 0..<d {
+                            let e = Scalar(Double(x[i * d + j]) - mean[j])
+                            y[i * d + j] = e
+                            s[j] += Double(e) * Double(e)
+                        }
+                    }
+                }
+            }
+        }
+        return (centred, squares)
     }
 
     /// Overwrites `gradient` with the invariance part of view `v`'s gradient,
-    /// `±2λ/(N·D)·(z_i − z'_i)`.
+    /// `±2λ/(N·D)·(z_i − z'_i)`, in one pass.
     private func setInvarianceGradient(_ gradient: Tensor<Scalar>, view v: Int, views: [Tensor<Scalar>],
                                        globalBatchSize n: Int) {
-        gradient.copy(from: views[0])
-        gradient.add(views[1], scaledBy: -1)
-        gradient.scale(by: Scalar((v == 0 ? 2 : -2) * invarianceWeight / Double(n * gradient.columnCount)))
+        let scale = Scalar((v == 0 ? 2 : -2) * invarianceWeight / Double(n * gradient.columnCount))
+        views[0].withUnsafeBufferPointer { a in
+            views[1].withUnsafeBufferPointer { b in
+                gradient.withUnsafeMutableBufferPointer { g in
+                    for i in g.indices { g[i] = scale * (a[i] - b[i]) }
+                }
+            }
+        }
     }
 
     private func result(invariance: Double, variance: Double, covariance: Double,
