@@ -52,18 +52,28 @@ struct EppsPulley<Scalar: TensorScalar> {
 
     /// `K` unit directions in `D` dimensions drawn from `(seed, stream, step)`: the same on
     /// every rank without communication.
+    ///
+    /// The draws are single-precision normals (``CounterRandom/singlePrecisionNormals(start:into:)``,
+    /// a quarter of the cost of double-precision ones: the `D·K` = 2 M draws of the default
+    /// shape are redrawn every step), normalised in `Double`.
     static func randomDirections(dimension: Int, count: Int, seed: UInt64, streamName: String, step: Int) -> Tensor<Scalar> {
-        let draws = Tensor<Double>(zeros: [dimension, count])
-        CounterRandom(seed: seed, streamName: streamName).substream(UInt64(truncatingIfNeeded: step)).fillNormal(draws)
-        draws.withUnsafeMutableBufferPointer { a in
+        var draws = [Float](repeating: 0, count: dimension * count)
+        draws.withUnsafeMutableBufferPointer {
+            CounterRandom(seed: seed, streamName: streamName).substream(UInt64(truncatingIfNeeded: step))
+                .singlePrecisionNormals(start: 0, into: $0)
+        }
+        let directions = Tensor<Scalar>(zeros: [dimension, count])
+        draws.withUnsafeBufferPointer { a in
             // Column norms accumulated row by row (each column's sum in row order, as a
             // column walk would, without striding over rows).
             var norms = [Double](repeating: 0, count: count)
-            for i in 0..<dimension { for k in 0..<count { norms[k] += a[i * count + k] * a[i * count + k] } }
-            for k in 0..<count { norms[k] = norms[k].squareRoot() }
-            for i in 0..<dimension { for k in 0..<count { a[i * count + k] /= norms[k] } }
+            for i in 0..<dimension { for k in 0..<count { norms[k] += Double(a[i * count + k]) * Double(a[i * count + k]) } }
+            let inverse = norms.map { 1 / $0.squareRoot() }
+            directions.withUnsafeMutableBufferPointer { d in
+                for i in 0..<dimension { for k in 0..<count { d[i * count + k] = Scalar(Double(a[i * count + k]) * inverse[k]) } }
+            }
         }
-        return draws.converted(to: Scalar.self)
+        return directions
     }
 
     /// The projections `z·A` of rows on the directions, `n × K`.
@@ -71,25 +81,41 @@ struct EppsPulley<Scalar: TensorScalar> {
         Tensor.matmul(rows, directions)
     }
 
-    /// Calls `body(i, k, cosines, sines)` with `cos(t_j p_ik)`, `sin(t_j p_ik)` for all knots,
-    /// evaluated in `Double` by the angle-addition recurrence.
+    /// The lanes of ``forEachCharacteristic(_:_:)``: directions processed side by side.
+    typealias Lanes = SIMD8<Double>
+
+    /// Calls `body(i, k0, cosines, sines)` for every row `i` and every block of
+    /// `Lanes.scalarCount` directions `k0 ..< k0 + 8`, with `cos(t_j p_ik)`, `sin(t_j p_ik)`
+    /// of the block's directions side by side, knot after knot (`cosines[j]` holds the 8
+    /// directions' values at knot `j`). Evaluated in `Double` by the angle-addition
+    /// recurrence from one `cos`/`sin` of `Δt·p`; directions past `K` in the last block hold
+    /// zero projections and are to be ignored.
+    ///
+    /// Eight directions at once turn the 16-step recurrence — a chain of dependent
+    /// multiply-adds for one direction — into eight independent ones that vectorise; every lane
+    /// does the same operations in the same order as one direction alone would.
     private func forEachCharacteristic(_ projections: Tensor<Scalar>,
-                                       _ body: (Int, Int, UnsafeBufferPointer<Double>, UnsafeBufferPointer<Double>) -> Void) {
-        let n = projections.rowCount, k = directionCount, knots = EppsPulley.knotCount
-        var cosines = [Double](repeating: 0, count: knots), sines = [Double](repeating: 0, count: knots)
+                                       _ body: (Int, Int, UnsafeBufferPointer<Lanes>, UnsafeBufferPointer<Lanes>) -> Void) {
+        let n = projections.rowCount, k = directionCount, knots = EppsPulley.knotCount, width = Lanes.scalarCount
+        var cosines = [Lanes](repeating: .zero, count: knots), sines = cosines
         projections.withUnsafeBufferPointer { p in
             cosines.withUnsafeMutableBufferPointer { c in
                 sines.withUnsafeMutableBufferPointer { s in
                     for i in 0..<n {
-                        for d in 0..<k {
-                            let angle = timeStep * Double(p[i * k + d])
-                            let c1 = Double.cos(angle), s1 = Double.sin(angle)
-                            c[0] = 1; s[0] = 0
+                        for k0 in stride(from: 0, to: k, by: width) {
+                            var c1 = Lanes.zero, s1 = Lanes.zero
+                            for lane in 0..<min(width, k - k0) {
+                                let angle = timeStep * Double(p[i * k + k0 + lane])
+                                c1[lane] = Double.cos(angle)
+                                s1[lane] = Double.sin(angle)
+                            }
+                            c[0] = Lanes(repeating: 1)
+                            s[0] = .zero
                             for j in 1..<knots {
                                 c[j] = c[j - 1] * c1 - s[j - 1] * s1
                                 s[j] = s[j - 1] * c1 + c[j - 1] * s1
                             }
-                            body(i, d, UnsafeBufferPointer(c), UnsafeBufferPointer(s))
+                            body(i, k0, UnsafeBufferPointer(c), UnsafeBufferPointer(s))
                         }
                     }
                 }
@@ -99,16 +125,28 @@ struct EppsPulley<Scalar: TensorScalar> {
 
     /// Writes `Σ_i cos(t_j p_ik)` and `Σ_i sin(t_j p_ik)` into `region` of `buffer`.
     func accumulate(_ projections: Tensor<Scalar>, into buffer: inout FusedStatistics<Scalar>, region: Range<Int>) {
-        let knots = EppsPulley.knotCount
-        var sums = [Double](repeating: 0, count: sumCount)
-        forEachCharacteristic(projections) { _, k, c, s in
-            let base = 2 * k * knots
-            for j in 0..<knots {
-                sums[base + j] += c[j]
-                sums[base + knots + j] += s[j]
+        let knots = EppsPulley.knotCount, width = Lanes.scalarCount
+        let blocks = (directionCount + width - 1) / width
+        // Sums by [block][knot], lanes side by side, added row after row as one direction alone would.
+        var cosineSums = [Lanes](repeating: .zero, count: blocks * knots), sineSums = cosineSums
+        cosineSums.withUnsafeMutableBufferPointer { cs in
+            sineSums.withUnsafeMutableBufferPointer { ss in
+                forEachCharacteristic(projections) { _, k0, c, s in
+                    let base = k0 / width * knots
+                    for j in 0..<knots {
+                        cs[base + j] += c[j]
+                        ss[base + j] += s[j]
+                    }
+                }
             }
         }
-        for (index, value) in sums.enumerated() { buffer[region.lowerBound + index] = Scalar(value) }
+        for k in 0..<directionCount {
+            let base = region.lowerBound + 2 * k * knots, block = k / width * knots, lane = k % width
+            for j in 0..<knots {
+                buffer[base + j] = Scalar(cosineSums[block + j][lane])
+                buffer[base + knots + j] = Scalar(sineSums[block + j][lane])
+            }
+        }
     }
 
     /// The statistic from the reduced sums of `globalBatchSize` rows.
@@ -142,12 +180,22 @@ struct EppsPulley<Scalar: TensorScalar> {
                 b[k * knots + j] = -2 * scale * weights[j] * t * (meanCosine - normalCharacteristic[j]) / Double(kCount)
             }
         }
+        // The coefficients by [block][knot], lanes side by side (directions past K: zero).
+        let width = Lanes.scalarCount, blocks = (kCount + width - 1) / width
+        var aLanes = [Lanes](repeating: .zero, count: blocks * knots), bLanes = aLanes
+        for k in 0..<kCount {
+            for j in 0..<knots {
+                aLanes[k / width * knots + j][k % width] = a[k * knots + j]
+                bLanes[k / width * knots + j][k % width] = b[k * knots + j]
+            }
+        }
         let projectionGradient = Tensor<Scalar>(zeros: projections.shape)
         projectionGradient.withUnsafeMutableBufferPointer { g in
-            forEachCharacteristic(projections) { i, k, c, s in
-                var sum = 0.0
-                for j in 1..<knots { sum += a[k * knots + j] * c[j] + b[k * knots + j] * s[j] }
-                g[i * kCount + k] = Scalar(sum)
+            forEachCharacteristic(projections) { i, k0, c, s in
+                let base = k0 / width * knots
+                var sum = Lanes.zero
+                for j in 1..<knots { sum += aLanes[base + j] * c[j] + bLanes[base + j] * s[j] }
+                for lane in 0..<min(width, kCount - k0) { g[i * kCount + k0 + lane] = Scalar(sum[lane]) }
             }
         }
         Tensor.gemm(projectionGradient, directions, transposeB: true, into: gradient, beta: 1)
