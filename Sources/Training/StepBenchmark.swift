@@ -93,30 +93,13 @@ public enum Benchmarks {
         return Array((0..<views).map { _ in one }.joined())
     }
 
-    /// The FLOPs of the objective's matrix products on two views of `batch × dimension` per
-    /// rank on `ranks` ranks (a symmetric rank-k update counts `D·(D+1)·B`, the half it
-    /// computes), on the path the trainer's default (`automatic`) takes for VICReg.
-    public static func objectiveFLOPs(_ objective: ObjectiveName, batch b: Int, dimension d: Int,
-                                      directions k: Int, ranks: Int = 1) -> Double {
-        let B = Double(b), D = Double(d), K = Double(k), N = Double(b * ranks)
-        switch objective {
-        case .vicreg:
-            // With 2N < D the Gram form (one process: syrk of the N × N Gram and one N × N × D
-            // product per view; several: the n × N block and its product); otherwise two
-            // covariances (syrk) and per view the D × D gradient product.
-            if 2 * b * ranks < d { return ranks == 1 ? 2 * (N * (N + 1) * D + 2 * N * N * D) : 2 * (4 * B * N * D) }
-            return 2 * (D * (D + 1) * B) + 2 * (2 * B * D * D)
-        case .barlow_twins:
-            // The cross-covariance and two gradient products.
-            return 2 * B * D * D + 2 * (2 * B * D * D)
-        case .wmse:
-            // Two covariances, Cholesky + inverse, whitening, backward sums, three D³ products
-            // and two gradient products per view.
-            return 2 * (D * (D + 1) * B + D * D * D + 2 * B * D * D + 2 * B * D * D + 3 * 2 * D * D * D + 2 * 2 * B * D * D)
-        case .sigreg, .lejepa:
-            // Projections onto K directions and their gradient, per view.
-            return 2 * (2 * B * D * K + 2 * B * K * D)
-        }
+    /// The FLOPs of one evaluation of the objective on `batch` rows per rank and view on
+    /// `ranks` ranks, on `path`: what its ``StatisticsPlan`` counts (the plan the objective's
+    /// own cost model uses).
+    public static func objectiveFLOPs(_ objective: ObjectiveName, batch: Int, dimension: Int, directions: Int,
+                                      ranks: Int = 1, path: StatisticsReduction = .statistics) -> Double {
+        statisticsPlan(objective, dimension: dimension, directions: directions)
+            .flops(on: path, worldSize: ranks, globalBatchSize: batch * ranks, largestRankCount: batch)
     }
 
     // MARK: The BLAS yardstick
@@ -283,7 +266,7 @@ public enum Benchmarks {
         let largestRate = sgemmRate(largest)
 
         var totals: [Double] = [], phases: [[Double]] = [], communicatedBytes = 0
-        var loss = Double.nan
+        var loss = Double.nan, path = StatisticsReduction.statistics
         func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
         let rowCounts = [Int](repeating: options.batch, count: communicator.size)
         for step in 0..<(options.warmup + options.steps) {
@@ -298,6 +281,7 @@ public enum Benchmarks {
                                                                           seed: options.seed, reduction: .automatic,
                                                                           rowCounts: rowCounts))
             loss = result.loss
+            path = result.reduction
             let t2 = now()
             try passes.backward(model: model, context: context)
             let t3 = now()
@@ -316,7 +300,7 @@ public enum Benchmarks {
         let phase = { (i: Int) in median(phases.map { $0[i] }) }
         let modelGFLOP = gemms.reduce(0) { $0 + $1.flops } / 1e9
         let objectiveGFLOP = objectiveFLOPs(options.objective, batch: options.batch, dimension: options.embeddingWidth,
-                                            directions: options.directions, ranks: communicator.size) / 1e9
+                                            directions: options.directions, ranks: communicator.size, path: path) / 1e9
         let achieved = (modelGFLOP + objectiveGFLOP) / (medianMs / 1e3)
         return StepReport(objective: options.objective.rawValue, encoder: options.encoder, projector: options.projector,
                           batch: options.batch, blasThreads: BLASThreads.count, ranks: communicator.size,
