@@ -74,10 +74,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
 
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
         if affine {
-            weight = parameters.value(qualifiedName(prefix, "weight"))
-            weightGradient = parameters.gradient(qualifiedName(prefix, "weight"))
-            bias = parameters.value(qualifiedName(prefix, "bias"))
-            biasGradient = parameters.gradient(qualifiedName(prefix, "bias"))
+            (weight, weightGradient) = parameters.bound(prefix, "weight")
+            (bias, biasGradient) = parameters.bound(prefix, "bias")
         }
         runningMean = buffers.value(qualifiedName(prefix, "running_mean"))
         runningVariance = buffers.value(qualifiedName(prefix, "running_var"))

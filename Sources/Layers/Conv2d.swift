@@ -56,11 +56,9 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     }
 
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
-        weight = parameters.value(qualifiedName(prefix, "weight"))
-        weightGradient = parameters.gradient(qualifiedName(prefix, "weight"))
+        (weight, weightGradient) = parameters.bound(prefix, "weight")
         if hasBias {
-            bias = parameters.value(qualifiedName(prefix, "bias"))
-            biasGradient = parameters.gradient(qualifiedName(prefix, "bias"))
+            (bias, biasGradient) = parameters.bound(prefix, "bias")
         }
     }
 

@@ -39,10 +39,8 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
 
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
         guard elementwiseAffine else { return }
-        weight = parameters.value(qualifiedName(prefix, "weight"))
-        weightGradient = parameters.gradient(qualifiedName(prefix, "weight"))
-        bias = parameters.value(qualifiedName(prefix, "bias"))
-        biasGradient = parameters.gradient(qualifiedName(prefix, "bias"))
+        (weight, weightGradient) = parameters.bound(prefix, "weight")
+        (bias, biasGradient) = parameters.bound(prefix, "bias")
     }
 
     /// `(…, D) → (…, D)`, normalising each run of `D` elements (R = count / D rows).

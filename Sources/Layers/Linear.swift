@@ -41,11 +41,9 @@ public final class Linear<Scalar: LayerScalar>: Layer {
     }
 
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
-        weight = parameters.value(qualifiedName(prefix, "weight"))
-        weightGradient = parameters.gradient(qualifiedName(prefix, "weight"))
+        (weight, weightGradient) = parameters.bound(prefix, "weight")
         if hasBias {
-            bias = parameters.value(qualifiedName(prefix, "bias"))
-            biasGradient = parameters.gradient(qualifiedName(prefix, "bias"))
+            (bias, biasGradient) = parameters.bound(prefix, "bias")
         }
     }
 

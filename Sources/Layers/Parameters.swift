@@ -137,6 +137,14 @@ public final class ParameterStore<Scalar: TensorScalar>: @unchecked Sendable {
         return view(of: gradients, entry)
     }
 
+    /// The views of the value and the gradient of parameter `name` of the layer at `prefix`:
+    /// what a layer takes in ``Layer/bind(parameters:buffers:prefix:)``.
+    public func bound(_ prefix: String, _ name: String) -> (value: Tensor<Scalar>, gradient: Tensor<Scalar>) {
+        let qualified = qualifiedName(prefix, name)
+        guard let entry = entry(named: qualified) else { preconditionFailure("no parameter named \(qualified)") }
+        return (view(of: values, entry), view(of: gradients, entry))
+    }
+
     /// The view of `entry` in a flat buffer of this layout (values, gradients or an optimizer slot).
     public func view(of buffer: Tensor<Scalar>, _ entry: Entry) -> Tensor<Scalar> {
         precondition(buffer.count == count, "buffer of \(buffer.count) is not in this layout of \(count)")
