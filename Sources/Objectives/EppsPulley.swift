@@ -1,4 +1,5 @@
 import Tensor
+import Communication
 
 /// The sliced Epps–Pulley statistic against the standard normal, shared by SIGReg, LeJEPA and
 /// the collapse diagnostics (Epps & Pulley 1983; Balestriero & LeCun, LeJEPA, 2025).
@@ -149,6 +150,13 @@ struct EppsPulley<Scalar: TensorScalar> {
         }
     }
 
+    /// The regions of every view's sums in a fused buffer, and this rank's projections of each
+    /// view (kept for the gradient): SIGReg's statistics, and LeJEPA's SIGReg term.
+    struct ViewSums {
+        let regions: [Range<Int>]
+        let localProjections: [Tensor<Scalar>]
+    }
+
     /// The statistic from the reduced sums of `globalBatchSize` rows.
     func statistic(_ buffer: FusedStatistics<Scalar>, region: Range<Int>, globalBatchSize: Int) -> Double {
         let knots = EppsPulley.knotCount, n = Double(globalBatchSize)
@@ -199,5 +207,36 @@ struct EppsPulley<Scalar: TensorScalar> {
             }
         }
         Tensor.gemm(projectionGradient, directions, transposeB: true, into: gradient, beta: 1)
+    }
+}
+
+/// The sliced statistic over the views of a global batch.
+extension EppsPulley where Scalar: CommunicableScalar {
+    /// Reserves the sums of every view of `batch` in `statistics` and writes those of its
+    /// statistics rows (this rank's rows, or on the gather path every rank's).
+    func accumulate(_ batch: GlobalBatch<Scalar>, into statistics: inout FusedStatistics<Scalar>) -> ViewSums {
+        let regions = batch.localViews.map { _ in statistics.reserve(sumCount) }
+        let localProjections = batch.localViews.map(project)
+        for (v, region) in regions.enumerated() {
+            let projections = batch.path == .gather ? project(batch.statisticsViews[v]) : localProjections[v]
+            accumulate(projections, into: &statistics, region: region)
+        }
+        return ViewSums(regions: regions, localProjections: localProjections)
+    }
+
+    /// The statistic of each view from the reduced sums, averaged over the views.
+    func meanStatistic(_ sums: ViewSums, _ statistics: FusedStatistics<Scalar>, globalBatchSize: Int) -> Double {
+        sums.regions.map { statistic(statistics, region: $0, globalBatchSize: globalBatchSize) }.reduce(0, +)
+            / Double(sums.regions.count)
+    }
+
+    /// Adds `weight ·` the gradient of ``meanStatistic(_:_:globalBatchSize:)`` with respect to
+    /// this rank's rows of each view to `gradients`.
+    func addGradients(_ sums: ViewSums, _ statistics: FusedStatistics<Scalar>, globalBatchSize: Int, weight: Double,
+                      to gradients: [Tensor<Scalar>]) {
+        for (v, region) in sums.regions.enumerated() {
+            addGradient(rows: sums.localProjections[v], statistics, region: region, globalBatchSize: globalBatchSize,
+                        scale: weight / Double(sums.regions.count), to: gradients[v])
+        }
     }
 }

@@ -52,7 +52,6 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         var statistics = FusedStatistics<Scalar>()
         let rowCount = statistics.reserve(1)
         let squaredDistance = statistics.reserve(1)
-        let sums = (0..<viewCount).map { _ in statistics.reserve(eppsPulley.sumCount) }
         statistics[rowCount.lowerBound] = Scalar(batch.statisticsViews[0].rowCount)
         let centre = LeJEPA.centre(of: batch.statisticsViews, globalViewCount: g)
         statistics[squaredDistance.lowerBound] = Scalar(batch.statisticsViews.reduce(0.0) { total, view in
@@ -60,11 +59,7 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
             distance.add(centre, scaledBy: -1)
             return total + distance.squaredNorm()
         })
-        let localProjections = views.map(eppsPulley.project)
-        for v in 0..<viewCount {
-            let projections = batch.path == .gather ? eppsPulley.project(batch.statisticsViews[v]) : localProjections[v]
-            eppsPulley.accumulate(projections, into: &statistics, region: sums[v])
-        }
+        let sums = eppsPulley.accumulate(batch, into: &statistics)
 
         // The one all-reduce.
         try batch.allReduce(&statistics)
@@ -73,8 +68,7 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
 
         // Loss.
         let invariance = Double(statistics[squaredDistance.lowerBound]) / Double(viewCount * globalBatchSize * d)
-        let sigreg = sums.map { eppsPulley.statistic(statistics, region: $0, globalBatchSize: globalBatchSize) }
-            .reduce(0, +) / Double(viewCount)
+        let sigreg = eppsPulley.meanStatistic(sums, statistics, globalBatchSize: globalBatchSize)
         let loss = (1 - sigregWeight) * invariance + sigregWeight * sigreg
 
         // Gradient of this rank's rows: the invariance, then SIGReg.
@@ -90,10 +84,9 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
             gradients[v].add(localCentre, scaledBy: -1)
             if v < g { gradients[v].add(towardsCentre, scaledBy: Scalar(1 / Double(g))) }
             gradients[v].scale(by: Scalar(scale))
-            eppsPulley.addGradient(rows: localProjections[v], statistics, region: sums[v],
-                                   globalBatchSize: globalBatchSize, scale: sigregWeight / Double(viewCount),
-                                   to: gradients[v])
         }
+        eppsPulley.addGradients(sums, statistics, globalBatchSize: globalBatchSize, weight: sigregWeight,
+                                to: gradients)
         return ObjectiveResult(loss: loss,
                                terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("sigreg", sigreg)],
                                communicatedBytes: batch.communicatedBytes, reduction: batch.path)

@@ -64,13 +64,8 @@ public struct SIGReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
         var statistics = FusedStatistics<Scalar>()
         let rowCount = statistics.reserve(1)
-        let sums = (0..<viewCount).map { _ in statistics.reserve(eppsPulley.sumCount) }
         statistics[rowCount.lowerBound] = Scalar(batch.statisticsViews[0].rowCount)
-        let localProjections = views.map(eppsPulley.project)
-        for v in 0..<viewCount {
-            let projections = batch.path == .gather ? eppsPulley.project(batch.statisticsViews[v]) : localProjections[v]
-            eppsPulley.accumulate(projections, into: &statistics, region: sums[v])
-        }
+        let sums = eppsPulley.accumulate(batch, into: &statistics)
 
         // The one all-reduce.
         try batch.allReduce(&statistics)
@@ -78,15 +73,11 @@ public struct SIGReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         guard n >= 1 else { throw ObjectiveError("sigreg needs a non-empty global batch") }
 
         // Loss.
-        let loss = sums.map { eppsPulley.statistic(statistics, region: $0, globalBatchSize: n) }
-            .reduce(0, +) / Double(viewCount)
+        let loss = eppsPulley.meanStatistic(sums, statistics, globalBatchSize: n)
 
         // Gradient of this rank's rows.
-        for v in 0..<viewCount {
-            gradients[v].fill(0)
-            eppsPulley.addGradient(rows: localProjections[v], statistics, region: sums[v], globalBatchSize: n,
-                                   scale: 1 / Double(viewCount), to: gradients[v])
-        }
+        for gradient in gradients { gradient.fill(0) }
+        eppsPulley.addGradients(sums, statistics, globalBatchSize: n, weight: 1, to: gradients)
         return ObjectiveResult(loss: loss, terms: [ObjectiveTerm("epps_pulley", loss)],
                                communicatedBytes: batch.communicatedBytes, reduction: batch.path)
     }
