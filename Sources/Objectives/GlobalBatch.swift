@@ -132,9 +132,9 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// `D × D` ones.
     public func usesGramForm(globalBatchSize: Int) -> Bool { gramForm && 2 * globalBatchSize < dimension }
 
-    /// Whether a rank holds every row of the batch on `path` (one rank, or the gather path) and
-    /// so takes the Gram form when the objective has one and `2N < D`.
-    private func takesGramForm(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int) -> Bool {
+    /// Whether an evaluation on `path` takes the Gram form: a rank holds every row of the batch
+    /// (one rank, or the gather path) and ``usesGramForm(globalBatchSize:)``.
+    public func takesGramForm(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int) -> Bool {
         (worldSize == 1 || path == .gather) && usesGramForm(globalBatchSize: globalBatchSize)
     }
 

@@ -46,7 +46,8 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let secondMoments = VICReg.secondMoments
         let plan = VICReg.plan(dimension: d)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
-        if batch.partitionCount == 1, plan.usesGramForm(globalBatchSize: batch.statisticsViews[0].rowCount) {
+        if plan.takesGramForm(on: batch.path, worldSize: context.communicator.size,
+                              globalBatchSize: batch.statisticsViews[0].rowCount) {
             return try evaluateGram(&batch, gradients: gradients)
         }
         var statistics = FusedStatistics<Scalar>()

@@ -265,7 +265,7 @@ public struct ScalingModel: Sendable {
         let stepSeconds = compute + objective.seconds + normSeconds + gradientSeconds
         return ScalingPrediction(
             worldSize: p, globalBatch: n, rowsPerRank: nMax, path: path, machinePath: machinePath,
-            gramForm: plan.usesGramForm(globalBatchSize: n) && (p == 1 || path == .gather),
+            gramForm: plan.takesGramForm(on: path, worldSize: p, globalBatchSize: n),
             statistics: statistics, gather: gather,
             gradientBytes: p > 1 ? gradientBytes : 0, gradientSentBytes: factor * Double(gradientBytes),
             gradientSeconds: gradientSeconds,
