@@ -230,11 +230,28 @@ struct GlobalMoments<Scalar: TensorScalar> {
 
     /// `x − mean` row by row, subtracted in `Double` and rounded once.
     static func centre(_ rows: Tensor<Scalar>, on mean: [Double]) -> Tensor<Scalar> {
+        centre(rows, on: mean, columnSquares: nil)
+    }
+
+    /// ``centre(_:on:)``, and in the same pass each column's sum of squares of the centred
+    /// (rounded) values added to `columnSquares` (`D` elements) when given.
+    static func centre(_ rows: Tensor<Scalar>, on mean: [Double],
+                       columnSquares: UnsafeMutableBufferPointer<Double>?) -> Tensor<Scalar> {
         let n = rows.rowCount, d = rows.columnCount
         let result = Tensor<Scalar>(zeros: [n, d])
         rows.withUnsafeBufferPointer { x in
             result.withUnsafeMutableBufferPointer { y in
-                for i in 0..<n { for j in 0..<d { y[i * d + j] = Scalar(Double(x[i * d + j]) - mean[j]) } }
+                if let squares = columnSquares {
+                    for i in 0..<n {
+                        for j in 0..<d {
+                            let e = Scalar(Double(x[i * d + j]) - mean[j])
+                            y[i * d + j] = e
+                            squares[j] += Double(e) * Double(e)
+                        }
+                    }
+                } else {
+                    for i in 0..<n { for j in 0..<d { y[i * d + j] = Scalar(Double(x[i * d + j]) - mean[j]) } }
+                }
             }
         }
         return result

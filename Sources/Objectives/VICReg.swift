@@ -196,25 +196,13 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         }
     }
 
-    /// The rows centred on their column means (subtracted in `Double`, rounded once) and, per
-    /// column, the sum of squares of the centred values: one pass after the means.
+    /// The rows centred on their column means and, per column, the sum of squares of the
+    /// centred values: one pass after the means.
     private static func centreWithColumnSquares(_ rows: Tensor<Scalar>) -> (Tensor<Scalar>, [Double]) {
-        let n = rows.rowCount, d = rows.columnCount
-        let mean = rows.columnSums().map { $0 / Double(n) }
-        let centred = Tensor<Scalar>(zeros: [n, d])
-        var squares = [Double](repeating: 0, count: d)
-        rows.withUnsafeBufferPointer { x in
-            centred.withUnsafeMutableBufferPointer { y in
-                squares.withUnsafeMutableBufferPointer { s in
-                    for i in 0..<n {
-                        for j in 0..<d {
-                            let e = Scalar(Double(x[i * d + j]) - mean[j])
-                            y[i * d + j] = e
-                            s[j] += Double(e) * Double(e)
-                        }
-                    }
-                }
-            }
+        let mean = rows.columnSums().map { $0 / Double(rows.rowCount) }
+        var squares = [Double](repeating: 0, count: rows.columnCount)
+        let centred = squares.withUnsafeMutableBufferPointer {
+            GlobalMoments<Scalar>.centre(rows, on: mean, columnSquares: $0)
         }
         return (centred, squares)
     }
