@@ -91,7 +91,8 @@ public class HDF5Group: @unchecked Sendable {
             defer { H5Pclose(access) }
             try site.check(H5Pset_chunk_cache(access, cacheSlots, cacheBytes, 0.75), "H5Pset_chunk_cache")
             let id = try site.check(H5Dopen2(location, name, access), "H5Dopen2")
-            return HDF5RetainedDataset(handle: HDF5Handle(id, closer: H5Dclose, closerName: "H5Dclose"))
+            return HDF5RetainedDataset(handle: HDF5Handle(id, closer: H5Dclose, closerName: "H5Dclose"),
+                                       site: HDF5Site(file: filePath, object: site.object, operation: "close dataset"))
         }
     }
 
@@ -311,11 +312,16 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
 /// cache lives while this object does (or until ``release()``).
 public final class HDF5RetainedDataset: @unchecked Sendable {
     private let handle: HDF5Handle
+    /// The file and dataset, for the error of a failed close.
+    private let site: HDF5Site
 
-    init(handle: HDF5Handle) { self.handle = handle }
+    init(handle: HDF5Handle, site: HDF5Site) {
+        self.handle = handle
+        self.site = site
+    }
 
     /// Closes the dataset handle now; later calls do nothing.
     public func release() throws {
-        try handle.close(at: HDF5Site(file: "", object: nil, operation: "close dataset"))
+        try handle.close(at: site)
     }
 }
