@@ -21,9 +21,14 @@ extension Benchmarks.ObjectiveName: ExpressibleByArgument {}
 /// Parses `784,1024,1024`.
 private func widths(_ text: String, option: String) throws -> [Int] {
     if text.isEmpty || text == "none" { return [] }
+    return try positiveIntegers(text, option: option, expected: "positive comma-separated widths such as 784,1024,1024")
+}
+
+/// Parses comma-separated positive integers, or names `option` and what was `expected`.
+private func positiveIntegers(_ text: String, option: String, expected: String) throws -> [Int] {
     let values = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
     guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) > 0 }) else {
-        throw ValidationError("\(option): expected positive comma-separated widths such as 784,1024,1024, got \(text)")
+        throw ValidationError("\(option): expected \(expected), got \(text)")
     }
     return values.map { $0! }
 }
@@ -218,11 +223,7 @@ struct ScalingBench: ParsableCommand {
 
     /// Parses `--ranks 1,2,8`.
     func worldSizes() throws -> [Int] {
-        let values = ranks.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 1 }) else {
-            throw ValidationError("--ranks: expected world sizes ≥ 1 separated by commas such as 1,2,8,64, got \(ranks)")
-        }
-        return values.compactMap { $0 }
+        try positiveIntegers(ranks, option: "--ranks", expected: "world sizes ≥ 1 separated by commas such as 1,2,8,64")
     }
 
     func run() throws {
