@@ -10,7 +10,6 @@ public final class ReLU<Scalar: LayerScalar>: ParameterFreeLayer {
 
     public init() {}
 
-
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
@@ -55,7 +54,6 @@ public final class GELU<Scalar: LayerScalar>: ParameterFreeLayer {
     private var caches = SlotCaches<Cache>()
 
     public init() {}
-
 
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)

@@ -92,7 +92,6 @@ public final class GlobalAvgPool2d<Scalar: LayerScalar>: ParameterFreeLayer {
 
     public init() {}
 
-
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
@@ -141,7 +140,6 @@ public final class Flatten<Scalar: LayerScalar>: ParameterFreeLayer {
     private var caches = SlotCaches<Cache>()
 
     public init() {}
-
 
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
