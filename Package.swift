@@ -44,21 +44,35 @@ let package = Package(
                 swiftSettings: numericSettings),
         .target(name: "Objectives", dependencies: ["Tensor", "Communication"], swiftSettings: numericSettings),
 
-        // MARK: Data and training
+        // MARK: Data
         .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5"],
                 swiftSettings: numericSettings),
-        .target(name: "Training",
-                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets",
+
+        // MARK: Training: the engine, its recipes, evaluation and benchmarks
+        /// The generic training loop over a `Recipe`, one `TrainStep`, the run configuration,
+        /// checkpoints as named state groups, metrics sinks.
+        .target(name: "Engine",
+                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives",
                                .product(name: "Yams", package: "Yams")],
                 swiftSettings: numericSettings),
+        /// The joint-embedding recipe: encoder/projector, views, an objective, the online probe.
+        .target(name: "JointEmbedding",
+                dependencies: ["Tensor", "Communication", "Layers", "Optimizers", "Objectives", "Datasets", "Engine"],
+                swiftSettings: numericSettings),
         .target(name: "Evaluation",
-                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Training"],
+                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Engine",
+                               "JointEmbedding"],
+                swiftSettings: numericSettings),
+        /// `anticollapse bench`: step, objective, comm, data, checkpoint; the scaling model.
+        .target(name: "Performance",
+                dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Engine",
+                               "JointEmbedding"],
                 swiftSettings: numericSettings),
 
         // MARK: Command line
         .executableTarget(
             name: "anticollapse",
-            dependencies: ["Training", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Engine", "JointEmbedding", "Performance", "Evaluation", "Objectives", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: numericSettings),
         /// Runs one named distributed scenario on every MPI rank and prints one JSON line a rank;
         /// the tests launch it under `mpirun` and compare the ranks with a single process.
@@ -76,8 +90,12 @@ let package = Package(
         .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"]),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Layers", "_TestSupport"]),
-        .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "Training", "Datasets", "_TestSupport"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "JointEmbedding", "Datasets", "HDF5", "Objectives", "_TestSupport"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "JointEmbeddingTests", dependencies: ["Engine", "JointEmbedding", "_TestSupport"]),
+        .testTarget(name: "PerformanceTests", dependencies: ["Performance", "Engine", "JointEmbedding", "_TestSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Engine", "Layers", "_TestSupport"]),
+        .testTarget(name: "CommandLineTests",
+                    dependencies: ["anticollapse", "Engine", "JointEmbedding", "Datasets", "_TestSupport"]),
     ]
 )

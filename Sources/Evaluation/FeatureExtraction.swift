@@ -12,7 +12,8 @@ import Datasets
 import Foundation
 import Layers
 import Tensor
-import Training
+import Engine
+import JointEmbedding
 
 /// A problem met while evaluating, naming the file or setting at fault.
 public struct EvaluationError: Error, CustomStringConvertible, Equatable {
@@ -100,10 +101,13 @@ public struct Features: Sendable {
 
 /// Runs a frozen model over a whole dataset, un-augmented, in evaluation mode.
 ///
-/// Under several ranks each rank takes a contiguous part of the rows (the first
-/// `rows mod ranks` ranks one more, as ``GlobalBatchSampler/split(_:rank:parts:)``), runs it in
-/// chunks, and an all-gather (of parts padded to equal counts) gives every rank all rows, in
-/// dataset order: the result is that of one process.
+/// The rows go through the model in chunks of ``chunkSize`` rows whose boundaries do not depend
+/// on the world size: under several ranks each rank takes a contiguous run of whole chunks (the
+/// first `chunks mod ranks` ranks one more, as ``GlobalBatchSampler/split(_:rank:parts:)``), and
+/// an all-gather (of parts padded to equal counts) gives every rank all rows, in dataset order.
+/// Every matrix product therefore has the same rows as in one process — BLAS kernels may round
+/// a row differently in a product of another height — and the result is that of one process,
+/// bit for bit.
 public struct FeatureExtractor {
     /// Which output of the model becomes the features.
     public enum Output: String, Sendable {
@@ -150,8 +154,14 @@ public struct FeatureExtractor {
         }
         let allRows = rows ?? Array(0..<dataset.rowCount)
         let total = allRows.count, width = self.width
-        let mine = GlobalBatchSampler.split(total, rank: communicator.rank, parts: communicator.size)
-        let padded = (total + communicator.size - 1) / communicator.size
+        let chunkCount = (total + chunkSize - 1) / chunkSize
+        // The rows of `rank`: its whole chunks.
+        func part(_ rank: Int) -> Range<Int> {
+            let chunks = GlobalBatchSampler.split(chunkCount, rank: rank, parts: communicator.size)
+            return min(chunks.lowerBound * chunkSize, total)..<min(chunks.upperBound * chunkSize, total)
+        }
+        let mine = part(communicator.rank)
+        let padded = max(1, (0..<communicator.size).map { part($0).count }.max() ?? 0)
         // This rank's part, padded to `padded` rows.
         let local = Tensor<Float>(zeros: [padded, width])
         var localLabels = [Int64](repeating: -1, count: padded)
@@ -182,10 +192,10 @@ public struct FeatureExtractor {
         let values = Tensor<Float>(zeros: [total, width])
         var labels: [Int64]? = dataset.hasLabels ? [] : nil
         for rank in 0..<communicator.size {
-            let part = GlobalBatchSampler.split(total, rank: rank, parts: communicator.size)
-            guard !part.isEmpty else { continue }
-            values.rows(part).copy(from: gathered.rows((rank * padded)..<(rank * padded + part.count)))
-            labels?.append(contentsOf: gatheredLabels[(rank * padded)..<(rank * padded + part.count)])
+            let rows = part(rank)
+            guard !rows.isEmpty else { continue }
+            values.rows(rows).copy(from: gathered.rows((rank * padded)..<(rank * padded + rows.count)))
+            labels?.append(contentsOf: gatheredLabels[(rank * padded)..<(rank * padded + rows.count)])
         }
         return Features(values: values, labels: labels)
     }

@@ -1,4 +1,6 @@
+import Communication
 import Datasets
+import Engine
 import Foundation
 import Layers
 import Optimizers
@@ -122,6 +124,9 @@ public final class LinearProbe {
         let n = x.rowCount, d = x.columnCount, batch = min(settings.batchSize, n)
         let optimizer = try AdamW(parameters: parameters, learningRate: settings.learningRate,
                                   weightDecay: settings.weightDecay, excludeBiasAndNormalization: true)
+        // One process: the features are already global (the caller gathered them).
+        let trainStep = TrainStep(parameters: parameters, optimizer: optimizer, communicator: SingleProcessCommunicator(),
+                                  checksFiniteness: false, measuresGradientNorm: false)
         let order = try GlobalBatchSampler(rowCount: n, globalBatchSize: batch, seed: settings.seed)
         let stepsPerEpoch = (n + batch - 1) / batch, totalSteps = settings.epochs * stepsPerEpoch
         let context = LayerContext(training: true)
@@ -143,14 +148,16 @@ public final class LinearProbe {
                     }
                 }
                 let batchLabels = rows.map { labels[$0] }
-                parameters.zeroGradients()
-                let logits = try layer.forward(input, context: context)
-                let p = probabilities.rows(0..<b), g = gradient.rows(0..<b)
-                epochLoss += SoftmaxCrossEntropy.forward(logits: logits, labels: batchLabels, probabilities: p) * Double(b)
-                SoftmaxCrossEntropy.backward(probabilities: p, labels: batchLabels, into: g)
-                _ = try layer.backward(g, context: context)
-                optimizer.learningRate = settings.learningRate * 0.5 * (1 + cos(Double.pi * Double(step) / Double(totalSteps)))
-                optimizer.step()
+                let learningRate = settings.learningRate * 0.5 * (1 + cos(Double.pi * Double(step) / Double(totalSteps)))
+                try trainStep.run(learningRate: learningRate) {
+                    let logits = try layer.forward(input, context: context)
+                    let p = probabilities.rows(0..<b), g = gradient.rows(0..<b)
+                    let loss = SoftmaxCrossEntropy.forward(logits: logits, labels: batchLabels, probabilities: p)
+                    epochLoss += loss * Double(b)
+                    SoftmaxCrossEntropy.backward(probabilities: p, labels: batchLabels, into: g)
+                    _ = try layer.backward(g, context: context)
+                    return StepLoss(loss: loss)
+                }
                 step += 1
             }
             epochLosses.append(epochLoss / Double(n))

@@ -3,7 +3,8 @@ import Datasets
 import Foundation
 import Layers
 import Tensor
-import Training
+import Engine
+import JointEmbedding
 
 // MARK: - Metrics history
 

@@ -28,7 +28,7 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
     /// ε added to the variance in the batch normalisation (default 1e-5).
     public var epsilon: Double
 
-    public var name: String { "barlow" }
+    public var name: String { BarlowTwinsSettings.name }
 
     public init(offDiagonalWeight: Double = 0.0051, epsilon: Double = 1e-5) {
         self.offDiagonalWeight = offDiagonalWeight
@@ -114,5 +114,39 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
                                                       partitions: 1)
         return StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed, elementsPerRank: size.perRank,
                               flopsPerRow: Double(2 * d * d), allReduceCount: 1, gradientFlopsPerRow: Double(4 * d * d))
+    }
+}
+
+// MARK: - Settings
+
+extension ObjectiveName {
+    public static let barlowTwins = ObjectiveName(rawValue: BarlowTwinsSettings.name)
+}
+
+/// `objective.barlow_twins`: λ, the weight of the off-diagonal terms.
+public struct BarlowTwinsSettings: ObjectiveSettings {
+    public static let name = "barlow_twins"
+    public static let summary = "Barlow Twins: cross-correlation towards the identity (Zbontar et al., 2021)"
+    public static let viewCount = 2...2
+    /// λ, the weight of the off-diagonal terms.
+    public var lambda = 0.0051
+
+    public init() {}
+
+    public func validate() throws {
+        if lambda < 0 { throw ObjectiveSettingsError(key: "lambda", "must not be negative, got \(lambda)") }
+    }
+
+    public func makeObjective(in context: ObjectiveBuildContext) -> any Objective<Float> {
+        BarlowTwins<Float>(offDiagonalWeight: lambda)
+    }
+
+    public func plan(dimension: Int) -> StatisticsPlan { BarlowTwins<Float>.plan(dimension: dimension) }
+}
+
+extension ObjectiveConfiguration {
+    public var barlowTwins: BarlowTwinsSettings {
+        get { self[BarlowTwinsSettings.self] }
+        set { self[BarlowTwinsSettings.self] = newValue }
     }
 }

@@ -115,3 +115,47 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         return centre
     }
 }
+
+// MARK: - Settings
+
+extension ObjectiveName {
+    public static let lejepa = ObjectiveName(rawValue: LeJEPASettings.name)
+}
+
+/// `objective.lejepa`: λ and the projections of its SIGReg term.
+public struct LeJEPASettings: ObjectiveSettings {
+    public static let name = "lejepa"
+    public static let summary = "LeJEPA: views predict the global views' centre + λ·SIGReg (Balestriero & LeCun, 2025)"
+    /// λ: loss = (1 − λ)·invariance + λ·SIGReg.
+    public var lambda = 0.02
+    public var directionCount = 1024
+
+    public init() {}
+
+    public func validate() throws {
+        if directionCount < 1 { throw ObjectiveSettingsError(key: "directions", "must be at least 1") }
+        if !(0...1).contains(lambda) { throw ObjectiveSettingsError(key: "lambda", "must be in [0, 1]") }
+    }
+
+    public func makeObjective(in context: ObjectiveBuildContext) -> any Objective<Float> {
+        LeJEPA<Float>(globalViewCount: context.globalViews, sigregWeight: lambda, directions: .random(count: directionCount))
+    }
+
+    public func plan(dimension: Int) -> StatisticsPlan {
+        LeJEPA<Float>.plan(dimension: dimension, viewCount: 2, directionCount: directionCount)
+    }
+
+    public var directions: Int? {
+        get { directionCount }
+        set { if let newValue { directionCount = newValue } }
+    }
+
+    enum CodingKeys: String, CodingKey { case lambda, directionCount = "directions" }
+}
+
+extension ObjectiveConfiguration {
+    public var lejepa: LeJEPASettings {
+        get { self[LeJEPASettings.self] }
+        set { self[LeJEPASettings.self] = newValue }
+    }
+}

@@ -95,3 +95,45 @@ public struct SIGReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
                               elementsPerRank: 0, flopsPerRow: perRow, allReduceCount: 1, gradientFlopsPerRow: perRow)
     }
 }
+
+// MARK: - Settings
+
+extension ObjectiveName {
+    public static let sigreg = ObjectiveName(rawValue: SIGRegSettings.name)
+}
+
+/// `objective.sigreg`: random 1-D projections a step.
+public struct SIGRegSettings: ObjectiveSettings {
+    public static let name = "sigreg"
+    public static let summary = "SIGReg alone: Epps–Pulley of random projections vs N(0, 1) (Balestriero & LeCun, 2025)"
+    /// Random 1-D projections per step.
+    public var directionCount = 1024
+
+    public init() {}
+
+    public func validate() throws {
+        if directionCount < 1 { throw ObjectiveSettingsError(key: "directions", "must be at least 1") }
+    }
+
+    public func makeObjective(in context: ObjectiveBuildContext) -> any Objective<Float> {
+        SIGReg<Float>(directions: .random(count: directionCount))
+    }
+
+    public func plan(dimension: Int) -> StatisticsPlan {
+        SIGReg<Float>.plan(dimension: dimension, viewCount: 2, directionCount: directionCount)
+    }
+
+    public var directions: Int? {
+        get { directionCount }
+        set { if let newValue { directionCount = newValue } }
+    }
+
+    enum CodingKeys: String, CodingKey { case directionCount = "directions" }
+}
+
+extension ObjectiveConfiguration {
+    public var sigreg: SIGRegSettings {
+        get { self[SIGRegSettings.self] }
+        set { self[SIGRegSettings.self] = newValue }
+    }
+}

@@ -250,3 +250,38 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         }
     }
 }
+
+// MARK: - Settings
+
+extension ObjectiveName {
+    public static let vicreg = ObjectiveName(rawValue: VICRegSettings.name)
+}
+
+/// `objective.vicreg`: the weights of VICReg's three terms.
+public struct VICRegSettings: ObjectiveSettings {
+    public static let name = "vicreg"
+    public static let summary = "VICReg: invariance + variance + covariance (Bardes et al., 2022)"
+    public static let viewCount = 2...2
+    public var invariance = 25.0, variance = 25.0, covariance = 1.0
+
+    public init() {}
+
+    public func validate() throws {
+        for (key, weight) in [("invariance", invariance), ("variance", variance), ("covariance", covariance)] where weight < 0 {
+            throw ObjectiveSettingsError(key: key, "must not be negative, got \(weight)")
+        }
+    }
+
+    public func makeObjective(in context: ObjectiveBuildContext) -> any Objective<Float> {
+        VICReg<Float>(invarianceWeight: invariance, varianceWeight: variance, covarianceWeight: covariance)
+    }
+
+    public func plan(dimension: Int) -> StatisticsPlan { VICReg<Float>.plan(dimension: dimension) }
+}
+
+extension ObjectiveConfiguration {
+    public var vicreg: VICRegSettings {
+        get { self[VICRegSettings.self] }
+        set { self[VICRegSettings.self] = newValue }
+    }
+}

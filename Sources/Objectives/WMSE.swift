@@ -277,3 +277,50 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         }
     }
 }
+
+// MARK: - Settings
+
+extension ObjectiveName {
+    public static let wmse = ObjectiveName(rawValue: WMSESettings.name)
+}
+
+/// `objective.wmse`: shrinkage and the whitening sub-batch.
+public struct WMSESettings: ObjectiveSettings {
+    public static let name = "wmse"
+    public static let summary = "W-MSE: MSE between whitened views (Ermolov et al., 2021)"
+    public static let viewCount = 2...2
+    /// Shrinkage of the covariance towards its scaled identity, in [0, 1).
+    public var shrinkage = 0.0
+    /// Rows per whitening sub-batch (0: the whole global batch).
+    public var subBatchSize = 0
+
+    public init() {}
+
+    public func validate() throws {
+        if !(0..<1).contains(shrinkage) { throw ObjectiveSettingsError(key: "shrinkage", "must be in [0, 1)") }
+        if subBatchSize < 0 { throw ObjectiveSettingsError(key: "sub_batch_size", "must be 0 (whole batch) or positive") }
+    }
+
+    public func validate(in context: ObjectiveBuildContext) throws {
+        let whitened = subBatchSize > 0 ? subBatchSize : context.globalBatchSize
+        guard whitened > context.embeddingWidth else {
+            throw ObjectiveSettingsError(key: "", "whitening needs more rows than embedding features, but a whitened batch has \(whitened) rows (objective.wmse.sub_batch_size or schedule.global_batch_size) for \(context.embeddingWidth) features")
+        }
+        if subBatchSize > 0 && context.globalBatchSize % whitened != 0 {
+            throw ObjectiveSettingsError(key: "sub_batch_size", "\(whitened) does not divide schedule.global_batch_size \(context.globalBatchSize)")
+        }
+    }
+
+    public func makeObjective(in context: ObjectiveBuildContext) -> any Objective<Float> {
+        WMSE<Float>(shrinkage: shrinkage, whiteningSize: subBatchSize > 0 ? subBatchSize : nil)
+    }
+
+    public func plan(dimension: Int) -> StatisticsPlan { WMSE<Float>.plan(dimension: dimension) }
+}
+
+extension ObjectiveConfiguration {
+    public var wmse: WMSESettings {
+        get { self[WMSESettings.self] }
+        set { self[WMSESettings.self] = newValue }
+    }
+}

@@ -31,7 +31,7 @@ import Layers
 ///
 /// Hyperparameters are `Double` properties; each update converts them to `Scalar` once, like
 /// PyTorch turning a Python float into the tensor's dtype.
-public protocol Optimizer: AnyObject {
+public protocol Optimizer<Scalar>: AnyObject {
     associatedtype Scalar: TensorScalar
     /// The state one parameter is updated with: views of the slots over that parameter.
     associatedtype State

@@ -26,14 +26,7 @@ public struct CounterRandom: Sendable, Hashable {
     }
 
     /// A stable 64-bit hash of a string (FNV-1a); unlike `Hasher`, the same in every process.
-    public static func hash(_ text: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 {
-            h ^= UInt64(byte)
-            h = h &* 0x0000_0100_0000_01b3
-        }
-        return h
-    }
+    public static func hash(_ text: String) -> UInt64 { FNV1a.hash(text) }
 
     /// The generator of a derived stream: `(stream, sub)` hashed into a new stream of the same seed.
     public func substream(_ sub: UInt64) -> CounterRandom {

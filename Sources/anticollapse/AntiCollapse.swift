@@ -1,5 +1,6 @@
 import ArgumentParser
-import Training
+import Engine
+import JointEmbedding
 
 @main
 struct AntiCollapse: ParsableCommand {

@@ -4,8 +4,11 @@
 import ArgumentParser
 import Communication
 import Foundation
+import Objectives
 import Tensor
-import Training
+import Engine
+import JointEmbedding
+import Performance
 
 /// The benchmark suite: step, objective, comm, data and checkpoint (step and comm also run on
 /// several ranks under mpirun).
@@ -16,10 +19,54 @@ struct Bench: ParsableCommand {
                       ScalingBench.self])
 }
 
-extension Benchmarks.ObjectiveName: ExpressibleByArgument {}
+extension ObjectiveName: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard ObjectiveRegistry.settingsType(named: argument) != nil else { return nil }
+        self.init(rawValue: argument)
+    }
+
+    public static var allValueStrings: [String] { ObjectiveRegistry.names }
+}
+
+// MARK: - Option groups shared by the benchmarks
+
+/// `--encoder` and `--projector`: the MLP model of a benchmark.
+struct ModelWidthOptions: ParsableArguments {
+    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
+    @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
+
+    var encoderWidths: [Int] { get throws { try widths(encoder, option: "--encoder") } }
+    var projectorWidths: [Int] { get throws { try widths(projector, option: "--projector") } }
+}
+
+/// `--objective` and `--directions`.
+struct ObjectiveOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The objective: \(ObjectiveRegistry.helpList).")) var objective = ObjectiveName.vicreg
+    @Option(help: "Random projection directions of the objectives that slice (SIGReg, LeJEPA).") var directions = 1024
+
+    func validate() throws {
+        guard directions >= 1 else { throw ValidationError("--directions must be at least 1, got \(directions)") }
+    }
+}
+
+/// `--threads`.
+struct ThreadOptions: ParsableArguments {
+    @Option(help: "OpenBLAS threads (default: the trainer's policy).") var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+}
+
+/// `--json`.
+struct JSONOptions: ParsableArguments {
+    @Flag(help: "Print the report as JSON too.") var json = false
+
+    func print<T: Encodable>(_ value: T) throws { if json { try printJSON(value) } }
+}
 
 /// Parses `784,1024,1024`.
-private func widths(_ text: String, option: String) throws -> [Int] {
+func widths(_ text: String, option: String) throws -> [Int] {
     if text.isEmpty || text == "none" { return [] }
     return try positiveIntegers(text, option: option, expected: "positive comma-separated widths such as 784,1024,1024")
 }
@@ -33,7 +80,7 @@ private func positiveIntegers(_ text: String, option: String, expected: String) 
     return values.map { $0! }
 }
 
-private func printJSON<T: Encodable>(_ value: T) throws {
+func printJSON<T: Encodable>(_ value: T) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
@@ -45,33 +92,29 @@ struct StepBench: ParsableCommand {
         abstract: "Time forward + backward (2 views) + gradient all-reduce + LARS update of an MLP model.",
         discussion: "Under mpirun every rank runs --batch rows per view (weak scaling) and rank 0 prints.")
 
-    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
-    @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
+    @OptionGroup var model: ModelWidthOptions
     @Option(help: "Rows per view.") var batch = 256
-    @Option(help: "vicreg, barlow_twins, wmse, sigreg or lejepa.") var objective = Benchmarks.ObjectiveName.vicreg
+    @OptionGroup var objective: ObjectiveOptions
     @Option(help: "Timed steps.") var steps = 20
     @Option(help: "Untimed steps first.") var warmup = 3
-    @Option(help: "OpenBLAS threads (default: the trainer's policy).") var threads: Int?
-    @Option(help: "SIGReg/LeJEPA projection directions.") var directions = 1024
-    @Flag(help: "Print the report as JSON too.") var json = false
+    @OptionGroup var threads: ThreadOptions
+    @OptionGroup var output: JSONOptions
 
     func validate() throws {
         guard batch >= 2 else { throw ValidationError("--batch must be at least 2") }
         guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be ≥ 1 and --warmup ≥ 0") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func run() throws {
-        BLASThreads.configure(override: threads)
-        let options = Benchmarks.StepOptions(encoder: try widths(encoder, option: "--encoder"),
-                                             projector: try widths(projector, option: "--projector"),
-                                             batch: batch, objective: objective, steps: steps, warmup: warmup,
-                                             directions: directions)
+        BLASThreads.configure(override: threads.threads)
+        let options = Benchmarks.StepOptions(encoder: try model.encoderWidths, projector: try model.projectorWidths,
+                                             batch: batch, objective: objective.objective, steps: steps, warmup: warmup,
+                                             directions: objective.directions)
         try runJob { communicator in
             let report = try Benchmarks.step(options, communicator: communicator)
             guard communicator.isRoot else { return }
             print(report.table)
-            if json { try printJSON(report) }
+            try output.print(report)
         }
     }
 }
@@ -83,15 +126,15 @@ struct ObjectiveBench: ParsableCommand {
 
     @Option(help: "Rows per view.") var batch = 256
     @Option(help: "Embedding width.") var dimension = 2048
-    @Option(help: "Objectives to run (default: all).") var objective: [Benchmarks.ObjectiveName] = []
+    @Option(help: ArgumentHelp("Objectives to run (default: all of \(ObjectiveRegistry.helpList)).")) var objective: [ObjectiveName] = []
     @Option(help: "Timed evaluations.") var steps = 20
     @Option(help: "Untimed evaluations first.") var warmup = 3
-    @Option(help: "OpenBLAS threads (default: the trainer's policy).") var threads: Int?
-    @Option(help: "SIGReg/LeJEPA projection directions.") var directions = 1024
-    @Flag(help: "Print the reports as JSON too.") var json = false
+    @OptionGroup var threads: ThreadOptions
+    @Option(help: "Random projection directions of the objectives that slice (SIGReg, LeJEPA).") var directions = 1024
+    @OptionGroup var output: JSONOptions
 
     func run() throws {
-        let blas = BLASThreads.configure(override: threads)
+        let blas = BLASThreads.configure(override: threads.threads)
         let sgemm = Benchmarks.sgemmRate(Benchmarks.GEMMShape(m: 1024, n: 1024, k: 1024)).best
         print("BLAS threads \(blas); sgemm 1024³ \(String(format: "%.1f", sgemm)) GFLOP/s")
         var reports: [Benchmarks.ObjectiveReport] = []
@@ -105,7 +148,7 @@ struct ObjectiveBench: ParsableCommand {
                 print("\(name.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)) \(batch)×\(dimension)  skipped: \(error)")
             }
         }
-        if json { try printJSON(reports) }
+        try output.print(reports)
     }
 }
 
@@ -118,7 +161,7 @@ struct CommBench: ParsableCommand {
     @Option(help: "Smallest message in bytes.") var minBytes = 4096
     @Option(help: "Largest message in bytes.") var maxBytes = 64 << 20
     @Option(help: "Timed calls a size up to 1 MiB (a tenth, at least 5, above).") var iterations = 100
-    @Flag(help: "Print the rows and the fit as JSON too.") var json = false
+    @OptionGroup var output: JSONOptions
 
     func validate() throws {
         guard minBytes >= 4 else { throw ValidationError("--min-bytes must be at least 4 (one Float), got \(minBytes)") }
@@ -134,7 +177,7 @@ struct CommBench: ParsableCommand {
             guard communicator.isRoot else { return }
             let report = Benchmarks.AllReduceReport(worldSize: communicator.size, rows: rows)
             print(report.table)
-            if json { try printJSON(report) }
+            try output.print(report)
         }
     }
 }
@@ -154,20 +197,19 @@ struct CheckpointBench: ParsableCommand {
         commandName: "checkpoint",
         abstract: "Write and read back the HDF5 checkpoint of an MLP model and its LARS state (one process).")
 
-    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
-    @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
+    @OptionGroup var model: ModelWidthOptions
     @Option(help: "Writes and reads timed (rates are their medians).") var repeats = 3
-    @Flag(help: "Print the report as JSON too.") var json = false
+    @OptionGroup var output: JSONOptions
 
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
     }
 
     func run() throws {
-        let report = try Benchmarks.checkpoint(encoder: try widths(encoder, option: "--encoder"),
-                                               projector: try widths(projector, option: "--projector"), repeats: repeats)
+        let report = try Benchmarks.checkpoint(encoder: try model.encoderWidths, projector: try model.projectorWidths,
+                                               repeats: repeats)
         print(report.table)
-        if json { try printJSON(report) }
+        try output.print(report)
     }
 }
 
@@ -181,10 +223,8 @@ struct ScalingBench: ParsableCommand {
             or, with --calibrate, from a short one-process `bench step` of the same shape. See docs/SCALING.md.
             """)
 
-    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
-    @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
-    @Option(help: "vicreg, barlow_twins, wmse, sigreg or lejepa.") var objective = Benchmarks.ObjectiveName.vicreg
-    @Option(help: "SIGReg/LeJEPA projection directions.") var directions = 1024
+    @OptionGroup var model: ModelWidthOptions
+    @OptionGroup var objective: ObjectiveOptions
     @Option(help: "Rows per rank and view (weak scaling; the default unless --global-batch).") var batch: Int?
     @Option(help: "Rows per view over all ranks (strong scaling).") var globalBatch: Int?
     @Option(help: "World sizes, comma-separated.") var ranks = "1,2,8,16,64,256,1024"
@@ -197,8 +237,8 @@ struct ScalingBench: ParsableCommand {
     var overheadMs = 0.0
     @Flag(help: "Measure --gflops, --objective-gflops and --overhead-ms with a short one-process bench step of this shape first.")
     var calibrate = false
-    @Option(help: "OpenBLAS threads for --calibrate (default: the trainer's policy).") var threads: Int?
-    @Flag(help: "Print the predictions as JSON too.") var json = false
+    @OptionGroup var threads: ThreadOptions
+    @OptionGroup var output: JSONOptions
 
     func validate() throws {
         if batch != nil && globalBatch != nil {
@@ -213,8 +253,6 @@ struct ScalingBench: ParsableCommand {
             throw ValidationError("--objective-gflops must be positive, got \(objectiveGflops)")
         }
         guard overheadMs >= 0, overheadMs.isFinite else { throw ValidationError("--overhead-ms must be ≥ 0, got \(overheadMs)") }
-        guard directions >= 1 else { throw ValidationError("--directions must be at least 1, got \(directions)") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         let sizes = try worldSizes()
         if let globalBatch, let largest = sizes.max(), largest > globalBatch {
             throw ValidationError("--ranks: \(largest) ranks would leave ranks without rows of a global batch of \(globalBatch)")
@@ -227,17 +265,18 @@ struct ScalingBench: ParsableCommand {
     }
 
     func run() throws {
-        var options = Benchmarks.StepOptions(encoder: try widths(encoder, option: "--encoder"),
-                                             projector: try widths(projector, option: "--projector"),
-                                             batch: batch ?? 256, objective: objective, directions: directions)
+        var options = Benchmarks.StepOptions(encoder: try model.encoderWidths, projector: try model.projectorWidths,
+                                             batch: batch ?? 256, objective: objective.objective,
+                                             directions: objective.directions)
         var machine = ScalingModel.Machine(latency: latencyUs * 1e-6, bandwidth: bandwidthGbs * 1e9, flopRate: gflops * 1e9,
                                            objectiveFlopRate: objectiveGflops.map { $0 * 1e9 }, overhead: overheadMs * 1e-3)
         if calibrate {
-            BLASThreads.configure(override: threads)
+            BLASThreads.configure(override: threads.threads)
             options.steps = 5
             options.warmup = 1
             let report = try Benchmarks.step(options)
-            let plan = Benchmarks.statisticsPlan(objective, dimension: options.embeddingWidth, directions: directions)
+            let plan = try Benchmarks.statisticsPlan(objective.objective, dimension: options.embeddingWidth,
+                                                     directions: objective.directions)
             machine = .calibrated(from: report, plan: plan, latency: machine.latency, bandwidth: machine.bandwidth)
             print(String(format: "# calibrated on one process, %d BLAS thread(s), %d rows: %.1f ms/step (forward %.1f, objective %.1f, backward %.1f, norm + update %.1f ms) → %.1f GFLOP/s, objective %.1f GFLOP/s, overhead %.1f ms",
                          report.blasThreads, report.batch, report.medianMilliseconds, report.phases.forward,
@@ -246,9 +285,9 @@ struct ScalingBench: ParsableCommand {
                          machine.objectiveFlopRate / 1e9, machine.overhead * 1e3))
         }
         let scaling: ScalingModel.Batch = globalBatch.map { .global($0) } ?? .perRank(batch ?? 256)
-        let model = try ScalingModel(options: options, machine: machine)
-        let predictions = try model.predict(worldSizes: try worldSizes(), batch: scaling)
-        print(model.table(predictions, batch: scaling))
-        if json { try printJSON(predictions) }
+        let scalingModel = try ScalingModel(options: options, machine: machine)
+        let predictions = try scalingModel.predict(worldSizes: try worldSizes(), batch: scaling)
+        print(scalingModel.table(predictions, batch: scaling))
+        try output.print(predictions)
     }
 }

@@ -6,7 +6,8 @@ import Evaluation
 import Foundation
 import Layers
 import Tensor
-import Training
+import Engine
+import JointEmbedding
 
 /// Evaluates the representations of a checkpoint on a labelled dataset.
 struct Eval: ParsableCommand {

@@ -4,7 +4,8 @@ import Communication
 import Foundation
 import Layers
 import Tensor
-import Training
+import Engine
+import JointEmbedding
 
 /// Trains a model with a self-supervised objective, checkpointing to HDF5 and resuming.
 struct Train: ParsableCommand {

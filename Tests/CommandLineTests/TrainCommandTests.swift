@@ -1,6 +1,7 @@
 import XCTest
 import Datasets
-import Training
+import Engine
+import JointEmbedding
 import _TestSupport
 
 /// `anticollapse train` as a user runs it: a process (or an mpirun job) that is signalled,

@@ -2,7 +2,8 @@ import Datasets
 import Evaluation
 import Foundation
 import Layers
-import Training
+import Engine
+import JointEmbedding
 import XCTest
 import _TestSupport
 

@@ -1,7 +1,8 @@
 import Datasets
 import Evaluation
 import Foundation
-import Training
+import Engine
+import JointEmbedding
 import XCTest
 import _TestSupport
 

@@ -1,6 +1,7 @@
 import Foundation
 import Objectives
-import Training
+import Engine
+import JointEmbedding
 import XCTest
 import _TestSupport
 

@@ -43,9 +43,12 @@ struct GoldenCase: Sendable {
         self.slices = slices
         sliceCount = sliceShape[1]
         var reference: [String: [Double]] = [:]
-        for objective in ["vicreg", "barlow", "wmse", "sigreg", "lejepa"] where try file.contains("\(name)/\(objective)") {
-            for entry in try file.children(of: "\(name)/\(objective)") where entry.kind == .dataset {
-                reference["\(objective)/\(entry.name)"] = try file.read(Double.self, from: "\(name)/\(objective)/\(entry.name)").values
+        // The golden file's group of each objective, and the objective's one name here
+        // (the file calls Barlow Twins "barlow").
+        let groups = ["vicreg": "vicreg", "barlow": "barlow_twins", "wmse": "wmse", "sigreg": "sigreg", "lejepa": "lejepa"]
+        for (group, objective) in groups where try file.contains("\(name)/\(group)") {
+            for entry in try file.children(of: "\(name)/\(group)") where entry.kind == .dataset {
+                reference["\(objective)/\(entry.name)"] = try file.read(Double.self, from: "\(name)/\(group)/\(entry.name)").values
             }
         }
         self.reference = reference

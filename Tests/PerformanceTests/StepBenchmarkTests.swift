@@ -1,4 +1,6 @@
-import Training
+import Engine
+import JointEmbedding
+import Performance
 import XCTest
 
 /// The FLOP counting and a tiny run of the step benchmark behind `anticollapse bench`.
@@ -21,7 +23,7 @@ final class StepBenchmarkTests: XCTestCase {
     }
 
     func testTinyStepRuns() throws {
-        for objective in [Benchmarks.ObjectiveName.vicreg, .barlow_twins, .sigreg, .lejepa] {
+        for objective in [Benchmarks.ObjectiveName.vicreg, .barlowTwins, .sigreg, .lejepa] {
             let report = try Benchmarks.step(.init(encoder: [6, 8, 8], projector: [8, 16, 16], batch: 5,
                                                    objective: objective, steps: 2, warmup: 1, directions: 4))
             XCTAssertTrue(report.loss.isFinite, "\(objective)")

@@ -1,5 +1,7 @@
 import Foundation
-import Training
+import Engine
+import JointEmbedding
+import Performance
 import XCTest
 import _TestSupport
 

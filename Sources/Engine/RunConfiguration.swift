@@ -1,21 +1,31 @@
 import Foundation
-import Datasets
 import Layers
-import Objectives
+import Optimizers
+import Tensor
 import Yams
 
-/// Everything a training run needs, as written in a YAML config file (snake_case keys).
-///
-/// Every key has a default (see `configs/` and the README's reference): a config file only
-/// states what differs. Unknown keys and invalid values are rejected before any work, naming
-/// the key and the valid choices. Where a number means "off" or "unset", it is 0.
-public struct TrainingConfiguration: Codable, Equatable, Sendable {
-    /// Keys the initial parameters, the data order, augmentation and SIGReg's directions.
+/// The settings a recipe adds to a run's configuration: its own keys at the top level of the
+/// config (the joint-embedding recipe's `data`, `model`, `objective`), beside the engine's
+/// `seed`, `optimizer`, `schedule`, `checkpoint` and `logging`.
+public protocol RecipeSettings: Codable, Equatable, Sendable {
+    /// The recipe's name, the value of the config's `recipe` key (`joint_embedding`, `world_model`).
+    static var recipeName: String { get }
+    /// The keys whose values must agree for a checkpoint to resume a run (dotted snake_case;
+    /// a key covers the keys below it), besides the engine's.
+    static var resumeKeys: [String] { get }
+
+    /// The recipe's defaults.
+    init()
+
+    /// Checks values that decode but cannot work, naming the key; `run` gives the engine's
+    /// settings for checks that span both.
+    func validate(run: EngineSettings) throws
+}
+
+/// The engine's part of a run's configuration, whatever the recipe.
+public struct EngineSettings: Codable, Equatable, Sendable {
+    /// Keys the initial parameters, the data order, augmentation and random projections.
     public var seed: UInt64 = 0
-    public var data = DataConfiguration()
-    public var model = ModelDescription(encoder: .mlp(widths: [784, 1024, 1024]),
-                                        projector: .mlp(widths: [1024, 2048, 2048], lastBias: false))
-    public var objective = ObjectiveConfiguration()
     public var optimizer = OptimizerConfiguration()
     public var schedule = ScheduleConfiguration()
     public var checkpoint = CheckpointConfiguration()
@@ -24,82 +34,73 @@ public struct TrainingConfiguration: Codable, Equatable, Sendable {
     public init() {}
 }
 
-/// Where the data come from and how views are made.
-public struct DataConfiguration: Codable, Equatable, Sendable {
-    /// The training dataset: a shard directory, a manifest or one `.h5` file.
-    public var train = "datasets/mnist5k/train"
-    /// A labelled test dataset for the online probe and the final evaluation ("" for none).
-    public var test = "datasets/mnist5k/test"
-    /// Views made with `augmentation` (2 for VICReg, Barlow Twins, W-MSE; LeJEPA's global views).
-    public var globalViews = 2
-    /// Extra views made with `local_augmentation` (LeJEPA's local views).
-    public var localViews = 0
-    public var augmentation = Augmentation()
-    /// The augmentation of local views: smaller crops.
-    public var localAugmentation: Augmentation = {
-        var local = Augmentation()
-        local.cropScale = 0.1...0.4
-        return local
-    }()
-    /// Batches read ahead by the background loader.
-    public var prefetch = 2
+/// Everything a training run needs, as written in a YAML config file (snake_case keys): the
+/// engine's settings and the recipe's, side by side at the top level.
+///
+/// Every key has a default (see `configs/` and the README's reference): a config file only
+/// states what differs. Unknown keys and invalid values are rejected before any work, naming
+/// the key and the valid choices. Where a number means "off" or "unset", it is 0. The recipe's
+/// settings read as if they were properties of the configuration (`configuration.data.train`).
+@dynamicMemberLookup
+public struct RunConfiguration<Recipe: RecipeSettings>: Codable, Equatable, Sendable {
+    public var engine = EngineSettings()
+    public var recipe = Recipe()
+
+    public init() {}
+
+    public var seed: UInt64 {
+        get { engine.seed }
+        set { engine.seed = newValue }
+    }
+    public var optimizer: OptimizerConfiguration {
+        get { engine.optimizer }
+        set { engine.optimizer = newValue }
+    }
+    public var schedule: ScheduleConfiguration {
+        get { engine.schedule }
+        set { engine.schedule = newValue }
+    }
+    public var checkpoint: CheckpointConfiguration {
+        get { engine.checkpoint }
+        set { engine.checkpoint = newValue }
+    }
+    public var logging: LoggingConfiguration {
+        get { engine.logging }
+        set { engine.logging = newValue }
+    }
+
+    public subscript<Value>(dynamicMember keyPath: WritableKeyPath<Recipe, Value>) -> Value {
+        get { recipe[keyPath: keyPath] }
+        set { recipe[keyPath: keyPath] = newValue }
+    }
+
+    private enum CodingKeys: String, CodingKey { case recipe }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        if let name = try container.decodeIfPresent(String.self, forKey: .recipe), name != Recipe.recipeName {
+            throw DecodingError.dataCorruptedError(forKey: .recipe, in: container,
+                                                   debugDescription: "this configuration is for recipe \"\(Recipe.recipeName)\", not \"\(name)\"")
+        }
+        engine = try EngineSettings(from: decoder)
+        recipe = try Recipe(from: decoder)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(Recipe.recipeName, forKey: .recipe)
+        try engine.encode(to: encoder)
+        try recipe.encode(to: encoder)
+    }
 }
 
-/// Which objective, and its weights.
-public struct ObjectiveConfiguration: Codable, Equatable, Sendable {
-    public enum Name: String, ConfigurationChoice {
-        case vicreg, barlowTwins = "barlow_twins", wmse, sigreg, lejepa
+/// The name of the recipe a config file asks for (`recipe:`, default `joint_embedding`), read
+/// before the config is decoded, so a command can pick the recipe's configuration type.
+public func recipeName(ofConfig yaml: String) -> String {
+    guard let tree = (try? Yams.load(yaml: yaml)) as? [String: Any], let name = tree["recipe"] as? String else {
+        return "joint_embedding"
     }
-    public var name = Name.vicreg
-    public var vicreg = VICRegWeights()
-    public var barlowTwins = BarlowTwinsSettings()
-    public var wmse = WMSESettings()
-    public var sigreg = SIGRegSettings()
-    public var lejepa = LeJEPASettings()
-    /// How batch statistics become global: `automatic` (by the cost model), `statistics`
-    /// (all-reduce the moments) or `gather` (all-gather the embeddings).
-    public var reduction = "automatic"
-    /// The machine `automatic` assumes (`anticollapse bench comm` fits the first two).
-    public var costModel = CostModelSettings()
-
-    /// The constants of ``ReductionCostModel``, in the units people quote.
-    public struct CostModelSettings: Codable, Equatable, Sendable {
-        /// The fixed cost of one collective.
-        public var latencyMicroseconds = 20.0
-        /// The bus bandwidth of an all-reduce (GB/s, 10⁹ bytes).
-        public var bandwidthGigabytesPerSecond = 10.0
-        /// One rank's rate on the statistics kernels (GFLOP/s).
-        public var gigaflops = 50.0
-
-        /// The cost model with these constants.
-        public var model: ReductionCostModel {
-            ReductionCostModel(latency: latencyMicroseconds / 1e6, bandwidth: bandwidthGigabytesPerSecond * 1e9,
-                               flopRate: gigaflops * 1e9)
-        }
-    }
-
-    public struct VICRegWeights: Codable, Equatable, Sendable {
-        public var invariance = 25.0, variance = 25.0, covariance = 1.0
-    }
-    public struct BarlowTwinsSettings: Codable, Equatable, Sendable {
-        /// λ, the weight of the off-diagonal terms.
-        public var lambda = 0.0051
-    }
-    public struct WMSESettings: Codable, Equatable, Sendable {
-        /// Shrinkage of the covariance towards its scaled identity, in [0, 1).
-        public var shrinkage = 0.0
-        /// Rows per whitening sub-batch (0: the whole global batch).
-        public var subBatchSize = 0
-    }
-    public struct SIGRegSettings: Codable, Equatable, Sendable {
-        /// Random 1-D projections per step.
-        public var directions = 1024
-    }
-    public struct LeJEPASettings: Codable, Equatable, Sendable {
-        /// λ: loss = (1 − λ)·invariance + λ·SIGReg.
-        public var lambda = 0.02
-        public var directions = 1024
-    }
+    return name
 }
 
 /// The optimizer and its hyperparameters.
@@ -180,9 +181,14 @@ extension ConfigurationChoice {
 public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
     public let description: String
     public init(_ description: String) { self.description = description }
+
+    /// `key: problem`, for a key of the config (dotted snake_case).
+    public static func key(_ key: String, _ problem: String) -> ConfigurationError {
+        ConfigurationError("\(key): \(problem)")
+    }
 }
 
-extension TrainingConfiguration {
+extension RunConfiguration {
     /// Reads a YAML config, applies `--set key=value` overrides (dotted snake_case keys, YAML
     /// values: `optimizer.learning_rate=0.1`, `model.encoder.widths=[784,512]`), and validates.
     ///
@@ -190,7 +196,7 @@ extension TrainingConfiguration {
     ///   - yaml: the file's text ("" for all defaults).
     ///   - overrides: `key=value` strings, applied in order.
     ///   - source: the file's name, for messages.
-    public static func load(yaml: String, overrides: [String] = [], source: String = "config") throws -> TrainingConfiguration {
+    public static func load(yaml: String, overrides: [String] = [], source: String = "config") throws -> RunConfiguration {
         var tree: [String: Any]
         do {
             let loaded = try Yams.load(yaml: yaml)
@@ -214,11 +220,11 @@ extension TrainingConfiguration {
             let value: Any = (try? Yams.load(yaml: text)).flatMap { $0 } ?? text
             try ConfigurationTree.set(&tree, path: key.split(separator: ".").map(String.init), value: value)
         }
-        let defaults = try ConfigurationTree.encode(TrainingConfiguration())
+        let defaults = try ConfigurationTree.encode(RunConfiguration())
         let merged = ConfigurationTree.merge(defaults, tree)
-        let configuration: TrainingConfiguration
+        let configuration: RunConfiguration
         do {
-            configuration = try ConfigurationTree.decode(TrainingConfiguration.self, from: merged)
+            configuration = try ConfigurationTree.decode(RunConfiguration.self, from: merged)
         } catch let error as DecodingError {
             throw ConfigurationError("\(source): \(ConfigurationTree.describe(error))")
         }
@@ -229,7 +235,7 @@ extension TrainingConfiguration {
     }
 
     /// Reads a YAML config file (see ``load(yaml:overrides:source:)``).
-    public static func load(file: String?, overrides: [String] = []) throws -> TrainingConfiguration {
+    public static func load(file: String?, overrides: [String] = []) throws -> RunConfiguration {
         guard let file else { return try load(yaml: "", overrides: overrides, source: "defaults") }
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
             throw ConfigurationError("\(file): cannot read the config file")
@@ -253,31 +259,6 @@ extension TrainingConfiguration {
         if schedule.warmupEpochs < 0 { throw fail("schedule.warmup_epochs", "must not be negative") }
         if !(0...1).contains(schedule.finalLearningRateFraction) { throw fail("schedule.final_learning_rate_fraction", "must be in [0, 1]") }
         if schedule.blasThreads < 0 { throw fail("schedule.blas_threads", "must be 0 (automatic) or positive") }
-        if data.globalViews < 1 { throw fail("data.global_views", "must be at least 1") }
-        if data.localViews < 0 { throw fail("data.local_views", "must not be negative") }
-        if data.prefetch < 0 { throw fail("data.prefetch", "must not be negative") }
-        if data.train.isEmpty { throw fail("data.train", "names no dataset") }
-        let twoViewObjectives: [ObjectiveConfiguration.Name] = [.vicreg, .barlowTwins, .wmse]
-        if twoViewObjectives.contains(objective.name) && (data.globalViews != 2 || data.localViews != 0) {
-            throw fail("data.global_views", "\(objective.name.rawValue) compares exactly 2 views (global_views: 2, local_views: 0)")
-        }
-        for (key, value) in [("latency_microseconds", objective.costModel.latencyMicroseconds),
-                             ("bandwidth_gigabytes_per_second", objective.costModel.bandwidthGigabytesPerSecond),
-                             ("gigaflops", objective.costModel.gigaflops)] where !(value.isFinite && value > 0) {
-            throw fail("objective.cost_model.\(key)", "must be a positive number, got \(value)")
-        }
-        if !StatisticsReduction.allCases.map(\.rawValue).contains(objective.reduction) {
-            throw fail("objective.reduction", "unknown \"\(objective.reduction)\"; valid: \(StatisticsReduction.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        for (key, weight) in [("invariance", objective.vicreg.invariance), ("variance", objective.vicreg.variance),
-                              ("covariance", objective.vicreg.covariance)] where weight < 0 {
-            throw fail("objective.vicreg.\(key)", "must not be negative, got \(weight)")
-        }
-        if objective.sigreg.directions < 1 { throw fail("objective.sigreg.directions", "must be at least 1") }
-        if objective.lejepa.directions < 1 { throw fail("objective.lejepa.directions", "must be at least 1") }
-        if !(0...1).contains(objective.lejepa.lambda) { throw fail("objective.lejepa.lambda", "must be in [0, 1]") }
-        if !(0..<1).contains(objective.wmse.shrinkage) { throw fail("objective.wmse.shrinkage", "must be in [0, 1)") }
-        if objective.wmse.subBatchSize < 0 { throw fail("objective.wmse.sub_batch_size", "must be 0 (whole batch) or positive") }
         if optimizer.learningRate <= 0 { throw fail("optimizer.learning_rate", "must be positive, got \(optimizer.learningRate)") }
         if optimizer.weightDecay < 0 { throw fail("optimizer.weight_decay", "must not be negative") }
         if optimizer.clipGradientNorm < 0 { throw fail("optimizer.clip_gradient_norm", "must be 0 (off) or positive") }
@@ -285,23 +266,38 @@ extension TrainingConfiguration {
         if checkpoint.keep < 1 { throw fail("checkpoint.keep", "must be at least 1") }
         if logging.everySteps < 1 { throw fail("logging.every_steps", "must be at least 1") }
         if logging.diagnosticsEvery < 0 { throw fail("logging.diagnostics_every", "must be 0 (off) or positive") }
-        do { try model.validate() } catch let error as ModelDescriptionError {
-            throw fail("model.\(ConfigurationTree.snakeCase(error.key))", error.problem)
+        do { try recipe.validate(run: engine) } catch let error as ConfigurationError {
+            throw ConfigurationError("\(source): \(error.description)")
         }
+    }
+}
+
+extension RunConfiguration {
+    /// The keys whose values must agree for a checkpoint to resume a run: the engine's
+    /// (`seed`, `optimizer.name`, `schedule.global_batch_size`) and the recipe's.
+    public static var resumeKeys: [String] { ["seed", "optimizer.name", "schedule.global_batch_size"] + Recipe.resumeKeys }
+
+    /// The ``resumeKeys`` (and keys below them) whose values differ between `a` and `b`, sorted.
+    public static func incompatibleKeys(_ a: RunConfiguration, _ b: RunConfiguration) -> [String] {
+        guard let left = try? ConfigurationTree.encode(a), let right = try? ConfigurationTree.encode(b) else { return ["(config)"] }
+        let l = ConfigurationTree.flatten(left), r = ConfigurationTree.flatten(right)
+        return Set(l.keys).union(r.keys).filter { key in
+            resumeKeys.contains { key == $0 || key.hasPrefix($0 + ".") } && l[key] != r[key]
+        }.sorted()
     }
 }
 
 /// Config trees as JSON-like values (`[String: Any]`, arrays, numbers, strings), converted to and
 /// from the Codable types with snake_case keys.
-enum ConfigurationTree {
-    static func encode<T: Encodable>(_ value: T) throws -> [String: Any] {
+public enum ConfigurationTree {
+    public static func encode<T: Encodable>(_ value: T) throws -> [String: Any] {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         let data = try encoder.encode(value)
         return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, from tree: [String: Any]) throws -> T {
+    public static func decode<T: Decodable>(_ type: T.Type, from tree: [String: Any]) throws -> T {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         let data = try JSONSerialization.data(withJSONObject: normalize(tree))
@@ -311,7 +307,7 @@ enum ConfigurationTree {
     /// The YAML node of a tree: keys sorted, lists of scalars in flow style, numbers written
     /// with Swift's shortest exact form (so a saved config reloads to the same values), strings
     /// double-quoted.
-    static func node(_ value: Any) -> Node {
+    public static func node(_ value: Any) -> Node {
         switch value {
         case let mapping as [String: Any]:
             return .mapping(Node.Mapping(mapping.keys.sorted().map { (Node($0), node(mapping[$0]!)) }))
@@ -333,7 +329,7 @@ enum ConfigurationTree {
     }
 
     /// YAML leaves `1e-6` as a string; numbers written so become numbers.
-    static func normalize(_ value: Any) -> Any {
+    public static func normalize(_ value: Any) -> Any {
         switch value {
         case let mapping as [String: Any]: return mapping.mapValues(normalize)
         case let list as [Any]: return list.map(normalize)
@@ -348,7 +344,7 @@ enum ConfigurationTree {
 
     /// `base` with `override` laid over it: mappings merge key by key, except a mapping whose
     /// `type` changes (a network of another kind), which replaces; everything else replaces.
-    static func merge(_ base: [String: Any], _ override: [String: Any]) -> [String: Any] {
+    public static func merge(_ base: [String: Any], _ override: [String: Any]) -> [String: Any] {
         var result = base
         for (key, value) in override {
             if let inner = value as? [String: Any], let old = base[key] as? [String: Any],
@@ -363,7 +359,17 @@ enum ConfigurationTree {
         return result
     }
 
-    static func set(_ tree: inout [String: Any], path: [String], value: Any) throws {
+    /// Every leaf of `tree` by its dotted path, its value as text.
+    public static func flatten(_ tree: [String: Any], _ prefix: String = "") -> [String: String] {
+        var result: [String: String] = [:]
+        for (key, value) in tree {
+            let path = prefix.isEmpty ? key : "\(prefix).\(key)"
+            if let inner = value as? [String: Any] { result.merge(flatten(inner, path)) { $1 } } else { result[path] = "\(value)" }
+        }
+        return result
+    }
+
+    public static func set(_ tree: inout [String: Any], path: [String], value: Any) throws {
         guard let head = path.first, !head.isEmpty else { throw ConfigurationError("--set: empty key") }
         if path.count == 1 {
             tree[head] = value
@@ -374,7 +380,7 @@ enum ConfigurationTree {
         tree[head] = inner
     }
 
-    static func checkKnownKeys(_ given: [String: Any], against known: [String: Any], source: String, prefix: String = "") throws {
+    public static func checkKnownKeys(_ given: [String: Any], against known: [String: Any], source: String, prefix: String = "") throws {
         for (key, value) in given.sorted(by: { $0.key < $1.key }) {
             let path = prefix.isEmpty ? key : "\(prefix).\(key)"
             if value is NSNull { continue }
@@ -387,7 +393,7 @@ enum ConfigurationTree {
         }
     }
 
-    static func snakeCase(_ key: String) -> String {
+    public static func snakeCase(_ key: String) -> String {
         var result = ""
         for character in key {
             if character.isUppercase { result += "_" + character.lowercased() } else { result.append(character) }
@@ -395,7 +401,7 @@ enum ConfigurationTree {
         return result
     }
 
-    static func describe(_ error: DecodingError) -> String {
+    public static func describe(_ error: DecodingError) -> String {
         func path(_ context: DecodingError.Context) -> String {
             context.codingPath.map { key in key.intValue.map { "[\($0)]" } ?? snakeCase(key.stringValue) }
                 .joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
@@ -422,6 +428,24 @@ enum ConfigurationTree {
         case is Bool.Type: return "true or false"
         case is String.Type: return "a string"
         default: return "\(type)"
+        }
+    }
+}
+
+extension OptimizerConfiguration {
+    /// The optimizer these settings describe, over `parameters`.
+    /// - Throws: ``OptimizerConfigurationError`` for a hyperparameter out of range.
+    public func makeOptimizer(parameters: ParameterStore<Float>) throws -> any Optimizer<Float> {
+        switch name {
+        case .lars:
+            return try LARS(parameters: parameters, learningRate: learningRate, weightDecay: weightDecay, momentum: momentum,
+                            eta: eta)
+        case .adamw:
+            return try AdamW(parameters: parameters, learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon,
+                             weightDecay: weightDecay, excludeBiasAndNormalization: true)
+        case .sgd:
+            return try SGD(parameters: parameters, learningRate: learningRate, momentum: momentum, weightDecay: weightDecay,
+                           nesterov: nesterov, excludeBiasAndNormalization: true)
         }
     }
 }

@@ -1,6 +1,8 @@
 import Communication
 import Foundation
-import Training
+import Engine
+import JointEmbedding
+import Performance
 import XCTest
 import _TestSupport
 

@@ -2,13 +2,14 @@ import XCTest
 import Datasets
 import Layers
 import Objectives
-import Training
+import Engine
+import JointEmbedding
 import _TestSupport
 
 /// The seed's "break each term": without its variance and covariance terms VICReg collapses;
 /// with them it does not; SIGReg alone keeps random projections near a standard normal.
 final class CollapseTests: XCTestCase {
-    func train(_ overrides: [String], steps: Int = 400, untrained: Bool = false) throws -> (embeddings: Tensor<Float>, trainer: Trainer) {
+    func train(_ overrides: [String], steps: Int = 400, untrained: Bool = false) throws -> (embeddings: Tensor<Float>, trainer: Trainer<JointEmbeddingRecipe>) {
         let data = try temporaryDirectory(for: self).appendingPathComponent("data").path
         try SyntheticData(kind: .vectors, rows: 512, classes: 8, features: 32, seed: 11).write(to: data, trainShards: 1)
         let configuration = try TrainingConfiguration.load(yaml: "", overrides: [

@@ -62,22 +62,11 @@ public final class TensorBoardWriter {
     /// Writes the scalars of a metrics record: `loss`, `loss/<term>`, `lr`,
     /// `samples_per_second`, `grad_norm` and, when measured, `time/data_wait_fraction`,
     /// `time/collective_fraction` and `diagnostics/<name>`.
+    /// Writes a metrics record: every field under its tag.
     public func write(_ record: MetricsRecord) throws {
-        var scalars: [(String, Double)] = [("loss", record.loss)]
-        scalars += record.terms.map { ("loss/\($0.name)", $0.value) }
-        scalars += [("lr", record.learningRate), ("samples_per_second", record.samplesPerSecond), ("grad_norm", record.gradientNorm)]
-        if let wait = record.dataWaitFraction { scalars.append(("time/data_wait_fraction", wait)) }
-        if let collective = record.collectiveFraction { scalars.append(("time/collective_fraction", collective)) }
-        if let d = record.diagnostics {
-            scalars += [("diagnostics/std_mean", d.meanStandardDeviation), ("diagnostics/std_min", d.minimumStandardDeviation),
-                        ("diagnostics/effective_rank", d.effectiveRank),
-                        ("diagnostics/offdiag_cov_energy", d.offDiagonalCovarianceEnergy),
-                        ("diagnostics/epps_pulley", d.eppsPulley)]
-        }
-        try write(step: record.step, scalars: scalars.map { (tag: $0.0, value: $0.1) })
+        try write(step: record.step, scalars: record.fields.map { (tag: $0.tag, value: $0.value.double) })
     }
 
-    /// Appends one TFRecord holding `data`.
     private func write(record data: [UInt8]) throws {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(data.count + 16)

@@ -1,6 +1,7 @@
 import XCTest
 import Datasets
-import Training
+import Engine
+import JointEmbedding
 import _TestSupport
 
 /// Training runs inside XCTest on a small synthetic set: one process, in-process ranks, resume.

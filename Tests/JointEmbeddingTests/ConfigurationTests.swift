@@ -1,6 +1,7 @@
 import XCTest
 import Objectives
-import Training
+import Engine
+import JointEmbedding
 import _TestSupport
 
 final class ConfigurationTests: XCTestCase {

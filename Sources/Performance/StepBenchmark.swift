@@ -1,4 +1,6 @@
 import Communication
+import Engine
+import JointEmbedding
 import Foundation
 import Layers
 import Objectives
@@ -14,10 +16,8 @@ import Tensor
 /// (single process: the identity, through the same ``GradientSynchronizer``), the gradient
 /// norm, and the LARS update.
 public enum Benchmarks {
-    /// The objectives a benchmark can run.
-    public enum ObjectiveName: String, CaseIterable, Sendable, Codable {
-        case vicreg, barlow_twins, wmse, sigreg, lejepa
-    }
+    /// The objectives a benchmark can run: every registered one (``ObjectiveRegistry``).
+    public typealias ObjectiveName = Objectives.ObjectiveName
 
     /// One matrix product `m × k` by `k × n`: `2·m·n·k` FLOPs.
     public struct GEMMShape: Sendable, Equatable, Codable, CustomStringConvertible {
@@ -97,8 +97,8 @@ public enum Benchmarks {
     /// `ranks` ranks, on `path`: what its ``StatisticsPlan`` counts (the plan the objective's
     /// own cost model uses).
     public static func objectiveFLOPs(_ objective: ObjectiveName, batch: Int, dimension: Int, directions: Int,
-                                      ranks: Int = 1, path: StatisticsReduction = .statistics) -> Double {
-        statisticsPlan(objective, dimension: dimension, directions: directions)
+                                      ranks: Int = 1, path: StatisticsReduction = .statistics) throws -> Double {
+        try statisticsPlan(objective, dimension: dimension, directions: directions)
             .flops(on: path, worldSize: ranks, globalBatchSize: batch * ranks, largestRankCount: batch)
     }
 
@@ -222,15 +222,10 @@ public enum Benchmarks {
         }
     }
 
-    /// The objective of `name` in `Float`.
-    public static func makeObjective(_ name: ObjectiveName, directions: Int) -> any Objective<Float> {
-        switch name {
-        case .vicreg: return VICReg<Float>()
-        case .barlow_twins: return BarlowTwins<Float>()
-        case .wmse: return WMSE<Float>()
-        case .sigreg: return SIGReg<Float>(directions: .random(count: directions))
-        case .lejepa: return LeJEPA<Float>(globalViewCount: 2, directions: .random(count: directions))
-        }
+    /// The objective of `name` in `Float`, with its default settings and `directions` random
+    /// projections (for those that slice).
+    public static func makeObjective(_ name: ObjectiveName, directions: Int) throws -> any Objective<Float> {
+        try name.defaultSettings(directions: directions).makeObjective(in: ObjectiveBuildContext())
     }
 
     /// Runs `options.warmup + options.steps` training steps on random inputs and reports the
@@ -248,8 +243,10 @@ public enum Benchmarks {
         let communicator = TimedCommunicator(job)
         let model = try Model<Float>(options.model, seed: options.seed)
         let optimizer = try LARS(parameters: model.parameters, learningRate: 0.2, weightDecay: 1e-6)
-        let synchronizer = GradientSynchronizer(parameters: model.parameters, communicator: communicator)
-        let objective = makeObjective(options.objective, directions: options.directions)
+        let trainStep = TrainStep(parameters: model.parameters, optimizer: optimizer, communicator: communicator,
+                                  checksFiniteness: false)
+        let modelStep = JointEmbeddingStep(model: model, objective: try makeObjective(options.objective, directions: options.directions),
+                                           seed: options.seed, rowCounts: [Int](repeating: options.batch, count: communicator.size))
         let width = options.encoder.first ?? 0
         let inputs = (0..<2).map { v in
             let x = Tensor<Float>(zeros: [options.batch, width])
@@ -257,8 +254,6 @@ public enum Benchmarks {
                 .fillNormal(x, start: UInt64(communicator.rank * x.count))
             return x
         }
-        let passes = ViewPasses()
-        let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false)
 
         let gemms = modelGEMMs(options)
         let largest = gemms.max { $0.flops < $1.flops } ?? GEMMShape(m: 1024, n: 1024, k: 1024)
@@ -266,41 +261,27 @@ public enum Benchmarks {
         let largestRate = sgemmRate(largest)
 
         var totals: [Double] = [], phases: [[Double]] = [], communicatedBytes = 0
-        var loss = Double.nan, path = StatisticsReduction.statistics
-        func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
-        let rowCounts = [Int](repeating: options.batch, count: communicator.size)
+        var loss = Double.nan
+        let clock = PhaseClock(enabled: true)
         for step in 0..<(options.warmup + options.steps) {
             if job.size > 1 { try job.barrier() }
             communicator.reset()
-            let t0 = now()
-            model.parameters.zeroGradients()
-            let embeddings = try passes.forward(inputs, model: model, context: context).outputs
-            let t1 = now()
-            let result = try objective.evaluate(views: embeddings, gradients: passes.gradients,
-                                                context: ObjectiveContext(communicator: communicator, step: step,
-                                                                          seed: options.seed, reduction: .automatic,
-                                                                          rowCounts: rowCounts))
-            loss = result.loss
-            path = result.reduction
-            let t2 = now()
-            try passes.backward(model: model, context: context)
-            let t3 = now()
-            try synchronizer.allReduceGradients()
-            _ = model.parameters.gradientNorm()
-            let t4 = now()
-            optimizer.step()
-            let t5 = now()
+            clock.start()
+            loss = try trainStep.run(learningRate: 0.2, clock: clock) {
+                try modelStep.forwardBackward(views: inputs, step: step, communicator: communicator, clock: clock)
+            }.loss.loss
             guard step >= options.warmup else { continue }
-            let ms = { (a: UInt64, b: UInt64) in Double(b - a) * 1e-6 }
-            totals.append(ms(t0, t5))
-            phases.append([ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5), communicator.seconds * 1e3])
+            let marks = clock.phases
+            totals.append(marks.reduce(0) { $0 + $1.milliseconds })
+            phases.append(marks.map(\.milliseconds) + [communicator.seconds * 1e3])
             communicatedBytes = communicator.bytes
         }
+        let path = modelStep.lastReduction
         let medianMs = median(totals)
         let phase = { (i: Int) in median(phases.map { $0[i] }) }
         let modelGFLOP = gemms.reduce(0) { $0 + $1.flops } / 1e9
-        let objectiveGFLOP = objectiveFLOPs(options.objective, batch: options.batch, dimension: options.embeddingWidth,
-                                            directions: options.directions, ranks: communicator.size, path: path) / 1e9
+        let objectiveGFLOP = try objectiveFLOPs(options.objective, batch: options.batch, dimension: options.embeddingWidth,
+                                                directions: options.directions, ranks: communicator.size, path: path) / 1e9
         let achieved = (modelGFLOP + objectiveGFLOP) / (medianMs / 1e3)
         return StepReport(objective: options.objective.rawValue, encoder: options.encoder, projector: options.projector,
                           batch: options.batch, blasThreads: BLASThreads.count, ranks: communicator.size,
@@ -342,7 +323,7 @@ public enum Benchmarks {
                                  directions: Int = 1024, seed: UInt64 = 0,
                                  sgemm: Double? = nil) throws -> ObjectiveReport {
         let communicator = SingleProcessCommunicator()
-        let objective = makeObjective(name, directions: directions)
+        let objective = try makeObjective(name, directions: directions)
         let views = (0..<2).map { v in
             let x = Tensor<Float>(zeros: [batch, dimension])
             CounterRandom(seed: seed, streamName: "bench.embedding.\(v)").fillNormal(x)
@@ -359,7 +340,7 @@ public enum Benchmarks {
                                                                     reduction: .statistics, rowCounts: [batch])).loss
             if step >= warmup { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-6) }
         }
-        let gflop = objectiveFLOPs(name, batch: batch, dimension: dimension, directions: directions) / 1e9
+        let gflop = try objectiveFLOPs(name, batch: batch, dimension: dimension, directions: directions) / 1e9
         let medianMs = median(times)
         return ObjectiveReport(objective: name.rawValue, batch: batch, dimension: dimension, medianMilliseconds: medianMs,
                                minimumMilliseconds: times.min() ?? 0, gflop: gflop,

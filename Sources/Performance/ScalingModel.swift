@@ -1,3 +1,4 @@
+import Engine
 import Foundation
 import Layers
 import Objectives
@@ -5,14 +6,8 @@ import Objectives
 extension Benchmarks {
     /// The statistics plan of objective `name` on two views of `dimension` features, as the
     /// objective builds it in its evaluation (the objectives' static `plan` functions, in `Float`).
-    public static func statisticsPlan(_ name: ObjectiveName, dimension: Int, directions: Int) -> StatisticsPlan {
-        switch name {
-        case .vicreg: return VICReg<Float>.plan(dimension: dimension)
-        case .barlow_twins: return BarlowTwins<Float>.plan(dimension: dimension)
-        case .wmse: return WMSE<Float>.plan(dimension: dimension)
-        case .sigreg: return SIGReg<Float>.plan(dimension: dimension, viewCount: 2, directionCount: directions)
-        case .lejepa: return LeJEPA<Float>.plan(dimension: dimension, viewCount: 2, directionCount: directions)
-        }
+    public static func statisticsPlan(_ name: ObjectiveName, dimension: Int, directions: Int) throws -> StatisticsPlan {
+        try name.defaultSettings(directions: directions).plan(dimension: dimension)
     }
 }
 
@@ -164,7 +159,7 @@ public struct ScalingModel: Sendable {
         self.options = options
         self.machine = machine
         self.trainerCostModel = trainerCostModel
-        plan = Benchmarks.statisticsPlan(options.objective, dimension: options.embeddingWidth,
+        plan = try Benchmarks.statisticsPlan(options.objective, dimension: options.embeddingWidth,
                                          directions: options.directions)
         let description = options.model
         let parts: [Sequential<Float>] = [description.encoder.makeNetwork(Float.self),

@@ -2,7 +2,9 @@ import Communication
 import Foundation
 import Layers
 import Objectives
-import Training
+import Engine
+import JointEmbedding
+import Performance
 import XCTest
 import _TestSupport
 
@@ -60,7 +62,7 @@ final class ScalingModelTests: XCTestCase {
     func evaluate(_ name: Benchmarks.ObjectiveName, dimension: Int, counts: [Int],
                   reduction: StatisticsReduction) throws -> [ObjectiveResult] {
         try runRanks(counts.count) { communicator in
-            let objective = Benchmarks.makeObjective(name, directions: 3)
+            let objective = try Benchmarks.makeObjective(name, directions: 3)
             let views = (0..<2).map { v in
                 randomTensor([counts[communicator.rank], dimension], seed: 3, stream: UInt64(10 * communicator.rank + v),
                              as: Float.self)
@@ -87,7 +89,7 @@ final class ScalingModelTests: XCTestCase {
     /// The step is the sum of its parts, each by its formula, on two ranks by hand.
     func testStepOnTwoRanksByHand() throws {
         let (alpha, beta, rate, objectiveRate, overhead) = (7e-6, 2e9, 4e10, 1.5e10, 3e-3)
-        let options = Benchmarks.StepOptions(encoder: [20, 32, 32], projector: [32, 64, 48], objective: .barlow_twins)
+        let options = Benchmarks.StepOptions(encoder: [20, 32, 32], projector: [32, 64, 48], objective: .barlowTwins)
         let model = try ScalingModel(options: options, machine: .init(latency: alpha, bandwidth: beta, flopRate: rate,
                                                                       objectiveFlopRate: objectiveRate, overhead: overhead))
         let prediction = try model.predict(worldSize: 2, batch: .perRank(16))
@@ -137,7 +139,7 @@ final class ScalingModelTests: XCTestCase {
     }
 
     func testOneRankMovesNothingAndEfficiencyFalls() throws {
-        let model = try ScalingModel(options: Benchmarks.StepOptions(objective: .barlow_twins),
+        let model = try ScalingModel(options: Benchmarks.StepOptions(objective: .barlowTwins),
                                      machine: .init(latency: 20e-6, bandwidth: 10e9, flopRate: 50e9))
         let single = try model.predict(worldSize: 1, batch: .perRank(256))
         XCTAssertEqual(single.efficiency, 1)

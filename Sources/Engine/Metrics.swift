@@ -1,0 +1,221 @@
+import Communication
+import Foundation
+import Objectives
+
+/// One measured value of a step, as both sinks name it.
+public struct MetricsField: Sendable, Equatable {
+    /// The value: a whole number (`communicated_bytes`) or a number (non-finite ones are
+    /// written as JSON null).
+    public enum Value: Sendable, Equatable {
+        case integer(Int)
+        case number(Double)
+
+        public var double: Double {
+            switch self {
+            case let .integer(value): return Double(value)
+            case let .number(value): return value
+            }
+        }
+    }
+
+    /// The key in `metrics.jsonl` (`loss`, `invariance`, `probe_accuracy`).
+    public var key: String
+    /// The tag in TensorBoard (`loss`, `loss/invariance`, `probe/accuracy`).
+    public var tag: String
+    public var value: Value
+
+    public init(_ key: String, _ value: Double, tag: String? = nil) {
+        self.key = key
+        self.tag = tag ?? key
+        self.value = .number(value)
+    }
+
+    public init(_ key: String, integer: Int, tag: String? = nil) {
+        self.key = key
+        self.tag = tag ?? key
+        value = .integer(integer)
+    }
+}
+
+/// What a step measured, in order: one record feeds every sink (`metrics.jsonl`, TensorBoard,
+/// the progress line). Rank 0 writes it.
+public struct MetricsRecord: Sendable {
+    public var step: Int
+    public var epoch: Int
+    /// The values, in the order they are written.
+    public var fields: [MetricsField]
+
+    public init(step: Int, epoch: Int, fields: [MetricsField]) {
+        self.step = step
+        self.epoch = epoch
+        self.fields = fields
+    }
+
+    /// The value of field `key`, if present.
+    public subscript(key: String) -> Double? { fields.first { $0.key == key }?.value.double }
+
+    /// The record as one JSON object (`step` and `epoch` first, then the fields in order,
+    /// numbers as JSON numbers; a non-finite number is written as null).
+    public var jsonLine: String {
+        var parts = ["\"step\":\(step)", "\"epoch\":\(epoch)"]
+        for field in fields {
+            switch field.value {
+            case let .integer(value): parts.append("\"\(field.key)\":\(value)")
+            case let .number(value): parts.append("\"\(field.key)\":\(value.isFinite ? "\(value)" : "null")")
+            }
+        }
+        return "{" + parts.joined(separator: ",") + "}"
+    }
+}
+
+extension MetricsRecord {
+    /// The fields of one training step, in the engine's order: loss and its terms, learning
+    /// rate, throughput, gradient norm, bytes, time shares, then `extra` (the recipe's: probe,
+    /// diagnostics).
+    public init(step: Int, epoch: Int, loss: Double, terms: [ObjectiveTerm], learningRate: Double, samplesPerSecond: Double,
+                gradientNorm: Double, communicatedBytes: Int, dataWaitFraction: Double? = nil,
+                collectiveFraction: Double? = nil, extra: [MetricsField] = []) {
+        var fields = [MetricsField("loss", loss)]
+        fields += terms.map { MetricsField($0.name, $0.value, tag: "loss/\($0.name)") }
+        fields += [MetricsField("lr", learningRate), MetricsField("samples_per_second", samplesPerSecond),
+                   MetricsField("grad_norm", gradientNorm), MetricsField("communicated_bytes", integer: communicatedBytes)]
+        if let dataWaitFraction { fields.append(MetricsField("data_wait_fraction", dataWaitFraction, tag: "time/data_wait_fraction")) }
+        if let collectiveFraction {
+            fields.append(MetricsField("collective_fraction", collectiveFraction, tag: "time/collective_fraction"))
+        }
+        self.init(step: step, epoch: epoch, fields: fields + extra)
+    }
+
+    /// A joint-embedding step's record with the online probe and collapse diagnostics.
+    public init(step: Int, epoch: Int, loss: Double, terms: [ObjectiveTerm], learningRate: Double, samplesPerSecond: Double,
+                gradientNorm: Double, communicatedBytes: Int, diagnostics: CollapseDiagnostics?,
+                onlineProbe: (loss: Double, accuracy: Double)? = nil, dataWaitFraction: Double? = nil,
+                collectiveFraction: Double? = nil) {
+        self.init(step: step, epoch: epoch, loss: loss, terms: terms, learningRate: learningRate,
+                  samplesPerSecond: samplesPerSecond, gradientNorm: gradientNorm, communicatedBytes: communicatedBytes,
+                  dataWaitFraction: dataWaitFraction, collectiveFraction: collectiveFraction,
+                  extra: MetricsField.onlineProbe(onlineProbe) + MetricsField.diagnostics(diagnostics))
+    }
+
+    /// The value of the loss.
+    public var loss: Double { self["loss"] ?? .nan }
+}
+
+extension MetricsField {
+    /// The online probe's fields (none when it saw no rows).
+    public static func onlineProbe(_ probe: (loss: Double, accuracy: Double)?) -> [MetricsField] {
+        guard let probe else { return [] }
+        return [MetricsField("probe_loss", probe.loss, tag: "probe/loss"),
+                MetricsField("probe_accuracy", probe.accuracy, tag: "probe/accuracy")]
+    }
+
+    /// The collapse diagnostics' fields (none when not measured this step).
+    public static func diagnostics(_ d: CollapseDiagnostics?) -> [MetricsField] {
+        guard let d else { return [] }
+        return [MetricsField("std_mean", d.meanStandardDeviation, tag: "diagnostics/std_mean"),
+                MetricsField("std_min", d.minimumStandardDeviation, tag: "diagnostics/std_min"),
+                MetricsField("effective_rank", d.effectiveRank, tag: "diagnostics/effective_rank"),
+                MetricsField("offdiag_cov_energy", d.offDiagonalCovarianceEnergy, tag: "diagnostics/offdiag_cov_energy"),
+                MetricsField("epps_pulley", d.eppsPulley, tag: "diagnostics/epps_pulley")]
+    }
+}
+
+/// Appends ``MetricsRecord``s to `RUN_DIR/metrics.jsonl`, one JSON object a line.
+public final class MetricsWriter {
+    private let handle: FileHandle?
+
+    /// Opens the metrics of a run starting at `startStep`: records of later steps (written by
+    /// a run that died after its last checkpoint) are dropped, so a resumed run's file holds
+    /// each step once.
+    public init(runDirectory: String, enabled: Bool, startStep: Int) throws {
+        guard enabled else { handle = nil; return }
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        let path = (runDirectory as NSString).appendingPathComponent("metrics.jsonl")
+        var kept = ""
+        if startStep > 0, let old = try? String(contentsOfFile: path, encoding: .utf8) {
+            for line in old.split(separator: "\n") {
+                let record = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                if let step = record?["step"] as? Int, step <= startStep { kept += line + "\n" }
+            }
+        }
+        guard FileManager.default.createFile(atPath: path, contents: Data(kept.utf8)) else {
+            throw TrainingError("cannot create \(path)")
+        }
+        guard let handle = FileHandle(forWritingAtPath: path) else { throw TrainingError("cannot open \(path) for writing") }
+        handle.seekToEndOfFile()
+        self.handle = handle
+    }
+
+    deinit { try? handle?.close() }
+
+    public func write(_ record: MetricsRecord) throws {
+        handle?.write(Data((record.jsonLine + "\n").utf8))
+    }
+}
+
+/// The progress line of rank 0: redrawn in place on a terminal, a plain line otherwise.
+public final class ProgressPrinter {
+    private let log: (String) -> Void
+    private let enabled: Bool
+    /// Redraw in place only on a terminal of our own: under mpirun a rank's standard output is
+    /// a pseudo-terminal even when mpirun's own output goes to a file.
+    private let interactive = isatty(STDOUT_FILENO) != 0 && !MPICommunicator.isLaunchedByMPI
+    private let started = Date()
+    private let firstStep: Int
+    private var drewInPlace = false
+
+    /// - Parameters:
+    ///   - enabled: whether this rank prints (rank 0 only).
+    ///   - startStep: the step the run (or this resumed part of it) starts from.
+    public init(log: @escaping (String) -> Void, enabled: Bool, startStep: Int) {
+        self.log = log
+        self.enabled = enabled
+        firstStep = startStep
+    }
+
+    public func show(_ record: MetricsRecord, totalSteps: Int, lastStep: Int) {
+        guard enabled else { return }
+        let done = record.step - firstStep
+        let elapsed = Date().timeIntervalSince(started)
+        let remaining = done > 0 ? elapsed / Double(done) * Double(lastStep - record.step) : 0
+        let terms = record.fields.filter { $0.tag.hasPrefix("loss/") }
+            .map { "\($0.key) \(Self.format($0.value.double))" }.joined(separator: " ")
+        let width = String(totalSteps).count
+        let stepText = String(repeating: " ", count: max(0, width - String(record.step).count)) + String(record.step)
+        var line = "step \(stepText)/\(totalSteps) | epoch \(record.epoch) | loss \(Self.format(record.loss)) (\(terms))"
+        line += " | lr \(Self.format(record["lr"] ?? .nan)) | \(Int(record["samples_per_second"] ?? 0)) samples/s"
+        if let collective = record["collective_fraction"], let wait = record["data_wait_fraction"] {
+            line += String(format: " (comm %.1f%%, data wait %.1f%%)", 100 * collective, 100 * wait)
+        }
+        line += " | ETA \(Self.duration(remaining))"
+        if let accuracy = record["probe_accuracy"] {
+            line += String(format: " | probe %.1f%%", 100 * accuracy)
+        }
+        if let std = record["std_mean"], let rank = record["effective_rank"] {
+            line += " | std \(Self.format(std)) erank \(Self.format(rank))"
+        }
+        if interactive {
+            FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + line).utf8))
+            drewInPlace = true
+        } else {
+            log(line)
+        }
+    }
+
+    public func finish() {
+        if drewInPlace { FileHandle.standardOutput.write(Data("\n".utf8)) }
+        drewInPlace = false
+    }
+
+    static func format(_ value: Double) -> String {
+        guard value.isFinite else { return "\(value)" }
+        let magnitude = abs(value)
+        if magnitude != 0 && (magnitude < 1e-3 || magnitude >= 1e5) { return String(format: "%.3e", value) }
+        return String(format: magnitude < 1 ? "%.4f" : "%.3f", value)
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
+    }
+}

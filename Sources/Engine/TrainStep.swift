@@ -1,0 +1,99 @@
+import Communication
+import Layers
+import Optimizers
+import Tensor
+
+/// One optimiser step of data-parallel training, the same for every model: the trainer, `bench
+/// step`, the online probe and the linear probe all take their steps through it.
+///
+/// 1. zero the gradients;
+/// 2. `forwardBackward` (the caller's model: forward, the loss of the global batch, backward),
+///    which accumulates this rank's gradient contributions and returns the loss;
+/// 3. with ``checksFiniteness``, stop on a non-finite loss;
+/// 4. all-reduce the gradients with a **sum** (one call; the identity on one rank);
+/// 5. the global gradient norm (with ``measuresGradientNorm``), stopping on a non-finite one,
+///    and clipping to ``clipGradientNorm`` when set;
+/// 6. set the learning rate and update every parameter.
+///
+/// Nothing is allocated here: a steady step allocates only what `forwardBackward` does.
+public final class TrainStep<Scalar: LayerScalar> {
+    public let parameters: ParameterStore<Scalar>
+    public let optimizer: any Optimizer<Scalar>
+    public let synchronizer: GradientSynchronizer<Scalar>
+    /// Clip the gradients to this global norm (0: no clipping).
+    public var clipGradientNorm: Double
+    /// Stop on a non-finite loss or gradient norm (training); probes leave it off.
+    public var checksFiniteness: Bool
+    /// Measure the gradient norm (for the record and the finiteness check).
+    public var measuresGradientNorm: Bool
+
+    /// What one step did.
+    public struct Outcome: Sendable {
+        public var loss: StepLoss
+        /// The global gradient norm before clipping (NaN when not measured).
+        public var gradientNorm: Double
+    }
+
+    /// A step that could not be taken.
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        /// The loss (or a term) is not finite.
+        case nonFiniteLoss(loss: Double, terms: [String])
+        /// The global gradient norm is not finite.
+        case nonFiniteGradient(norm: Double)
+
+        public var description: String {
+            switch self {
+            case let .nonFiniteLoss(loss, terms):
+                return "the loss is \(loss)\(terms.isEmpty ? "" : " (non-finite terms: \(terms.joined(separator: ", ")))")"
+            case let .nonFiniteGradient(norm):
+                return "a gradient is not finite (global norm \(norm))"
+            }
+        }
+    }
+
+    /// - Parameters:
+    ///   - parameters: the store the step updates.
+    ///   - optimizer: its optimizer (over `parameters`).
+    ///   - communicator: the ranks whose gradients are summed (time it with a
+    ///     ``TimedCommunicator`` to see the all-reduce's share).
+    ///   - clipGradientNorm: 0 (default) for no clipping.
+    ///   - checksFiniteness: stop on a non-finite loss or gradient (default true).
+    ///   - measuresGradientNorm: measure the global gradient norm (default true).
+    public init(parameters: ParameterStore<Scalar>, optimizer: any Optimizer<Scalar>, communicator: any Communicator,
+                clipGradientNorm: Double = 0, checksFiniteness: Bool = true, measuresGradientNorm: Bool = true) {
+        precondition(optimizer.parameters === parameters, "the optimizer updates another parameter store")
+        self.parameters = parameters
+        self.optimizer = optimizer
+        synchronizer = GradientSynchronizer(parameters: parameters, communicator: communicator)
+        self.clipGradientNorm = clipGradientNorm
+        self.checksFiniteness = checksFiniteness
+        self.measuresGradientNorm = measuresGradientNorm || checksFiniteness || clipGradientNorm > 0
+    }
+
+    /// Takes one step at `learningRate`; see the type's discussion for the order.
+    ///
+    /// - Parameter clock: takes the marks `all-reduce` (the gradient sum and norm) and `update`.
+    /// - Throws: ``Failure`` (nothing is updated then), or what `forwardBackward` or the
+    ///   communicator throws.
+    @discardableResult
+    public func run(learningRate: Double, clock: PhaseClock? = nil,
+                    _ forwardBackward: () throws -> StepLoss) throws -> Outcome {
+        parameters.zeroGradients()
+        let loss = try forwardBackward()
+        if checksFiniteness && !loss.loss.isFinite {
+            throw Failure.nonFiniteLoss(loss: loss.loss, terms: loss.terms.filter { !$0.value.isFinite }.map(\.name))
+        }
+        try synchronizer.allReduceGradients()
+        let norm = measuresGradientNorm ? parameters.gradientNorm() : .nan
+        if checksFiniteness && !norm.isFinite { throw Failure.nonFiniteGradient(norm: norm) }
+        if clipGradientNorm > 0 { parameters.clipGradientNorm(maxNorm: clipGradientNorm) }
+        clock?.mark("all-reduce")
+        optimizer.learningRate = learningRate
+        optimizer.step()
+        clock?.mark("update")
+        return Outcome(loss: loss, gradientNorm: norm)
+    }
+
+    /// The bytes of the gradient all-reduce of one step.
+    public var gradientBytes: Int { synchronizer.bytesPerStep }
+}
