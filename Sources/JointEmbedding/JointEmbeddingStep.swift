@@ -17,6 +17,8 @@ public final class JointEmbeddingStep {
     /// Rows of every rank, when known (saves the objective a small all-gather).
     public var rowCounts: [Int]?
     private let passes = ViewPasses()
+    /// The objective's buffers, reused every step.
+    private let workspace = Workspace()
     /// The last step's embeddings of each view (views of the model's buffers).
     public private(set) var embeddings: [Tensor<Float>] = []
     /// The path the last evaluation took.
@@ -50,7 +52,7 @@ public final class JointEmbeddingStep {
         let result = try objective.evaluate(views: outputs, gradients: passes.gradients,
                                             context: ObjectiveContext(communicator: communicator, step: step, seed: seed,
                                                                       reduction: reduction, costModel: costModel,
-                                                                      rowCounts: rowCounts))
+                                                                      rowCounts: rowCounts, workspace: workspace))
         lastReduction = result.reduction
         clock.mark("objective")
         guard result.loss.isFinite else { return StepLoss(loss: result.loss, terms: result.terms) }

@@ -48,7 +48,8 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
         var statistics = FusedStatistics<Scalar>()
         var moments = GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                            partitionCount: batch.partitionCount, in: &statistics)
+                                            partitionCount: batch.partitionCount, in: &statistics,
+                                            workspace: context.workspace)
         moments.accumulate(batch.statisticsViews, partition: batch.partition, into: &statistics)
 
         // The one all-reduce.
@@ -62,7 +63,7 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
         let scale2 = moments.moments[1].scalars.map { ($0 / n + epsilon).squareRoot() }
         let crossCorrelation = moments.moments[2]
         var onDiagonal = 0.0, offDiagonal = 0.0
-        let k = Tensor<Scalar>(zeros: [d, d])                  // ∂loss/∂M₁₂, rounded to Scalar
+        let k: Tensor<Scalar> = context.workspace.tensor("barlow.k", [d, d])   // ∂loss/∂M₁₂, rounded to Scalar
         var g1 = [Double](repeating: 0, count: d), g2 = [Double](repeating: 0, count: d)
         crossCorrelation.withUnsafeMutableBufferPointer { c in
             k.withUnsafeMutableBufferPointer { k in

@@ -37,7 +37,11 @@ struct EppsPulley<Scalar: TensorScalar> {
     /// The buffer elements of the sums on `directionCount` directions.
     static func sumCount(directionCount: Int) -> Int { 2 * directionCount * knotCount }
 
-    init(directions: Tensor<Scalar>) {
+    /// The buffers of projections and their gradients.
+    let workspace: Workspace
+
+    init(directions: Tensor<Scalar>, workspace: Workspace = Workspace()) {
+        self.workspace = workspace
         self.directions = directions
         let dt = timeStep, knots = EppsPulley.knotCount
         var phi: [Double] = [], weights: [Double] = []
@@ -57,13 +61,14 @@ struct EppsPulley<Scalar: TensorScalar> {
     /// The draws are single-precision normals (``CounterRandom/singlePrecisionNormals(start:into:)``,
     /// a quarter of the cost of double-precision ones: the `D·K` = 2 M draws of the default
     /// shape are redrawn every step), normalised in `Double`.
-    static func randomDirections(dimension: Int, count: Int, seed: UInt64, streamName: String, step: Int) -> Tensor<Scalar> {
-        var draws = [Float](repeating: 0, count: dimension * count)
+    static func randomDirections(dimension: Int, count: Int, seed: UInt64, streamName: String, step: Int,
+                                 workspace: Workspace = Workspace()) -> Tensor<Scalar> {
+        let draws: Tensor<Float> = workspace.tensor("eppsPulley.draws", [dimension * count], zeroed: false)
         draws.withUnsafeMutableBufferPointer {
             CounterRandom(seed: seed, streamName: streamName).substream(UInt64(truncatingIfNeeded: step))
                 .singlePrecisionNormals(start: 0, into: $0)
         }
-        let directions = Tensor<Scalar>(zeros: [dimension, count])
+        let directions: Tensor<Scalar> = workspace.tensor("eppsPulley.directions", [dimension, count], zeroed: false)
         draws.withUnsafeBufferPointer { a in
             // Column norms accumulated row by row (each column's sum in row order, as a
             // column walk would, without striding over rows).
@@ -77,9 +82,13 @@ struct EppsPulley<Scalar: TensorScalar> {
         return directions
     }
 
-    /// The projections `z·A` of rows on the directions, `n × K`.
-    func project(_ rows: Tensor<Scalar>) -> Tensor<Scalar> {
-        Tensor.matmul(rows, directions)
+    /// The projections `z·A` of rows on the directions, `n × K`, in the workspace's buffer
+    /// `index` (one a view: valid until the next projection of the same index).
+    func project(_ rows: Tensor<Scalar>, index: Int = 0) -> Tensor<Scalar> {
+        let projections: Tensor<Scalar> = workspace.tensor("eppsPulley.projections", index: index,
+                                                           [rows.rowCount, directionCount], zeroed: false)
+        Tensor.gemm(rows, directions, into: projections)
+        return projections
     }
 
     /// The lanes of ``forEachCharacteristic(_:_:)``: directions processed side by side.
@@ -197,7 +206,7 @@ struct EppsPulley<Scalar: TensorScalar> {
                 bLanes[k / width * knots + j][k % width] = b[k * knots + j]
             }
         }
-        let projectionGradient = Tensor<Scalar>(zeros: projections.shape)
+        let projectionGradient: Tensor<Scalar> = workspace.tensor("eppsPulley.projectionGradient", projections.shape)
         projectionGradient.withUnsafeMutableBufferPointer { g in
             forEachCharacteristic(projections) { i, k0, c, s in
                 let base = k0 / width * knots
@@ -216,9 +225,9 @@ extension EppsPulley where Scalar: CommunicableScalar {
     /// statistics rows (this rank's rows, or on the gather path every rank's).
     func accumulate(_ batch: GlobalBatch<Scalar>, into statistics: inout FusedStatistics<Scalar>) -> ViewSums {
         let regions = batch.localViews.map { _ in statistics.reserve(sumCount) }
-        let localProjections = batch.localViews.map(project)
+        let localProjections = batch.localViews.enumerated().map { project($0.element, index: $0.offset) }
         for (v, region) in regions.enumerated() {
-            let projections = batch.path == .gather ? project(batch.statisticsViews[v]) : localProjections[v]
+            let projections = batch.path == .gather ? project(batch.statisticsViews[v], index: 1000 + v) : localProjections[v]
             accumulate(projections, into: &statistics, region: region)
         }
         return ViewSums(regions: regions, localProjections: localProjections)

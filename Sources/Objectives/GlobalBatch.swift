@@ -261,6 +261,8 @@ struct FusedStatistics<Scalar: TensorScalar> {
 /// rows are the whole global batch in one partition, and ``allReduce(_:)`` does nothing.
 struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
     let communicator: any Communicator
+    /// The evaluation's reused buffers.
+    let workspace: Workspace
     /// The path taken (`.statistics` or `.gather`).
     let path: StatisticsReduction
     /// This rank's rows of each view.
@@ -283,6 +285,7 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
     init(views: [Tensor<Scalar>], context: ObjectiveContext, plan: StatisticsPlan, needsRowCounts: Bool = false) throws {
         let communicator = context.communicator
         self.communicator = communicator
+        workspace = context.workspace
         localViews = views
         let worldSize = communicator.size, localCount = views.first?.rowCount ?? 0
         var bytes = 0
@@ -312,7 +315,8 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
         rowCounts = counts
 
         if path == .gather, let counts {
-            statisticsViews = try GlobalBatch.gatherRows(views, counts: counts, communicator: communicator, bytes: &bytes)
+            statisticsViews = try GlobalBatch.gatherRows(views, counts: counts, communicator: communicator,
+                                                         workspace: context.workspace, bytes: &bytes)
             partitionCount = 1
             partition = 0
         } else {
@@ -348,21 +352,21 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
     /// All ranks' rows of every view, in rank order, with one all-gather of the rows padded to
     /// the largest count.
     private static func gatherRows(_ views: [Tensor<Scalar>], counts: [Int], communicator: any Communicator,
-                                   bytes: inout Int) throws -> [Tensor<Scalar>] {
+                                   workspace: Workspace, bytes: inout Int) throws -> [Tensor<Scalar>] {
         let dimension = views.first?.columnCount ?? 0, viewCount = views.count
         let padded = counts.max() ?? 0, block = viewCount * padded * dimension
-        let send = Tensor<Scalar>(zeros: [max(block, 0)])
+        let send: Tensor<Scalar> = workspace.tensor("gather.send", [max(block, 0)])
         for (v, view) in views.enumerated() {
             send.rows(v * padded * dimension ..< v * padded * dimension + view.count).copy(from: view.reshaped([view.count]))
         }
-        let receive = Tensor<Scalar>(zeros: [block * counts.count])
+        let receive: Tensor<Scalar> = workspace.tensor("gather.receive", [block * counts.count], zeroed: false)
         try send.withUnsafeBufferPointer { s in
             try receive.withUnsafeMutableBufferPointer { try communicator.allGather(s, into: $0) }
         }
         bytes += receive.count * MemoryLayout<Scalar>.stride
         let total = counts.reduce(0, +)
         return (0..<viewCount).map { v in
-            let global = Tensor<Scalar>(zeros: [total, dimension])
+            let global: Tensor<Scalar> = workspace.tensor("gather.view", index: v, [total, dimension], zeroed: false)
             var row = 0
             for (rank, count) in counts.enumerated() where count > 0 {
                 let start = rank * block + v * padded * dimension

@@ -54,9 +54,19 @@ struct GlobalMoments<Scalar: TensorScalar> {
         return (fixed, 1 + viewCount * d * FusedStatistics<Scalar>.exactWidth)
     }
 
+    /// The buffers of the centred rows and moments (reused when the workspace is).
+    let workspace: Workspace
+    /// Which of several statistics sharing `workspace` this is (W-MSE's sub-batches).
+    let workspaceSlot: Int
+
+    /// The workspace index of buffer `k` (a view or a moment) of this instance.
+    private func slot(_ k: Int) -> Int { workspaceSlot * 64 + k }
+
     /// Reserves the regions of these statistics in `buffer`.
     init(viewCount: Int, dimension: Int, secondMoments: [SecondMoment], partitionCount: Int,
-         in buffer: inout FusedStatistics<Scalar>) {
+         in buffer: inout FusedStatistics<Scalar>, workspace: Workspace = Workspace(), workspaceSlot: Int = 0) {
+        self.workspace = workspace
+        self.workspaceSlot = workspaceSlot
         self.viewCount = viewCount
         self.dimension = dimension
         self.partitionCount = partitionCount
@@ -90,15 +100,16 @@ struct GlobalMoments<Scalar: TensorScalar> {
         var centred: [Int: Tensor<Scalar>] = [:]
         func centredRows(_ v: Int) -> Tensor<Scalar> {
             if let rows = centred[v] { return rows }
-            let rows = GlobalMoments.centre(views[v], on: localMeans[v])
+            let rows = GlobalMoments.centre(views[v], on: localMeans[v], columnSquares: nil,
+                                            into: workspace.tensor("moments.local", index: slot(v), views[v].shape, zeroed: false))
             centred[v] = rows
             return rows
         }
         // Locally centred second moments.
-        for (moment, region) in zip(secondMoments, momentRegions) {
+        for (index, (moment, region)) in zip(secondMoments, momentRegions).enumerated() {
             switch moment {
             case .covariance(let v):
-                let product = Tensor<Scalar>(zeros: [d, d])
+                let product: Tensor<Scalar> = workspace.tensor("moments.product", index: slot(index), [d, d])
                 Tensor.syrk(centredRows(v), into: product, fillUpper: false)
                 product.withUnsafeBufferPointer { m in
                     var position = region.lowerBound
@@ -111,7 +122,7 @@ struct GlobalMoments<Scalar: TensorScalar> {
                     for j in 0..<d { buffer[region.lowerBound + j] = Scalar(sums[j]) }
                 }
             case let .crossCovariance(v, w):
-                let product = Tensor<Scalar>(zeros: [d, d])
+                let product: Tensor<Scalar> = workspace.tensor("moments.product", index: slot(index), [d, d])
                 Tensor.gemm(centredRows(v), transposeA: true, centredRows(w), into: product)
                 product.withUnsafeBufferPointer { m in
                     for k in 0..<(d * d) { buffer[region.lowerBound + k] = m[k] }
@@ -161,10 +172,11 @@ struct GlobalMoments<Scalar: TensorScalar> {
             moments = []
             return
         }
-        moments = zip(secondMoments, momentRegions).map { moment, region in
+        moments = zip(secondMoments, momentRegions).enumerated().map { index, element in
+            let (moment, region) = element
             switch moment {
             case .covariance(let v):
-                let m = Tensor<Double>(zeros: [d, d])
+                let m: Tensor<Double> = workspace.tensor("moments.moment", index: slot(index), [d, d])
                 m.withUnsafeMutableBufferPointer { m in
                     var position = region.lowerBound
                     for i in 0..<d { for j in 0...i { m[i * d + j] = Double(buffer[position]); position += 1 } }
@@ -176,7 +188,7 @@ struct GlobalMoments<Scalar: TensorScalar> {
                 }
                 return m
             case .variance(let v):
-                let m = Tensor<Double>(zeros: [d])
+                let m: Tensor<Double> = workspace.tensor("moments.moment", index: slot(index), [d])
                 m.withUnsafeMutableBufferPointer { m in
                     for j in 0..<d { m[j] = Double(buffer[region.lowerBound + j]) }
                     for r in 0..<partitionCount where counts[r] > 0 {
@@ -185,7 +197,7 @@ struct GlobalMoments<Scalar: TensorScalar> {
                 }
                 return m
             case let .crossCovariance(v, w):
-                let m = Tensor<Double>(zeros: [d, d])
+                let m: Tensor<Double> = workspace.tensor("moments.moment", index: slot(index), [d, d])
                 m.withUnsafeMutableBufferPointer { m in
                     for k in 0..<(d * d) { m[k] = Double(buffer[region.lowerBound + k]) }
                     for r in 0..<partitionCount where counts[r] > 0 {
@@ -224,21 +236,20 @@ struct GlobalMoments<Scalar: TensorScalar> {
     }
 
     /// The rows of `view` centred on the global mean of view `v`: `x − μ`, formed in `Double`.
+    /// (A buffer of the workspace, one a view: valid until the next call for the same view.)
     func centred(_ view: Tensor<Scalar>, view v: Int) -> Tensor<Scalar> {
-        GlobalMoments.centre(view, on: means[v])
+        GlobalMoments.centre(view, on: means[v], columnSquares: nil,
+                             into: workspace.tensor("moments.centred", index: slot(v), view.shape, zeroed: false))
     }
 
-    /// `x − mean` row by row, subtracted in `Double` and rounded once.
-    static func centre(_ rows: Tensor<Scalar>, on mean: [Double]) -> Tensor<Scalar> {
-        centre(rows, on: mean, columnSquares: nil)
-    }
-
-    /// ``centre(_:on:)``, and in the same pass each column's sum of squares of the centred
-    /// (rounded) values added to `columnSquares` (`D` elements) when given.
-    static func centre(_ rows: Tensor<Scalar>, on mean: [Double],
-                       columnSquares: UnsafeMutableBufferPointer<Double>?) -> Tensor<Scalar> {
+    /// `x − mean` row by row, subtracted in `Double` and rounded once, written into `result`
+    /// (shaped like `rows`); in the same pass each column's sum of squares of the centred
+    /// (rounded) values is added to `columnSquares` (`D` elements) when given.
+    @discardableResult
+    static func centre(_ rows: Tensor<Scalar>, on mean: [Double], columnSquares: UnsafeMutableBufferPointer<Double>?,
+                       into result: Tensor<Scalar>) -> Tensor<Scalar> {
         let n = rows.rowCount, d = rows.columnCount
-        let result = Tensor<Scalar>(zeros: [n, d])
+        precondition(result.shape == rows.shape, "centre into \(result.shape), rows \(rows.shape)")
         rows.withUnsafeBufferPointer { x in
             result.withUnsafeMutableBufferPointer { y in
                 if let squares = columnSquares {

@@ -43,7 +43,8 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         }
         let n = views[0].rowCount, d = views[0].columnCount
         let eppsPulley = EppsPulley(directions: try directions.resolve(dimension: d, context: context,
-                                                                        streamName: SIGReg<Scalar>.directionStream))
+                                                                        streamName: SIGReg<Scalar>.directionStream),
+                                    workspace: context.workspace)
 
         // Statistics: the row count, the summed squared distances to the centres, and the
         // Epps–Pulley sums of every view.
@@ -53,9 +54,11 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let rowCount = statistics.reserve(1)
         let squaredDistance = statistics.reserve(1)
         statistics[rowCount.lowerBound] = Scalar(batch.statisticsViews[0].rowCount)
-        let centre = LeJEPA.centre(of: batch.statisticsViews, globalViewCount: g)
+        let centre = LeJEPA.centre(of: batch.statisticsViews, globalViewCount: g,
+                                   into: context.workspace.tensor("lejepa.centre", batch.statisticsViews[0].shape, zeroed: false))
+        let distance: Tensor<Scalar> = context.workspace.tensor("lejepa.distance", batch.statisticsViews[0].shape, zeroed: false)
         statistics[squaredDistance.lowerBound] = Scalar(batch.statisticsViews.reduce(0.0) { total, view in
-            let distance = view.copy()
+            distance.copy(from: view)
             distance.add(centre, scaledBy: -1)
             return total + distance.squaredNorm()
         })
@@ -72,9 +75,12 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let loss = (1 - sigregWeight) * invariance + sigregWeight * sigreg
 
         // Gradient of this rank's rows: the invariance, then SIGReg.
-        let localCentre = LeJEPA.centre(of: views, globalViewCount: g)
+        let localCentre = batch.path == .gather
+            ? LeJEPA.centre(of: views, globalViewCount: g,
+                            into: context.workspace.tensor("lejepa.localCentre", views[0].shape, zeroed: false))
+            : centre
         let scale = 2 * (1 - sigregWeight) / Double(viewCount * globalBatchSize * d)
-        let towardsCentre = Tensor<Scalar>(zeros: [n, d])          // Σ_v (c_i − z_{v,i})
+        let towardsCentre: Tensor<Scalar> = context.workspace.tensor("lejepa.towardsCentre", [n, d])   // Σ_v (c_i − z_{v,i})
         for view in views {
             towardsCentre.add(localCentre)
             towardsCentre.add(view, scaledBy: -1)
@@ -102,9 +108,9 @@ public struct LeJEPA<Scalar: TensorScalar & CommunicableScalar>: Objective {
         return plan
     }
 
-    /// The mean of the first `globalViewCount` views, row by row (formed in `Double`).
-    static func centre(of views: [Tensor<Scalar>], globalViewCount g: Int) -> Tensor<Scalar> {
-        let centre = Tensor<Scalar>(zeros: views[0].shape)
+    /// The mean of the first `globalViewCount` views, row by row (formed in `Double`), written
+    /// into `centre`.
+    static func centre(of views: [Tensor<Scalar>], globalViewCount g: Int, into centre: Tensor<Scalar>) -> Tensor<Scalar> {
         centre.withUnsafeMutableBufferPointer { c in
             for i in c.indices {
                 var sum = 0.0

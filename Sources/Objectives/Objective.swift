@@ -43,16 +43,21 @@ public struct ObjectiveContext: @unchecked Sendable {
     /// objectives that need them (the gather path, the automatic choice, W-MSE sub-batches)
     /// gather them with one small all-gather.
     public var rowCounts: [Int]?
+    /// The buffers the evaluation reuses: a trainer passes the same workspace every step, so a
+    /// steady step allocates no tensor storage (default: a new one, for a one-off evaluation).
+    public var workspace: Workspace
 
     public init(communicator: any Communicator, step: Int = 0, seed: UInt64 = 0,
                 reduction: StatisticsReduction = .automatic,
-                costModel: ReductionCostModel = ReductionCostModel(), rowCounts: [Int]? = nil) {
+                costModel: ReductionCostModel = ReductionCostModel(), rowCounts: [Int]? = nil,
+                workspace: Workspace = Workspace()) {
         self.communicator = communicator
         self.step = step
         self.seed = seed
         self.reduction = reduction
         self.costModel = costModel
         self.rowCounts = rowCounts
+        self.workspace = workspace
     }
 }
 

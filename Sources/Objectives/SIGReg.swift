@@ -15,7 +15,8 @@ public enum SlicingDirections<Scalar: TensorScalar>: Sendable {
         case .random(let count):
             guard count > 0 else { throw ObjectiveError("\(streamName): direction count must be positive, given \(count)") }
             return EppsPulley<Scalar>.randomDirections(dimension: dimension, count: count, seed: context.seed,
-                                                       streamName: streamName, step: context.step)
+                                                       streamName: streamName, step: context.step,
+                                                       workspace: context.workspace)
         case .explicit(let directions):
             guard directions.rank == 2, directions.shape[0] == dimension, directions.shape[1] > 0 else {
                 throw ObjectiveError("\(streamName): directions have shape \(directions.shape), expected [\(dimension), K]")
@@ -57,7 +58,8 @@ public struct SIGReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         try validate(views: views, gradients: gradients, objective: name, viewCount: 1...Int.max)
         let d = views[0].columnCount, viewCount = views.count
         let eppsPulley = EppsPulley(directions: try directions.resolve(dimension: d, context: context,
-                                                                        streamName: SIGReg.directionStream))
+                                                                        streamName: SIGReg.directionStream),
+                                    workspace: context.workspace)
 
         // Statistics: the row count and, per view, the sums of cos(t p) and sin(t p).
         let plan = SIGReg.plan(dimension: d, viewCount: viewCount, directionCount: eppsPulley.directionCount)

@@ -52,7 +52,8 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         }
         var statistics = FusedStatistics<Scalar>()
         var moments = GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                            partitionCount: batch.partitionCount, in: &statistics)
+                                            partitionCount: batch.partitionCount, in: &statistics,
+                                            workspace: context.workspace)
         let squaredDistance = statistics.reserve(1)
         moments.accumulate(batch.statisticsViews, partition: batch.partition, into: &statistics)
         statistics[squaredDistance.lowerBound] = Scalar(VICReg.squaredDistance(batch.statisticsViews))
@@ -69,7 +70,7 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let invariance = Double(statistics[squaredDistance.lowerBound]) / Double(n * d)
         var variance = 0.0, covariance = 0.0
         let covarianceScale = 1 / Double(n - 1)
-        let gradient = Tensor<Scalar>(zeros: [d, d])
+        let gradient: Tensor<Scalar> = context.workspace.tensor("vicreg.gradient", [d, d])
         for v in 0..<2 {
             gradient.withUnsafeMutableBufferPointer { g in
                 moments.forEachCovarianceRow(v, statistics) { j, m in
@@ -136,9 +137,9 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         var centred: [Tensor<Scalar>] = [], blocks: [Tensor<Scalar>] = [], columnSquares: [[Double]] = []
         var blockNorms = [Double](repeating: 0, count: 2)
         for v in 0..<2 {
-            let (x, squares) = VICReg.centreWithColumnSquares(all[v])
+            let (x, squares) = VICReg.centreWithColumnSquares(all[v], into: batch.workspace.tensor("vicreg.centred", index: v, all[v].shape, zeroed: false))
             let mine = x.rows(offset ..< offset + local)
-            let block = Tensor<Scalar>(zeros: [local, n])
+            let block: Tensor<Scalar> = batch.workspace.tensor("vicreg.gram", index: v, [local, n])
             if local == n {
                 Tensor.syrk(x, transpose: false, into: block)
             } else if local > 0 {
@@ -198,11 +199,11 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
 
     /// The rows centred on their column means and, per column, the sum of squares of the
     /// centred values: one pass after the means.
-    private static func centreWithColumnSquares(_ rows: Tensor<Scalar>) -> (Tensor<Scalar>, [Double]) {
+    private static func centreWithColumnSquares(_ rows: Tensor<Scalar>, into result: Tensor<Scalar>) -> (Tensor<Scalar>, [Double]) {
         let mean = rows.columnSums().map { $0 / Double(rows.rowCount) }
         var squares = [Double](repeating: 0, count: rows.columnCount)
         let centred = squares.withUnsafeMutableBufferPointer {
-            GlobalMoments<Scalar>.centre(rows, on: mean, columnSquares: $0)
+            GlobalMoments<Scalar>.centre(rows, on: mean, columnSquares: $0, into: result)
         }
         return (centred, squares)
     }

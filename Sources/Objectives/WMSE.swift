@@ -56,13 +56,21 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let statisticsCount = batch.statisticsViews[0].rowCount
         let localRows = batch.path == .gather ? batch.rowOffset! ..< batch.rowOffset! + localCount : 0 ..< localCount
         let subBatches = try subBatchRows(batch: batch, statisticsCount: statisticsCount, context: context)
-        let groupViews = subBatches.map { rows in batch.statisticsViews.map { WMSE.select(rows, of: $0) } }
+        let workspace = context.workspace
+        let groupViews = subBatches.count == 1 && subBatches[0].elementsEqual(0..<statisticsCount)
+            ? [batch.statisticsViews]
+            : subBatches.enumerated().map { g, rows in
+                batch.statisticsViews.enumerated().map { v, view in
+                    WMSE.select(rows, of: view, into: workspace.tensor("wmse.select", index: 2 * g + v,
+                                                                         [rows.count, view.columnCount], zeroed: false))
+                }
+            }
 
         // Statistics: the moments of both views of every sub-batch.
         var forward = FusedStatistics<Scalar>()
-        var moments = subBatches.map { _ in
+        var moments = subBatches.indices.map { g in
             GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                  partitionCount: batch.partitionCount, in: &forward)
+                                  partitionCount: batch.partitionCount, in: &forward, workspace: workspace, workspaceSlot: g)
         }
         for (g, rows) in groupViews.enumerated() {
             moments[g].accumulate(rows, partition: batch.partition, into: &forward)
@@ -83,7 +91,8 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         var localLoss = 0.0
         for (g, rows) in groupViews.enumerated() {
             let pass = try (0..<2).map { v in
-                try WhiteningPass(rows: rows[v], moments: moments[g], view: v, shrinkage: shrinkage)
+                try WhiteningPass(rows: rows[v], moments: moments[g], view: v, shrinkage: shrinkage, workspace: workspace,
+                                  index: 2 * g + v)
             }
             localLoss += WhiteningPass.pairGradients(pass[0], pass[1], globalBatchSize: globalBatchSize)
             for v in 0..<2 { pass[v].reserveAndAccumulate(into: &backward) }
@@ -96,7 +105,9 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let loss = Double(backward[lossSum.lowerBound]) / Double(globalBatchSize)
 
         // Gradient of the statistics rows, then this rank's share.
-        let statisticsGradients = (0..<2).map { _ in Tensor<Scalar>(zeros: [statisticsCount, d]) }
+        let statisticsGradients: [Tensor<Scalar>] = (0..<2).map {
+            workspace.tensor("wmse.statisticsGradient", index: $0, [statisticsCount, d])
+        }
         for (g, rows) in subBatches.enumerated() {
             for v in 0..<2 {
                 let gradient = passes[g][v].rowGradients(backward, shrinkage: shrinkage,
@@ -158,9 +169,8 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         return rows
     }
 
-    /// The rows `indices` of `tensor`, copied.
-    static func select(_ indices: [Int], of tensor: Tensor<Scalar>) -> Tensor<Scalar> {
-        let result = Tensor<Scalar>(zeros: [indices.count, tensor.columnCount])
+    /// The rows `indices` of `tensor`, copied into `result`.
+    static func select(_ indices: [Int], of tensor: Tensor<Scalar>, into result: Tensor<Scalar>) -> Tensor<Scalar> {
         for (k, row) in indices.enumerated() { result.rows(k ..< k + 1).copy(from: tensor.rows(row ..< row + 1)) }
         return result
     }
@@ -168,6 +178,9 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// The whitening of one view of one sub-batch: forward values kept for the backward pass.
     private final class WhiteningPass {
         let dimension: Int
+        /// Where its buffers live, and which pass (sub-batch and view) it is.
+        let workspace: Workspace
+        let index: Int
         /// `W = L⁻¹`, in `Double` and in `Scalar`.
         let whitening: Tensor<Double>
         let whiteningScalar: Tensor<Scalar>
@@ -181,9 +194,12 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let whitenedGradient: Tensor<Scalar>
         private var region = 0..<0
 
-        init(rows: Tensor<Scalar>, moments: GlobalMoments<Scalar>, view: Int, shrinkage: Double) throws {
+        init(rows: Tensor<Scalar>, moments: GlobalMoments<Scalar>, view: Int, shrinkage: Double, workspace: Workspace,
+             index: Int) throws {
             let d = rows.columnCount, n = rows.rowCount
             dimension = d
+            self.workspace = workspace
+            self.index = index
             let covariance = moments.moments[view]
             covariance.scale(by: 1 / Double(moments.globalBatchSize - 1))
             if shrinkage != 0 {
@@ -193,16 +209,18 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
                 for j in 0..<d { covariance[j, j] += shrinkage * trace / Double(d) }
             }
             do {
-                whitening = try covariance.choleskyLower(inverse: true)
+                whitening = try covariance.choleskyLower(inverse: true,
+                                                         into: workspace.tensor("wmse.whitening", index: index, [d, d], zeroed: false))
             } catch {
                 throw ObjectiveError("wmse: cannot whiten view \(view): \(error)")
             }
-            whiteningScalar = whitening.converted(to: Scalar.self)
+            whiteningScalar = whitening.converted(into: workspace.tensor("wmse.whiteningScalar", index: index, [d, d],
+                                                                         zeroed: false))
             centred = moments.centred(rows, view: view)
-            whitened = Tensor<Scalar>(zeros: [n, d])
+            whitened = workspace.tensor("wmse.whitened", index: index, [n, d], zeroed: false)
             Tensor.gemm(centred, whiteningScalar, transposeB: true, into: whitened)
-            unit = whitened.copy()
-            whitenedGradient = Tensor<Scalar>(zeros: [n, d])
+            unit = workspace.copy(whitened, into: "wmse.unit", index: index)
+            whitenedGradient = workspace.tensor("wmse.whitenedGradient", index: index, [n, d])
             for i in 0..<n {
                 let row = unit.rows(i ..< i + 1)
                 let norm = row.squaredNorm().squareRoot()
@@ -235,7 +253,7 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         func reserveAndAccumulate(into buffer: inout FusedStatistics<Scalar>) {
             let d = dimension
             region = buffer.reserve(d * d + d)
-            let product = Tensor<Scalar>(zeros: [d, d])
+            let product: Tensor<Scalar> = workspace.tensor("wmse.backwardProduct", [d, d], zeroed: false)
             Tensor.gemm(whitenedGradient, transposeA: true, centred, into: product)
             let sums = whitenedGradient.columnSums()
             for k in 0..<(d * d) { buffer[region.lowerBound + k] = product[flat: k] }
@@ -246,17 +264,19 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         func rowGradients(_ buffer: FusedStatistics<Scalar>, shrinkage: Double, batchSize: Int) -> Tensor<Scalar> {
             let d = dimension, n = centred.rowCount
             // W̄ = tril(Σ g x̃ᵀ), then P = Φ(−W̄ Wᵀ), then Σ̄_s = sym(Wᵀ P W).
-            let whiteningGradient = Tensor<Double>(zeros: [d, d])
+            let whiteningGradient: Tensor<Double> = workspace.tensor("wmse.whiteningGradient", [d, d])
             for i in 0..<d { for j in 0...i { whiteningGradient[i, j] = Double(buffer[region.lowerBound + i * d + j]) } }
-            let p = Tensor<Double>(zeros: [d, d])
+            let p: Tensor<Double> = workspace.tensor("wmse.p", [d, d], zeroed: false)
             Tensor.gemm(whiteningGradient, whitening, transposeB: true, into: p, alpha: -1)
             for i in 0..<d {
                 p[i, i] *= 0.5
                 for j in (i + 1)..<d where j < d { p[i, j] = 0 }
             }
-            let pw = Tensor.matmul(p, whitening)
-            let s = Tensor.matmul(whitening, transposeA: true, pw)
-            let covarianceGradient = Tensor<Double>(zeros: [d, d])
+            let pw: Tensor<Double> = workspace.tensor("wmse.pw", [d, d], zeroed: false)
+            Tensor.gemm(p, whitening, into: pw)
+            let s: Tensor<Double> = workspace.tensor("wmse.s", [d, d], zeroed: false)
+            Tensor.gemm(whitening, transposeA: true, pw, into: s)
+            let covarianceGradient: Tensor<Double> = workspace.tensor("wmse.covarianceGradient", [d, d])
             var trace = 0.0
             for i in 0..<d {
                 trace += s[i, i]
@@ -265,13 +285,15 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
             if shrinkage != 0 { for i in 0..<d { covarianceGradient[i, i] += shrinkage * trace / Double(d) } }
 
             // ∂z = (g − mean g) W + 2/(N_g − 1) · x̃ Σ̄.
-            let meanGradient = Tensor<Scalar>(zeros: [d])
+            let meanGradient: Tensor<Scalar> = workspace.tensor("wmse.meanGradient", [d], zeroed: false)
             for j in 0..<d { meanGradient[flat: j] = Scalar(-Double(buffer[region.lowerBound + d * d + j]) / Double(batchSize)) }
-            let shifted = whitenedGradient.copy()
+            let shifted = workspace.copy(whitenedGradient, into: "wmse.shifted")
             shifted.addToEachRow(meanGradient)
-            let gradient = Tensor<Scalar>(zeros: [n, d])
+            let gradient: Tensor<Scalar> = workspace.tensor("wmse.rowGradient", [n, d], zeroed: false)
             Tensor.gemm(shifted, whiteningScalar, into: gradient)
-            Tensor.gemm(centred, covarianceGradient.converted(to: Scalar.self), into: gradient,
+            let covarianceGradientScalar = covarianceGradient.converted(
+                into: workspace.tensor("wmse.covarianceGradientScalar", [d, d], zeroed: false, as: Scalar.self))
+            Tensor.gemm(centred, covarianceGradientScalar, into: gradient,
                         alpha: Scalar(2 / Double(batchSize - 1)), beta: 1)
             return gradient
         }

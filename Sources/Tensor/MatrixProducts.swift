@@ -98,9 +98,16 @@ extension Tensor {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func choleskyLower(inverse: Bool = false) throws -> Tensor {
+        try choleskyLower(inverse: inverse, into: Tensor(zeros: shape))
+    }
+
+    /// ``choleskyLower(inverse:)`` written into `result` (shaped like this matrix), which is returned.
+    @discardableResult
+    public func choleskyLower(inverse: Bool = false, into result: Tensor) throws -> Tensor {
         precondition(rank == 2 && shape[0] == shape[1], "Cholesky of a non-square \(shape)")
+        precondition(result.shape == shape, "Cholesky of \(shape) into \(result.shape)")
         let n = shape[0]
-        let result = copy()
+        result.copy(from: self)
         let info = result.withUnsafeMutableBufferPointer { p in
             Scalar.choleskyLower(n: n, a: p.baseAddress!, lda: n, invert: inverse)
         }

@@ -1,3 +1,23 @@
+import Synchronization
+
+/// Counts of tensor storage allocations in this process: what the zero-allocation tests of a
+/// steady training step read (a step that reuses its buffers leaves them unchanged).
+public enum TensorAllocations {
+    static let count = Atomic<Int>(0)
+    static let bytes = Atomic<Int>(0)
+
+    /// Storage allocations so far, and their bytes.
+    public static var snapshot: (count: Int, bytes: Int) {
+        (count.load(ordering: .relaxed), bytes.load(ordering: .relaxed))
+    }
+
+    @usableFromInline
+    static func record(bytes byteCount: Int) {
+        count.add(1, ordering: .relaxed)
+        bytes.add(byteCount, ordering: .relaxed)
+    }
+}
+
 /// Storage of a tensor: one 64-byte-aligned allocation, zero-initialised, freed on `deinit`.
 ///
 /// Tensors are views into storage, so a layer can keep parameters, gradients and activations
@@ -15,6 +35,7 @@ public final class TensorStorage<Scalar: TensorScalar>: @unchecked Sendable {
         precondition(capacity >= 0, "negative tensor capacity \(capacity)")
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(capacity, 1) * MemoryLayout<Scalar>.stride,
                                                    alignment: 64)
+        TensorAllocations.record(bytes: max(capacity, 1) * MemoryLayout<Scalar>.stride)
         self.capacity = capacity
         base = raw.bindMemory(to: Scalar.self, capacity: max(capacity, 1))
         base.initialize(repeating: 0, count: max(capacity, 1))
@@ -184,7 +205,13 @@ public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
     @_specialize(where Scalar == Float, Other == Float)
     @_specialize(where Scalar == Double, Other == Double)
     public func converted<Other: TensorScalar>(to _: Other.Type = Other.self) -> Tensor<Other> {
-        let result = Tensor<Other>(zeros: shape)
+        converted(into: Tensor<Other>(zeros: shape))
+    }
+
+    /// ``converted(to:)`` written into `result` (of the same element count), which is returned.
+    @discardableResult
+    public func converted<Other: TensorScalar>(into result: Tensor<Other>) -> Tensor<Other> {
+        precondition(result.count == count, "convert \(count) elements into \(result.count)")
         withUnsafeBufferPointer { source in
             result.withUnsafeMutableBufferPointer { target in
                 for i in 0..<count { target[i] = Other(source[i]) }

@@ -1,0 +1,52 @@
+import Communication
+import Engine
+import JointEmbedding
+import Layers
+import Objectives
+import Optimizers
+import Performance
+import Tensor
+import XCTest
+import _TestSupport
+
+/// A steady training step allocates no tensor storage: layers, objectives and the optimizer
+/// reuse their buffers across steps (the first steps may allocate; later ones must not).
+final class SteadyStepAllocationTests: XCTestCase {
+    func allocations(objective name: ObjectiveName, ranks: Int = 1) throws -> [Int] {
+        let options = Benchmarks.StepOptions(encoder: [24, 32, 32], projector: [32, 64, 48], batch: 16, objective: name,
+                                             steps: 1, warmup: 0, directions: 16)
+        let results = try ThreadCommunicator.run(worldSize: ranks) { communicator -> [Int] in
+            let model = try Model<Float>(options.model, seed: 1)
+            let optimizer = try LARS(parameters: model.parameters, learningRate: 0.1, weightDecay: 1e-6)
+            let trainStep = TrainStep(parameters: model.parameters, optimizer: optimizer, communicator: communicator)
+            let modelStep = JointEmbeddingStep(model: model, objective: try Benchmarks.makeObjective(name, directions: 16),
+                                               seed: 1, rowCounts: [Int](repeating: 16, count: ranks))
+            let views = (0..<2).map { v in
+                let x = Tensor<Float>(zeros: [16, 24])
+                CounterRandom(seed: 2, streamName: "view\(v)").fillNormal(x, start: UInt64(communicator.rank * 1000))
+                return x
+            }
+            let clock = PhaseClock()
+            var counts: [Int] = []
+            for step in 0..<5 {
+                try communicator.barrier()
+                let before = TensorAllocations.snapshot.count
+                try trainStep.run(learningRate: 0.1) {
+                    try modelStep.forwardBackward(views: views, step: step, communicator: communicator, clock: clock)
+                }
+                try communicator.barrier()
+                counts.append(TensorAllocations.snapshot.count - before)
+            }
+            return counts
+        }
+        return results[0]
+    }
+
+    func testASteadyStepAllocatesNoTensorStorage() throws {
+        for name in ObjectiveName.allCases.prefix(5) where name != .wmse {
+            let counts = try allocations(objective: name)
+            print("allocations per step, \(name): \(counts)")
+            XCTAssertEqual(counts.suffix(2), [0, 0], "\(name) allocates tensor storage in steady steps: \(counts)")
+        }
+    }
+}
