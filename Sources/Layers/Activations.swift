@@ -93,3 +93,50 @@ public final class GELU<Scalar: LayerScalar>: ParameterFreeLayer {
         return inputGradient
     }
 }
+
+/// The sigmoid linear unit, `y = x σ(x)`, element-wise on any shape (PyTorch's `nn.SiLU`; the
+/// activation before an AdaLN modulation).
+public final class SiLU<Scalar: LayerScalar>: ParameterFreeLayer {
+    private final class Cache {
+        var input: Tensor<Scalar>?          // (B, …), the caller's
+        var output: Tensor<Scalar>?         // (B, …)
+        var inputGradient: Tensor<Scalar>?  // (B, …)
+    }
+    private var caches = SlotCaches<Cache>()
+
+    public init() {}
+
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        let cache = caches.cache(context.slot, make: Cache.init)
+        let output = reuse(&cache.output, shape: input.shape)
+        cache.input = input
+        input.withUnsafeBufferPointer { x in
+            output.withUnsafeMutableBufferPointer { y in
+                for i in x.indices { y[i] = x[i] / (1 + Scalar.exp(-x[i])) }
+            }
+        }
+        return output
+    }
+
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        guard let cache = caches.existing(context.slot), let input = cache.input, input.count == outputGradient.count
+        else { throw LayerError.noForward(layer: "SiLU", slot: context.slot) }
+        let inputGradient = reuse(&cache.inputGradient, shape: input.shape)
+        // dx = dy · σ(x) (1 + x (1 − σ(x)))
+        input.withUnsafeBufferPointer { x in
+            outputGradient.withUnsafeBufferPointer { dy in
+                inputGradient.withUnsafeMutableBufferPointer { dx in
+                    for i in x.indices {
+                        let sigmoid = 1 / (1 + Scalar.exp(-x[i]))
+                        dx[i] = dy[i] * sigmoid * (1 + x[i] * (1 - sigmoid))
+                    }
+                }
+            }
+        }
+        return inputGradient
+    }
+}
