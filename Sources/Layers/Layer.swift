@@ -209,3 +209,14 @@ func accumulate<Scalar: TensorScalar>(_ values: [Double], into tensor: Tensor<Sc
         for i in g.indices { g[i] += Scalar(values[i]) }
     }
 }
+
+/// `result = a + b` element-wise (same counts): a residual sum into a layer's own buffer.
+@inline(__always)
+func sum<Scalar: TensorScalar>(_ a: Tensor<Scalar>, _ b: Tensor<Scalar>, into result: Tensor<Scalar>) {
+    precondition(a.count == result.count && b.count == result.count, "sum of \(a.shape) and \(b.shape) into \(result.shape)")
+    a.withUnsafeBufferPointer { a in
+        b.withUnsafeBufferPointer { b in
+            result.withUnsafeMutableBufferPointer { y in for i in y.indices { y[i] = a[i] + b[i] } }
+        }
+    }
+}

@@ -31,82 +31,27 @@ extension ConditionedLayer {
     public func bufferSpecs() -> [ParameterSpec] { [] }
 }
 
-// MARK: - Named children
-
-/// Layers applied in order under fixed names (`fc1`, `act`, `fc2`; `patch_embed`, `blocks.0`,
-/// …): a ``Sequential`` whose parameter names are PyTorch module names rather than indices.
-/// An empty name puts the child's parameters directly under the parent (`cls_token`).
-struct NamedLayers<Scalar: LayerScalar> {
-    let children: [(name: String, layer: any Layer<Scalar>)]
-
-    init(_ children: [(String, any Layer<Scalar>)]) {
-        self.children = children.map { (name: $0.0, layer: $0.1) }
-    }
-
-    func parameterSpecs() -> [ParameterSpec] {
-        children.flatMap { child in child.layer.parameterSpecs().map { $0.prefixed(child.name) } }
-    }
-
-    func bufferSpecs() -> [ParameterSpec] {
-        children.flatMap { child in child.layer.bufferSpecs().map { $0.prefixed(child.name) } }
-    }
-
-    func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
-        for child in children {
-            child.layer.bind(parameters: parameters, buffers: buffers,
-                             prefix: child.name.isEmpty ? prefix : qualifiedName(prefix, child.name))
-        }
-    }
-
-    func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
-        var x = input
-        for child in children { x = try child.layer.forward(x, context: context) }
-        return x
-    }
-
-    /// Backward through the children in reverse; only the first sees the caller's
-    /// ``LayerContext/needsInputGradient``.
-    func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
-        var gradient = outputGradient
-        let inner = context.needingInputGradient(true)
-        for (index, child) in children.enumerated().reversed() {
-            gradient = try child.layer.backward(gradient, context: index == 0 ? context : inner)
-        }
-        return gradient
-    }
-}
-
 // MARK: - Feed-forward
 
 /// The MLP of a transformer block (timm's `Mlp`): `fc2(GELU(fc1(x)))`, `(…, C) → (…, C)` through
 /// a hidden width. Parameters: `fc1.weight` `(hidden, C)`, `fc1.bias`, `fc2.weight` `(C, hidden)`,
 /// `fc2.bias`.
-public final class FeedForward<Scalar: LayerScalar>: Layer {
+public final class FeedForward<Scalar: LayerScalar>: NamedSequentialLayer {
     public let features: Int
     public let hiddenFeatures: Int
-    private let layers: NamedLayers<Scalar>
+    public let sequence: NamedSequential<Scalar>
 
     public init(features: Int, hiddenFeatures: Int) {
         self.features = features
         self.hiddenFeatures = hiddenFeatures
-        layers = NamedLayers([("fc1", Linear<Scalar>(inFeatures: features, outFeatures: hiddenFeatures)),
-                              ("act", GELU<Scalar>()),
-                              ("fc2", Linear<Scalar>(inFeatures: hiddenFeatures, outFeatures: features))])
+        sequence = NamedSequential([("fc1", Linear<Scalar>(inFeatures: features, outFeatures: hiddenFeatures)),
+                                    ("act", GELU<Scalar>()),
+                                    ("fc2", Linear<Scalar>(inFeatures: hiddenFeatures, outFeatures: features))])
     }
 
-    public func parameterSpecs() -> [ParameterSpec] { layers.parameterSpecs() }
-
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
-        layers.bind(parameters: parameters, buffers: buffers, prefix: prefix)
-    }
-
-    /// `(…, C) → (…, C)`.
-    public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
-        try layers.forward(input, context: context)
-    }
-
-    public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
-        try layers.backward(outputGradient, context: context)
+    /// The MLP of `round(features · mlpRatio)` (at least 1) hidden features.
+    public convenience init(features: Int, mlpRatio: Double) {
+        self.init(features: features, hiddenFeatures: max(1, Int((Double(features) * mlpRatio).rounded())))
     }
 }
 
@@ -130,6 +75,7 @@ public final class TransformerBlock<Scalar: LayerScalar>: Layer {
     public let mlp: FeedForward<Scalar>
     private let attentionDropout: Dropout<Scalar>
     private let mlpDropout: Dropout<Scalar>
+    private let sublayers: NamedSequential<Scalar>   // for names only
 
     private final class Cache {
         var hidden: Tensor<Scalar>?            // (B, T, C) h
@@ -152,14 +98,11 @@ public final class TransformerBlock<Scalar: LayerScalar>: Layer {
         norm1 = LayerNorm(features: features, epsilon: 1e-6)
         attn = MultiHeadAttention(features: features, heads: heads, qkvBias: qkvBias, causal: causal)
         norm2 = LayerNorm(features: features, epsilon: 1e-6)
-        mlp = FeedForward(features: features, hiddenFeatures: max(1, Int((Double(features) * mlpRatio).rounded())))
+        mlp = FeedForward(features: features, mlpRatio: mlpRatio)
         attentionDropout = Dropout(probability: dropout)
         mlpDropout = Dropout(probability: dropout)
-    }
-
-    private var sublayers: NamedLayers<Scalar> {
-        NamedLayers([("norm1", norm1), ("attn", attn), ("attn_drop", attentionDropout),
-                     ("norm2", norm2), ("mlp", mlp), ("mlp_drop", mlpDropout)])
+        sublayers = NamedSequential([("norm1", norm1), ("attn", attn), ("attn_drop", attentionDropout),
+                                     ("norm2", norm2), ("mlp", mlp), ("mlp_drop", mlpDropout)])
     }
 
     public func parameterSpecs() -> [ParameterSpec] { sublayers.parameterSpecs() }
@@ -181,13 +124,11 @@ public final class TransformerBlock<Scalar: LayerScalar>: Layer {
         // h = x + drop(attn(norm1(x)))
         let attended = try attentionDropout.forward(attn.forward(norm1.forward(input, context: context), context: context),
                                                     context: context)
-        hidden.copy(from: input)
-        hidden.add(attended)
+        sum(input, attended, into: hidden)
         // y = h + drop(mlp(norm2(h)))
         let transformed = try mlpDropout.forward(mlp.forward(norm2.forward(hidden, context: context), context: context),
                                                  context: context)
-        output.copy(from: hidden)
-        output.add(transformed)
+        sum(hidden, transformed, into: output)
         return output
     }
 
@@ -202,13 +143,11 @@ public final class TransformerBlock<Scalar: LayerScalar>: Layer {
         // dh = dy + norm2ᵀ mlpᵀ dropᵀ dy
         let throughMLP = try norm2.backward(mlp.backward(mlpDropout.backward(outputGradient, context: inner), context: inner),
                                             context: inner)
-        hiddenGradient.copy(from: outputGradient)
-        hiddenGradient.add(throughMLP)
+        sum(outputGradient, throughMLP, into: hiddenGradient)
         // dx = dh + norm1ᵀ attnᵀ dropᵀ dh
         let throughAttention = try norm1.backward(
             attn.backward(attentionDropout.backward(hiddenGradient, context: inner), context: inner), context: inner)
-        inputGradient.copy(from: hiddenGradient)
-        inputGradient.add(throughAttention)
+        sum(hiddenGradient, throughAttention, into: inputGradient)
         return inputGradient
     }
 }
@@ -238,7 +177,7 @@ public final class AdaLNZeroBlock<Scalar: LayerScalar>: ConditionedLayer {
     public let attn: MultiHeadAttention<Scalar>
     public let norm2: LayerNorm<Scalar>
     public let mlp: FeedForward<Scalar>
-    private let modulation: NamedLayers<Scalar>
+    private let modulation: NamedSequential<Scalar>
 
     private final class Cache {
         var modulation: Tensor<Scalar>?         // (B, T, 6C), the modulation Linear's buffer
@@ -271,8 +210,8 @@ public final class AdaLNZeroBlock<Scalar: LayerScalar>: ConditionedLayer {
         norm1 = LayerNorm(features: features, elementwiseAffine: false, epsilon: 1e-6)
         attn = MultiHeadAttention(features: features, heads: heads, qkvBias: qkvBias, causal: causal)
         norm2 = LayerNorm(features: features, elementwiseAffine: false, epsilon: 1e-6)
-        mlp = FeedForward(features: features, hiddenFeatures: max(1, Int((Double(features) * mlpRatio).rounded())))
-        modulation = NamedLayers([("0", SiLU<Scalar>()),
+        mlp = FeedForward(features: features, mlpRatio: mlpRatio)
+        modulation = NamedSequential([("0", SiLU<Scalar>()),
                                   ("1", Linear<Scalar>(inFeatures: conditionFeatures, outFeatures: 6 * features,
                                                        initializer: .zeros))])
     }
@@ -280,11 +219,11 @@ public final class AdaLNZeroBlock<Scalar: LayerScalar>: ConditionedLayer {
     private var name: String { "AdaLNZeroBlock(\(features), condition \(conditionFeatures))" }
 
     public func parameterSpecs() -> [ParameterSpec] {
-        NamedLayers([("attn", attn), ("mlp", mlp)]).parameterSpecs() + modulation.parameterSpecs().map { $0.prefixed("adaLN_modulation") }
+        NamedSequential([("attn", attn), ("mlp", mlp)]).parameterSpecs() + modulation.parameterSpecs().map { $0.prefixed("adaLN_modulation") }
     }
 
     public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
-        NamedLayers([("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)])
+        NamedSequential([("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)])
             .bind(parameters: parameters, buffers: buffers, prefix: prefix)
         modulation.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "adaLN_modulation"))
     }
@@ -303,23 +242,18 @@ public final class AdaLNZeroBlock<Scalar: LayerScalar>: ConditionedLayer {
                                            got: condition.shape)
         }
         let cache = caches.cache(context.slot, make: Cache.init)
-        let C = features, rows = input.count / features
         let modulation = try self.modulation.forward(condition, context: context)                 // (B, T, 6C)
         let modulated1 = reuse(&cache.modulated1, shape: input.shape)
         let modulated2 = reuse(&cache.modulated2, shape: input.shape)
         let hidden = reuse(&cache.hidden, shape: input.shape)
         let output = reuse(&cache.output, shape: input.shape)
         cache.modulation = modulation
-        // u₁ = norm1(x) ⊙ (1 + scale₁) + shift₁;  h = x + gate₁ ⊙ attn(u₁)
-        let normalized1 = try norm1.forward(input, context: context)
-        Self.modulate(normalized1, modulation, chunk: 0, into: modulated1, rows: rows, features: C)
-        let attended = try attn.forward(modulated1, context: context)
-        Self.gatedResidual(input, attended, modulation, chunk: 2, into: hidden, rows: rows, features: C)
-        // u₂ = norm2(h) ⊙ (1 + scale₂) + shift₂;  y = h + gate₂ ⊙ mlp(u₂)
-        let normalized2 = try norm2.forward(hidden, context: context)
-        Self.modulate(normalized2, modulation, chunk: 3, into: modulated2, rows: rows, features: C)
-        let transformed = try mlp.forward(modulated2, context: context)
-        Self.gatedResidual(hidden, transformed, modulation, chunk: 5, into: output, rows: rows, features: C)
+        // h = x + gate₁ ⊙ attn(norm1(x) ⊙ (1 + scale₁) + shift₁)
+        let (normalized1, attended) = try branchForward(input, norm: norm1, sublayer: attn, modulation: modulation, chunk: 0,
+                                                        modulated: modulated1, into: hidden, context: context)
+        // y = h + gate₂ ⊙ mlp(norm2(h) ⊙ (1 + scale₂) + shift₂)
+        let (normalized2, transformed) = try branchForward(hidden, norm: norm2, sublayer: mlp, modulation: modulation, chunk: 3,
+                                                           modulated: modulated2, into: output, context: context)
         (cache.normalized1, cache.normalized2, cache.attended, cache.transformed) = (normalized1, normalized2, attended, transformed)
         return output
     }
@@ -333,32 +267,57 @@ public final class AdaLNZeroBlock<Scalar: LayerScalar>: ConditionedLayer {
               let attended = cache.attended, let transformed = cache.transformed
         else { throw LayerError.noForward(layer: name, slot: context.slot) }
         let inner = context.needingInputGradient(true)
-        let C = features, rows = output.count / features
         let branchGradient = reuse(&cache.branchGradient, shape: output.shape)
         let hiddenGradient = reuse(&cache.hiddenGradient, shape: output.shape)
         let inputGradient = reuse(&cache.inputGradient, shape: output.shape)
         let modulationGradient = reuse(&cache.modulationGradient, shape: modulation.shape)
-        // MLP branch: dgate₂ = dy ⊙ f; df = dy ⊙ gate₂; then through the MLP and the modulation into norm2
-        Self.gateBackward(outputGradient, transformed, modulation, chunk: 5, branch: branchGradient,
-                          modulationGradient: modulationGradient, rows: rows, features: C)
-        let modulated2Gradient = try mlp.backward(branchGradient, context: inner)
-        Self.modulateBackward(modulated2Gradient, normalized2, modulation, chunk: 3, normGradient: branchGradient,
-                              modulationGradient: modulationGradient, rows: rows, features: C)
-        // dh = dy + norm2ᵀ(dn₂)
-        hiddenGradient.copy(from: outputGradient)
-        hiddenGradient.add(try norm2.backward(branchGradient, context: inner))
-        // Attention branch, the same with chunks 0…2
-        Self.gateBackward(hiddenGradient, attended, modulation, chunk: 2, branch: branchGradient,
-                          modulationGradient: modulationGradient, rows: rows, features: C)
-        let modulated1Gradient = try attn.backward(branchGradient, context: inner)
-        Self.modulateBackward(modulated1Gradient, normalized1, modulation, chunk: 0, normGradient: branchGradient,
-                              modulationGradient: modulationGradient, rows: rows, features: C)
-        // dx = dh + norm1ᵀ(dn₁)
-        inputGradient.copy(from: hiddenGradient)
-        inputGradient.add(try norm1.backward(branchGradient, context: inner))
+        // dh = dy + (the MLP branch)ᵀ dy
+        sum(outputGradient, try branchBackward(outputGradient, norm: norm2, normalized: normalized2, sublayer: mlp,
+                                               output: transformed, modulation: modulation, chunk: 3, branch: branchGradient,
+                                               modulationGradient: modulationGradient, context: inner),
+            into: hiddenGradient)
+        // dx = dh + (the attention branch)ᵀ dh
+        sum(hiddenGradient, try branchBackward(hiddenGradient, norm: norm1, normalized: normalized1, sublayer: attn,
+                                               output: attended, modulation: modulation, chunk: 0, branch: branchGradient,
+                                               modulationGradient: modulationGradient, context: inner),
+            into: inputGradient)
         // dc = SiLUᵀ Linearᵀ dm
         let conditionGradient = try self.modulation.backward(modulationGradient, context: inner)
         return (inputGradient, conditionGradient)
+    }
+
+    // MARK: Branches
+
+    /// One gated branch, `y = x + gate ⊙ sublayer(norm(x) ⊙ (1 + scale) + shift)` with shift,
+    /// scale, gate the chunks `chunk`, `chunk + 1`, `chunk + 2` of the modulation; returns
+    /// `norm(x)` and `sublayer(·)` for the backward pass.
+    private func branchForward(_ x: Tensor<Scalar>, norm: LayerNorm<Scalar>, sublayer: any Layer<Scalar>,
+                               modulation: Tensor<Scalar>, chunk: Int, modulated: Tensor<Scalar>, into output: Tensor<Scalar>,
+                               context: LayerContext) throws -> (normalized: Tensor<Scalar>, branch: Tensor<Scalar>) {
+        let rows = x.count / features
+        let normalized = try norm.forward(x, context: context)
+        Self.modulate(normalized, modulation, chunk: chunk, into: modulated, rows: rows, features: features)
+        let branch = try sublayer.forward(modulated, context: context)
+        Self.gatedResidual(x, branch, modulation, chunk: chunk + 2, into: output, rows: rows, features: features)
+        return (normalized, branch)
+    }
+
+    /// The backward of ``branchForward`` without its identity path: writes the branch's shift,
+    /// scale and gate gradients into `modulationGradient` and returns `normᵀ(…)`, the branch's
+    /// share of `dx`. `branch` is scratch.
+    private func branchBackward(_ dy: Tensor<Scalar>, norm: LayerNorm<Scalar>, normalized: Tensor<Scalar>,
+                                sublayer: any Layer<Scalar>, output: Tensor<Scalar>, modulation: Tensor<Scalar>, chunk: Int,
+                                branch: Tensor<Scalar>, modulationGradient: Tensor<Scalar>,
+                                context: LayerContext) throws -> Tensor<Scalar> {
+        let rows = dy.count / features
+        // dgate = dy ⊙ f, df = dy ⊙ gate
+        Self.gateBackward(dy, output, modulation, chunk: chunk + 2, branch: branch, modulationGradient: modulationGradient,
+                          rows: rows, features: features)
+        let modulatedGradient = try sublayer.backward(branch, context: context)
+        // dshift = du, dscale = du ⊙ n, dn = du ⊙ (1 + scale)
+        Self.modulateBackward(modulatedGradient, normalized, modulation, chunk: chunk, normGradient: branch,
+                              modulationGradient: modulationGradient, rows: rows, features: features)
+        return try norm.backward(branch, context: context)
     }
 
     // MARK: Modulation kernels (rows × C tokens, rows × 6C modulation)

@@ -1,7 +1,7 @@
 import Tensor
 
 /// A vision transformer encoder (Dosovitskiy et al. 2021; timm's `VisionTransformer` without
-/// its head): `(B, C, H, W) → (B, width)`.
+/// its head): `(B, C, H, W) → (B, width)`, the ``NamedSequential`` of
 ///
 /// ```
 /// patch_embed: (B, C, H, W) → (B, N, E)          N = (H/P)·(W/P)
@@ -16,9 +16,9 @@ import Tensor
 /// `(1, N (+1), E)`, `blocks.i.norm1.weight`, `blocks.i.attn.qkv.weight`, …, `norm.weight`,
 /// `norm.bias`. Unlike timm's `global_pool='avg'`, mean pooling follows the final `norm`
 /// (timm moves it to an `fc_norm` after pooling); there is no class token then.
-public final class VisionTransformer<Scalar: LayerScalar>: Layer {
+public final class VisionTransformer<Scalar: LayerScalar>: NamedSequentialLayer {
     public let description: ViTDescription
-    private let layers: NamedLayers<Scalar>
+    public let sequence: NamedSequential<Scalar>
 
     public init(_ description: ViTDescription) {
         self.description = description
@@ -34,22 +34,7 @@ public final class VisionTransformer<Scalar: LayerScalar>: Layer {
         }
         children.append(("norm", LayerNorm<Scalar>(features: d.width, epsilon: 1e-6)))
         children.append(("pool", TokenPooling<Scalar>(d.pooling, prefixTokens: d.pooling == .cls ? 1 : 0)))
-        layers = NamedLayers(children)
-    }
-
-    public func parameterSpecs() -> [ParameterSpec] { layers.parameterSpecs() }
-
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
-        layers.bind(parameters: parameters, buffers: buffers, prefix: prefix)
-    }
-
-    /// `(B, C, H, W) → (B, width)`.
-    public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
-        try layers.forward(input, context: context)
-    }
-
-    public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
-        try layers.backward(outputGradient, context: context)
+        sequence = NamedSequential(children)
     }
 }
 

@@ -94,6 +94,15 @@ final class TransformerGradientTests: XCTestCase {
         try check(MultiHeadAttention<Double>(features: 4, heads: 1, causal: true), input: [3, 1, 4], "attention one token")
     }
 
+    func testCrossAttentionIncludingTheMemoryGradient() throws {
+        try check(PackedConditionedLayer(CrossAttention<Double>(features: 6, memoryFeatures: 3, heads: 2), features: 6,
+                                         conditionFeatures: 3),
+                  input: [2, 4, 9], "CrossAttention")
+        try check(PackedConditionedLayer(CrossAttention<Double>(features: 4, memoryFeatures: 4, heads: 2, headDimension: 3,
+                                                                bias: false), features: 4, conditionFeatures: 4),
+                  input: [2, 3, 8], "CrossAttention(bias: false, H·D ≠ C)")
+    }
+
     func testEmbeddings() throws {
         try check(PatchEmbedding<Double>(inChannels: 2, patchSize: 2, embedDimension: 3), input: [2, 2, 4, 6], "PatchEmbedding")
         try check(PositionEmbedding<Double>(tokens: 4, embedDimension: 3, classToken: true), input: [2, 4, 3],

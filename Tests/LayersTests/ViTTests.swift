@@ -146,6 +146,36 @@ final class ViTTests: XCTestCase {
         XCTAssertNotEqual(try full.forward(x2, context: training)[0, 0, 0], before[0, 0, 0])
     }
 
+    /// Cross-attention of a sequence to itself, with the `q` and `kv` weights cut from a fused
+    /// `qkv`, is self-attention; its two input gradients add up to self-attention's.
+    func testCrossAttentionToItselfIsSelfAttention() throws {
+        let attention = MultiHeadAttention<Double>(features: 6, heads: 2)
+        let cross = CrossAttention<Double>(features: 6, heads: 2)
+        let fused = ParameterStore<Double>(specs: attention.parameterSpecs(), seed: 4)
+        let split = ParameterStore<Double>(specs: cross.parameterSpecs(), seed: 4)
+        let none = ParameterStore<Double>(specs: [], seed: 4)
+        attention.bind(parameters: fused, buffers: none, prefix: "")
+        cross.bind(parameters: split, buffers: none, prefix: "")
+        let qkvWeight = fused.value("qkv.weight").scalars, qkvBias = fused.value("qkv.bias").scalars
+        split.value("q.weight").copy(from: Tensor(shape: [6, 6], scalars: Array(qkvWeight[..<36])))
+        split.value("kv.weight").copy(from: Tensor(shape: [12, 6], scalars: Array(qkvWeight[36...])))
+        split.value("q.bias").copy(from: Tensor(shape: [6], scalars: Array(qkvBias[..<6])))
+        split.value("kv.bias").copy(from: Tensor(shape: [12], scalars: Array(qkvBias[6...])))
+        split.value("proj.weight").copy(from: fused.value("proj.weight"))
+        split.value("proj.bias").copy(from: fused.value("proj.bias"))
+        let x = randomTensor([2, 5, 6], seed: 1, as: Double.self), dy = randomTensor([2, 5, 6], seed: 2, as: Double.self)
+        assertClose(try cross.forward(x, condition: x, context: training).scalars, try attention.forward(x, context: training).scalars,
+                    rtol: 1e-12, atol: 1e-14, "output")
+        let (dx, dMemory) = try cross.backward(dy, context: training)
+        let expected = try attention.backward(dy, context: training)
+        assertClose(zip(dx.scalars, dMemory.scalars).map { $0 + $1 }, expected.scalars, rtol: 1e-12, atol: 1e-14, "input gradient")
+        // A memory of another length: (B, T, C) attending to (B, S, M).
+        let other = CrossAttention<Double>(features: 6, memoryFeatures: 3, heads: 3)
+        other.bind(parameters: ParameterStore(specs: other.parameterSpecs(), seed: 1), buffers: none, prefix: "")
+        XCTAssertEqual(try other.forward(x, condition: randomTensor([2, 7, 3], seed: 3), context: training).shape, [2, 5, 6])
+        XCTAssertEqual(try other.backward(dy, context: training).condition.shape, [2, 7, 3])
+    }
+
     func testShapeErrorsNameTheLayerAndTheInput() throws {
         func assertShapeError(_ body: @autoclosure () throws -> Any, layer: String, expected: String,
                               file: StaticString = #filePath, line: UInt = #line) {
@@ -169,6 +199,13 @@ final class ViTTests: XCTestCase {
                          layer: "AdaLNZeroBlock", expected: "condition (2, 3, 3)")
         assertShapeError(try block.forward(Tensor(zeros: [2, 3, 6]), condition: Tensor(zeros: [2, 2, 3]), context: training),
                          layer: "AdaLNZeroBlock", expected: "condition (2, 3, 3)")
+        let cross = bound(CrossAttention<Double>(features: 6, memoryFeatures: 3, heads: 2))
+        assertShapeError(try cross.forward(Tensor(zeros: [2, 3, 6]), condition: Tensor(zeros: [2, 4, 5]), context: training),
+                         layer: "CrossAttention", expected: "memory (2, S ≥ 1, 3)")
+        assertShapeError(try cross.forward(Tensor(zeros: [2, 3, 6]), condition: Tensor(zeros: [1, 4, 3]), context: training),
+                         layer: "CrossAttention", expected: "memory (2, S ≥ 1, 3)")
+        assertShapeError(try cross.forward(Tensor(zeros: [2, 3, 3]), condition: Tensor(zeros: [2, 4, 3]), context: training),
+                         layer: "CrossAttention", expected: "input")
         let patches = bound(PatchEmbedding<Double>(inChannels: 1, patchSize: 2, embedDimension: 4))
         assertShapeError(try patches.forward(Tensor(zeros: [2, 1, 5, 4]), context: training),
                          layer: "PatchEmbedding", expected: "(B, 1, H, W) with H, W multiples of 2")
