@@ -146,7 +146,9 @@ public final class PatchEmbedding<Scalar: LayerScalar>: Layer {
 /// sequences shorter than the longest).
 ///
 /// Parameters: `cls_token` `(1, 1, E)` (with `classToken`), `pos_embed` `(1, tokens (+1), E)`,
-/// both normal with std 0.02 (timm draws a truncated normal).
+/// both normal with std 0.02 (timm draws a truncated normal). Both have the role `.bias`: added
+/// to the tokens like a bias, they are excluded from weight decay and LARS adaptation, as timm's
+/// `no_weight_decay()` excludes them.
 public final class PositionEmbedding<Scalar: LayerScalar>: Layer {
     /// The largest number of input tokens (patches) `N`.
     public let tokens: Int
@@ -177,9 +179,9 @@ public final class PositionEmbedding<Scalar: LayerScalar>: Layer {
     public func parameterSpecs() -> [ParameterSpec] {
         var specs: [ParameterSpec] = []
         if classToken {
-            specs.append(ParameterSpec(name: "cls_token", shape: [1, 1, embedDimension], role: .weight, initializer: .normal(std: 0.02)))
+            specs.append(ParameterSpec(name: "cls_token", shape: [1, 1, embedDimension], role: .bias, initializer: .normal(std: 0.02)))
         }
-        specs.append(ParameterSpec(name: "pos_embed", shape: [1, tokens + prefixTokens, embedDimension], role: .weight,
+        specs.append(ParameterSpec(name: "pos_embed", shape: [1, tokens + prefixTokens, embedDimension], role: .bias,
                                    initializer: .normal(std: 0.02)))
         return specs
     }

@@ -36,6 +36,8 @@ final class ViTTests: XCTestCase {
         XCTAssertEqual(Array(names.suffix(2)), ["encoder.0.norm.weight", "encoder.0.norm.bias"])
         XCTAssertEqual(model.parameters.entry(named: "encoder.0.patch_embed.proj.weight")?.shape, [8, 1, 2, 2])
         XCTAssertEqual(model.parameters.entry(named: "encoder.0.pos_embed")?.shape, [1, 5, 8])
+        XCTAssertEqual(model.parameters.entry(named: "encoder.0.pos_embed")?.role, .bias)     // no weight decay, as timm
+        XCTAssertEqual(model.parameters.entry(named: "encoder.0.cls_token")?.role, .bias)
         XCTAssertEqual(model.parameters.entry(named: "encoder.0.blocks.0.attn.qkv.weight")?.shape, [24, 8])
         XCTAssertEqual(model.parameters.entry(named: "encoder.0.blocks.0.mlp.fc1.weight")?.shape, [16, 8])
         var mean = tiny
@@ -237,6 +239,24 @@ final class ViTTests: XCTestCase {
             .groupingRows(2)).scalars
         let second = try dropout.forward(ones, context: LayerContext(training: true, slot: 1, seed: 3)).scalars
         XCTAssertEqual(stacked, whole + second)
+    }
+
+    /// A second step at the same batch size reuses the first step's buffers (outputs and input
+    /// gradients are the same views), for the encoder and for the predictor stack.
+    func testBuffersAreReusedAcrossSteps() throws {
+        let model = try Model<Double>(ModelDescription(encoder: .vit(tiny)), seed: 0)
+        let stack = bound(ConditionedTransformer<Double>(features: 8, conditionFeatures: 2, maxTokens: 4, depth: 2, heads: 2))
+        let (x, tokens, conditions) = (randomTensor([3, 16], seed: 1, as: Double.self), randomTensor([3, 4, 8], seed: 2, as: Double.self),
+                                       randomTensor([3, 4, 2], seed: 3, as: Double.self))
+        var views: [[Tensor<Double>]] = []
+        for _ in 0..<2 {
+            let y = try model.forward(x, context: training).last
+            let dx = try model.backward(y, context: training)
+            let z = try stack.forward(tokens, condition: conditions, context: training)
+            let (dTokens, dConditions) = try stack.backward(z, context: training)
+            views.append([y, dx, z, dTokens, dConditions])
+        }
+        for (first, second) in zip(views[0], views[1]) { XCTAssertTrue(first.isSameView(as: second), "\(first.shape)") }
     }
 
     // MARK: Data parallel
