@@ -43,6 +43,72 @@ public final class Sequential<Scalar: LayerScalar>: Layer {
     }
 }
 
+/// Layers applied in order under fixed names — PyTorch's `nn.Sequential(OrderedDict(…))` or a
+/// module's named children (`fc1`, `act`, `fc2`; `patch_embed`, `blocks.0`, …): a ``Sequential``
+/// whose parameter names are module names rather than indices. An empty name puts the child's
+/// parameters directly under the parent (`cls_token`).
+public final class NamedSequential<Scalar: LayerScalar>: Layer {
+    /// The children, in order.
+    public let children: [(name: String, layer: any Layer<Scalar>)]
+
+    public init(_ children: [(String, any Layer<Scalar>)]) {
+        self.children = children.map { (name: $0.0, layer: $0.1) }
+    }
+
+    public func parameterSpecs() -> [ParameterSpec] {
+        children.flatMap { child in child.layer.parameterSpecs().map { $0.prefixed(child.name) } }
+    }
+
+    public func bufferSpecs() -> [ParameterSpec] {
+        children.flatMap { child in child.layer.bufferSpecs().map { $0.prefixed(child.name) } }
+    }
+
+    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+        for child in children {
+            child.layer.bind(parameters: parameters, buffers: buffers,
+                             prefix: child.name.isEmpty ? prefix : qualifiedName(prefix, child.name))
+        }
+    }
+
+    public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        var x = input
+        for child in children { x = try child.layer.forward(x, context: context) }
+        return x
+    }
+
+    /// Backward through the children in reverse; only the first sees the caller's
+    /// ``LayerContext/needsInputGradient``.
+    public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        var gradient = outputGradient
+        let inner = context.needingInputGradient(true)
+        for (index, child) in children.enumerated().reversed() {
+            gradient = try child.layer.backward(gradient, context: index == 0 ? context : inner)
+        }
+        return gradient
+    }
+}
+
+/// A layer that is a fixed ``NamedSequential`` of children (``FeedForward``,
+/// ``VisionTransformer``): its parameters, forward and backward are the sequence's.
+public protocol NamedSequentialLayer: Layer {
+    /// The children, in order.
+    var sequence: NamedSequential<Scalar> { get }
+}
+
+extension NamedSequentialLayer {
+    public func parameterSpecs() -> [ParameterSpec] { sequence.parameterSpecs() }
+    public func bufferSpecs() -> [ParameterSpec] { sequence.bufferSpecs() }
+    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+        sequence.bind(parameters: parameters, buffers: buffers, prefix: prefix)
+    }
+    public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        try sequence.forward(input, context: context)
+    }
+    public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        try sequence.backward(outputGradient, context: context)
+    }
+}
+
 /// A residual connection, `y = body(x) + shortcut(x)`, with the identity as the default
 /// shortcut (the sum of a ResNet basic block, before its last ReLU). Names: `body.i.…`,
 /// `shortcut.i.…`.
@@ -87,8 +153,7 @@ public final class Residual<Scalar: LayerScalar>: Layer {
         }
         // y = body(x) + shortcut(x)
         let output = reuse(&cache.output, shape: bodyOutput.shape)
-        output.copy(from: bodyOutput)
-        output.add(skip)
+        sum(bodyOutput, skip, into: output)
         return output
     }
 
@@ -102,8 +167,7 @@ public final class Residual<Scalar: LayerScalar>: Layer {
         let bodyGradient = try body.backward(outputGradient, context: context)
         let skipGradient = try shortcut?.backward(outputGradient, context: context) ?? outputGradient
         let inputGradient = reuse(&cache.inputGradient, shape: bodyGradient.shape)
-        inputGradient.copy(from: bodyGradient)
-        inputGradient.add(skipGradient)
+        sum(bodyGradient, skipGradient, into: inputGradient)
         return inputGradient
     }
 }

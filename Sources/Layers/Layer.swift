@@ -42,16 +42,31 @@ public struct LayerContext: Sendable {
     /// with `G` times the rows — while batch norm normalises each view by its own statistics,
     /// group after group, exactly as `G` passes on `G` slots would.
     public var rowGroups: Int
+    /// The index in the global batch of this rank's first row (default 0). Layers that draw
+    /// random numbers per row (``Dropout``) key them by the *global* row, `globalRowOffset + r`
+    /// for local row `r` (of each row group), so that N ranks draw what one process draws on the
+    /// whole batch.
+    public var globalRowOffset: Int
+    /// The run's seed for random layers (default 0); with ``step`` and the global row it keys
+    /// every draw.
+    public var seed: UInt64
+    /// The training step (default 0): a dropout mask differs from step to step.
+    public var step: Int
 
     public init(training: Bool, communicator: any Communicator = SingleProcessCommunicator(), slot: Int = 0,
-                needsInputGradient: Bool = true, rowGroups: Int = 1) {
+                needsInputGradient: Bool = true, rowGroups: Int = 1,
+                globalRowOffset: Int = 0, seed: UInt64 = 0, step: Int = 0) {
         precondition(slot >= 0, "negative activation slot \(slot)")
         precondition(rowGroups >= 1, "\(rowGroups) row groups")
+        precondition(globalRowOffset >= 0, "negative global row offset \(globalRowOffset)")
         self.training = training
         self.communicator = communicator
         self.slot = slot
         self.needsInputGradient = needsInputGradient
         self.rowGroups = rowGroups
+        self.globalRowOffset = globalRowOffset
+        self.seed = seed
+        self.step = step
     }
 
     /// The same context on another activation slot.
@@ -192,5 +207,16 @@ func reuse<Scalar: TensorScalar>(_ buffer: inout Tensor<Scalar>?, shape: [Int]) 
 func accumulate<Scalar: TensorScalar>(_ values: [Double], into tensor: Tensor<Scalar>) {
     tensor.withUnsafeMutableBufferPointer { g in
         for i in g.indices { g[i] += Scalar(values[i]) }
+    }
+}
+
+/// `result = a + b` element-wise (same counts): a residual sum into a layer's own buffer.
+@inline(__always)
+func sum<Scalar: TensorScalar>(_ a: Tensor<Scalar>, _ b: Tensor<Scalar>, into result: Tensor<Scalar>) {
+    precondition(a.count == result.count && b.count == result.count, "sum of \(a.shape) and \(b.shape) into \(result.shape)")
+    a.withUnsafeBufferPointer { a in
+        b.withUnsafeBufferPointer { b in
+            result.withUnsafeMutableBufferPointer { y in for i in y.indices { y[i] = a[i] + b[i] } }
+        }
     }
 }

@@ -58,22 +58,30 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         }
         let normalized = reuse(&cache.normalized, shape: input.shape)
         let output = reuse(&cache.output, shape: input.shape)
-        input.withUnsafeBufferPointer { x in
-            normalized.withUnsafeMutableBufferPointer { xHat in
-                output.withUnsafeMutableBufferPointer { y in
-                    for r in 0..<R {
-                        let base = r * D
-                        var sum = 0.0
-                        for i in base..<(base + D) { sum += Double(x[i]) }
-                        let mean = sum / Double(D)
-                        var squares = 0.0
-                        for i in base..<(base + D) { let d = Double(x[i]) - mean; squares += d * d }
-                        let inverseStd = 1 / (squares / Double(D) + epsilon).squareRoot()
-                        cache.mean[r] = mean
-                        cache.inverseStd[r] = inverseStd
-                        for j in 0..<D {
-                            xHat[base + j] = Scalar((Double(x[base + j]) - mean) * inverseStd)
-                            y[base + j] = (weight?[flat: j] ?? 1) * xHat[base + j] + (bias?[flat: j] ?? 0)
+        // Raw pointers throughout: element access through the class's arrays would pay a
+        // dynamic exclusivity check per element.
+        withAffine { gamma, beta in
+            input.withUnsafeBufferPointer { x in
+                normalized.withUnsafeMutableBufferPointer { xHat in
+                    output.withUnsafeMutableBufferPointer { y in
+                        cache.mean.withUnsafeMutableBufferPointer { means in
+                            cache.inverseStd.withUnsafeMutableBufferPointer { inverseStds in
+                                for r in 0..<R {
+                                    let base = r * D
+                                    var sum = 0.0
+                                    for i in base..<(base + D) { sum += Double(x[i]) }
+                                    let mean = sum / Double(D)
+                                    var squares = 0.0
+                                    for i in base..<(base + D) { let d = Double(x[i]) - mean; squares += d * d }
+                                    let inverseStd = 1 / (squares / Double(D) + epsilon).squareRoot()
+                                    means[r] = mean
+                                    inverseStds[r] = inverseStd
+                                    for j in 0..<D {
+                                        xHat[base + j] = Scalar((Double(x[base + j]) - mean) * inverseStd)
+                                        y[base + j] = (gamma?[j] ?? 1) * xHat[base + j] + (beta?[j] ?? 0)
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -91,25 +99,33 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         let inputGradient = reuse(&cache.inputGradient, shape: normalized.shape)
         let (R, D) = (normalized.count / features, features)
         for j in 0..<D { weightSums[j] = 0; biasSums[j] = 0 }
-        outputGradient.withUnsafeBufferPointer { dy in
-            normalized.withUnsafeBufferPointer { xHat in
-                inputGradient.withUnsafeMutableBufferPointer { dx in
-                    for r in 0..<R {
-                        let base = r * D
-                        // dx̂ = γ dy;  dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ x̂)) / √(σ² + ε)
-                        var sumDXHat = 0.0, sumDXHatXHat = 0.0
-                        for j in 0..<D {
-                            let dXHat = Double(weight?[flat: j] ?? 1) * Double(dy[base + j])
-                            sumDXHat += dXHat
-                            sumDXHatXHat += dXHat * Double(xHat[base + j])
-                            biasSums[j] += Double(dy[base + j])
-                            weightSums[j] += Double(dy[base + j]) * Double(xHat[base + j])
-                        }
-                        let meanDXHat = sumDXHat / Double(D), meanDXHatXHat = sumDXHatXHat / Double(D)
-                        for j in 0..<D {
-                            let dXHat = Double(weight?[flat: j] ?? 1) * Double(dy[base + j])
-                            dx[base + j] = Scalar(cache.inverseStd[r]
-                                                  * (dXHat - meanDXHat - Double(xHat[base + j]) * meanDXHatXHat))
+        withAffine { gamma, _ in
+            outputGradient.withUnsafeBufferPointer { dy in
+                normalized.withUnsafeBufferPointer { xHat in
+                    inputGradient.withUnsafeMutableBufferPointer { dx in
+                        cache.inverseStd.withUnsafeBufferPointer { inverseStds in
+                            weightSums.withUnsafeMutableBufferPointer { weightSums in
+                                biasSums.withUnsafeMutableBufferPointer { biasSums in
+                                    for r in 0..<R {
+                                        let base = r * D
+                                        // dx̂ = γ dy;  dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ x̂)) / √(σ² + ε)
+                                        var sumDXHat = 0.0, sumDXHatXHat = 0.0
+                                        for j in 0..<D {
+                                            let dXHat = Double(gamma?[j] ?? 1) * Double(dy[base + j])
+                                            sumDXHat += dXHat
+                                            sumDXHatXHat += dXHat * Double(xHat[base + j])
+                                            biasSums[j] += Double(dy[base + j])
+                                            weightSums[j] += Double(dy[base + j]) * Double(xHat[base + j])
+                                        }
+                                        let meanDXHat = sumDXHat / Double(D), meanDXHatXHat = sumDXHatXHat / Double(D)
+                                        for j in 0..<D {
+                                            let dXHat = Double(gamma?[j] ?? 1) * Double(dy[base + j])
+                                            dx[base + j] = Scalar(inverseStds[r]
+                                                                  * (dXHat - meanDXHat - Double(xHat[base + j]) * meanDXHatXHat))
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -121,5 +137,12 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
             accumulate(biasSums, into: biasGradient)
         }
         return inputGradient
+    }
+
+    /// Calls `body` with γ and β (`nil` without affine parameters).
+    @inline(__always)
+    private func withAffine<R>(_ body: (UnsafePointer<Scalar>?, UnsafePointer<Scalar>?) -> R) -> R {
+        guard let weight, let bias else { return body(nil, nil) }
+        return weight.withUnsafeBufferPointer { w in bias.withUnsafeBufferPointer { b in body(w.baseAddress!, b.baseAddress!) } }
     }
 }

@@ -59,6 +59,9 @@ public enum NetworkDescription: Sendable, Equatable {
     case convnet(ConvNetDescription)
     /// A small ResNet of basic blocks, then global average pooling.
     case resnet(ResNetDescription)
+    /// A vision transformer: patch embedding, pre-norm transformer blocks, final layer norm,
+    /// class-token or mean pooling.
+    case vit(ViTDescription)
 
     /// An MLP by widths; see ``MLPDescription``.
     public static func mlp(widths: [Int], batchNorm: Bool = true, bias: Bool = true, activation: Activation = .relu,
@@ -73,6 +76,7 @@ public enum NetworkDescription: Sendable, Equatable {
         case let .mlp(d): return [d.widths.first ?? 0]
         case let .convnet(d): return [d.inputChannels, d.imageSize, d.imageSize]
         case let .resnet(d): return [d.inputChannels, d.imageSize, d.imageSize]
+        case let .vit(d): return [d.inputChannels, d.imageSize, d.imageSize]
         }
     }
 
@@ -82,6 +86,7 @@ public enum NetworkDescription: Sendable, Equatable {
         case let .mlp(d): return d.widths.last ?? 0
         case let .convnet(d): return d.channels.last ?? d.inputChannels
         case let .resnet(d): return d.stageChannels.last ?? d.stemChannels
+        case let .vit(d): return d.width
         }
     }
 
@@ -109,6 +114,22 @@ public enum NetworkDescription: Sendable, Equatable {
             try positive([d.inputChannels, d.imageSize, d.stemChannels, d.stemStride, d.blocksPerStage],
                          "inputChannels/imageSize/stemChannels/stemStride/blocksPerStage")
             try positive(d.stageChannels, "stageChannels")
+        case let .vit(d):
+            try positive([d.inputChannels, d.imageSize, d.patchSize, d.width, d.depth, d.heads],
+                         "inputChannels/imageSize/patchSize/width/depth/heads")
+            if d.imageSize % d.patchSize != 0 {
+                throw ModelDescriptionError(key: "\(key).patchSize",
+                                            problem: "must divide imageSize \(d.imageSize); got \(d.patchSize)")
+            }
+            if d.width % d.heads != 0 {
+                throw ModelDescriptionError(key: "\(key).heads", problem: "must divide width \(d.width); got \(d.heads)")
+            }
+            if !(d.mlpRatio > 0) || Int((Double(d.width) * d.mlpRatio).rounded()) < 1 {
+                throw ModelDescriptionError(key: "\(key).mlpRatio", problem: "must be positive; got \(d.mlpRatio)")
+            }
+            if !(d.dropout >= 0 && d.dropout < 1) {
+                throw ModelDescriptionError(key: "\(key).dropout", problem: "must be in [0, 1); got \(d.dropout)")
+            }
         }
     }
 }
@@ -150,15 +171,16 @@ public struct MLPDescription: Codable, Sendable, Equatable {
         self.lastBatchNormAffine = lastBatchNormAffine
     }
 
+    /// Decodes `widths` and overwrites the initializer's defaults with the keys present.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init(widths: try c.decode([Int].self, forKey: .widths),
-                  batchNorm: try c.decodeIfPresent(Bool.self, forKey: .batchNorm) ?? true,
-                  bias: try c.decodeIfPresent(Bool.self, forKey: .bias) ?? true,
-                  activation: try c.decodeIfPresent(Activation.self, forKey: .activation) ?? .relu,
-                  lastBias: try c.decodeIfPresent(Bool.self, forKey: .lastBias) ?? true,
-                  lastBatchNorm: try c.decodeIfPresent(Bool.self, forKey: .lastBatchNorm) ?? false,
-                  lastBatchNormAffine: try c.decodeIfPresent(Bool.self, forKey: .lastBatchNormAffine) ?? false)
+        self.init(widths: try c.decode([Int].self, forKey: .widths))
+        try c.overwrite(&batchNorm, .batchNorm)
+        try c.overwrite(&bias, .bias)
+        try c.overwrite(&activation, .activation)
+        try c.overwrite(&lastBias, .lastBias)
+        try c.overwrite(&lastBatchNorm, .lastBatchNorm)
+        try c.overwrite(&lastBatchNormAffine, .lastBatchNormAffine)
     }
 }
 
@@ -187,14 +209,15 @@ public struct ConvNetDescription: Codable, Sendable, Equatable {
         self.batchNorm = batchNorm
     }
 
+    /// Decodes the required keys and overwrites the initializer's defaults with the keys present.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.init(inputChannels: try c.decode(Int.self, forKey: .inputChannels),
                   imageSize: try c.decode(Int.self, forKey: .imageSize),
-                  channels: try c.decode([Int].self, forKey: .channels),
-                  kernelSize: try c.decodeIfPresent(Int.self, forKey: .kernelSize) ?? 3,
-                  poolSize: try c.decodeIfPresent(Int.self, forKey: .poolSize) ?? 2,
-                  batchNorm: try c.decodeIfPresent(Bool.self, forKey: .batchNorm) ?? true)
+                  channels: try c.decode([Int].self, forKey: .channels))
+        try c.overwrite(&kernelSize, .kernelSize)
+        try c.overwrite(&poolSize, .poolSize)
+        try c.overwrite(&batchNorm, .batchNorm)
     }
 }
 
@@ -227,14 +250,79 @@ public struct ResNetDescription: Codable, Sendable, Equatable {
         self.blocksPerStage = blocksPerStage
     }
 
+    /// Decodes the required keys and overwrites the initializer's defaults with the keys present.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.init(inputChannels: try c.decode(Int.self, forKey: .inputChannels),
-                  imageSize: try c.decode(Int.self, forKey: .imageSize),
-                  stemChannels: try c.decodeIfPresent(Int.self, forKey: .stemChannels) ?? 16,
-                  stemStride: try c.decodeIfPresent(Int.self, forKey: .stemStride) ?? 1,
-                  stageChannels: try c.decodeIfPresent([Int].self, forKey: .stageChannels) ?? [16, 32, 64],
-                  blocksPerStage: try c.decodeIfPresent(Int.self, forKey: .blocksPerStage) ?? 1)
+                  imageSize: try c.decode(Int.self, forKey: .imageSize))
+        try c.overwrite(&stemChannels, .stemChannels)
+        try c.overwrite(&stemStride, .stemStride)
+        try c.overwrite(&stageChannels, .stageChannels)
+        try c.overwrite(&blocksPerStage, .blocksPerStage)
+    }
+}
+
+/// A vision transformer encoder (see ``VisionTransformer``): `(B, C, S, S) → (B, width)`.
+///
+/// `(S/patchSize)²` patch tokens of `width` features (plus a class token with `cls` pooling),
+/// `depth` pre-norm blocks of `heads` heads and an MLP of `mlpRatio · width` hidden features,
+/// a final layer norm, then the class token or the mean of the patch tokens.
+public struct ViTDescription: Codable, Sendable, Equatable {
+    public var inputChannels: Int
+    /// Height and width of the (square) input images; a multiple of `patchSize`.
+    public var imageSize: Int
+    /// The side of the square patches (default 4: 49 tokens for 28×28 MNIST).
+    public var patchSize: Int
+    /// The token width (default 64).
+    public var width: Int
+    /// The number of transformer blocks (default 4).
+    public var depth: Int
+    /// Attention heads a block (default 4); must divide `width`.
+    public var heads: Int
+    /// The MLP's hidden width over `width` (default 4).
+    public var mlpRatio: Double
+    /// `cls` (a class token; default) or `mean` (the mean of the patch tokens, no class token).
+    public var pooling: TokenPoolingMode
+    /// A bias in the fused QKV projections (default true).
+    public var qkvBias: Bool
+    /// Dropout after each attention and MLP (default 0, off).
+    public var dropout: Double
+
+    public init(inputChannels: Int, imageSize: Int, patchSize: Int = 4, width: Int = 64, depth: Int = 4, heads: Int = 4,
+                mlpRatio: Double = 4, pooling: TokenPoolingMode = .cls, qkvBias: Bool = true, dropout: Double = 0) {
+        self.inputChannels = inputChannels
+        self.imageSize = imageSize
+        self.patchSize = patchSize
+        self.width = width
+        self.depth = depth
+        self.heads = heads
+        self.mlpRatio = mlpRatio
+        self.pooling = pooling
+        self.qkvBias = qkvBias
+        self.dropout = dropout
+    }
+
+    /// Decodes the required keys and overwrites the initializer's defaults with the keys present.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(inputChannels: try c.decode(Int.self, forKey: .inputChannels),
+                  imageSize: try c.decode(Int.self, forKey: .imageSize))
+        try c.overwrite(&patchSize, .patchSize)
+        try c.overwrite(&width, .width)
+        try c.overwrite(&depth, .depth)
+        try c.overwrite(&heads, .heads)
+        try c.overwrite(&mlpRatio, .mlpRatio)
+        try c.overwrite(&pooling, .pooling)
+        try c.overwrite(&qkvBias, .qkvBias)
+        try c.overwrite(&dropout, .dropout)
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// Replaces `value` (a default) by the value of `key` when the key is present and not null:
+    /// the one place a description's decoder meets its defaults, which live in its initializer.
+    func overwrite<Value: Decodable>(_ value: inout Value, _ key: Key) throws {
+        if let decoded = try decodeIfPresent(Value.self, forKey: key) { value = decoded }
     }
 }
 
@@ -242,7 +330,7 @@ public struct ResNetDescription: Codable, Sendable, Equatable {
 
 extension NetworkDescription: Codable {
     private enum TypeKey: String, CodingKey { case type }
-    private enum Kind: String, Codable { case mlp, convnet, resnet }
+    private enum Kind: String, Codable { case mlp, convnet, resnet, vit }
 
     public init(from decoder: any Decoder) throws {
         let kind = try decoder.container(keyedBy: TypeKey.self).decode(Kind.self, forKey: .type)
@@ -250,6 +338,7 @@ extension NetworkDescription: Codable {
         case .mlp: self = .mlp(try MLPDescription(from: decoder))
         case .convnet: self = .convnet(try ConvNetDescription(from: decoder))
         case .resnet: self = .resnet(try ResNetDescription(from: decoder))
+        case .vit: self = .vit(try ViTDescription(from: decoder))
         }
     }
 
@@ -259,6 +348,7 @@ extension NetworkDescription: Codable {
         case let .mlp(d): try container.encode(Kind.mlp, forKey: .type); try d.encode(to: encoder)
         case let .convnet(d): try container.encode(Kind.convnet, forKey: .type); try d.encode(to: encoder)
         case let .resnet(d): try container.encode(Kind.resnet, forKey: .type); try d.encode(to: encoder)
+        case let .vit(d): try container.encode(Kind.vit, forKey: .type); try d.encode(to: encoder)
         }
     }
 }
@@ -272,6 +362,7 @@ extension NetworkDescription {
         case let .mlp(d): return Sequential(d.makeLayers())
         case let .convnet(d): return Sequential(d.makeLayers())
         case let .resnet(d): return Sequential(d.makeLayers())
+        case let .vit(d): return Sequential([VisionTransformer<Scalar>(d)])
         }
     }
 }
