@@ -47,6 +47,7 @@ let package = Package(
         // MARK: Data and training
         .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5"],
                 swiftSettings: numericSettings),
+        .target(name: "Environments", dependencies: ["Tensor", "Datasets"], swiftSettings: numericSettings),
         .target(name: "Training",
                 dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets",
                                .product(name: "Yams", package: "Yams")],
@@ -58,7 +59,8 @@ let package = Package(
         // MARK: Command line
         .executableTarget(
             name: "anticollapse",
-            dependencies: ["Training", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Training", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           "Environments"],
             swiftSettings: numericSettings),
         /// Runs one named distributed scenario on every MPI rank and prints one JSON line a rank;
         /// the tests launch it under `mpirun` and compare the ranks with a single process.
@@ -76,6 +78,8 @@ let package = Package(
         .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
+        .testTarget(name: "EnvironmentsTests", dependencies: ["Environments", "Datasets", "HDF5", "_TestSupport"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Layers", "_TestSupport"]),
         .testTarget(name: "CommandLineTests", dependencies: ["anticollapse", "Training", "Datasets", "_TestSupport"]),

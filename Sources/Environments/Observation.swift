@@ -1,0 +1,61 @@
+/// The resolution and channels at which a model sees frames.
+///
+/// A native frame (`frameSize²`, RGB) becomes an observation by area averaging — each output
+/// pixel the mean of the native pixels its square overlaps, as PyTorch's
+/// `adaptive_avg_pool2d` / `F.interpolate(mode="area")` does (224 → 64 averages windows of 4,
+/// overlapping by half a pixel) — rounded to `uint8`, then, for one channel, the luma
+/// `0.299 R + 0.587 G + 0.114 B` (PIL's "L").
+public struct ObservationFormat: Sendable, Equatable, CustomStringConvertible {
+    /// The side in pixels.
+    public var size: Int
+    /// 3 (RGB) or 1 (grey).
+    public var channels: Int
+
+    /// - Parameters:
+    ///   - size: the side in pixels (default 64).
+    ///   - channels: 3 or 1 (default 3).
+    /// - Throws: ``EnvironmentError/invalid(_:)`` for a size below 1 or other channel counts.
+    public init(size: Int = 64, channels: Int = 3) throws {
+        guard size >= 1 else { throw EnvironmentError.invalid("observation size \(size) must be at least 1") }
+        guard channels == 1 || channels == 3 else { throw EnvironmentError.invalid("observation channels \(channels) must be 1 or 3") }
+        self.size = size; self.channels = channels
+    }
+
+    public var description: String { "\(size)×\(size)×\(channels)" }
+
+    /// The values in one observation (`size · size · channels`).
+    public var valueCount: Int { size * size * channels }
+
+    /// The observation of `frame` (`frameSize × frameSize × 3`, HWC), HWC.
+    public func observation(of frame: [UInt8], frameSize: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: valueCount)
+        observe(frame, frameSize: frameSize, into: &out[...])
+        return out
+    }
+
+    /// Writes the observation of `frame` into `output` (``valueCount`` values, HWC).
+    public func observe(_ frame: [UInt8], frameSize: Int, into output: inout ArraySlice<UInt8>) {
+        precondition(frame.count == frameSize * frameSize * 3 && output.count == valueCount)
+        let windows = (0..<size).map { i in (i * frameSize / size)..<(((i + 1) * frameSize + size - 1) / size) }
+        var rgb = SIMD3<Float>.zero
+        for (oy, rows) in windows.enumerated() {
+            for (ox, columns) in windows.enumerated() {
+                rgb = .zero
+                for y in rows {
+                    for x in columns {
+                        let p = (y * frameSize + x) * 3
+                        rgb += SIMD3(Float(frame[p]), Float(frame[p + 1]), Float(frame[p + 2]))
+                    }
+                }
+                rgb /= Float(rows.count * columns.count)
+                let o = output.startIndex + (oy * size + ox) * channels
+                if channels == 3 {
+                    for c in 0..<3 { output[o + c] = UInt8(rgb[c].rounded()) }
+                } else {
+                    let rounded = (rgb.x.rounded() * 0.299 + rgb.y.rounded() * 0.587 + rgb.z.rounded() * 0.114).rounded()
+                    output[o] = UInt8(min(rounded, 255))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+import Foundation
+import XCTest
+import Environments
+import HDF5
+import _TestSupport
+
+/// TwoRoom against `Fixtures/two_room_fixture.h5`, recorded from stable-worldmodel 0.1.1 by
+/// `Fixtures/make_two_room_fixture.py`: states exactly in `Float`, frames within one grey level.
+final class TwoRoomTests: XCTestCase {
+    static let fixturePath = Bundle.module.url(forResource: "Fixtures/two_room_fixture", withExtension: "h5")!.path
+
+    /// Reads `name` from the fixture as `Float`.
+    func floats(_ name: String) throws -> (shape: [Int], values: [Float]) {
+        try HDF5File.withFile(Self.fixturePath) { try $0.read(Float.self, from: name) }
+    }
+
+    /// Replays every rollout of `group` (swm's actions) and compares each state bit for bit.
+    func replay(_ group: String, checkSuccess: Bool) throws {
+        let (shape, actions) = try floats("\(group)/actions")
+        let states = try floats("\(group)/states").values
+        let starts = try floats("\(group)/start").values, targets = try floats("\(group)/target").values
+        let lengths = try HDF5File.withFile(Self.fixturePath) { try $0.read(Int64.self, from: "\(group)/length").values }
+        let success = try HDF5File.withFile(Self.fixturePath) { try $0.read(UInt8.self, from: "\(group)/success").values }
+        let (rollouts, steps) = (shape[0], shape[1])
+        var compared = 0
+        for r in 0..<rollouts {
+            var env = TwoRoom()
+            try env.reset(state: [starts[2 * r], starts[2 * r + 1]], goal: [targets[2 * r], targets[2 * r + 1]])
+            XCTAssertEqual(env.state, [states[r * (steps + 1) * 2], states[r * (steps + 1) * 2 + 1]])
+            for t in 0..<Int(lengths[r]) {
+                let a = (r * steps + t) * 2
+                env.step([actions[a], actions[a + 1]])
+                let s = (r * (steps + 1) + t + 1) * 2
+                XCTAssertEqual(env.state, [states[s], states[s + 1]], "\(group) rollout \(r) step \(t)")
+                if env.state != [states[s], states[s + 1]] { return }
+                if checkSuccess { XCTAssertEqual(env.isSuccess, success[r * steps + t] != 0, "\(group) rollout \(r) step \(t) success") }
+                compared += 1
+            }
+        }
+        XCTAssertGreaterThan(compared, 500)
+    }
+
+    func testExpertRolloutsReproduceSwmStatesExactly() throws {
+        try replay("expert", checkSuccess: true)
+    }
+
+    func testWallBorderAndClippingReproduceSwmStatesExactly() throws {
+        try replay("random", checkSuccess: false)
+    }
+
+    func testNoiselessExpertActionsEqualSwm() throws {
+        let (shape, directions) = try floats("expert/directions")
+        let states = try floats("expert/states").values, targets = try floats("expert/target").values
+        let lengths = try HDF5File.withFile(Self.fixturePath) { try $0.read(Int64.self, from: "expert/length").values }
+        let policy = ExpertPolicy()
+        let steps = shape[1]
+        var doorPhases = 0
+        for r in 0..<shape[0] {
+            let target = SIMD2(targets[2 * r], targets[2 * r + 1])
+            for t in 0..<Int(lengths[r]) {
+                let s = (r * (steps + 1) + t) * 2
+                let agent = SIMD2(states[s], states[s + 1])
+                let ours = policy.direction(agent: agent, target: target)
+                let a = (r * steps + t) * 2
+                XCTAssertEqual([ours.x, ours.y], [directions[a], directions[a + 1]], "rollout \(r) step \(t) at \(agent)")
+                if (agent.x > 112) != (target.x > 112) { doorPhases += 1 }
+            }
+        }
+        XCTAssertGreaterThan(doorPhases, 20, "the fixture exercises the door waypoint")
+    }
+
+    func testFramesWithinOneGreyLevelOfSwm() throws {
+        let (shape, rgb) = try HDF5File.withFile(Self.fixturePath) { try $0.read(UInt8.self, from: "frames/rgb") }
+        let states = try floats("frames/state").values
+        let frameValues = 224 * 224 * 3
+        var frame = [UInt8]()
+        var worst = 0, differing = 0
+        for f in 0..<shape[0] {
+            TwoRoom.renderFrame(agent: SIMD2(states[2 * f], states[2 * f + 1]), into: &frame)
+            for i in 0..<frameValues {
+                let d = abs(Int(frame[i]) - Int(rgb[f * frameValues + i]))
+                worst = max(worst, d); differing += d > 0 ? 1 : 0
+            }
+        }
+        XCTAssertLessThanOrEqual(worst, 1, "max abs difference over \(shape[0]) frames")
+        print("TwoRoom frames vs swm: max |difference| \(worst), values differing \(differing) of \(shape[0] * frameValues)")
+    }
+
+    func testAreaObservationMatchesTorchAreaInterpolation() throws {
+        let (shape, rgb) = try HDF5File.withFile(Self.fixturePath) { try $0.read(UInt8.self, from: "frames/rgb") }
+        let area = try floats("frames/area64").values
+        let format = try ObservationFormat(size: 64, channels: 3)
+        let frameValues = 224 * 224 * 3
+        var worst: Float = 0
+        for f in 0..<shape[0] {
+            let observation = format.observation(of: Array(rgb[(f * frameValues)..<((f + 1) * frameValues)]), frameSize: 224)
+            for i in 0..<format.valueCount { worst = max(worst, abs(Float(observation[i]) - area[f * format.valueCount + i])) }
+        }
+        XCTAssertLessThanOrEqual(worst, 0.5 + 1e-3, "our rounded area average vs torch's F.interpolate(mode=\"area\")")
+    }
+
+    func testResetDistributionMatchesSwm() throws {
+        let swmAgents = try floats("resets/agent").values, swmTargets = try floats("resets/target").values
+        let n = swmAgents.count / 2
+        var env = TwoRoom()
+        var ours: [Float] = [], oursTargets: [Float] = []
+        for e in 0..<n {
+            env.reset(seed: 3, episode: UInt64(e))
+            ours += env.state; oursTargets += env.goal
+        }
+        for (label, swm, mine) in [("agent", swmAgents, ours), ("target", swmTargets, oursTargets)] {
+            for c in 0..<2 {
+                let a = stride(from: c, to: swm.count, by: 2).map { swm[$0] }, b = stride(from: c, to: mine.count, by: 2).map { mine[$0] }
+                XCTAssertGreaterThanOrEqual(b.min()!, 14); XCTAssertLessThanOrEqual(b.max()!, 209)
+                let meanA = a.reduce(0, +) / Float(n), meanB = b.reduce(0, +) / Float(n)
+                // Standard error of a mean of n uniforms on 195 pixels: 195 / sqrt(12 n) ≈ 1.3.
+                XCTAssertEqual(meanA, meanB, accuracy: 6, "\(label) coordinate \(c) mean")
+            }
+        }
+        let inWall = { (xs: [Float]) in stride(from: 0, to: xs.count, by: 2).filter { xs[$0] >= 100 && xs[$0] <= 124 }.count }
+        XCTAssertEqual(inWall(swmAgents), 0); XCTAssertEqual(inWall(ours), 0)
+        // The target is not constrained: about 25/195 of the draws fall in the wall band, in both.
+        XCTAssertEqual(Double(inWall(oursTargets)) / Double(n), Double(inWall(swmTargets)) / Double(n), accuracy: 0.04)
+        XCTAssertGreaterThan(inWall(oursTargets), 0)
+    }
+
+    func testResetIsAFunctionOfSeedAndEpisode() throws {
+        var a = TwoRoom(), b = TwoRoom()
+        a.reset(seed: 9, episode: 4); b.reset(seed: 9, episode: 4)
+        XCTAssertEqual(a, b)
+        b.reset(seed: 9, episode: 5)
+        XCTAssertNotEqual(a, b)
+        XCTAssertThrowsError(try a.reset(state: [1, .nan], goal: [3, 4]))
+        XCTAssertThrowsError(try a.reset(state: [1], goal: [3, 4]))
+    }
+
+    func testNoisyExpertReachesMostTargetsAndStaysInBounds() throws {
+        let collector = TrajectoryCollector(policy: ExpertPolicy(actionNoise: 2), maxSteps: 100, seed: 1)
+        let episodes = try collector.episodes(0..<64, threads: 2)
+        XCTAssertEqual(episodes.episodeCount, 64)
+        XCTAssertTrue(episodes.actions.allSatisfy { $0 >= -1 && $0 <= 1 })
+        XCTAssertTrue(episodes.states.allSatisfy { $0 >= 14 && $0 <= 209 }, "reset draws in [14, 209], steps clamp to [21, 203]")
+        let rate = Double(episodes.successes.filter { $0 }.count) / 64
+        XCTAssertGreaterThan(rate, 0.5, "success rate of the noisy expert")
+        // The same episodes whatever the number of threads.
+        XCTAssertEqual(try collector.episodes(0..<64, threads: 1), episodes)
+        XCTAssertEqual(try collector.episodes(10..<12, threads: 3).states, Array(episodes.states[(episodes.offsets[10] * 2)..<(episodes.offsets[12] * 2)]))
+    }
+
+    func testGreyObservationIsLuma() throws {
+        var frame = [UInt8]()
+        TwoRoom.renderFrame(agent: [60, 112], into: &frame)
+        let rgb = try ObservationFormat(size: 32, channels: 3).observation(of: frame, frameSize: 224)
+        let grey = try ObservationFormat(size: 32, channels: 1).observation(of: frame, frameSize: 224)
+        for i in 0..<(32 * 32) {
+            let luma = 0.299 * Double(rgb[3 * i]) + 0.587 * Double(rgb[3 * i + 1]) + 0.114 * Double(rgb[3 * i + 2])
+            XCTAssertEqual(Double(grey[i]), luma, accuracy: 0.51)
+        }
+        XCTAssertThrowsError(try ObservationFormat(size: 64, channels: 2))
+    }
+}
