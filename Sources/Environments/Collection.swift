@@ -123,14 +123,3 @@ public struct TrajectoryCollector: Sendable {
         return paths
     }
 }
-
-/// A value behind a lock, shared between the threads of a concurrent loop.
-final class Locked<Value>: @unchecked Sendable {
-    private var value: Value
-    private let lock = NSLock()
-    init(_ value: Value) { self.value = value }
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock(); defer { lock.unlock() }
-        return try body(&value)
-    }
-}

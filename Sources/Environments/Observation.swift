@@ -59,3 +59,19 @@ public struct ObservationFormat: Sendable, Equatable, CustomStringConvertible {
         }
     }
 }
+
+extension ObservationFormat {
+    /// `[height, width, channels]` of an observation.
+    public var shape: [Int] { [size, size, channels] }
+
+    /// Draws observations of `environment`'s states at this format (native frame, then area
+    /// average): the renderer a ``Datasets/ClipLoader`` uses for `.rendered` frames.
+    public func renderer<E: Environment>(for environment: E) -> @Sendable (ArraySlice<Float>, inout ArraySlice<UInt8>) -> Void {
+        let format = self
+        return { state, output in
+            var frame = [UInt8](repeating: 0, count: E.frameSize * E.frameSize * 3)
+            environment.render(state: state, into: &frame)
+            format.observe(frame, frameSize: E.frameSize, into: &output)
+        }
+    }
+}
