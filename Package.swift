@@ -30,6 +30,7 @@ let package = Package(
                        providers: [.apt(["libhdf5-dev", "hdf5-tools"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // MARK: Core
         .target(name: "Tensor",
@@ -47,6 +48,7 @@ let package = Package(
         // MARK: Data and training
         .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5"],
                 swiftSettings: numericSettings),
+        .target(name: "Imaging", dependencies: ["CZlib"], swiftSettings: numericSettings),
         .target(name: "Environments", dependencies: ["Tensor", "Datasets"], swiftSettings: numericSettings),
         .target(name: "Training",
                 dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets",
@@ -60,7 +62,7 @@ let package = Package(
         .executableTarget(
             name: "anticollapse",
             dependencies: ["Training", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                           "Environments"],
+                           "Environments", "Imaging"],
             swiftSettings: numericSettings),
         /// Runs one named distributed scenario on every MPI rank and prints one JSON line a rank;
         /// the tests launch it under `mpirun` and compare the ranks with a single process.
@@ -78,7 +80,7 @@ let package = Package(
         .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
-        .testTarget(name: "EnvironmentsTests", dependencies: ["Environments", "Datasets", "HDF5", "_TestSupport"],
+        .testTarget(name: "EnvironmentsTests", dependencies: ["Environments", "Datasets", "HDF5", "Imaging", "_TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Layers", "_TestSupport"]),

@@ -49,6 +49,8 @@ public final class ClipLoader: @unchecked Sendable {
     private var nextToTake: Int
     private var stopped = false
     private let depth: Int
+    /// The clip order of the latest epoch used (drawing it costs more than a batch).
+    private let permutation = Locked<(epoch: Int, order: [Int])?>(nil)
 
     /// - Parameters:
     ///   - startStep: the first step ``next()`` returns (default 0).
@@ -122,7 +124,14 @@ public final class ClipLoader: @unchecked Sendable {
 
     /// This rank's clips of global step `step`, made on the calling thread (and `threads` helpers).
     public func batch(step: Int) throws -> ClipBatch {
-        let clips = sampler.clips(step: step, rank: rank, worldSize: worldSize)
+        let epoch = sampler.sampler.position(ofStep: step).epoch
+        let order = permutation.withLock { cached -> [Int] in
+            if let cached, cached.epoch == epoch { return cached.order }
+            let order = sampler.sampler.permutation(epoch: epoch)
+            cached = (epoch, order)
+            return order
+        }
+        let clips = sampler.sampler.rows(step: step, rank: rank, worldSize: worldSize, permutation: order).map(sampler.clip)
         let shape = sampler.shape, count = shape.frames
         let (height, width, channels) = (frameShape[0], frameShape[1], frameShape[2])
         let frameValues = height * width * channels

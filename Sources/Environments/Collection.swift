@@ -7,7 +7,7 @@ import Tensor
 ///
 /// Episode `e` starts from ``Environment/reset(seed:episode:)`` with `(seed, e)` and draws its
 /// policy noise from `(seed, e)` too, so the dataset does not depend on how many threads
-/// collect it. An episode ends at success or after `maxSteps` actions; it has one row more than
+/// collect it. An episode ends at success (tested after each step, so it takes at least one) or after `maxSteps` actions; it has one row more than
 /// actions (its final state). Shards hold contiguous runs of episodes, nearly equal in count.
 public struct TrajectoryCollector: Sendable {
     /// The environment's name (see ``EnvironmentRegistry``).
@@ -62,13 +62,14 @@ public struct TrajectoryCollector: Sendable {
                 out.pixels! += format.observation(of: frame, frameSize: TwoRoom.frameSize)
             }
         }
-        while steps < maxSteps && !env.isSuccess {
+        // As swm's World: success is only tested after a step, so every episode takes one.
+        repeat {
             let action = policy.action(agent: env.agent, target: env.target, previous: previous, random: random, step: steps)
             record(action)
             env.agent = TwoRoom.next(env.agent, action: action)
             previous = action
             steps += 1
-        }
+        } while steps < maxSteps && !env.isSuccess
         record(.zero)   // the final state; no action is taken there
         out.lengths = [steps + 1]
         out.successes = [env.isSuccess]

@@ -36,9 +36,15 @@ public protocol Environment: Sendable {
     mutating func reset(state: [Float], goal: [Float]) throws
     /// Applies one action (each component clipped to `[-1, 1]`).
     mutating func step(_ action: [Float])
-    /// Draws the frame of `state` (any state, not only the current one) into `frame`
-    /// (`frameSize × frameSize × 3` values, HWC).
+    /// Draws the frame of `state` (any state, not only the current one) into `frame`, which
+    /// becomes `frameSize × frameSize × 3` values, HWC (it may come empty).
     func render(state: ArraySlice<Float>, into frame: inout [UInt8])
+    /// The frame of everything but the state (walls, background), or nil when every pixel
+    /// depends on the state.
+    var background: [UInt8]? { get }
+    /// The pixels of `render(state:into:)` that may differ from ``background``: rows and
+    /// columns of the native frame (used to resample only what changed).
+    func changedRegion(state: ArraySlice<Float>) -> (rows: ClosedRange<Int>, columns: ClosedRange<Int>)
 }
 
 extension Environment {

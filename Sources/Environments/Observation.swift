@@ -33,13 +33,24 @@ public struct ObservationFormat: Sendable, Equatable, CustomStringConvertible {
         return out
     }
 
+    /// The native rows (or columns) that output row (or column) `i` averages.
+    func window(_ i: Int, frameSize: Int) -> Range<Int> {
+        (i * frameSize / size)..<(((i + 1) * frameSize + size - 1) / size)
+    }
+
     /// Writes the observation of `frame` into `output` (``valueCount`` values, HWC).
-    public func observe(_ frame: [UInt8], frameSize: Int, into output: inout ArraySlice<UInt8>) {
+    /// - Parameters:
+    ///   - outputRows, outputColumns: the output pixels to compute (default: all); the others
+    ///     are left as they are (see ``observe(_:frameSize:changed:background:into:)``).
+    public func observe(_ frame: [UInt8], frameSize: Int, into output: inout ArraySlice<UInt8>,
+                        outputRows: Range<Int>? = nil, outputColumns: Range<Int>? = nil) {
         precondition(frame.count == frameSize * frameSize * 3 && output.count == valueCount)
-        let windows = (0..<size).map { i in (i * frameSize / size)..<(((i + 1) * frameSize + size - 1) / size) }
+        let windows = (0..<size).map { window($0, frameSize: frameSize) }
         var rgb = SIMD3<Float>.zero
-        for (oy, rows) in windows.enumerated() {
-            for (ox, columns) in windows.enumerated() {
+        for oy in outputRows ?? 0..<size {
+            let rows = windows[oy]
+            for ox in outputColumns ?? 0..<size {
+                let columns = windows[ox]
                 rgb = .zero
                 for y in rows {
                     for x in columns {
@@ -64,14 +75,39 @@ extension ObservationFormat {
     /// `[height, width, channels]` of an observation.
     public var shape: [Int] { [size, size, channels] }
 
+    /// The output rows (or columns) whose windows meet native rows (or columns) `native`.
+    func outputRange(covering native: ClosedRange<Int>, frameSize: Int) -> Range<Int> {
+        let first = (0..<size).first { window($0, frameSize: frameSize).upperBound > native.lowerBound } ?? size
+        let end = (0..<size).last { window($0, frameSize: frameSize).lowerBound <= native.upperBound }.map { $0 + 1 } ?? first
+        return first..<max(first, end)
+    }
+
+    /// The observation of `frame`, resampling only the pixels whose windows meet `changed`
+    /// and copying the rest from `background` (the observation of the frame without the state).
+    /// Equal to ``observe(_:frameSize:into:outputRows:outputColumns:)`` of the whole frame when
+    /// `frame` differs from the background only inside `changed`.
+    public func observe(_ frame: [UInt8], frameSize: Int, changed: (rows: ClosedRange<Int>, columns: ClosedRange<Int>),
+                        background: [UInt8], into output: inout ArraySlice<UInt8>) {
+        output.replaceSubrange(output.indices, with: background)
+        observe(frame, frameSize: frameSize, into: &output, outputRows: outputRange(covering: changed.rows, frameSize: frameSize),
+                outputColumns: outputRange(covering: changed.columns, frameSize: frameSize))
+    }
+
     /// Draws observations of `environment`'s states at this format (native frame, then area
     /// average): the renderer a ``Datasets/ClipLoader`` uses for `.rendered` frames.
     public func renderer<E: Environment>(for environment: E) -> @Sendable (ArraySlice<Float>, inout ArraySlice<UInt8>) -> Void {
         let format = self
+        // The background's observation is made once; each state then resamples only what it changes.
+        let background = environment.background.map { format.observation(of: $0, frameSize: E.frameSize) }
         return { state, output in
-            var frame = [UInt8](repeating: 0, count: E.frameSize * E.frameSize * 3)
+            var frame = [UInt8]()
             environment.render(state: state, into: &frame)
-            format.observe(frame, frameSize: E.frameSize, into: &output)
+            if let background {
+                format.observe(frame, frameSize: E.frameSize, changed: environment.changedRegion(state: state),
+                               background: background, into: &output)
+            } else {
+                format.observe(frame, frameSize: E.frameSize, into: &output)
+            }
         }
     }
 }

@@ -158,6 +158,19 @@ public struct TwoRoom: Environment, Equatable {
         Self.renderFrame(agent: SIMD2(state[state.startIndex], state[state.startIndex + 1]), into: &frame)
     }
 
+    public var background: [UInt8]? { Self.background }
+
+    public func changedRegion(state: ArraySlice<Float>) -> (rows: ClosedRange<Int>, columns: ClosedRange<Int>) {
+        Self.dotWindow(agent: SIMD2(state[state.startIndex], state[state.startIndex + 1]))
+    }
+
+    /// The rows and columns the agent's dot can change: within ``dotReach`` of its nearest pixel.
+    static func dotWindow(agent: SIMD2<Float>) -> (rows: ClosedRange<Int>, columns: ClosedRange<Int>) {
+        let last = Float(frameSize - 1)
+        let cx = Int(min(max(agent.x.rounded(), 0), last)), cy = Int(min(max(agent.y.rounded(), 0), last))
+        return (max(0, cy - dotReach)...min(frameSize - 1, cy + dotReach), max(0, cx - dotReach)...min(frameSize - 1, cx + dotReach))
+    }
+
     /// Pixels farther than this from the agent keep the background: there `exp(−d²/98) < 2⁻²⁵`,
     /// so `1 − alpha` rounds to 1 in `Float` and `255 · alpha < 1`.
     static let dotReach = 48
@@ -172,9 +185,7 @@ public struct TwoRoom: Environment, Equatable {
         let nx = nearest(agent.x) - agent.x, ny = nearest(agent.y) - agent.y
         let peak = Foundation.exp(-(nx * nx + ny * ny) / twoVariance)
         guard peak > 0 else { return }
-        let cx = Int(nearest(agent.x)), cy = Int(nearest(agent.y))
-        let rows = max(0, cy - dotReach)...min(size - 1, cy + dotReach)
-        let columns = max(0, cx - dotReach)...min(size - 1, cx + dotReach)
+        let (rows, columns) = dotWindow(agent: agent)
         frame.withUnsafeMutableBufferPointer { pixels in
             for y in rows {
                 let dy = Float(y) - agent.y

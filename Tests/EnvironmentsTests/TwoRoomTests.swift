@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import Environments
 import HDF5
+import Imaging
 import _TestSupport
 
 /// TwoRoom against `Fixtures/two_room_fixture.h5`, recorded from stable-worldmodel 0.1.1 by
@@ -157,5 +158,46 @@ final class TwoRoomTests: XCTestCase {
             XCTAssertEqual(Double(grey[i]), luma, accuracy: 0.51)
         }
         XCTAssertThrowsError(try ObservationFormat(size: 64, channels: 2))
+    }
+}
+
+/// The clip loader's renderer (background observation + resampling of the dot's window)
+/// against resampling the whole frame, and the PNG encoder's structure.
+final class ObservationRendererTests: XCTestCase {
+    func testWindowedRendererEqualsWholeFrameAreaAverage() throws {
+        for format in [try ObservationFormat(size: 64, channels: 3), try ObservationFormat(size: 50, channels: 1),
+                       try ObservationFormat(size: 224, channels: 3)] {
+            let render = format.renderer(for: TwoRoom())
+            var output = [UInt8](repeating: 0, count: format.valueCount)[...]
+            var frame = [UInt8]()
+            for (x, y) in [(21, 21), (203, 203), (99.5, 49), (112.3, 40.7), (14, 209), (150.77, 96.13)] as [(Float, Float)] {
+                render([x, y][...], &output)
+                TwoRoom.renderFrame(agent: [x, y], into: &frame)
+                XCTAssertEqual(Array(output), format.observation(of: frame, frameSize: 224), "\(format) at (\(x), \(y))")
+            }
+        }
+    }
+}
+
+/// The PNG encoder: signature, header fields, chunk checksums (the IEND CRC is fixed by the
+/// standard), and a strip's layout.
+final class PNGEncoderTests: XCTestCase {
+    func testChunksAndChecksums() throws {
+        let image = try Image8(width: 3, height: 2, channels: 3, pixels: (0..<18).map { UInt8($0 * 10) })
+        let png = try PNGEncoder.encode(image)
+        XCTAssertEqual(Array(png.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        XCTAssertEqual(Array(png[12..<16]), Array("IHDR".utf8))
+        XCTAssertEqual(Array(png[16..<29]), [0, 0, 0, 3, 0, 0, 0, 2, 8, 2, 0, 0, 0])
+        XCTAssertEqual(Array(png.suffix(12)), [0, 0, 0, 0, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82])
+        XCTAssertEqual(PNGEncoder.crc32(Array("IEND".utf8)), 0xAE42_6082)
+        XCTAssertEqual(PNGEncoder.crc32(Array("123456789".utf8)), 0xCBF4_3926, "the CRC-32 check value")
+        let grey = try PNGEncoder.encode(try Image8(width: 2, height: 2, channels: 1, pixels: [0, 255, 255, 0]))
+        XCTAssertEqual(grey[25], 0, "colour type 0 (grey)")
+        XCTAssertThrowsError(try Image8(width: 2, height: 2, channels: 3, pixels: [1, 2]))
+    }
+
+    func testStripPlacesImagesSideBySide() throws {
+        let a = try Image8(width: 2, height: 1, channels: 1, pixels: [1, 2]), b = try Image8(width: 1, height: 1, channels: 1, pixels: [3])
+        XCTAssertEqual(try Image8.horizontalStrip([a, b], gap: 1, background: 9).pixels, [1, 2, 9, 3])
     }
 }
