@@ -112,8 +112,8 @@ public enum TrajectoryShardWriter {
             try file.createDataset("episode", shape: [rows], values: episodeColumn, chunks: [stepChunk], gzipLevel: 4)
             try file.createDataset("step", shape: [rows], values: stepColumn, chunks: [stepChunk], gzipLevel: 4)
             if let pixels = episodes.pixels, let frame = episodes.frameShape {
-                // One frame a chunk: a clip reads a few frames of an episode.
-                try file.createDataset("pixels", shape: [rows] + frame, values: pixels, chunks: [1] + frame, gzipLevel: 4)
+                // One frame a chunk (a clip reads a few frames of an episode), gzip level 1 (writing is serial).
+                try file.createDataset("pixels", shape: [rows] + frame, values: pixels, chunks: [1] + frame, gzipLevel: 1)
             }
             let episodeCount = episodes.episodeCount
             try file.createDataset("episode_length", shape: [episodeCount], values: episodes.lengths.map { Int64($0) })

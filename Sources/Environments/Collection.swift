@@ -52,14 +52,15 @@ public struct TrajectoryCollector: Sendable {
         var out = TrajectoryEpisodes(stateDimension: 2, actionDimension: 2, firstEpisode: episode,
                                      frameShape: pixels.map { [$0.size, $0.size, $0.channels] })
         var previous: SIMD2<Float>?
-        var frame = [UInt8]()
+        let render = pixels.map { $0.renderer(for: env) }
+        var observation = [UInt8](repeating: 0, count: pixels?.valueCount ?? 0)[...]
         var steps = 0
         func record(_ action: SIMD2<Float>) {
             out.states += [env.agent.x, env.agent.y]
             out.actions += [action.x, action.y]
-            if let format = pixels {
-                TwoRoom.renderFrame(agent: env.agent, into: &frame)
-                out.pixels! += format.observation(of: frame, frameSize: TwoRoom.frameSize)
+            if let render {
+                render([env.agent.x, env.agent.y][...], &observation)
+                out.pixels! += observation
             }
         }
         // As swm's World: success is only tested after a step, so every episode takes one.

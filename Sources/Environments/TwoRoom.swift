@@ -171,9 +171,10 @@ public struct TwoRoom: Environment, Equatable {
         return (max(0, cy - dotReach)...min(frameSize - 1, cy + dotReach), max(0, cx - dotReach)...min(frameSize - 1, cx + dotReach))
     }
 
-    /// Pixels farther than this from the agent keep the background: there `exp(−d²/98) < 2⁻²⁵`,
-    /// so `1 − alpha` rounds to 1 in `Float` and `255 · alpha < 1`.
-    static let dotReach = 48
+    /// Pixels farther than this from the agent keep the background: there
+    /// `alpha ≤ exp(−42²/98) / exp(−0.5/98) < 2⁻²⁵`, so `1 − alpha` rounds to 1 in `Float` and
+    /// `255 · alpha` vanishes after truncation (swm computes the dot over the whole frame).
+    static let dotReach = 42
 
     /// Draws the frame with the agent at `agent` into `frame` (224 × 224 × 3, HWC).
     public static func renderFrame(agent: SIMD2<Float>, into frame: inout [UInt8]) {
@@ -191,6 +192,7 @@ public struct TwoRoom: Environment, Equatable {
                 let dy = Float(y) - agent.y
                 for x in columns {
                     let dx = Float(x) - agent.x
+                    if dx * dx + dy * dy > Float(dotReach * dotReach) { continue }
                     let alpha = min(max(Foundation.exp(-(dx * dx + dy * dy) / twoVariance) / peak, 0), 1)
                     let base = (y * size + x) * 3
                     for c in 0..<3 {
