@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import Datasets
 import Environments
 import HDF5
 import Imaging
@@ -199,5 +200,28 @@ final class PNGEncoderTests: XCTestCase {
     func testStripPlacesImagesSideBySide() throws {
         let a = try Image8(width: 2, height: 1, channels: 1, pixels: [1, 2]), b = try Image8(width: 1, height: 1, channels: 1, pixels: [3])
         XCTAssertEqual(try Image8.horizontalStrip([a, b], gap: 1, background: 9).pixels, [1, 2, 9, 3])
+    }
+}
+
+/// Collection to shards: what is written verifies and reads back as the episodes collected.
+final class CollectionTests: XCTestCase {
+    func testCollectedShardsVerifyAndHoldTheEpisodes() throws {
+        let directory = try temporaryDirectory(for: self).path
+        let collector = TrajectoryCollector(policy: ExpertPolicy(actionNoise: 2), maxSteps: 30, seed: 8,
+                                            pixels: try ObservationFormat(size: 16, channels: 1))
+        let paths = try collector.collect(episodes: 25, shardCount: 3, to: directory, threads: 2)
+        XCTAssertEqual(paths.map { ($0 as NSString).lastPathComponent }, (0..<3).map { "trajectories-0000\($0)-of-00003.h5" })
+        let report = try TrajectoryVerifier.verify(directory)
+        XCTAssertEqual(report.episodeCount, 25)
+        XCTAssertEqual(report.frameShape, [16, 16, 1])
+        XCTAssertLessThanOrEqual(report.lengthRange.upperBound, 31)
+        let dataset = try TrajectoryDataset(directory)
+        let expected = try collector.episodes(0..<25, threads: 1)
+        var states: [Float] = []
+        for shard in 0..<3 { states += try dataset.columns(ofShard: shard).states }
+        XCTAssertEqual(states, expected.states)
+        XCTAssertEqual(dataset.episodes.map(\.length), expected.lengths)
+        XCTAssertEqual(try dataset.pixels(shard: 0, rows: [0, 1]), Array(expected.pixels![0..<512]))
+        assertThrowsError(try collector.collect(episodes: 2, shardCount: 3, to: directory), containing: "2 episodes cannot fill 3 shards")
     }
 }
