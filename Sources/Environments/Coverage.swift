@@ -89,4 +89,17 @@ public enum RenderBenchmark {
         precondition(checksum >= 0)   // keeps the work observable
         return Double(frames) / seconds
     }
+
+    /// Frames a second of ``TwoRoom/renderDirect(agent:size:)`` at `size`, on one thread.
+    public static func directFramesPerSecond(size: Int, frames: Int = 2000) -> Double {
+        var checksum = 0
+        let start = DispatchTime.now().uptimeNanoseconds
+        for i in 0..<frames {
+            let frame = TwoRoom.renderDirect(agent: [21 + Float(i % 182) + 0.37, 21 + Float((i * 7) % 182) + 0.61], size: size)
+            checksum &+= Int(frame[i % frame.count])
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        precondition(checksum >= 0)
+        return Double(frames) / seconds
+    }
 }

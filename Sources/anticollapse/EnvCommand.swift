@@ -148,6 +148,8 @@ extension Env {
                     print("render TwoRoom \(format.map { "\($0) (224 frame + area average)" } ?? "224×224×3 (native)"): "
                           + String(format: "%.0f frames/s on one thread", RenderBenchmark.framesPerSecond(format)))
                 }
+                print(String(format: "render TwoRoom 64×64×3 drawn directly (point sampled, not the area average): %.0f frames/s on one thread",
+                             RenderBenchmark.directFramesPerSecond(size: 64)))
             }
         }
     }

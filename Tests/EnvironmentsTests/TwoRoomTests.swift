@@ -225,3 +225,31 @@ final class CollectionTests: XCTestCase {
         assertThrowsError(try collector.collect(episodes: 2, shardCount: 3, to: directory), containing: "2 episodes cannot fill 3 shards")
     }
 }
+
+/// Which 64 × 64 rendering matches the area average of swm's 224 frame: measured, printed, and
+/// the README's figures bounded.
+final class DirectRenderingTests: XCTestCase {
+    func testAreaAverageMatchesTheDownsampleAndPointSamplingDoesNot() throws {
+        let (shape, states) = try HDF5File.withFile(TwoRoomTests.fixturePath) { try $0.read(Float.self, from: "frames/state") }
+        let area = try HDF5File.withFile(TwoRoomTests.fixturePath) { try $0.read(Float.self, from: "frames/area64").values }
+        let format = try ObservationFormat(size: 64, channels: 3)
+        let render = format.renderer(for: TwoRoom())
+        var output = [UInt8](repeating: 0, count: format.valueCount)[...]
+        var worstArea: Float = 0, worstDirect: Float = 0, sumDirect: Float = 0
+        for f in 0..<shape[0] {
+            render([states[2 * f], states[2 * f + 1]][...], &output)
+            let direct = TwoRoom.renderDirect(agent: [states[2 * f], states[2 * f + 1]], size: 64)
+            for i in 0..<format.valueCount {
+                let reference = area[f * format.valueCount + i]
+                worstArea = max(worstArea, abs(Float(output[output.startIndex + i]) - reference))
+                let d = abs(Float(direct[i]) - reference)
+                worstDirect = max(worstDirect, d); sumDirect += d
+            }
+        }
+        let meanDirect = sumDirect / Float(shape[0] * format.valueCount)
+        print(String(format: "64×64 vs torch area average of swm frames: area-averaged max %.2f; point-sampled max %.1f, mean %.3f",
+                     worstArea, worstDirect, meanDirect))
+        XCTAssertLessThanOrEqual(worstArea, 0.5 + 1e-3)
+        XCTAssertGreaterThan(worstDirect, 50, "point sampling misses partial wall coverage")
+    }
+}
