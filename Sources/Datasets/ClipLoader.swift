@@ -80,7 +80,11 @@ public final class ClipLoader: @unchecked Sendable {
         self.frames = frames; self.threads = max(1, threads)
         self.nextToMake = startStep; self.nextToTake = startStep; self.depth = max(0, prefetchDepth)
         if depth > 0 {
-            let thread = Thread { [weak self] in self?.produce() }
+            // The thread holds the loader only while making a batch or briefly waiting, so a
+            // loader that is dropped without `stop()` is still freed (and stops in `deinit`).
+            let thread = Thread { [weak self] in
+                while let loader = self, loader.produceOne() {}
+            }
             thread.name = "clip loader"
             thread.start()
         }
@@ -109,17 +113,18 @@ public final class ClipLoader: @unchecked Sendable {
         return try result.get()
     }
 
-    private func produce() {
-        while true {
-            condition.lock()
-            while !stopped && ready.count >= depth { condition.wait() }
-            if stopped { condition.unlock(); return }
-            let step = nextToMake
-            nextToMake += 1
-            condition.unlock()
-            let result = Result { try batch(step: step) }
-            condition.lock(); ready[step] = result; condition.broadcast(); condition.unlock()
-        }
+    /// Makes the next batch when there is room (or waits up to 50 ms for room); false once stopped.
+    private func produceOne() -> Bool {
+        condition.lock()
+        if !stopped && ready.count >= depth { _ = condition.wait(until: Date(timeIntervalSinceNow: 0.05)) }
+        if stopped { condition.unlock(); return false }
+        guard ready.count < depth else { condition.unlock(); return true }
+        let step = nextToMake
+        nextToMake += 1
+        condition.unlock()
+        let result = Result { try batch(step: step) }
+        condition.lock(); ready[step] = result; condition.broadcast(); condition.unlock()
+        return true
     }
 
     /// This rank's clips of global step `step`, made on the calling thread (and `threads` helpers).

@@ -87,3 +87,23 @@ final class ClipSamplerTests: XCTestCase {
         }
     }
 }
+
+extension ClipSamplerTests {
+    func testLoaderDroppedWithoutStopIsFreed() throws {
+        let directory = try temporaryDirectory(for: self).path
+        let path = (directory as NSString).appendingPathComponent(ShardWriter.shardName("walk", index: 0, count: 1))
+        try TrajectoryShardWriter.write(TrajectoryShardTests.episodes(first: 0, count: 6), to: path, index: 0, count: 1,
+                                        attributes: TrajectoryShardTests.attributes)
+        let dataset = try TrajectoryDataset(directory)
+        let sampler = try ClipSampler(episodeLengths: dataset.episodes.map(\.length), shape: try ClipShape(historyFrames: 1, predictedFrames: 1, frameskip: 1),
+                                      globalBatchSize: 2, seed: 0)
+        weak var dropped: ClipLoader?
+        do {
+            let loader = try ClipLoader(dataset: dataset, sampler: sampler, frames: .rendered(shape: [1, 1, 1], render: { _, _ in }))
+            dropped = loader
+            XCTAssertEqual(try loader.next().clips.count, 2)
+        }
+        for _ in 0..<40 where dropped != nil { Thread.sleep(forTimeInterval: 0.01) }
+        XCTAssertNil(dropped, "the background thread must not keep the loader alive")
+    }
+}
