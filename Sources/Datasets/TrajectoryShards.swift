@@ -162,8 +162,10 @@ public final class TrajectoryDataset: @unchecked Sendable {
     public let location: String
     /// The shard files, in order.
     public let paths: [String]
-    /// Every episode, by global index.
+    /// Every episode, by its index here (`firstEpisode` + index in `/episode`).
     public let episodes: [Episode]
+    /// The `/episode` number of the first episode: 0 for a whole dataset, more for a later shard opened alone.
+    public let firstEpisode: Int
     /// Rows in each shard.
     public let shardRows: [Int]
     public let stateDimension: Int
@@ -189,7 +191,7 @@ public final class TrajectoryDataset: @unchecked Sendable {
         self.location = location
         let paths = try ShardedDataset.shardPaths(location)
         var episodes: [Episode] = [], shardRows: [Int] = []
-        var dimensions: (Int, Int)?, frameShape: [Int]?? = .none, environment: String?
+        var dimensions: (Int, Int)?, frameShape: [Int]?? = .none, environment: String?, firstEpisode = 0
         for (shardIndex, path) in paths.enumerated() {
             try Self.withShard(path) { file in
                 guard case .string(TrajectoryShardWriter.format)? = try? file.attribute("format") else {
@@ -229,8 +231,12 @@ public final class TrajectoryDataset: @unchecked Sendable {
                 let lengths = try file.read(Int64.self, from: "episode_length").values
                 let offsets = try file.read(Int64.self, from: "episode_offset").values
                 try Self.checkEpisodeTable(lengths: lengths, offsets: offsets, rows: rows, path: path)
-                if case let .int64(first)? = try? file.attribute("first_episode"), Int(first) != episodes.count {
-                    throw DatasetError.file(path: path, problem: "first_episode is \(first) but the shards before it hold \(episodes.count) episodes")
+                if case let .int64(first)? = try? file.attribute("first_episode") {
+                    // One shard opened alone may start anywhere; the next must continue it.
+                    if shardIndex == 0 { firstEpisode = Int(first) }
+                    guard Int(first) == firstEpisode + episodes.count else {
+                        throw DatasetError.file(path: path, problem: "first_episode is \(first) but the shards before it end at episode \(firstEpisode + episodes.count)")
+                    }
                 }
                 for (length, offset) in zip(lengths, offsets) {
                     episodes.append(Episode(shard: shardIndex, offset: Int(offset), length: Int(length)))
@@ -238,7 +244,7 @@ public final class TrajectoryDataset: @unchecked Sendable {
                 shardRows.append(rows)
             }
         }
-        self.paths = paths; self.episodes = episodes; self.shardRows = shardRows
+        self.paths = paths; self.episodes = episodes; self.shardRows = shardRows; self.firstEpisode = firstEpisode
         self.stateDimension = dimensions?.0 ?? 0; self.actionDimension = dimensions?.1 ?? 0
         self.frameShape = frameShape ?? nil
         self.environment = environment ?? ""

@@ -62,8 +62,8 @@ public enum TrajectoryVerifier {
                 let episode = dataset.episodes[global]
                 for t in 0..<episode.length {
                     let row = episode.offset + t
-                    guard episodeColumn[row] == Int64(global), stepColumn[row] == Int64(t) else {
-                        throw DatasetError.file(path: path, problem: "row \(row) of /episode, /step is (\(episodeColumn[row]), \(stepColumn[row])) but the episode table puts step \(t) of episode \(global) there")
+                    guard episodeColumn[row] == Int64(dataset.firstEpisode + global), stepColumn[row] == Int64(t) else {
+                        throw DatasetError.file(path: path, problem: "row \(row) of /episode, /step is (\(episodeColumn[row]), \(stepColumn[row])) but the episode table puts step \(t) of episode \(dataset.firstEpisode + global) there")
                     }
                     for j in 0..<sd {
                         let value = states[row * sd + j]
