@@ -1,10 +1,10 @@
 /// The resolution and channels at which a model sees frames.
 ///
-/// A native frame (`frameSize²`, RGB) becomes an observation by area averaging — each output
-/// pixel the mean of the native pixels its square overlaps, as PyTorch's
-/// `adaptive_avg_pool2d` / `F.interpolate(mode="area")` does (224 → 64 averages windows of 4,
-/// overlapping by half a pixel) — rounded to `uint8`, then, for one channel, the luma
-/// `0.299 R + 0.587 G + 0.114 B` (PIL's "L").
+/// A native frame (`frameSize²`, RGB) becomes an observation by area averaging as PyTorch's
+/// `adaptive_avg_pool2d` / `F.interpolate(mode="area")` does — output pixel `i` the plain mean
+/// of native pixels `⌊i·N/n⌋ ..< ⌈(i+1)·N/n⌉` in each direction (224 → 64: windows of 4
+/// pixels, every other pair of neighbours sharing one) — rounded to `uint8`, then, for one
+/// channel, the luma `0.299 R + 0.587 G + 0.114 B` (PIL's "L").
 public struct ObservationFormat: Sendable, Equatable, CustomStringConvertible {
     /// The side in pixels.
     public var size: Int

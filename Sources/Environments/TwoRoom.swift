@@ -187,18 +187,16 @@ public struct TwoRoom: Environment, Equatable {
         let peak = Foundation.exp(-(nx * nx + ny * ny) / twoVariance)
         guard peak > 0 else { return }
         let (rows, columns) = dotWindow(agent: agent)
-        frame.withUnsafeMutableBufferPointer { pixels in
-            for y in rows {
-                let dy = Float(y) - agent.y
-                for x in columns {
-                    let dx = Float(x) - agent.x
-                    if dx * dx + dy * dy > Float(dotReach * dotReach) { continue }
-                    let alpha = min(max(Foundation.exp(-(dx * dx + dy * dy) / twoVariance) / peak, 0), 1)
-                    let base = (y * size + x) * 3
-                    for c in 0..<3 {
-                        let blended = Float(pixels[base + c]) * (1 - alpha) + agentColor[c] * alpha
-                        pixels[base + c] = UInt8(blended)
-                    }
+        for y in rows {
+            let dy = Float(y) - agent.y
+            for x in columns {
+                let dx = Float(x) - agent.x
+                if dx * dx + dy * dy > Float(dotReach * dotReach) { continue }
+                let alpha = min(max(Foundation.exp(-(dx * dx + dy * dy) / twoVariance) / peak, 0), 1)
+                let base = (y * size + x) * 3
+                for c in 0..<3 {
+                    // float32 blend, truncated to uint8 as torch's `.to(torch.uint8)`.
+                    frame[base + c] = UInt8(Float(frame[base + c]) * (1 - alpha) + agentColor[c] * alpha)
                 }
             }
         }
