@@ -30,6 +30,7 @@ let package = Package(
                        providers: [.apt(["libhdf5-dev", "hdf5-tools"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // MARK: Core
         .target(name: "Tensor",
@@ -47,6 +48,8 @@ let package = Package(
         // MARK: Data
         .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5"],
                 swiftSettings: numericSettings),
+        .target(name: "Imaging", dependencies: ["CZlib"], swiftSettings: numericSettings),
+        .target(name: "Environments", dependencies: ["Tensor", "Datasets"], swiftSettings: numericSettings),
 
         // MARK: Training: the engine, its recipes, evaluation and benchmarks
         /// The generic training loop over a `Recipe`, one `TrainStep`, the run configuration,
@@ -72,7 +75,8 @@ let package = Package(
         // MARK: Command line
         .executableTarget(
             name: "anticollapse",
-            dependencies: ["Engine", "JointEmbedding", "Performance", "Evaluation", "Objectives", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Engine", "JointEmbedding", "Performance", "Evaluation", "Objectives", "Environments", "Imaging",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: numericSettings),
         /// Runs one named distributed scenario on every MPI rank and prints one JSON line a rank;
         /// the tests launch it under `mpirun` and compare the ranks with a single process.
@@ -91,6 +95,8 @@ let package = Package(
         .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
+        .testTarget(name: "EnvironmentsTests", dependencies: ["Environments", "Datasets", "HDF5", "Imaging", "_TestSupport"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "JointEmbedding", "Datasets", "HDF5", "Objectives", "_TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "JointEmbeddingTests", dependencies: ["Engine", "JointEmbedding", "_TestSupport"]),

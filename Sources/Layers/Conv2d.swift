@@ -115,7 +115,7 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
         let (OC, L) = (outChannels, output.shape[2] * output.shape[3])
         let CKK = inChannels * kernelSize * kernelSize
         let needsInputGradient = context.needsInputGradient
-        let inputGradient = needsInputGradient ? reuse(&cache.inputGradient, shape: input.shape) : Tensor(zeros: [0])
+        let inputGradient = reuse(&cache.inputGradient, shape: needsInputGradient ? input.shape : [0])
         inputGradient.fill(0)
         for o in 0..<OC { biasSums[o] = 0 }
         input.withUnsafeBufferPointer { x in

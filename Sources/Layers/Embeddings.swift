@@ -88,7 +88,7 @@ public final class PatchEmbedding<Scalar: LayerScalar>: Layer {
         for j in biasSums.indices { biasSums[j] = 0 }
         gradientMatrix.addColumnSums(into: &biasSums)
         accumulate(biasSums, into: biasGradient)
-        guard context.needsInputGradient else { return Tensor(zeros: [0]) }
+        guard context.needsInputGradient else { return reuse(&cache.patchGradient, shape: [0]) }
         // dpatches = dy W                                    (B·N, CPP) = (B·N, E) (E, CPP)
         let patchGradient = reuse(&cache.patchGradient, shape: patches.shape)
         Tensor.gemm(gradientMatrix, weightMatrix, into: patchGradient)

@@ -94,7 +94,7 @@ public final class Linear<Scalar: LayerScalar>: Layer {
             inputGradient = reuse(&cache.inputGradient, shape: input.shape)
             Tensor.gemm(gradientMatrix, weight, into: output.rank == 2 ? inputGradient : inputGradient.reshaped([rows, inFeatures]))
         } else {
-            inputGradient = Tensor(zeros: [0])
+            inputGradient = reuse(&cache.inputGradient, shape: [0])   // empty, kept: no allocation a step
         }
         // dW += dyᵀ x                                        (OC, C) += (R, OC)ᵀ (R, C)
         Tensor.gemm(gradientMatrix, transposeA: true, inputMatrix, into: weightGradient, beta: 1)

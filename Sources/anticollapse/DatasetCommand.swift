@@ -13,7 +13,7 @@ struct Dataset: ParsableCommand {
 }
 
 /// Runs `body`, printing any error as `error: …` on stderr and exiting non-zero.
-private func reportingErrors(_ body: () throws -> Void) throws {
+func reportingErrors(_ body: () throws -> Void) throws {
     do { try body() } catch let error as ExitCode { throw error } catch {
         FileHandle.standardError.write(Data("error: \(error)\n".utf8))
         throw ExitCode.failure
@@ -128,12 +128,15 @@ extension Dataset {
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check every shard and row of a dataset and summarise it.",
-            discussion: "Exits non-zero, naming the file (and row), on a missing or unreadable shard, disagreeing shards, an empty shard, labels not one a row or out of range, or NaN/Inf in float data.")
+            discussion: "Exits non-zero, naming the file (and row), on a missing or unreadable shard, disagreeing shards, an empty shard, labels not one a row or out of range, or NaN/Inf in float data. Trajectory shards: episode lengths and offsets, episode/step columns, finite states, actions in [-1, 1].")
 
         @Argument(help: "A dataset directory, manifest or shard.") var path: String
 
         func run() throws {
-            try reportingErrors { print(try DatasetVerifier.verify(path)) }
+            try reportingErrors {
+                // Trajectory shards (layout attribute format = "anticollapse-trajectories") have their own checks.
+                print(TrajectoryDataset.isTrajectoryShard(path) ? "\(try TrajectoryVerifier.verify(path))" : "\(try DatasetVerifier.verify(path))")
+            }
         }
     }
 
