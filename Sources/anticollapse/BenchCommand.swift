@@ -15,7 +15,7 @@ import Performance
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Time training steps, objectives, all-reduce, data loading and checkpoints.",
-        subcommands: [StepBench.self, ObjectiveBench.self, CommBench.self, DataBench.self, CheckpointBench.self,
+        subcommands: [StepBench.self, ObjectiveBench.self, CommBench.self, DataBench.self, ClipsBench.self, CheckpointBench.self,
                       ScalingBench.self])
 }
 
@@ -188,6 +188,16 @@ struct DataBench: ParsableCommand {
         abstract: "Measure the loader's rows/s and MB/s, with and without augmentation (as dataset bench).")
 
     @OptionGroup var bench: Dataset.Bench
+
+    func run() throws { try bench.run() }
+}
+
+struct ClipsBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clips",
+        abstract: "Measure the clip loader's clips/s on a trajectory dataset, and TwoRoom's render rate (as env bench-data).")
+
+    @OptionGroup var bench: Env.BenchData
 
     func run() throws { try bench.run() }
 }

@@ -119,7 +119,7 @@ extension Env {
         }
     }
 
-    /// `env bench-data`: clip loader and render throughput (to be wired into `bench data`).
+    /// `env bench-data` (also `bench clips`): clip loader and render throughput.
     struct BenchData: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "bench-data",
