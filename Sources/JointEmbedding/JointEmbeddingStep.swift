@@ -44,7 +44,11 @@ public final class JointEmbeddingStep {
     ///   - clock: takes the marks `forward`, `objective` and `backward`.
     public func forwardBackward(views: [Tensor<Float>], step: Int, communicator: any Communicator, clock: PhaseClock,
                                 afterForward: (Tensor<Float>) throws -> Void = { _ in }) throws -> StepLoss {
-        let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false)
+        // Per-row randomness (dropout) is keyed by the global row: this rank's first row is the
+        // rows of the ranks before it.
+        let offset = rowCounts.map { $0.prefix(communicator.rank).reduce(0, +) } ?? 0
+        let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false,
+                                   globalRowOffset: offset, seed: seed, step: step)
         let (outputs, representation) = try passes.forward(views, model: model, context: context)
         embeddings = outputs
         try afterForward(representation)

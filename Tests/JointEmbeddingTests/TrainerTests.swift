@@ -191,3 +191,37 @@ final class TrainerTests: XCTestCase {
         }
     }
 }
+
+/// A ViT encoder with dropout trains the same on one process and on 2 in-process ranks: the
+/// trainer keys dropout by the global row, the seed and the step.
+final class ViTTrainingTests: XCTestCase {
+    func testViTWithDropoutTrainsTheSameOnOneAndTwoRanks() throws {
+        let data = try temporaryDirectory(for: self).appendingPathComponent("data").path
+        try SyntheticData(kind: .images, rows: 48, classes: 3, size: 8, seed: 6).write(to: data, trainShards: 2)
+        let configuration = try TrainingConfiguration.load(yaml: "", overrides: [
+            "data.train=\(data)/train", "data.test=", "data.prefetch=0",
+            "model.encoder={type: vit, input_channels: 1, image_size: 8, patch_size: 4, width: 16, depth: 2, heads: 2, dropout: 0.2}",
+            "model.projector={type: mlp, widths: [16, 32, 16], last_bias: false}",
+            "schedule.global_batch_size=12", "schedule.steps=4", "schedule.warmup_epochs=0",
+            "optimizer.name=sgd", "optimizer.learning_rate=0.05", "checkpoint.every_steps=0", "logging.online_probe=false",
+        ])
+        func train(_ ranks: Int) throws -> [String: [Float]] {
+            let run = try temporaryDirectory(for: self).appendingPathComponent("run\(ranks)").path
+            return try ThreadCommunicator.run(worldSize: ranks) { communicator in
+                let trainer = try Trainer(configuration: configuration, communicator: communicator, runDirectory: run,
+                                          log: { _ in })
+                XCTAssertTrue(try trainer.train().loss.isFinite)
+                return try trainer.makeCheckpoint().tensors.mapValues(\.values)
+            }[0]
+        }
+        let one = try train(1), two = try train(2)
+        XCTAssertNotNil(one["params/encoder.0.blocks.1.attn.qkv.weight"])
+        for key in one.keys.sorted() where key.hasPrefix("params/") {
+            // The final norm's bias feeds the projector's batch norm, which removes any shift:
+            // its gradient is zero up to rounding, so it is compared absolutely.
+            let largest = zip(one[key]!, two[key]!).map { abs($0 - $1) }.max() ?? 0
+            XCTAssertTrue(relativeNormError(one[key]!, two[key]!) <= 1e-4 || largest <= 1e-6,
+                          "\(key): relative \(relativeNormError(one[key]!, two[key]!)), largest difference \(largest)")
+        }
+    }
+}
