@@ -102,11 +102,15 @@ public struct Checkpoint: Equatable, Sendable {
         a.step == b.step && a.epoch == b.epoch && a.stepInEpoch == b.stepInEpoch && a.seed == b.seed
             && a.globalBatchSize == b.globalBatchSize && a.worldSize == b.worldSize && a.optimizerName == b.optimizerName
             && a.optimizerStepCount == b.optimizerStepCount && a.config == b.config && a.codeVersion == b.codeVersion
-            && a.groupStepCounts == b.groupStepCounts && a.groups.keys.sorted() == b.groups.keys.sorted()
-            && a.groups.allSatisfy { group, tensors in
-                guard let other = b.groups[group], other.keys.sorted() == tensors.keys.sorted() else { return false }
-                return tensors.allSatisfy { key, value in other[key].map { $0.shape == value.shape && $0.values == value.values } ?? false }
-            }
+            && a.groupStepCounts == b.groupStepCounts && sameTensors(a.groups, b.groups)
+    }
+
+    /// Whether two sets of state groups hold the same tensors (names, shapes and values).
+    public static func sameTensors(_ a: [String: StateDict], _ b: [String: StateDict]) -> Bool {
+        a.keys.sorted() == b.keys.sorted() && a.allSatisfy { group, tensors in
+            guard let other = b[group], other.keys.sorted() == tensors.keys.sorted() else { return false }
+            return tensors.allSatisfy { key, value in other[key].map { $0.shape == value.shape && $0.values == value.values } ?? false }
+        }
     }
 
     /// The root attributes other than `checksum`, as written.

@@ -164,22 +164,13 @@ public final class PhaseClock {
     public func mark(_ name: String) {
         guard enabled else { return }
         names.append(name)
-        times.append(DispatchTimeSource.now())
+        times.append(DispatchTime.now().uptimeNanoseconds)
     }
 
     /// Milliseconds of each phase since ``start()``, in order.
     public var phases: [(name: String, milliseconds: Double)] {
         guard times.count > 1 else { return [] }
         return (1..<times.count).map { (names[$0], Double(times[$0] - times[$0 - 1]) * 1e-6) }
-    }
-}
-
-/// Monotonic nanoseconds.
-enum DispatchTimeSource {
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 }
 

@@ -24,8 +24,11 @@ public final class TrainStep<Scalar: LayerScalar> {
     public var clipGradientNorm: Double
     /// Stop on a non-finite loss or gradient norm (training); probes leave it off.
     public var checksFiniteness: Bool
-    /// Measure the gradient norm (for the record and the finiteness check).
-    public var measuresGradientNorm: Bool
+    /// Report the gradient norm even when neither the finiteness check nor clipping needs it.
+    public var reportsGradientNorm: Bool
+    /// Whether a step measures the global gradient norm: for the record, the finiteness check
+    /// or clipping.
+    public var measuresGradientNorm: Bool { reportsGradientNorm || checksFiniteness || clipGradientNorm > 0 }
 
     /// What one step did.
     public struct Outcome: Sendable {
@@ -67,7 +70,7 @@ public final class TrainStep<Scalar: LayerScalar> {
         synchronizer = GradientSynchronizer(parameters: parameters, communicator: communicator)
         self.clipGradientNorm = clipGradientNorm
         self.checksFiniteness = checksFiniteness
-        self.measuresGradientNorm = measuresGradientNorm || checksFiniteness || clipGradientNorm > 0
+        reportsGradientNorm = measuresGradientNorm
     }
 
     /// Takes one step at `learningRate`; see the type's discussion for the order.

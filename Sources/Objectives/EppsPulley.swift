@@ -83,9 +83,9 @@ struct EppsPulley<Scalar: TensorScalar> {
     }
 
     /// The projections `z·A` of rows on the directions, `n × K`, in the workspace's buffer
-    /// `index` (one a view: valid until the next projection of the same index).
-    func project(_ rows: Tensor<Scalar>, index: Int = 0) -> Tensor<Scalar> {
-        let projections: Tensor<Scalar> = workspace.tensor("eppsPulley.projections", index: index,
+    /// `name`, `index` (one a view: valid until the next projection into the same buffer).
+    func project(_ rows: Tensor<Scalar>, into name: String = "eppsPulley.projections", index: Int = 0) -> Tensor<Scalar> {
+        let projections: Tensor<Scalar> = workspace.tensor(name, index: index,
                                                            [rows.rowCount, directionCount], zeroed: false)
         Tensor.gemm(rows, directions, into: projections)
         return projections
@@ -227,7 +227,8 @@ extension EppsPulley where Scalar: CommunicableScalar {
         let regions = batch.localViews.map { _ in statistics.reserve(sumCount) }
         let localProjections = batch.localViews.enumerated().map { project($0.element, index: $0.offset) }
         for (v, region) in regions.enumerated() {
-            let projections = batch.path == .gather ? project(batch.statisticsViews[v], index: 1000 + v) : localProjections[v]
+            let projections = batch.path == .gather
+                ? project(batch.statisticsViews[v], into: "eppsPulley.gatheredProjections", index: v) : localProjections[v]
             accumulate(projections, into: &statistics, region: region)
         }
         return ViewSums(regions: regions, localProjections: localProjections)
