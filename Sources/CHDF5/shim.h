@@ -20,6 +20,7 @@ static inline hid_t shim_H5P_DATASET_CREATE(void) { H5open(); return H5P_DATASET
 static inline hid_t shim_H5P_LINK_CREATE(void) { H5open(); return H5P_LINK_CREATE; }
 static inline hid_t shim_H5P_DATASET_ACCESS(void) { H5open(); return H5P_DATASET_ACCESS; }
 static inline hid_t shim_H5P_FILE_ACCESS(void) { H5open(); return H5P_FILE_ACCESS; }
+static inline hid_t shim_H5P_FILE_CREATE(void) { H5open(); return H5P_FILE_CREATE; }
 static inline hid_t shim_H5S_ALL(void) { return H5S_ALL; }
 static inline hid_t shim_H5E_DEFAULT(void) { return H5E_DEFAULT; }
 static inline unsigned shim_H5F_ACC_TRUNC(void) { return H5F_ACC_TRUNC; }

@@ -104,4 +104,41 @@ extension Communicator {
 
     /// Whether this is rank 0, the rank that prints and writes files.
     public var isRoot: Bool { rank == 0 }
+
+    /// Broadcasts `text` from `root` (its value elsewhere is ignored) and returns it on every rank.
+    public func broadcast(text: String, root: Int = 0) throws -> String {
+        var count = [Int64(rank == root ? text.utf8.count : 0)]
+        try broadcast(&count, root: root)
+        var bytes = rank == root ? Array(text.utf8) : [UInt8](repeating: 0, count: Int(count[0]))
+        try broadcast(&bytes, root: root)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Runs `body` on this rank and makes a failure on any rank every rank's: if `body` throws
+    /// anywhere, every rank throws — the lowest failing rank's own error there, and a
+    /// ``CollectiveFailure`` carrying that rank's message on the others — so no rank goes on
+    /// to wait in a collective its peers never reach. Every rank must call it.
+    public func together<T>(_ body: () throws -> T) throws -> T {
+        var result: Result<T, any Error>
+        do { result = .success(try body()) } catch { result = .failure(error) }
+        var failed = [Int64(size)]
+        if case .failure = result { failed[0] = Int64(rank) }
+        try allReduce(&failed, .min)
+        guard failed[0] < Int64(size) else { return try result.get() }
+        let failing = Int(failed[0])
+        var message = ""
+        if case let .failure(error) = result { message = "\(error)" }
+        message = try broadcast(text: message, root: failing)
+        if rank == failing, case let .failure(error) = result { throw error }
+        throw CollectiveFailure(rank: failing, message: message)
+    }
+}
+
+/// Another rank's failure, seen by a rank whose own part succeeded (see
+/// ``Communicator/together(_:)``).
+public struct CollectiveFailure: Error, CustomStringConvertible, Equatable {
+    public let rank: Int
+    public let message: String
+    public init(rank: Int, message: String) { self.rank = rank; self.message = message }
+    public var description: String { message }
 }

@@ -114,10 +114,19 @@ public final class ShardedDataset: @unchecked Sendable {
                 guard labels.shape == [rows] else {
                     throw DatasetError.file(path: path, problem: "/y has shape \(labels.shape) but /x has \(rows) rows")
                 }
+                // Every label is checked here, when the dataset opens: one out of range would
+                // index past the probe's classes in the middle of training.
+                let (_, values) = try file.read(Int64.self, from: "y")
+                if let row = values.firstIndex(where: { $0 < 0 }) {
+                    throw DatasetError.file(path: path, problem: "row \(row) of /y holds label \(values[row]); labels must be 0 or more")
+                }
                 if case let .int64(classes)? = try? file.attribute("num_classes") {
+                    if let row = values.firstIndex(where: { $0 >= classes }) {
+                        throw DatasetError.file(path: path, problem: "row \(row) of /y holds label \(values[row]), but the attribute "
+                                                + "num_classes is \(classes): labels must be in 0..<\(classes)")
+                    }
                     classCount = max(classCount, Int(classes))
                 } else {
-                    let (_, values) = try file.read(Int64.self, from: "y")
                     classCount = max(classCount, Int(values.max() ?? -1) + 1)
                 }
             } else {

@@ -149,7 +149,9 @@ public final class MetricsWriter {
     deinit { try? handle?.close() }
 
     public func write(_ record: MetricsRecord) throws {
-        handle?.write(Data((record.jsonLine + "\n").utf8))
+        do { try handle?.write(contentsOf: Data((record.jsonLine + "\n").utf8)) } catch {
+            throw TrainingError("cannot write metrics.jsonl at step \(record.step): \(error.localizedDescription)")
+        }
     }
 }
 

@@ -51,8 +51,10 @@ public protocol Recipe: AnyObject {
     func forwardBackward(_ batch: Batch, step: Int, communicator: any Communicator, clock: PhaseClock) throws -> StepLoss
     /// What follows the update on every rank: the online probe's and diagnostics' values for
     /// the record of `step` (`record` tells whether a metrics record is written this step;
-    /// `isLastStep`, whether it is the last of this invocation). Return fields only when
-    /// `record` is true or when something was measured that must be recorded.
+    /// `isLastStep`, whether it is the run's last step). Both follow the run's schedule, never
+    /// the invocation's, so that a stopped and resumed run records what an uninterrupted one
+    /// does. Return fields only when `record` is true or when something was measured that must
+    /// be recorded.
     func afterUpdate(_ batch: Batch, step: Int, record: Bool, isLastStep: Bool) throws -> [MetricsField]
     /// State groups besides the model's (parameters, buffers and the run's optimizer), e.g. an
     /// online probe with its own optimizer.
@@ -96,13 +98,16 @@ public struct StateGroup {
     public var buffers: ParameterStore<Float>?
     /// The optimizer of `parameters` (its slots and step count are saved), if any.
     public var optimizer: (any Optimizer<Float>)?
+    /// Numbers that are not tensors (a metrics window's running sums), if any.
+    public var scalars: (any StateScalars)?
 
     public init(name: String, parameters: ParameterStore<Float>, buffers: ParameterStore<Float>? = nil,
-                optimizer: (any Optimizer<Float>)? = nil) {
+                optimizer: (any Optimizer<Float>)? = nil, scalars: (any StateScalars)? = nil) {
         self.name = name
         self.parameters = parameters
         self.buffers = buffers
         self.optimizer = optimizer
+        self.scalars = scalars
     }
 
     /// The group's tensors now.
@@ -136,6 +141,14 @@ public struct StateGroup {
             if let stepCount { optimizer.stepCount = stepCount }
         }
     }
+}
+
+/// State of a state group that is not a tensor — the running sums of a metric averaged between
+/// two records — saved in checkpoints as float64 (``Checkpoint/groupScalars``), so that a resumed
+/// run's records equal an uninterrupted run's.
+public protocol StateScalars: AnyObject {
+    /// The values by name (snake_case); setting restores them.
+    var scalarState: [String: Double] { get set }
 }
 
 /// Time marks within a step, for `bench step`'s phases (forward, objective, backward, …).

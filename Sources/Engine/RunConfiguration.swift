@@ -162,21 +162,6 @@ public struct LoggingConfiguration: Codable, Equatable, Sendable {
 
 // MARK: - Loading
 
-/// A config value chosen from a fixed set; decoding an unknown one names the valid choices.
-public protocol ConfigurationChoice: RawRepresentable<String>, CaseIterable, Codable, Sendable {}
-
-extension ConfigurationChoice {
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let value = Self(rawValue: text) else {
-            throw DecodingError.dataCorrupted(.init(
-                codingPath: decoder.codingPath,
-                debugDescription: "unknown \"\(text)\"; valid: \(Self.allCases.map(\.rawValue).joined(separator: ", "))"))
-        }
-        self = value
-    }
-}
-
 /// A config that cannot be used, naming the key and what would be right.
 public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
     public let description: String
@@ -217,16 +202,23 @@ extension RunConfiguration {
                 throw ConfigurationError("--set \(override): expected key=value, e.g. optimizer.learning_rate=0.1")
             }
             let key = String(override[..<equals]), text = String(override[override.index(after: equals)...])
+            let path = key.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            guard !path.contains(where: \.isEmpty) else {
+                throw ConfigurationError("--set \(override): the key \"\(key)\" has an empty part; keys are dotted names such as schedule.steps")
+            }
             let value: Any = (try? Yams.load(yaml: text)).flatMap { $0 } ?? text
-            try ConfigurationTree.set(&tree, path: key.split(separator: ".").map(String.init), value: value)
+            try ConfigurationTree.set(&tree, path: path, value: value)
         }
+        try ConfigurationTree.checkFiniteNumbers(tree, source: source)
         let defaults = try ConfigurationTree.encode(RunConfiguration())
         let merged = ConfigurationTree.merge(defaults, tree)
         let configuration: RunConfiguration
         do {
             configuration = try ConfigurationTree.decode(RunConfiguration.self, from: merged)
-        } catch let error as DecodingError {
-            throw ConfigurationError("\(source): \(ConfigurationTree.describe(error))")
+        } catch {
+            // Name the key: the decoder's own message may have none ("not valid JSON" for a
+            // number that does not fit its type).
+            throw ConfigurationError("\(source): \(ConfigurationTree.locateDecodingError(error, given: tree, defaults: defaults, as: RunConfiguration.self))")
         }
         // A key the user wrote that the decoded config does not write back is not ours.
         try ConfigurationTree.checkKnownKeys(tree, against: ConfigurationTree.encode(configuration), source: source)
@@ -383,13 +375,100 @@ public enum ConfigurationTree {
     public static func checkKnownKeys(_ given: [String: Any], against known: [String: Any], source: String, prefix: String = "") throws {
         for (key, value) in given.sorted(by: { $0.key < $1.key }) {
             let path = prefix.isEmpty ? key : "\(prefix).\(key)"
-            if value is NSNull { continue }
             guard let knownValue = known[key] else {
-                throw ConfigurationError("\(source): unknown key \"\(path)\"; valid keys\(prefix.isEmpty ? "" : " of \(prefix)"): \(known.keys.sorted().joined(separator: ", "))")
+                let hint = key.contains(":") ? " (in YAML's flow style a space follows each colon: {type: mlp})" : ""
+                throw ConfigurationError("\(source): unknown key \"\(path)\"\(hint); valid keys\(prefix.isEmpty ? "" : " of \(prefix)"): \(known.keys.sorted().joined(separator: ", "))")
             }
+            if value is NSNull { continue }
             if let inner = value as? [String: Any], let knownInner = knownValue as? [String: Any] {
                 try checkKnownKeys(inner, against: knownInner, source: source, prefix: path)
             }
+        }
+    }
+
+    /// Throws for a NaN or infinite number anywhere in `tree` (YAML's `.nan`, `.inf`), naming the key.
+    public static func checkFiniteNumbers(_ tree: [String: Any], source: String, prefix: String = "") throws {
+        for (key, value) in tree.sorted(by: { $0.key < $1.key }) {
+            let path = prefix.isEmpty ? key : "\(prefix).\(key)"
+            switch value {
+            case let inner as [String: Any]:
+                try checkFiniteNumbers(inner, source: source, prefix: path)
+            case let list as [Any]:
+                for (index, item) in list.enumerated() {
+                    if let inner = item as? [String: Any] { try checkFiniteNumbers(inner, source: source, prefix: "\(path)[\(index)]") }
+                    if let number = item as? Double, !number.isFinite {
+                        throw ConfigurationError("\(source): \(path)[\(index)]: must be a finite number, got \(number)")
+                    }
+                }
+            case let number as Double where !number.isFinite:
+                throw ConfigurationError("\(source): \(path): must be a finite number, got \(number)")
+            default:
+                break
+            }
+        }
+    }
+
+    /// A message for a config that does not decode, naming the key: the decoder's own when it
+    /// names one, else the first leaf of `given` that fails to decode on its own over the
+    /// `defaults`, with the kind of value that key takes.
+    public static func locateDecodingError<T: Decodable>(_ error: any Error, given: [String: Any], defaults: [String: Any],
+                                                         as type: T.Type) -> String {
+        if let error = error as? DecodingError, case let .dataCorrupted(context) = error, !context.codingPath.isEmpty {
+            return describe(error)
+        }
+        if let error = error as? DecodingError, case .typeMismatch = error { return describe(error) }
+        for (path, value) in leaves(given) {
+            var single: [String: Any] = [:]
+            guard (try? set(&single, path: path, value: value)) != nil else { continue }
+            do {
+                _ = try decode(type, from: merge(defaults, single))
+            } catch let inner {
+                let key = path.joined(separator: ".")
+                let original = leaf(defaults, path)
+                let expected = original.map(kind(of:)) ?? "another value"
+                if let original = original as? NSNumber, !["c", "B", "f", "d"].contains(String(cString: original.objCType)),
+                   let number = (normalize(value) as? NSNumber)?.doubleValue {
+                    if number.rounded() != number { return "\(key): must be a whole number, got \(value)" }
+                    if number < 0 { return "\(key): must be 0 or more, got \(value)" }
+                    if number >= 0x1p63 { return "\(key): \(value) is too large (at most \(Int64.max))" }
+                }
+                if let inner = inner as? DecodingError, case let .dataCorrupted(context) = inner, !context.codingPath.isEmpty,
+                   !context.debugDescription.contains("JSON") {
+                    return describe(inner)
+                }
+                return "\(key): \(value) is not valid here; expected \(expected)"
+            }
+        }
+        if let error = error as? DecodingError { return describe(error) }
+        return "\(error)"
+    }
+
+    /// Every leaf of `tree` (lists count as leaves) with its key path, sorted by path.
+    static func leaves(_ tree: [String: Any], _ prefix: [String] = []) -> [([String], Any)] {
+        tree.keys.sorted().flatMap { key -> [([String], Any)] in
+            if let inner = tree[key] as? [String: Any] { return leaves(inner, prefix + [key]) }
+            return [(prefix + [key], tree[key]!)]
+        }
+    }
+
+    static func leaf(_ tree: [String: Any], _ path: [String]) -> Any? {
+        guard let head = path.first else { return nil }
+        return path.count == 1 ? tree[head] : (tree[head] as? [String: Any]).flatMap { leaf($0, Array(path.dropFirst())) }
+    }
+
+    /// What kind of value a default stands for, for messages.
+    static func kind(of value: Any) -> String {
+        switch value {
+        case let number as NSNumber:
+            switch String(cString: number.objCType) {
+            case "c", "B": return "true or false"
+            case "f", "d": return "a number such as \(number.doubleValue)"
+            default: return "a whole number such as \(number.int64Value)"
+            }
+        case is String: return "a string"
+        case is [Any]: return "a list"
+        case is [String: Any]: return "a mapping"
+        default: return "another value"
         }
     }
 
@@ -408,7 +487,13 @@ public enum ConfigurationTree {
         }
         switch error {
         case let .typeMismatch(type, context):
-            return "\(path(context)): expected \(typeName(type)), \(context.debugDescription)"
+            let found = context.debugDescription.range(of: #"found .*$"#, options: .regularExpression)
+                .map { String(context.debugDescription[$0]).replacingOccurrences(of: " instead.", with: "") }
+            var text = "\(path(context)): expected \(typeName(type))" + (found.map { ", \($0)" } ?? "")
+            if type is [String: Any].Type {
+                text += " (in YAML's flow style a space follows each colon: {type: mlp, widths: [784, 1024]})"
+            }
+            return text
         case let .valueNotFound(type, context):
             return "\(path(context)): missing \(typeName(type))"
         case let .keyNotFound(key, context):
@@ -427,6 +512,8 @@ public enum ConfigurationTree {
         case is Int.Type, is UInt64.Type: return "a whole number"
         case is Bool.Type: return "true or false"
         case is String.Type: return "a string"
+        case is [String: Any].Type: return "a mapping of keys"
+        case is [Any].Type: return "a list"
         default: return "\(type)"
         }
     }

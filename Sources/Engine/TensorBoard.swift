@@ -11,11 +11,17 @@ import Foundation
 /// with `masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8`. Each record's data is a
 /// protobuf `tensorflow.Event`, encoded by hand (only the fields needed):
 ///
-///     Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
-///     Summary { repeated Value value = 1; }
-///     Value   { string tag = 1; float simple_value = 2; }
+///     Event      { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+///                  SessionLog session_log = 7; }
+///     Summary    { repeated Value value = 1; }
+///     Value      { string tag = 1; float simple_value = 2; }
+///     SessionLog { SessionStatus status = 1 (START = 1); string msg = 3; }
 ///
-/// The first record carries `file_version = "brain.Event:2"`; every later one a summary.
+/// The first record carries `file_version = "brain.Event:2"`. A resumed run's file then carries
+/// a restart marker, `session_log { status: START }` at the first step the run will log anew
+/// (the checkpoint's step + 1): TensorBoard then drops the records of that step and later that
+/// the interrupted run wrote after its checkpoint, as it does for TensorFlow's own restarts.
+/// Every later record is a summary.
 public final class TensorBoardWriter {
     /// The event file.
     public let path: String
@@ -24,7 +30,10 @@ public final class TensorBoardWriter {
     /// Creates a new event file in `directory` (creating the directory).
     ///
     /// - Throws: ``TrainingError`` naming the file when it cannot be created.
-    public init(directory: String, now: Date = Date()) throws {
+    ///
+    /// - Parameter resumingAfter: the step a resumed run starts from (its checkpoint's): when
+    ///   positive, a restart marker at the next step follows the header.
+    public init(directory: String, resumingAfter startStep: Int = 0, now: Date = Date()) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
         let base = (directory as NSString).appendingPathComponent("events.out.tfevents.\(Int(now.timeIntervalSince1970)).\(host)")
@@ -39,6 +48,16 @@ public final class TensorBoardWriter {
         event.double(1, now.timeIntervalSince1970)
         event.string(3, "brain.Event:2")
         try write(record: event.bytes)
+        if startStep > 0 {
+            var log = ProtocolBuffer()
+            log.varint(1, 1)   // START
+            log.string(3, "resumed from the checkpoint of step \(startStep)")
+            var marker = ProtocolBuffer()
+            marker.double(1, now.timeIntervalSince1970)
+            marker.varint(2, UInt64(startStep + 1))
+            marker.message(7, log)
+            try write(record: marker.bytes)
+        }
     }
 
     deinit { try? handle.close() }

@@ -1,5 +1,8 @@
 import Communication
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Layers
 import Objectives
 import Optimizers
@@ -42,8 +45,9 @@ public struct TrainingSummary: Sendable {
     public var samplesPerSecond: Double
 }
 
-/// SIGTERM and SIGINT ask a run to finish its step, write a checkpoint and exit 0 (how Slurm
-/// preempts a job).
+/// SIGTERM, SIGINT and SIGUSR1 ask a run to finish its step, write a checkpoint and exit 0
+/// (how Slurm preempts a job). SIGUSR1 is the one `mpirun` forwards to every rank without
+/// killing them a second later: the launch scripts turn a SIGTERM or Ctrl-C into it.
 public enum StopSignal {
     private static let flag = Atomic<Int32>(0)
 
@@ -51,6 +55,7 @@ public enum StopSignal {
     public static func install() {
         signal(SIGTERM) { _ in StopSignal.flag.store(1, ordering: .relaxed) }
         signal(SIGINT) { _ in StopSignal.flag.store(1, ordering: .relaxed) }
+        signal(SIGUSR1) { _ in StopSignal.flag.store(1, ordering: .relaxed) }
     }
 
     /// Whether a signal has arrived.
@@ -86,7 +91,16 @@ public final class Trainer<R: Recipe> {
     private let codeVersion: String
     /// Steps completed (the next step to run).
     public private(set) var step = 0
-    private var lastCheckpoint: String?
+    /// The newest checkpoint written or resumed from, the same path on every rank.
+    public private(set) var lastCheckpoint: String?
+    /// The newest checkpoint known good: its parameters then gave a finite loss on the next
+    /// step (the newest one may hold weights that are finite but already diverged). Pruning
+    /// keeps it; a failure names it.
+    public private(set) var lastGoodCheckpoint: String?
+    /// The step of ``lastCheckpoint``.
+    private var lastCheckpointStep: Int?
+    /// Faults to inject, for the fault-injection tests (default: from `ANTICOLLAPSE_FAULTS`).
+    public var faults = FaultInjection.fromEnvironment
 
     /// Wraps a built recipe in the engine.
     ///
@@ -149,33 +163,77 @@ public final class Trainer<R: Recipe> {
             }
             let stepCount = group.name == Checkpoint.modelGroup ? checkpoint.optimizerStepCount : checkpoint.groupStepCounts[group.name]
             try group.load(tensors, stepCount: stepCount, from: path)
+            if let scalars = group.scalars, let values = checkpoint.groupScalars[group.name] { scalars.scalarState = values }
         }
         step = checkpoint.step
         lastCheckpoint = path
+        lastCheckpointStep = checkpoint.step
+        lastGoodCheckpoint = nil
     }
 
-    /// Restores according to `mode`; returns the checkpoint used.
+    /// Restores according to `mode`; returns the checkpoint used. Rank 0 chooses the file and
+    /// broadcasts its path; every rank reads it and the ranks compare checksums, so they never
+    /// resume different files (a run directory that is not shared, or changed under them).
+    ///
+    /// - Parameter overwrite: with `.none`, start over in a directory that holds checkpoints,
+    ///   removing them; without it, that is refused (their steps would mix with the new run's).
+    /// - Throws: ``TrainingError`` when `.automatic` finds checkpoints but none usable (it
+    ///   lists each and why: starting over silently would throw the run away), when `.none`
+    ///   finds checkpoints and `overwrite` is false, or when the ranks read different files.
     @discardableResult
-    public func resume(_ mode: ResumeMode) throws -> String? {
+    public func resume(_ mode: ResumeMode, overwrite: Bool = false) throws -> String? {
         switch mode {
         case .none:
+            try communicator.together {
+                guard communicator.isRoot else { return }
+                let existing = try checkpoints.list().filter { (try? checkpoints.peek($0)) != nil }
+                guard !existing.isEmpty else { return }
+                guard overwrite else {
+                    throw TrainingError("--resume none: \(runDirectory) already holds \(existing.count) checkpoint(s) "
+                                        + "(newest \(existing.last!)); resume them with --resume auto, choose another --run-dir, "
+                                        + "or pass --overwrite to delete them and start over")
+                }
+                for path in existing { try checkpoints.remove(path) }
+                log("--overwrite: removed \(existing.count) checkpoint(s) of an earlier run from \(runDirectory)")
+            }
             return nil
         case .automatic:
-            // Rank 0 picks (and has read) the newest valid checkpoint; the others read the same file.
-            let newest = communicator.isRoot ? try checkpoints.newestValid(warn: { log("warning: \($0)") }) : nil
-            var stepBox = [Int64(newest?.checkpoint.step ?? -1)]
-            try communicator.broadcast(&stepBox, root: 0)
-            guard stepBox[0] >= 0 else {
+            var chosen: Checkpoint?
+            let path = try communicator.broadcast(text: try communicator.together { () -> String in
+                guard communicator.isRoot else { return "" }
+                let (newest, unusable) = try checkpoints.newestUsable(warn: { log("warning: \($0)") })
+                if newest == nil && !unusable.isEmpty {
+                    throw TrainingError("--resume auto: no usable checkpoint in \(runDirectory); not starting over on top of:\n"
+                                        + unusable.map { "  \($0.path): \($0.problem)" }.joined(separator: "\n")
+                                        + "\nmove them away, or start from scratch with --resume none --overwrite")
+                }
+                chosen = newest?.checkpoint
+                return newest?.path ?? ""
+            })
+            guard !path.isEmpty else {
                 log("no checkpoint in \(runDirectory): starting from scratch")
                 return nil
             }
-            let path = newest?.path ?? checkpoints.path(step: Int(stepBox[0]))
-            try restore(try newest?.checkpoint ?? checkpoints.read(path), from: path)
+            try restoreOnEveryRank(path, readByRoot: chosen)
             return path
         case let .path(path):
-            try restore(try checkpoints.read(path), from: path)
+            try restoreOnEveryRank(path, readByRoot: nil)
             return path
         }
+    }
+
+    /// Every rank reads `path` (rank 0 may have already), checks that all read the same bytes,
+    /// and restores it.
+    private func restoreOnEveryRank(_ path: String, readByRoot: Checkpoint?) throws {
+        let checkpoint = try communicator.together { try readByRoot ?? checkpoints.read(path) }
+        let checksum = UInt64(checkpoint.checksum, radix: 16) ?? 0
+        let checksums = try communicator.allGather([Int64(bitPattern: checksum)])
+        if Set(checksums).count > 1 {
+            let list = checksums.enumerated().map { "rank \($0.offset): \(String(UInt64(bitPattern: $0.element), radix: 16))" }
+            throw TrainingError("the ranks read different contents at \(path) (\(list.joined(separator: ", "))): "
+                                + "the run directory must be one file system that every rank sees")
+        }
+        try communicator.together { try restore(checkpoint, from: path) }
     }
 
     // MARK: Checkpoints
@@ -183,33 +241,67 @@ public final class Trainer<R: Recipe> {
     /// The state to save now.
     public func makeCheckpoint() throws -> Checkpoint {
         let position = recipe.position(ofStep: step)
-        var groups: [String: StateDict] = [:], counts: [String: Int] = [:]
+        var groups: [String: StateDict] = [:], counts: [String: Int] = [:], scalars: [String: [String: Double]] = [:]
         for group in stateGroups {
             groups[group.name] = group.stateDict
             if group.name != Checkpoint.modelGroup, let optimizer = group.optimizer { counts[group.name] = optimizer.stepCount }
+            if let values = group.scalars?.scalarState, !values.isEmpty { scalars[group.name] = values }
         }
-        return Checkpoint(step: step, epoch: position.epoch, stepInEpoch: position.stepInEpoch, seed: configuration.seed,
-                          globalBatchSize: configuration.schedule.globalBatchSize, worldSize: communicator.size,
-                          optimizerName: configuration.optimizer.name.rawValue, optimizerStepCount: optimizer.stepCount,
-                          config: try configuration.yaml(), codeVersion: codeVersion, groups: groups, groupStepCounts: counts)
+        var checkpoint = Checkpoint(step: step, epoch: position.epoch, stepInEpoch: position.stepInEpoch, seed: configuration.seed,
+                                    globalBatchSize: configuration.schedule.globalBatchSize, worldSize: communicator.size,
+                                    optimizerName: configuration.optimizer.name.rawValue, optimizerStepCount: optimizer.stepCount,
+                                    config: try configuration.yaml(), codeVersion: codeVersion, groups: groups, groupStepCounts: counts)
+        checkpoint.groupScalars = scalars
+        return checkpoint
     }
 
-    /// Checks that every rank holds the same parameters, then rank 0 writes a checkpoint and
-    /// prunes old ones. Every rank must call it.
+    /// Checks that every rank holds the same, finite, parameters, then rank 0 writes a
+    /// checkpoint and prunes old ones; a failure on rank 0 (a full disk) fails every rank.
+    /// Every rank must call it.
+    ///
+    /// - Throws: ``TrainingError`` when the ranks' parameters differ, or when any tensor of the
+    ///   state holds NaN or infinity — a diverged state is never written, and the message names
+    ///   the last good checkpoint (the same on every rank).
+    ///
+    /// - Parameter final: the run's (or this invocation's) last checkpoint: pruning then keeps
+    ///   exactly `checkpoint.keep`. While training it also keeps the last checkpoint known good
+    ///   (see ``lastGoodCheckpoint``), so there may be one file more.
     @discardableResult
-    public func writeCheckpoint() throws -> String? {
+    public func writeCheckpoint(final: Bool = false) throws -> String? {
         let all = try communicator.allGather([Int64(bitPattern: parameterFingerprint())])
         if Set(all).count > 1 {
             throw TrainingError("ranks hold different parameters at step \(step) (fingerprints \(all.map { String(UInt64(bitPattern: $0), radix: 16) })): they drifted apart")
         }
-        var path: String?
-        if communicator.isRoot {
-            path = try checkpoints.write(try makeCheckpoint())
-            try checkpoints.prune(keep: configuration.checkpoint.keep)
+        if let tensor = firstNonFiniteTensor() {
+            throw TrainingError("\(tensor) holds NaN or infinity after step \(step): the run diverged; no checkpoint is written "
+                                + "(lower optimizer.learning_rate, or set optimizer.clip_gradient_norm); "
+                                + "the last good checkpoint is \(lastGoodCheckpoint ?? "none")")
         }
-        try communicator.barrier()
-        lastCheckpoint = path ?? lastCheckpoint
+        let path = checkpoints.path(step: step)
+        try communicator.together {
+            guard communicator.isRoot else { return }
+            let kill = faults.killDuringCheckpointWrite.map { $0 == 0 || $0 == step } ?? false
+            let written = try checkpoints.write(try makeCheckpoint(), beforeRename: kill ? { Glibc.kill(getpid(), SIGKILL) } : nil)
+            try checkpoints.prune(keep: configuration.checkpoint.keep, written: written, protecting: final ? nil : lastGoodCheckpoint)
+        }
+        lastCheckpoint = path
+        lastCheckpointStep = step
         return path
+    }
+
+    /// The first parameter or buffer (by state group and name) holding NaN or infinity.
+    private func firstNonFiniteTensor() -> String? {
+        for group in stateGroups {
+            for (kind, store) in [("params", group.parameters), ("buffers", group.buffers)] {
+                guard let store else { continue }
+                let finite = store.values.withUnsafeBufferPointer { $0.allSatisfy(\.isFinite) }
+                if finite { continue }
+                for entry in store.entries where !store.view(of: store.values, entry).scalars.allSatisfy(\.isFinite) {
+                    return "\(group.name == Checkpoint.modelGroup ? "" : group.name + "/")\(kind)/\(entry.name)"
+                }
+            }
+        }
+        return nil
     }
 
     /// FNV-1a over the bit patterns of every parameter and buffer of every state group.
@@ -231,7 +323,7 @@ public final class Trainer<R: Recipe> {
         let batches = try recipe.makeBatchSource(startStep: step)
         defer { batches.stop() }
         let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, startStep: step)
-        let tensorBoard = communicator.isRoot ? try TensorBoardWriter(directory: runDirectory) : nil
+        let tensorBoard = communicator.isRoot ? try TensorBoardWriter(directory: runDirectory, resumingAfter: step) : nil
         let progress = ProgressPrinter(log: log, enabled: communicator.isRoot, startStep: step)
         let lastStep = min(totalSteps, stopAfter.map { step + $0 } ?? totalSteps)
         let clock = PhaseClock()
@@ -255,9 +347,14 @@ public final class Trainer<R: Recipe> {
                     try recipe.forwardBackward(batch, step: step, communicator: collectives, clock: clock)
                 }
             } catch let failure as TrainStep<Float>.Failure {
-                throw TrainingError("\(failure) at step \(step); the last good checkpoint is \(lastCheckpoint ?? "none")")
+                throw TrainingError("\(failure) at step \(step); the last good checkpoint is \(lastGoodCheckpoint ?? "none")"
+                                    + (lastCheckpoint != lastGoodCheckpoint && lastCheckpoint != nil
+                                       ? " (\(lastCheckpoint!) holds the weights that gave it)" : ""))
             }
+            // The weights this step started from gave a finite loss: their checkpoint is good.
+            if lastCheckpointStep == step { lastGoodCheckpoint = lastCheckpoint }
             step += 1
+            if faults.stepSeconds > 0 { Thread.sleep(forTimeInterval: faults.stepSeconds) }
             let seconds = Date().timeIntervalSince(started)
             trainingSeconds += seconds
             windowSeconds += seconds
@@ -266,9 +363,13 @@ public final class Trainer<R: Recipe> {
             // Lockstep decisions: a signal on any rank stops every rank after this step.
             var stop = [StopSignal.requested ? Int64(1) : 0]
             try communicator.allReduce(&stop, .max)
-            let logging = step % configuration.logging.everySteps == 0 || step == lastStep || stop[0] != 0
-            let extra = try recipe.afterUpdate(batch, step: step, record: logging, isLastStep: step == lastStep)
-            if logging || !extra.isEmpty {
+            // Records fall on a schedule of the run, not of this invocation, so a run stopped
+            // and resumed writes the records of an uninterrupted one; the last step of an
+            // invocation is only shown.
+            let logging = step % configuration.logging.everySteps == 0 || step == totalSteps
+            let showing = logging || step == lastStep || stop[0] != 0
+            let extra = try recipe.afterUpdate(batch, step: step, record: logging, isLastStep: step == totalSteps)
+            if logging || showing || !extra.isEmpty {
                 let rate = Double(samples) / max(trainingSeconds, 1e-9)
                 let record = MetricsRecord(step: step, epoch: recipe.position(ofStep: step - 1).epoch, loss: outcome.loss.loss,
                                            terms: outcome.loss.terms, learningRate: learningRate, samplesPerSecond: rate,
@@ -276,12 +377,14 @@ public final class Trainer<R: Recipe> {
                                            communicatedBytes: outcome.loss.communicatedBytes + trainStep.gradientBytes,
                                            dataWaitFraction: windowDataWait / max(windowSeconds, 1e-9),
                                            collectiveFraction: collectives.seconds / max(windowSeconds, 1e-9), extra: extra)
-                try metrics.write(record)
-                try tensorBoard?.write(record)
-                if logging { progress.show(record, totalSteps: totalSteps, lastStep: lastStep) }
-                windowSeconds = 0
-                windowDataWait = 0
-                collectives.reset()
+                if logging || !extra.isEmpty {
+                    try metrics.write(record)
+                    try tensorBoard?.write(record)
+                    windowSeconds = 0
+                    windowDataWait = 0
+                    collectives.reset()
+                }
+                if showing { progress.show(record, totalSteps: totalSteps, lastStep: lastStep) }
             }
             if stop[0] != 0 {
                 log("stop requested (SIGTERM/SIGINT): writing a checkpoint at step \(step)")
@@ -292,11 +395,38 @@ public final class Trainer<R: Recipe> {
         }
         progress.finish()
         if step > 0 && (stoppedBySignal || step == lastStep) && lastCheckpoint != checkpoints.path(step: step) {
-            try writeCheckpoint()
+            try writeCheckpoint(final: true)
         }
         return TrainingSummary(step: step, totalSteps: totalSteps, stoppedBySignal: stoppedBySignal, loss: outcome.loss.loss,
                                terms: outcome.loss.terms, checkpoint: lastCheckpoint, seconds: trainingSeconds,
                                samplesPerSecond: Double(samples) / max(trainingSeconds, 1e-9))
+    }
+}
+
+/// Faults a test injects into a real run (a process, or every rank under mpirun), set by the
+/// environment variable `ANTICOLLAPSE_FAULTS`, a comma-separated list of:
+/// - `step_seconds=S`: every training step takes S seconds longer (a slow step);
+/// - `kill_during_checkpoint_write[=STEP]`: rank 0 kills itself (SIGKILL) when its checkpoint
+///   file (of step STEP, or any) is written and flushed but not yet renamed into place.
+public struct FaultInjection: Sendable, Equatable {
+    public var stepSeconds = 0.0
+    /// The step whose checkpoint write is killed (0: the first one).
+    public var killDuringCheckpointWrite: Int?
+
+    public init() {}
+
+    /// The faults `ANTICOLLAPSE_FAULTS` asks for (none when unset).
+    public static var fromEnvironment: FaultInjection {
+        var faults = FaultInjection()
+        for item in (ProcessInfo.processInfo.environment["ANTICOLLAPSE_FAULTS"] ?? "").split(separator: ",") {
+            let parts = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            switch parts[0] {
+            case "step_seconds": faults.stepSeconds = parts.count > 1 ? Double(parts[1]) ?? 0 : 0
+            case "kill_during_checkpoint_write": faults.killDuringCheckpointWrite = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+            default: break
+            }
+        }
+        return faults
     }
 }
 

@@ -221,14 +221,22 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
     ///   - path: Where to create it.
     ///   - overwrite: Whether to replace an existing file (`H5F_ACC_TRUNC`); if `false`
     ///     (the default) an existing file is an `.alreadyExists` error (`H5F_ACC_EXCL`).
-    public static func create(_ path: String, overwrite: Bool = false) throws -> HDF5File {
+    ///   - userBlock: Bytes reserved at the start of the file for the caller (0, or a power of
+    ///     two of at least 512); HDF5 and h5py skip them.
+    public static func create(_ path: String, overwrite: Bool = false, userBlock: Int = 0) throws -> HDF5File {
         try HDF5Library.locked {
             let site = HDF5Site(file: path, object: nil, operation: "create")
             if !overwrite, FileManager.default.fileExists(atPath: path) {
                 throw site.error(.alreadyExists, "the file already exists")
             }
             let flags = overwrite ? shim_H5F_ACC_TRUNC() : shim_H5F_ACC_EXCL()
-            let id = try site.check(H5Fcreate(path, flags, shim_H5P_DEFAULT(), shim_H5P_DEFAULT()), "H5Fcreate")
+            var creation = shim_H5P_DEFAULT()
+            if userBlock > 0 {
+                creation = try site.check(H5Pcreate(shim_H5P_FILE_CREATE()), "H5Pcreate")
+                try site.check(H5Pset_userblock(creation, hsize_t(userBlock)), "H5Pset_userblock")
+            }
+            defer { if userBlock > 0 { H5Pclose(creation) } }
+            let id = try site.check(H5Fcreate(path, flags, creation, shim_H5P_DEFAULT()), "H5Fcreate")
             return HDF5File(handle: HDF5Handle(id, closer: H5Fclose, closerName: "H5Fclose"), filePath: path, path: "/")
         }
     }
@@ -271,9 +279,9 @@ public final class HDF5File: HDF5Group, @unchecked Sendable {
     ///   - path: Where to create the file.
     ///   - overwrite: Whether to replace an existing file (default `false`).
     ///   - body: What to write; the file must not be used after it returns.
-    public static func withNewFile<T>(_ path: String, overwrite: Bool = false,
+    public static func withNewFile<T>(_ path: String, overwrite: Bool = false, userBlock: Int = 0,
                                       _ body: (HDF5File) throws -> T) throws -> T {
-        let file = try create(path, overwrite: overwrite)
+        let file = try create(path, overwrite: overwrite, userBlock: userBlock)
         return try file.closing(after: body)
     }
 

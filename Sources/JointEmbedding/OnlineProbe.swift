@@ -12,7 +12,7 @@ import Tensor
 /// Like everything in the trainer it sees the global batch: its loss is the mean cross-entropy
 /// over all ranks' rows, its gradient is all-reduced with a sum, its accuracy counts every rank's
 /// rows. Its parameters and optimizer state are the checkpoint's state group `probe`.
-final class OnlineProbe {
+final class OnlineProbe: StateScalars {
     private let parameters: ParameterStore<Float>
     private let linear: Linear<Float>
     private let optimizer: AdamW<Float>
@@ -34,7 +34,16 @@ final class OnlineProbe {
     }
 
     /// The probe's parameters and optimizer, as a checkpoint saves them.
-    var stateGroup: StateGroup { StateGroup(name: "probe", parameters: parameters, optimizer: optimizer) }
+    var stateGroup: StateGroup { StateGroup(name: "probe", parameters: parameters, optimizer: optimizer, scalars: self) }
+
+    /// The metrics window since the last record: a run resumed between two records reports
+    /// what the uninterrupted run does.
+    var scalarState: [String: Double] {
+        get { ["window_loss_sum": window.loss, "window_correct": Double(window.correct), "window_rows": Double(window.rows)] }
+        set {
+            window = (newValue["window_loss_sum"] ?? 0, Int(newValue["window_correct"] ?? 0), Int(newValue["window_rows"] ?? 0))
+        }
+    }
 
     /// One AdamW step on this rank's `representation` rows `(n_r, D)` and their labels.
     func step(representation: Tensor<Float>, labels: [Int64], globalBatchSize: Int) throws {

@@ -248,7 +248,7 @@ public final class PositionEmbedding<Scalar: LayerScalar>: Layer {
 }
 
 /// How a vision transformer turns its tokens into one vector per image.
-public enum TokenPoolingMode: String, Codable, Sendable, CaseIterable {
+public enum TokenPoolingMode: String, ConfigurationChoice {
     /// The class token (token 0).
     case cls
     /// The mean of the tokens after the first `prefixTokens`.

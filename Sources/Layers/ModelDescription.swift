@@ -135,7 +135,7 @@ public enum NetworkDescription: Sendable, Equatable {
 }
 
 /// The activation between hidden layers of an MLP.
-public enum Activation: String, Codable, Sendable, CaseIterable {
+public enum Activation: String, ConfigurationChoice {
     case relu, gelu
 }
 
@@ -330,7 +330,7 @@ extension KeyedDecodingContainer {
 
 extension NetworkDescription: Codable {
     private enum TypeKey: String, CodingKey { case type }
-    private enum Kind: String, Codable { case mlp, convnet, resnet, vit }
+    private enum Kind: String, ConfigurationChoice { case mlp, convnet, resnet, vit }
 
     public init(from decoder: any Decoder) throws {
         let kind = try decoder.container(keyedBy: TypeKey.self).decode(Kind.self, forKey: .type)

@@ -2,7 +2,7 @@ import Tensor
 import Communication
 
 /// How the statistics of the global batch are formed from the ranks' rows.
-public enum StatisticsReduction: String, Sendable, CaseIterable, Codable {
+public enum StatisticsReduction: String, ConfigurationChoice {
     /// Chosen per evaluation by ``ReductionCostModel``, identically on every rank.
     case automatic
     /// Every rank computes statistics of its own rows; one fused all-reduce sums them.

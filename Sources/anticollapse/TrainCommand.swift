@@ -29,6 +29,9 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "auto (the newest valid checkpoint in the run directory, if any), none, or a checkpoint path.")
     var resume = "auto"
 
+    @Flag(name: .long, help: "With --resume none: delete the run directory's checkpoints and start over (refused without it).")
+    var overwrite = false
+
     @Option(name: .customLong("run-dir"), help: "Where config, metrics and checkpoints go (default: runs/<config name>).")
     var runDirectory: String?
 
@@ -41,6 +44,9 @@ struct Train: ParsableCommand {
     func validate() throws {
         if let blasThreads, blasThreads < 1 { throw ValidationError("--blas-threads must be at least 1") }
         if let stopAfter, stopAfter < 1 { throw ValidationError("--stop-after must be at least 1") }
+        if overwrite && ResumeMode(argument: resume) != .none {
+            throw ValidationError("--overwrite goes with --resume none (it deletes the run directory's checkpoints)")
+        }
     }
 
     func run() throws {
@@ -50,15 +56,16 @@ struct Train: ParsableCommand {
             let blas = BLASThreads.configure(override: threads, communicator: communicator)
             let directory = runDirectory ?? "runs/" + (config.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension } ?? "default")
             StopSignal.install()
+            // Checked and locked before any work: a second job in the same directory stops here.
+            let run = try RunDirectory.prepare(directory, communicator: communicator)
+            defer { withExtendedLifetime(run) {} }   // the lock is held until the job ends
             let trainer = try Trainer(configuration: configuration, communicator: communicator, runDirectory: directory)
-            if communicator.isRoot {
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-                try configuration.yaml().write(toFile: (directory as NSString).appendingPathComponent("config.yaml"),
-                                               atomically: true, encoding: .utf8)
-                print("run directory \(directory); \(communicator.size) rank(s) × \(blas) BLAS thread(s)")
-            }
-            if let path = try trainer.resume(ResumeMode(argument: resume)), communicator.isRoot {
+            if let path = try trainer.resume(ResumeMode(argument: resume), overwrite: overwrite), communicator.isRoot {
                 print("resumed from \(path) at step \(trainer.step)")
+            }
+            if communicator.isRoot {
+                try run.write(try configuration.yaml(), to: "config.yaml")
+                print("run directory \(directory); \(communicator.size) rank(s) × \(blas) BLAS thread(s)")
             }
             guard trainer.step < trainer.totalSteps else {
                 if communicator.isRoot { print("the run is complete: step \(trainer.step) of \(trainer.totalSteps); nothing to train") }

@@ -6,11 +6,7 @@ import _TestSupport
 
 /// `anticollapse train` as a user runs it: a process (or an mpirun job) that is signalled,
 /// killed and restarted.
-final class TrainCommandTests: XCTestCase {
-    var root = ""
-    var dataset = ""
-    var binary = ""
-
+final class TrainCommandTests: CommandLineTestCase {
     override func setUpWithError() throws {
         root = try temporaryDirectory(for: self).path
         dataset = root + "/data"
@@ -25,53 +21,6 @@ final class TrainCommandTests: XCTestCase {
          "--set", "model.projector={type: mlp, widths: [256, 256, 256], last_bias: false}",
          "--set", "schedule.global_batch_size=64", "--set", "schedule.steps=160", "--set", "checkpoint.every_steps=10",
          "--set", "checkpoint.keep=50", "--set", "logging.every_steps=20", "--blas-threads", "1"]
-    }
-
-    var environment: [String: String] {
-        var environment = ProcessInfo.processInfo.environment
-        environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        return environment
-    }
-
-    func start(_ executable: String, _ arguments: [String]) throws -> (Process, Pipe) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        return (process, pipe)
-    }
-
-    /// Waits for `process` to exit within `timeout` seconds; kills it and fails otherwise.
-    func finish(_ process: Process, _ pipe: Pipe, timeout: TimeInterval = 120,
-                file: StaticString = #filePath, line: UInt = #line) -> (status: Int32, output: String, seconds: Double) {
-        let started = Date()
-        let output = LockedText()
-        let reader = Thread { output.set(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)) }
-        reader.start()
-        while process.isRunning && Date().timeIntervalSince(started) < timeout { usleep(20_000) }
-        if process.isRunning {
-            kill(-process.processIdentifier, SIGKILL)
-            process.terminate()
-            XCTFail("still running after \(timeout) s", file: file, line: line)
-        }
-        process.waitUntilExit()
-        while output.value == nil { usleep(5_000) }
-        return (process.terminationStatus, output.value ?? "", Date().timeIntervalSince(started))
-    }
-
-    func waitForCheckpoint(_ runDirectory: String, step: Int, timeout: TimeInterval = 60) -> Bool {
-        let path = runDirectory + String(format: "/checkpoints/ckpt-%08d.h5", step)
-        let started = Date()
-        while !FileManager.default.fileExists(atPath: path) {
-            if Date().timeIntervalSince(started) > timeout { return false }
-            usleep(5_000)
-        }
-        return true
     }
 
     func finalState(_ runDirectory: String) throws -> Checkpoint {
@@ -186,16 +135,4 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(r2.output.contains("/nonexistent/shards"), r2.output)
     }
 
-    func childProcesses(of pid: Int32) throws -> [Int32] {
-        let text = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
-        return text.split(separator: " ").compactMap { Int32($0) }.sorted()
-    }
-}
-
-/// Text set once from another thread.
-final class LockedText: @unchecked Sendable {
-    private let lock = NSLock()
-    private var text: String?
-    var value: String? { lock.withLock { text } }
-    func set(_ value: String) { lock.withLock { text = value } }
 }

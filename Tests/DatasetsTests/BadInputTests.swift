@@ -85,6 +85,18 @@ final class BadInputTests: XCTestCase {
         assertThrowsError(try DatasetVerifier.verify(file), containing: file, "row 2", "label 5", "0..<3")
     }
 
+    /// A label outside `num_classes`, or negative, fails when the dataset opens (it crashed the
+    /// online probe mid-run before), naming the file and the row.
+    func testLabelsOutsideTheClassesFailWhenTheDatasetOpens() throws {
+        let file = try writeShard("o-00000-of-00001.h5", shape: [4, 2], values: floats(8), labels: [0, 1, 5, 2])
+        try HDF5File.withFile(file, mode: .readWrite) { try $0.setAttribute("num_classes", to: .int64(3)) }
+        assertThrowsError(try ShardedDataset(file), containing: file, "row 2", "label 5", "num_classes is 3", "0..<3")
+        let negative = try writeShard("neg.h5", shape: [3, 2], values: floats(6), labels: [0, -1, 1])
+        assertThrowsError(try ShardedDataset(negative), containing: negative, "row 1", "label -1")
+        let fine = try writeShard("fine.h5", shape: [3, 2], values: floats(6), labels: [0, 2, 1])
+        XCTAssertEqual(try ShardedDataset(fine).classCount, 3)
+    }
+
     func testFilesThatAreNotHDF5() throws {
         var generator = CounterRandom(seed: 1).sequence()
         let junk = Data((0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) })

@@ -13,6 +13,8 @@ final class TensorBoardTests: XCTestCase {
         var step: Int64 = 0
         var fileVersion: String?
         var scalars: [(tag: String, value: Float)] = []
+        /// `session_log.status` (1: START, a restart marker).
+        var sessionStatus: UInt64?
     }
 
     /// Reads the TFRecords of an event file, checking both masked CRC32Cs of every record.
@@ -68,6 +70,7 @@ final class TensorBoardTests: XCTestCase {
                     }
                     event.scalars.append((tag, number))
                 }
+            case 7: event.sessionStatus = fields(f.bytes).first { $0.field == 1 }?.varint ?? 0
             default: XCTFail("unexpected Event field \(f.field)")
             }
         }
@@ -78,6 +81,61 @@ final class TensorBoardTests: XCTestCase {
     static func events(_ path: String) throws -> [Event] {
         let data = try XCTUnwrap(FileManager.default.contents(atPath: path), "cannot read \(path)")
         return records(Array(data)).map(event)
+    }
+
+    /// A resumed run's event file starts with a restart marker at the first step it logs anew,
+    /// so TensorBoard drops what the interrupted run logged after its checkpoint.
+    func testResumedWriterStartsWithARestartMarker() throws {
+        let directory = try temporaryDirectory(for: self, prefix: "tensorboard").path
+        let fresh = try TensorBoardWriter(directory: directory, now: Date(timeIntervalSince1970: 1_700_000_000))
+        XCTAssertNil(try Self.events(fresh.path).first { $0.sessionStatus != nil }, "a new run has no marker")
+        let resumed = try TensorBoardWriter(directory: directory, resumingAfter: 7, now: Date(timeIntervalSince1970: 1_700_000_100))
+        try resumed.write(step: 8, scalars: [("loss", 1)])
+        let events = try Self.events(resumed.path)
+        XCTAssertEqual(events.count, 3)
+        XCTAssertEqual(events[1].sessionStatus, 1, "START")
+        XCTAssertEqual(events[1].step, 8)
+        XCTAssertEqual(events[2].scalars.map(\.tag), ["loss"])
+    }
+
+    /// TensorBoard's own reader (where Python and the tensorboard package are installed) reads
+    /// an interrupted run and its resumed continuation as one series, each step once, with the
+    /// resumed run's values.
+    func testTensorBoardItselfPurgesTheStepsOfAnInterruptedRun() throws {
+        let python = ProcessInfo.processInfo.environment["ANTICOLLAPSE_TEST_PYTHON"] ?? "/usr/bin/python3"
+        guard FileManager.default.isExecutableFile(atPath: python),
+              (try? runProcess(python, ["-c", "import tensorboard.backend.event_processing.event_accumulator"]))?.status == 0 else {
+            throw XCTSkip("tensorboard (Python) is not installed; set ANTICOLLAPSE_TEST_PYTHON to a Python that has it")
+        }
+        let directory = try temporaryDirectory(for: self, prefix: "tensorboard").path
+        let first = try TensorBoardWriter(directory: directory, now: Date(timeIntervalSince1970: 1_700_000_000))
+        for step in 1...10 { try first.write(step: step, scalars: [("loss", Double(step))], wallTime: Date(timeIntervalSince1970: 1_700_000_000 + Double(step))) }
+        // Resumed from the checkpoint of step 6: steps 7–10 again, with other values.
+        let second = try TensorBoardWriter(directory: directory, resumingAfter: 6, now: Date(timeIntervalSince1970: 1_700_000_100))
+        for step in 7...12 { try second.write(step: step, scalars: [("loss", Double(100 + step))], wallTime: Date(timeIntervalSince1970: 1_700_000_100 + Double(step))) }
+        let script = """
+            import sys
+            from tensorboard.backend.event_processing import event_accumulator as ea
+            a = ea.EventAccumulator(sys.argv[1], purge_orphaned_data=True); a.Reload()
+            print(" ".join(f"{e.step}:{e.value:g}" for e in a.Scalars("loss")))
+            """
+        let result = try runProcess(python, ["-c", script, directory])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertEqual(result.output.trimmingCharacters(in: .whitespacesAndNewlines),
+                       "1:1 2:2 3:3 4:4 5:5 6:6 7:107 8:108 9:109 10:110 11:111 12:112")
+    }
+
+    func runProcess(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
     func testCRC32CKnownAnswer() {

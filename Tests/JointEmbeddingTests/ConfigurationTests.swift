@@ -59,6 +59,17 @@ final class ConfigurationTests: XCTestCase {
             ("model: {projector: {type: mlp, widths: [999, 10]}}", [], ["model.projector.widths[0]", "1024"]),
             ("- a list", [], ["top level must be a mapping"]),
             ("", ["nonsense"], ["expected key=value"]),
+            // Each named its key, what was wrong and what would be right (issue 13, defect 7).
+            ("", ["seed=-1"], ["seed", "0 or more", "-1"]),
+            ("", ["schedule.steps=3.5"], ["schedule.steps", "whole number", "3.5"]),
+            ("", ["schedule.steps=1e30"], ["schedule.steps", "too large"]),
+            ("", ["optimizer.learning_rate=.nan"], ["optimizer.learning_rate", "finite number", "nan"]),
+            ("", ["optimizer.learning_rate=.inf"], ["optimizer.learning_rate", "finite number"]),
+            ("", ["model.encoder.type=transformer"], ["model.encoder.type", "unknown \"transformer\"", "mlp, convnet, resnet, vit"]),
+            ("", ["model.encoder.activation=swish"], ["model.encoder.activation", "unknown \"swish\"", "relu"]),
+            ("", ["schedule..steps=3"], ["schedule..steps", "empty part"]),
+            ("", ["model.encoder={type:mlp}"], ["model.encoder.type:mlp", "space follows each colon"]),
+            ("", ["model.encoder=mlp"], ["model.encoder", "expected a mapping", "space follows each colon"]),
         ]
         for (yaml, overrides, expected) in cases {
             do {
