@@ -64,12 +64,12 @@ let package = Package(
                 swiftSettings: numericSettings),
         .target(name: "Evaluation",
                 dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Engine",
-                               "JointEmbedding"],
+                               "JointEmbedding", "CZlib"],
                 swiftSettings: numericSettings),
         /// `anticollapse bench`: step, objective, comm, data, checkpoint; the scaling model.
         .target(name: "Performance",
                 dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Engine",
-                               "JointEmbedding"],
+                               "JointEmbedding", "CZlib"],
                 swiftSettings: numericSettings),
 
         // MARK: Command line

@@ -116,7 +116,7 @@ extension MetricsField {
                 MetricsField("std_min", d.minimumStandardDeviation, tag: "diagnostics/std_min"),
                 MetricsField("effective_rank", d.effectiveRank, tag: "diagnostics/effective_rank"),
                 MetricsField("offdiag_cov_energy", d.offDiagonalCovarianceEnergy, tag: "diagnostics/offdiag_cov_energy"),
-                MetricsField("epps_pulley", d.eppsPulley, tag: "diagnostics/epps_pulley")]
+                MetricsField("diag_epps_pulley", d.eppsPulley, tag: "diagnostics/epps_pulley")]
     }
 }
 
@@ -175,6 +175,10 @@ public final class ProgressPrinter {
         firstStep = startStep
     }
 
+    /// Shows the record of a step: one line — redrawn in place on a terminal, cut to its
+    /// width — with the step, loss and terms, learning rate, throughput, ETA and the probe; and,
+    /// when the record has collapse diagnostics, a line of its own with them and the time
+    /// shares, kept above the progress line.
     public func show(_ record: MetricsRecord, totalSteps: Int, lastStep: Int) {
         guard enabled else { return }
         let done = record.step - firstStep
@@ -184,21 +188,35 @@ public final class ProgressPrinter {
             .map { "\($0.key) \(Self.format($0.value.double))" }.joined(separator: " ")
         let width = String(totalSteps).count
         let stepText = String(repeating: " ", count: max(0, width - String(record.step).count)) + String(record.step)
-        var line = "step \(stepText)/\(totalSteps) | epoch \(record.epoch) | loss \(Self.format(record.loss)) (\(terms))"
+        var line = "step \(stepText)/\(totalSteps) | loss \(Self.format(record.loss)) (\(terms))"
         line += " | lr \(Self.format(record["lr"] ?? .nan)) | \(Int(record["samples_per_second"] ?? 0)) samples/s"
-        if let collective = record["collective_fraction"], let wait = record["data_wait_fraction"] {
-            line += String(format: " (comm %.1f%%, data wait %.1f%%)", 100 * collective, 100 * wait)
-        }
         line += " | ETA \(Self.duration(remaining))"
-        if let accuracy = record["probe_accuracy"] {
-            line += String(format: " | probe %.1f%%", 100 * accuracy)
-        }
+        if let accuracy = record["probe_accuracy"] { line += String(format: " | probe %.1f%%", 100 * accuracy) }
+        if let accuracy = record["probe_test_accuracy"] { line += String(format: " (test %.1f%%)", 100 * accuracy) }
         if let std = record["std_mean"], let rank = record["effective_rank"] {
-            line += " | std \(Self.format(std)) erank \(Self.format(rank))"
+            var details = "  step \(record.step), epoch \(record.epoch): std \(Self.format(std))"
+            if let minimum = record["std_min"] { details += " (min \(Self.format(minimum)))" }
+            details += ", effective rank \(Self.format(rank))"
+            if let collective = record["collective_fraction"], let wait = record["data_wait_fraction"] {
+                details += String(format: "; time in collectives %.1f%%, waiting for data %.1f%%", 100 * collective, 100 * wait)
+            }
+            print(permanent: details)
         }
         if interactive {
-            FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + line).utf8))
+            let columns = Self.terminalColumns()
+            let cut = line.count >= columns ? String(line.prefix(max(10, columns - 2))) + "…" : line
+            FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + cut).utf8))
             drewInPlace = true
+        } else {
+            log(line)
+        }
+    }
+
+    /// Prints a line that stays, above the progress line when one is drawn in place.
+    public func print(permanent line: String) {
+        guard enabled else { return }
+        if drewInPlace {
+            FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + line + "\n").utf8))
         } else {
             log(line)
         }
@@ -207,6 +225,13 @@ public final class ProgressPrinter {
     public func finish() {
         if drewInPlace { FileHandle.standardOutput.write(Data("\n".utf8)) }
         drewInPlace = false
+    }
+
+    /// The terminal's width (`TIOCGWINSZ`, else `COLUMNS`, else 80).
+    static func terminalColumns() -> Int {
+        var size = winsize()
+        if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+        return ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init) ?? 80
     }
 
     static func format(_ value: Double) -> String {

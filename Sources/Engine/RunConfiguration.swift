@@ -158,6 +158,9 @@ public struct LoggingConfiguration: Codable, Equatable, Sendable {
     /// Train a linear classifier on the detached representations of labelled training data and
     /// report its accuracy (solo-learn's online linear evaluation).
     public var onlineProbe = true
+    /// The online probe's AdamW learning rate (its inputs are standardised by a non-affine
+    /// batch norm over the global batch).
+    public var onlineProbeLearningRate = 0.01
 }
 
 // MARK: - Loading
@@ -258,6 +261,9 @@ extension RunConfiguration {
         if checkpoint.keep < 1 { throw fail("checkpoint.keep", "must be at least 1") }
         if logging.everySteps < 1 { throw fail("logging.every_steps", "must be at least 1") }
         if logging.diagnosticsEvery < 0 { throw fail("logging.diagnostics_every", "must be 0 (off) or positive") }
+        if !(logging.onlineProbeLearningRate > 0) {
+            throw fail("logging.online_probe_learning_rate", "must be positive, got \(logging.onlineProbeLearningRate)")
+        }
         do { try recipe.validate(run: engine) } catch let error as ConfigurationError {
             throw ConfigurationError("\(source): \(error.description)")
         }

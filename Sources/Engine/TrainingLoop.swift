@@ -387,7 +387,7 @@ public final class Trainer<R: Recipe> {
                 if showing { progress.show(record, totalSteps: totalSteps, lastStep: lastStep) }
             }
             if stop[0] != 0 {
-                log("stop requested (SIGTERM/SIGINT): writing a checkpoint at step \(step)")
+                progress.print(permanent: "stop requested (SIGTERM/SIGINT/SIGUSR1): writing a checkpoint at step \(step)")
                 stoppedBySignal = true
                 break
             }

@@ -34,6 +34,8 @@ public struct TrainedModel {
     public let configuration: TrainingConfiguration
     /// The model, with `/params` and `/buffers` of the checkpoint copied in.
     public let model: Model<Float>
+    /// The model optimizer's steps (PyTorch's batch-norm `num_batches_tracked` on export).
+    public let optimizerStepCount: Int
 
     /// Reads and verifies the checkpoint file `path` and restores its model.
     ///
@@ -69,6 +71,7 @@ public struct TrainedModel {
         }
         self.path = path
         self.step = checkpoint.step
+        self.optimizerStepCount = checkpoint.optimizerStepCount
         self.configuration = configuration
         self.model = model
     }

@@ -30,6 +30,8 @@ public final class JointEmbeddingRecipe: Recipe {
     /// The model, the objective and the view passes.
     public let modelStep: JointEmbeddingStep
     private let probe: OnlineProbe?
+    /// The labelled test split the probe is evaluated on at every diagnostics step, if any.
+    private let heldOut: (loader: BatchLoader, rows: Int)?
 
     /// Builds the model (the same on every rank, from the seed), the objective and the data.
     ///
@@ -64,8 +66,21 @@ public final class JointEmbeddingRecipe: Recipe {
         let dataset = self.dataset
         probe = configuration.logging.onlineProbe && dataset.hasLabels && dataset.classCount > 1
             ? try OnlineProbe(features: configuration.model.encoder.outputFeatures, classes: dataset.classCount,
-                              seed: configuration.seed, communicator: communicator)
+                              learningRate: configuration.logging.onlineProbeLearningRate, seed: configuration.seed,
+                              communicator: communicator)
             : nil
+        if probe != nil, !configuration.data.test.isEmpty, configuration.logging.diagnosticsEvery > 0 {
+            let test = try ShardedDataset(configuration.data.test)
+            guard test.featureShape == dataset.featureShape else {
+                throw ConfigurationError("data.test: \(configuration.data.test) has rows of shape \(test.featureShape), but data.train has \(dataset.featureShape)")
+            }
+            heldOut = test.hasLabels && test.classCount <= dataset.classCount
+                ? (try BatchLoader(dataset: test, sampler: GlobalBatchSampler(rowCount: test.rowCount, globalBatchSize: 1, seed: 0),
+                                   prefetchDepth: 0), test.rowCount)
+                : nil
+        } else {
+            heldOut = nil
+        }
     }
 
     public var model: Model<Float> { modelStep.model }
@@ -107,7 +122,14 @@ public final class JointEmbeddingRecipe: Recipe {
                                                           seed: configuration.seed)
         }
         guard record || diagnostics != nil else { return [] }
-        return MetricsField.onlineProbe(probe?.take()) + MetricsField.diagnostics(diagnostics)
+        var heldOutAccuracy: [MetricsField] = []
+        if diagnostics != nil, let probe, let heldOut {
+            // Slot 7: apart from the training views' activations.
+            let accuracy = try probe.heldOutAccuracy(encoder: model.encoder, inputShape: configuration.model.encoder.inputShape,
+                                                     loader: heldOut.loader, rowCount: heldOut.rows, slot: 7)
+            heldOutAccuracy = [MetricsField("probe_test_accuracy", accuracy, tag: "probe/test_accuracy")]
+        }
+        return MetricsField.onlineProbe(probe?.take()) + heldOutAccuracy + MetricsField.diagnostics(diagnostics)
     }
 }
 

@@ -1,4 +1,5 @@
 import Communication
+import Datasets
 import Engine
 import Layers
 import Optimizers
@@ -9,11 +10,18 @@ import Tensor
 /// an early, cheap signal of what the representation is worth. It never sends gradients into
 /// the encoder.
 ///
-/// Like everything in the trainer it sees the global batch: its loss is the mean cross-entropy
-/// over all ranks' rows, its gradient is all-reduced with a sum, its accuracy counts every rank's
-/// rows. Its parameters and optimizer state are the checkpoint's state group `probe`.
+/// Its inputs are standardised by a batch norm without affine parameters (as linear-evaluation
+/// heads commonly are): the representation's scale drifts as the encoder trains, and a fixed
+/// learning rate on raw features lags far behind the offline probe.
+///
+/// Like everything in the trainer it sees the global batch: the batch norm's statistics and the
+/// loss (the mean cross-entropy) are over all ranks' rows, its gradient is all-reduced with a
+/// sum, its accuracy counts every rank's rows. Its parameters, batch-norm buffers and optimizer
+/// state are the checkpoint's state group `probe`.
 final class OnlineProbe: StateScalars {
     private let parameters: ParameterStore<Float>
+    private let buffers: ParameterStore<Float>
+    private let normalization: BatchNorm<Float>
     private let linear: Linear<Float>
     private let optimizer: AdamW<Float>
     private let trainStep: TrainStep<Float>
@@ -23,18 +31,21 @@ final class OnlineProbe: StateScalars {
     /// Loss, correct rows and rows since the last `take()`, over all ranks.
     private var window = (loss: 0.0, correct: 0, rows: 0)
 
-    init(features: Int, classes: Int, seed: UInt64, communicator: any Communicator) throws {
+    init(features: Int, classes: Int, learningRate: Double, seed: UInt64, communicator: any Communicator) throws {
+        normalization = BatchNorm(features: features, affine: false)
         linear = Linear(inFeatures: features, outFeatures: classes)
         parameters = ParameterStore(specs: linear.parameterSpecs().map { $0.prefixed("probe") }, seed: seed)
-        linear.bind(parameters: parameters, buffers: ParameterStore(specs: [], seed: seed), prefix: "probe")
-        optimizer = try AdamW(parameters: parameters, learningRate: 1e-3, weightDecay: 1e-4)
+        buffers = ParameterStore(specs: normalization.bufferSpecs().map { $0.prefixed("probe_norm") }, seed: seed)
+        linear.bind(parameters: parameters, buffers: buffers, prefix: "probe")
+        normalization.bind(parameters: parameters, buffers: buffers, prefix: "probe_norm")
+        optimizer = try AdamW(parameters: parameters, learningRate: learningRate, weightDecay: 1e-4)
         trainStep = TrainStep(parameters: parameters, optimizer: optimizer, communicator: communicator,
                               checksFiniteness: false, measuresGradientNorm: false)
         self.communicator = communicator
     }
 
     /// The probe's parameters and optimizer, as a checkpoint saves them.
-    var stateGroup: StateGroup { StateGroup(name: "probe", parameters: parameters, optimizer: optimizer, scalars: self) }
+    var stateGroup: StateGroup { StateGroup(name: "probe", parameters: parameters, buffers: buffers, optimizer: optimizer, scalars: self) }
 
     /// The metrics window since the last record: a run resumed between two records reports
     /// what the uninterrupted run does.
@@ -47,9 +58,9 @@ final class OnlineProbe: StateScalars {
 
     /// One AdamW step on this rank's `representation` rows `(n_r, D)` and their labels.
     func step(representation: Tensor<Float>, labels: [Int64], globalBatchSize: Int) throws {
-        let context = LayerContext(training: true, communicator: communicator)
+        let context = LayerContext(training: true, communicator: communicator, needsInputGradient: false)
         try trainStep.run(learningRate: optimizer.learningRate) {
-            let logits = try linear.forward(representation, context: context)
+            let logits = try linear.forward(try normalization.forward(representation, context: context), context: context)
             if probabilities.shape != logits.shape {
                 probabilities = Tensor(zeros: logits.shape)
                 logitsGradient = Tensor(zeros: logits.shape)
@@ -75,6 +86,34 @@ final class OnlineProbe: StateScalars {
             _ = try linear.backward(logitsGradient, context: context)
             return StepLoss(loss: totals[0] / Double(globalBatchSize))
         }
+    }
+
+    /// The accuracy on held-out rows (the test split), clean: the frozen encoder and the probe's
+    /// batch norm in evaluation mode on un-augmented rows, as `eval` measures it. Each rank
+    /// takes a contiguous part of the rows, in chunks of 256, and the correct counts are summed.
+    ///
+    /// - Parameter slot: activation slot of the layers, apart from the training step's.
+    func heldOutAccuracy(encoder: Sequential<Float>, inputShape: [Int], loader: BatchLoader, rowCount: Int,
+                         slot: Int) throws -> Double {
+        let parts = GlobalBatchSampler.split(rowCount, rank: communicator.rank, parts: communicator.size)
+        let context = LayerContext(training: false, communicator: communicator, slot: slot, needsInputGradient: false)
+        var correct = 0.0, start = parts.lowerBound
+        while start < parts.upperBound {
+            let end = min(start + 256, parts.upperBound)
+            let (input, labels) = try loader.readNormalized(rows: Array(start..<end))
+            let representation = try encoder.forward(input.reshaped([end - start] + inputShape), context: context)
+            let logits = try linear.forward(try normalization.forward(representation, context: context), context: context)
+            let c = logits.columnCount
+            logits.withUnsafeBufferPointer { p in
+                for i in 0..<(end - start) {
+                    var best = 0
+                    for j in 1..<c where p[i * c + j] > p[i * c + best] { best = j }
+                    if Int64(best) == labels?[i] { correct += 1 }
+                }
+            }
+            start = end
+        }
+        return try communicator.allReduce(correct, .sum) / Double(max(rowCount, 1))
     }
 
     /// The mean loss and the accuracy since the last call (nil when no rows were seen).

@@ -15,12 +15,9 @@ struct Eval: ParsableCommand {
         commandName: "eval",
         abstract: "k-NN and linear-probe top-1 accuracy of a checkpoint's frozen encoder.",
         discussion: """
-            Runs the encoder in evaluation mode (batch norm with its running statistics) over every
-            row of the training and test datasets (split across ranks under mpirun), then
-            - k-NN: cosine similarity, the k nearest training rows vote with weight exp(sim / T);
-            - linear probe: logistic regression on standardised features, AdamW, fixed epochs.
-            Rank 0 prints a table and writes --json. The datasets default to the checkpoint config's
-            data.train and data.test.
+            Runs the encoder in evaluation mode (batch norm with its running statistics) over every             row of the training and test datasets (split across ranks under mpirun), then k-NN             (cosine similarity; the k nearest training rows vote with weight exp(sim / T)) and a             linear probe (logistic regression on standardised features, AdamW, fixed epochs).
+
+            Rank 0 prints a table and writes --json. The datasets default to the checkpoint             config's data.train and data.test.
             """)
 
     @Option(help: "The checkpoint file (ckpt-<step>.h5).") var checkpoint: String

@@ -12,11 +12,11 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a model (one process, or every rank under mpirun / srun).",
         discussion: """
-            The config is YAML; every key has a default (see README and configs/). Overrides:
-              --set optimizer.learning_rate=0.2 --set schedule.epochs=10
-            The run directory receives config.yaml (the resolved config), metrics.jsonl and
-            checkpoints/ckpt-<step>.h5. By default a run resumes from the newest valid checkpoint
-            in its run directory (--resume auto). SIGTERM/SIGINT: finish the step, checkpoint, exit 0.
+            The config is YAML; every key has a default (see the README and configs/;             `anticollapse config show` prints them all). Override keys with             --set optimizer.learning_rate=0.2 --set schedule.epochs=10.
+
+            The run directory receives config.yaml (the resolved config), metrics.jsonl and             checkpoints/ckpt-<step>.h5, and is locked while the job runs. By default a run resumes             from the newest valid checkpoint in its run directory (--resume auto).
+
+            SIGTERM, SIGINT or SIGUSR1: every rank finishes its step, a checkpoint is written and             the job exits 0. Under mpirun, signal launch/run-graceful (see the README), not mpirun.
             """)
 
     @Option(name: .long, help: "The YAML config file (default: built-in defaults, VICReg on datasets/mnist5k).")

@@ -18,7 +18,7 @@ final class ReliabilityTests: XCTestCase {
     override func setUpWithError() throws {
         root = try temporaryDirectory(for: self).path
         dataset = root + "/data"
-        try SyntheticData(kind: .vectors, rows: 96, classes: 4, features: 16, seed: 3).write(to: dataset, trainShards: 2)
+        try SyntheticData(kind: .vectors, rows: 96, testRows: 40, classes: 4, features: 16, seed: 3).write(to: dataset, trainShards: 2)
     }
 
     /// A small VICReg run with the online probe; a checkpoint every step, one kept.
@@ -231,7 +231,8 @@ final class ReliabilityTests: XCTestCase {
     /// Stopped and resumed between two records, a run writes the records of an uninterrupted
     /// one: the online probe's window is part of the checkpoint (timings aside).
     func testResumedRunWritesTheSameMetrics() throws {
-        let configuration = try configuration(["checkpoint.every_steps=6", "checkpoint.keep=5", "schedule.steps=12"])
+        let configuration = try configuration(["checkpoint.every_steps=6", "checkpoint.keep=5", "schedule.steps=12",
+                                               "data.test=\(dataset)/test", "logging.diagnostics_every=4"])
         XCTAssertNoThrow(try train(configuration, root + "/straight")[0].get())
         XCTAssertNoThrow(try train(configuration, root + "/resumed", stopAfter: 6)[0].get())
         XCTAssertNoThrow(try train(configuration, root + "/resumed", resume: .automatic)[0].get())
@@ -245,6 +246,7 @@ final class ReliabilityTests: XCTestCase {
         let straight = try records(root + "/straight"), resumed = try records(root + "/resumed")
         XCTAssertEqual(straight.map { $0["step"] }, [4, 8, 12])
         XCTAssertNotNil(straight[1]["probe_accuracy"], "the probe reports")
+        XCTAssertNotNil(straight[1]["probe_test_accuracy"], "the probe is evaluated on the test split")
         XCTAssertEqual(resumed, straight)
     }
 }
