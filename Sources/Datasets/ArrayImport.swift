@@ -284,7 +284,8 @@ public enum ArrayImport {
     /// The rows, reshaped to `featureShape` when one is given.
     static func rows(_ values: FeatureValues, shape: [Int], labels: [Int64]?, featureShape: [Int]?, path: String) throws -> DatasetRows {
         let width = shape.reduce(1, *)
-        var target = shape
+        // (rows, H, W) are single-channel images, not vectors: augmentation crops and flips them.
+        var target = shape.count == 2 ? [1] + shape : shape
         if let featureShape {
             guard featureShape.reduce(1, *) == width, featureShape.allSatisfy({ $0 > 0 }) else {
                 throw DatasetError.file(path: path, problem: "rows of \(width) values (shape \(shape)) cannot take feature shape \(featureShape)")

@@ -148,14 +148,28 @@ public enum ShardWriter {
             self.source = source
         }
 
-        /// The attributes of `rows` with statistics computed on them; the pixel scale is 1/255
-        /// for 8-bit values and 1 for floats, the class count the largest label + 1.
+        /// The attributes of `rows` with statistics computed on them; the pixel scale is
+        /// ``ShardWriter/pixelScale(of:)``, the class count the largest label + 1.
         public static func describing(_ rows: DatasetRows, source: String) -> Attributes {
-            let scale = rows.values.storage == .uint8 ? 1.0 / 255 : 1
+            let scale = ShardWriter.pixelScale(of: rows).scale
             let (mean, std) = rows.channelStatistics(pixelScale: scale)
             return Attributes(pixelScale: scale, channelMean: mean, channelStandardDeviation: std,
                               classCount: rows.labels.map { Int($0.max() ?? -1) + 1 }, source: source)
         }
+    }
+
+    /// The pixel scale of `rows`: 1 for floats; for 8-bit values 1/255 — unless they stay
+    /// within 0…127 (e.g. 0…16 digits), where 1/255 would put them in [0, 0.06] and an
+    /// augmentation's absolute strengths (brightness ±0.2 of [0, 1]) would be many standard
+    /// deviations: then 1/max, so that `x · pixel_scale` spans [0, 1] as 8-bit images do, with
+    /// a note saying so.
+    public static func pixelScale(of rows: DatasetRows) -> (scale: Double, note: String?) {
+        guard case let .uint8(values) = rows.values else { return (1, nil) }
+        let maximum = Int(values.max() ?? 0)
+        guard maximum > 0 && maximum <= 127 else { return (1.0 / 255, nil) }
+        return (1.0 / Double(maximum),
+                "values span 0…\(maximum), not 0…255: pixel_scale is 1/\(maximum) (not 1/255), so x · pixel_scale spans [0, 1] "
+                + "and augmentation strengths (brightness, contrast: fractions of that range) mean what they mean for 8-bit images")
     }
 
     /// The file name of shard `index` of `count`: `NAME-0000K-of-0000N.h5`.

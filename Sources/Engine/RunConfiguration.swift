@@ -20,6 +20,21 @@ public protocol RecipeSettings: Codable, Equatable, Sendable {
     /// Checks values that decode but cannot work, naming the key; `run` gives the engine's
     /// settings for checks that span both.
     func validate(run: EngineSettings) throws
+
+    /// These settings with relative file paths (datasets) made absolute against `directory`,
+    /// so that a saved config reads the same data from any working directory.
+    func resolvingPaths(relativeTo directory: String) -> Self
+}
+
+extension RecipeSettings {
+    public func resolvingPaths(relativeTo directory: String) -> Self { self }
+}
+
+/// `path` made absolute against `directory` (standardised; "" stays "").
+public func absolutePath(_ path: String, relativeTo directory: String) -> String {
+    guard !path.isEmpty else { return path }
+    let absolute = path.hasPrefix("/") ? path : (directory as NSString).appendingPathComponent(path)
+    return (absolute as NSString).standardizingPath
 }
 
 /// The engine's part of a run's configuration, whatever the recipe.
@@ -267,6 +282,17 @@ extension RunConfiguration {
         do { try recipe.validate(run: engine) } catch let error as ConfigurationError {
             throw ConfigurationError("\(source): \(error.description)")
         }
+    }
+}
+
+extension RunConfiguration {
+    /// The configuration with the recipe's relative paths made absolute against `directory`
+    /// (by default the working directory): what `train` saves, so that `eval`, `report` and a
+    /// resume read the same data from anywhere.
+    public func resolvingPaths(relativeTo directory: String = FileManager.default.currentDirectoryPath) -> RunConfiguration {
+        var resolved = self
+        resolved.recipe = recipe.resolvingPaths(relativeTo: directory)
+        return resolved
     }
 }
 

@@ -149,8 +149,9 @@ public final class Trainer<R: Recipe> {
     ///   written by an incompatible config (model, optimizer, seed, global batch, dataset), or
     ///   naming a tensor whose shape differs.
     public func restore(_ checkpoint: Checkpoint, from path: String) throws {
-        let stored = try RunConfiguration<R.Settings>.load(yaml: checkpoint.config, source: path)
-        let differences = RunConfiguration<R.Settings>.incompatibleKeys(stored, configuration)
+        // Paths compared absolute: a checkpoint of an older build may hold relative ones.
+        let stored = try RunConfiguration<R.Settings>.load(yaml: checkpoint.config, source: path).resolvingPaths()
+        let differences = RunConfiguration<R.Settings>.incompatibleKeys(stored, configuration.resolvingPaths())
         guard differences.isEmpty else {
             throw TrainingError("checkpoint \(path) was written by an incompatible config; keys that differ: \(differences.joined(separator: ", "))")
         }

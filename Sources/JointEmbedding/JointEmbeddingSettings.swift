@@ -16,6 +16,13 @@ public struct JointEmbeddingSettings: RecipeSettings {
 
     public init() {}
 
+    public func resolvingPaths(relativeTo directory: String) -> JointEmbeddingSettings {
+        var resolved = self
+        resolved.data.train = absolutePath(data.train, relativeTo: directory)
+        resolved.data.test = absolutePath(data.test, relativeTo: directory)
+        return resolved
+    }
+
     /// What the objective is built for in a run with these settings.
     public func objectiveContext(globalBatchSize: Int) -> ObjectiveBuildContext {
         ObjectiveBuildContext(globalViews: data.globalViews, localViews: data.localViews, globalBatchSize: globalBatchSize,

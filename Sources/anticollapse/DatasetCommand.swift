@@ -3,6 +3,7 @@
 // parse options and print.
 import ArgumentParser
 import Datasets
+import HDF5
 import Foundation
 
 /// The `dataset` command group.
@@ -118,10 +119,44 @@ extension Dataset {
                     seed: seed, source: "anticollapse dataset shard \((input as NSString).lastPathComponent) --test-fraction \(testFraction) --seed \(seed)",
                     overwrite: overwrite)
                 print("read \(rows.rowCount) rows of shape \(rows.featureShape) (\(rows.values.storage.rawValue)) from \(input)")
+                if shape == nil && rows.featureShape.count == 3 && rows.featureShape[0] == 1 && !lower.hasSuffix(".csv") {
+                    print("note: rows of shape \(Array(rows.featureShape.dropFirst())) are stored as 1-channel images \(rows.featureShape) "
+                          + "(augmentation crops, flips and rotates them); --feature-shape \(rows.featureCount) keeps them as vectors")
+                }
+                if let note = ShardWriter.pixelScale(of: rows).note { print("note: \(note)") }
+                if rows.labels == nil, let hint = Dataset.labelHint(input: input, lower: lower) { print("note: no labels were read; \(hint)") }
                 print("wrote \(train.count) training shards under \((out as NSString).appendingPathComponent("train"))"
                       + (test.isEmpty ? "" : " and \(test.count) test shards under \((out as NSString).appendingPathComponent("test"))"))
             }
         }
+    }
+
+    /// A hint when data read without labels look labelled: a `.npy` of labels beside the
+    /// input, or integer datasets of one value a row in an HDF5 input.
+    static func labelHint(input: String, lower: String) -> String? {
+        let directory = (input as NSString).deletingLastPathComponent
+        if lower.hasSuffix(".npy") {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.isEmpty ? "." : directory)) ?? []
+            let candidates = names.filter { name in
+                let n = name.lowercased()
+                return n.hasSuffix(".npy") && n != (input as NSString).lastPathComponent.lowercased()
+                    && (n.contains("label") || n.contains("target") || n == "y.npy" || n.hasSuffix("_y.npy") || n.hasPrefix("y_"))
+            }.sorted()
+            guard !candidates.isEmpty else { return nil }
+            return "\(candidates.joined(separator: ", ")) beside it look like labels: pass --labels \((directory as NSString).appendingPathComponent(candidates[0]))"
+        }
+        if lower.hasSuffix(".h5") || lower.hasSuffix(".hdf5"), let file = try? HDF5File.open(input) {
+            defer { try? file.close() }
+            let integers = ((try? file.walk()) ?? []).filter { entry in
+                guard entry.kind == .dataset, let info = try? file.info(entry.path) else { return false }
+                if case .signedInteger = info.elementType { return info.shape.count == 1 }
+                if case .unsignedInteger = info.elementType { return info.shape.count == 1 }
+                return false
+            }.map(\.path)
+            guard !integers.isEmpty else { return nil }
+            return "integer datasets \(integers.joined(separator: ", ")) look like labels: pass --labels-dataset NAME"
+        }
+        return nil
     }
 
     /// `dataset verify`: check every shard and row.

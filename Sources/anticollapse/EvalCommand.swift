@@ -56,6 +56,11 @@ struct Eval: ParsableCommand {
             guard let trainPath, let testPath, !testPath.isEmpty else {
                 throw EvaluationError("no test dataset: pass --test (the checkpoint's config has data.test \"\")")
             }
+            for (path, option, given) in [(trainPath, "--train", train), (testPath, "--test", test)]
+            where given == nil && !FileManager.default.fileExists(atPath: path) {
+                throw EvaluationError("the checkpoint's dataset \(path) is not here (relative to \(FileManager.default.currentDirectoryPath)); "
+                                      + "pass \(option) PATH to evaluate on it from another place")
+            }
             let evaluation = CheckpointEvaluation(
                 checkpoint: checkpoint, trainDataset: trainPath, testDataset: testPath,
                 knn: try NearestNeighborClassifier(k: k, temperature: temperature),

@@ -51,7 +51,8 @@ struct Train: ParsableCommand {
 
     func run() throws {
         try runJob { communicator in
-            let configuration = try TrainingConfiguration.load(file: config, overrides: overrides)
+            // Dataset paths made absolute: the saved config and checkpoints work from anywhere.
+            let configuration = try TrainingConfiguration.load(file: config, overrides: overrides).resolvingPaths()
             let threads = configuration.schedule.blasThreads > 0 ? configuration.schedule.blasThreads : blasThreads
             let blas = BLASThreads.configure(override: threads, communicator: communicator)
             let directory = runDirectory ?? "runs/" + (config.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension } ?? "default")

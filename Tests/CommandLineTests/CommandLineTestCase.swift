@@ -16,9 +16,11 @@ class CommandLineTestCase: XCTestCase {
         return environment
     }
 
-    func start(_ executable: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> (Process, Pipe) {
+    func start(_ executable: String, _ arguments: [String], environment extra: [String: String] = [:],
+               directory: String? = nil) throws -> (Process, Pipe) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         process.arguments = arguments
         process.environment = environment.merging(extra) { $1 }
         let pipe = Pipe()
@@ -59,6 +61,14 @@ class CommandLineTestCase: XCTestCase {
     func childProcesses(of pid: Int32) throws -> [Int32] {
         let text = try String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
         return text.split(separator: " ").compactMap { Int32($0) }.sorted()
+    }
+
+    /// Runs the binary with `arguments` (in `directory`) to the end.
+    func anticollapse(_ arguments: [String], directory: String? = nil, timeout: TimeInterval = 120,
+                      file: StaticString = #filePath, line: UInt = #line) throws -> (status: Int32, output: String) {
+        let (process, pipe) = try start(binary, arguments, directory: directory)
+        let result = finish(process, pipe, timeout: timeout, file: file, line: line)
+        return (result.status, result.output)
     }
 
     /// mpirun, or a failure when it is not installed.

@@ -138,6 +138,25 @@ final class ShardToolsTests: XCTestCase {
 
     func bytes<T>(_ values: [T]) -> [UInt8] { values.withUnsafeBytes { Array($0) } }
 
+    /// Traps of issue 18: an `(N, H, W)` array is 1-channel images (not vectors, which no crop
+    /// or rotation touches) unless a feature shape says otherwise; 8-bit data within 0…16 get
+    /// pixel scale 1/16, so that augmentation strengths are fractions of the data's own range.
+    func testImageArraysAndSmallIntegerRangesAreNotSilentTraps() throws {
+        let digits = (0..<20 * 8 * 8).map { UInt8($0 % 17) }
+        let x = try writeNumPy("digits.npy", descr: "|u1", shape: [20, 8, 8], bytes: digits)
+        let rows = try ArrayImport.rowsFromNumPy(features: x, labels: nil)
+        XCTAssertEqual(rows.featureShape, [1, 8, 8])
+        XCTAssertEqual(try ArrayImport.rowsFromNumPy(features: x, labels: nil, featureShape: [64]).featureShape, [64])
+        let scale = ShardWriter.pixelScale(of: rows)
+        XCTAssertEqual(scale.scale, 1.0 / 16)
+        XCTAssertTrue(scale.note?.contains("0…16") ?? false, "\(scale)")
+        XCTAssertEqual(ShardWriter.Attributes.describing(rows, source: "test").pixelScale, 1.0 / 16)
+        let full = try ArrayImport.rowsFromNumPy(
+            features: try writeNumPy("full.npy", descr: "|u1", shape: [4, 2, 2], bytes: (0..<16).map { UInt8($0 * 17) }), labels: nil)
+        XCTAssertEqual(ShardWriter.pixelScale(of: full).scale, 1.0 / 255)
+        XCTAssertNil(ShardWriter.pixelScale(of: full).note)
+    }
+
     func testShardFromNumPyRoundTrips() throws {
         // |u1 images with <i8 labels.
         let images = (0..<30).map { r in (0..<12).map { c in Float((r * 13 + c) % 256) } }
