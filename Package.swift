@@ -60,7 +60,7 @@ let package = Package(
                 swiftSettings: numericSettings),
         /// The joint-embedding recipe: encoder/projector, views, an objective, the online probe.
         .target(name: "JointEmbedding",
-                dependencies: ["Tensor", "Communication", "Layers", "Optimizers", "Objectives", "Datasets", "Engine"],
+                dependencies: ["Tensor", "Communication", "Layers", "Optimizers", "Objectives", "Datasets", "Engine", "Imaging"],
                 swiftSettings: numericSettings),
         .target(name: "Evaluation",
                 dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Engine",
@@ -101,7 +101,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "JointEmbeddingTests", dependencies: ["Engine", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "PerformanceTests", dependencies: ["Performance", "Engine", "JointEmbedding", "_TestSupport"]),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Engine", "Layers", "_TestSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Engine", "Layers", "Datasets", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "CommandLineTests",
                     dependencies: ["anticollapse", "Engine", "JointEmbedding", "Datasets", "_TestSupport"]),
     ]

@@ -9,11 +9,25 @@ public struct MetricsField: Sendable, Equatable {
     public enum Value: Sendable, Equatable {
         case integer(Int)
         case number(Double)
+        /// A distribution: TensorBoard's histograms (not written to `metrics.jsonl`).
+        case histogram(MetricsHistogram)
+        /// A picture: TensorBoard's images (not written to `metrics.jsonl`).
+        case image(MetricsImage)
 
+        /// The number (NaN for a histogram or an image).
         public var double: Double {
             switch self {
             case let .integer(value): return Double(value)
             case let .number(value): return value
+            case .histogram, .image: return .nan
+            }
+        }
+
+        /// Whether the value is a number (written to `metrics.jsonl` and as a scalar).
+        public var isScalar: Bool {
+            switch self {
+            case .integer, .number: return true
+            case .histogram, .image: return false
             }
         }
     }
@@ -34,6 +48,48 @@ public struct MetricsField: Sendable, Equatable {
         self.key = key
         self.tag = tag ?? key
         value = .integer(integer)
+    }
+
+    /// A histogram or an image, under its TensorBoard tag.
+    public init(tag: String, _ value: Value) {
+        key = tag
+        self.tag = tag
+        self.value = value
+    }
+}
+
+/// A distribution as TensorBoard's `HistogramProto` holds it: bucket `i` counts the values in
+/// (`bucketLimits[i - 1]`, `bucketLimits[i]`].
+public struct MetricsHistogram: Sendable, Equatable {
+    public var minimum, maximum, count, sum, sumOfSquares: Double
+    public var bucketLimits: [Double]
+    public var bucketCounts: [Double]
+
+    public init(minimum: Double, maximum: Double, count: Double, sum: Double, sumOfSquares: Double,
+                bucketLimits: [Double], bucketCounts: [Double]) {
+        self.minimum = minimum; self.maximum = maximum; self.count = count; self.sum = sum
+        self.sumOfSquares = sumOfSquares; self.bucketLimits = bucketLimits; self.bucketCounts = bucketCounts
+    }
+
+    /// The histogram of `values` over `bucketCount` equal buckets between their extremes.
+    public init(_ values: [Double], bucketCount: Int = 30) {
+        let low = values.min() ?? 0, high = values.max() ?? 0
+        let width = high > low ? (high - low) / Double(bucketCount) : 1
+        var counts = [Double](repeating: 0, count: bucketCount)
+        for value in values { counts[min(bucketCount - 1, max(0, Int(((value - low) / width).rounded(.up)) - 1))] += 1 }
+        self.init(minimum: low, maximum: high, count: Double(values.count), sum: values.reduce(0, +),
+                  sumOfSquares: values.reduce(0) { $0 + $1 * $1 },
+                  bucketLimits: (1...bucketCount).map { low + Double($0) * width }, bucketCounts: counts)
+    }
+}
+
+/// A PNG picture for TensorBoard.
+public struct MetricsImage: Sendable, Equatable {
+    public var width, height, channels: Int
+    public var png: [UInt8]
+
+    public init(width: Int, height: Int, channels: Int, png: [UInt8]) {
+        self.width = width; self.height = height; self.channels = channels; self.png = png
     }
 }
 
@@ -62,6 +118,7 @@ public struct MetricsRecord: Sendable {
             switch field.value {
             case let .integer(value): parts.append("\"\(field.key)\":\(value)")
             case let .number(value): parts.append("\"\(field.key)\":\(value.isFinite ? "\(value)" : "null")")
+            case .histogram, .image: continue
             }
         }
         return "{" + parts.joined(separator: ",") + "}"

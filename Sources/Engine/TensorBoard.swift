@@ -81,9 +81,59 @@ public final class TensorBoardWriter {
     /// Writes the scalars of a metrics record: `loss`, `loss/<term>`, `lr`,
     /// `samples_per_second`, `grad_norm` and, when measured, `time/data_wait_fraction`,
     /// `time/collective_fraction` and `diagnostics/<name>`.
-    /// Writes a metrics record: every field under its tag.
-    public func write(_ record: MetricsRecord) throws {
-        try write(step: record.step, scalars: record.fields.map { (tag: $0.tag, value: $0.value.double) })
+    /// Writes a metrics record: every field under its tag — numbers as scalars, distributions
+    /// as histograms, pictures as images.
+    public func write(_ record: MetricsRecord, wallTime: Date = Date()) throws {
+        var summary = ProtocolBuffer()
+        for field in record.fields {
+            var entry = ProtocolBuffer()
+            entry.string(1, field.tag)
+            switch field.value {
+            case .integer, .number:
+                entry.float(2, Float(field.value.double))
+            case let .histogram(h):
+                var histogram = ProtocolBuffer()
+                histogram.double(1, h.minimum); histogram.double(2, h.maximum); histogram.double(3, h.count)
+                histogram.double(4, h.sum); histogram.double(5, h.sumOfSquares)
+                histogram.packedDoubles(6, h.bucketLimits); histogram.packedDoubles(7, h.bucketCounts)
+                entry.message(5, histogram)
+            case let .image(image):
+                var picture = ProtocolBuffer()
+                picture.varint(1, UInt64(image.height)); picture.varint(2, UInt64(image.width))
+                picture.varint(3, UInt64(image.channels)); picture.bytes(4, image.png)
+                entry.message(4, picture)
+            }
+            summary.message(1, entry)
+        }
+        var event = ProtocolBuffer()
+        event.double(1, wallTime.timeIntervalSince1970)
+        event.varint(2, UInt64(bitPattern: Int64(record.step)))
+        event.message(5, summary)
+        try write(record: event.bytes)
+    }
+
+    /// Writes `text` (Markdown) under `tag` for TensorBoard's text dashboard: a string tensor
+    /// whose metadata names the `text` plugin.
+    public func write(text: String, tag: String, step: Int = 0, wallTime: Date = Date()) throws {
+        var plugin = ProtocolBuffer()
+        plugin.string(1, "text")
+        var metadata = ProtocolBuffer()
+        metadata.message(1, plugin)
+        var tensor = ProtocolBuffer()
+        tensor.varint(1, 7)   // DT_STRING
+        tensor.message(2, ProtocolBuffer())   // a scalar
+        tensor.bytes(8, Array(text.utf8))
+        var entry = ProtocolBuffer()
+        entry.string(1, tag)
+        entry.message(9, metadata)
+        entry.message(8, tensor)
+        var summary = ProtocolBuffer()
+        summary.message(1, entry)
+        var event = ProtocolBuffer()
+        event.double(1, wallTime.timeIntervalSince1970)
+        event.varint(2, UInt64(bitPattern: Int64(step)))
+        event.message(5, summary)
+        try write(record: event.bytes)
     }
 
     private func write(record data: [UInt8]) throws {
@@ -147,6 +197,14 @@ struct ProtocolBuffer {
     mutating func float(_ field: Int, _ value: Float) {
         key(field, 5)
         bytes += withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init)
+    }
+
+    /// A length-delimited field holding bytes.
+    mutating func bytes(_ field: Int, _ value: [UInt8]) { lengthDelimited(field, value) }
+
+    /// A packed repeated double field.
+    mutating func packedDoubles(_ field: Int, _ values: [Double]) {
+        lengthDelimited(field, values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) })
     }
 
     /// A length-delimited field holding UTF-8 text.

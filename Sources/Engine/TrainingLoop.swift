@@ -325,6 +325,9 @@ public final class Trainer<R: Recipe> {
         defer { batches.stop() }
         let metrics = try MetricsWriter(runDirectory: runDirectory, enabled: communicator.isRoot, startStep: step)
         let tensorBoard = communicator.isRoot ? try TensorBoardWriter(directory: runDirectory, resumingAfter: step) : nil
+        // The resolved config on TensorBoard's text dashboard (indented: shown as code).
+        try tensorBoard?.write(text: try configuration.yaml().split(separator: "\n", omittingEmptySubsequences: false)
+            .map { "    " + $0 }.joined(separator: "\n"), tag: "config", step: step)
         let progress = ProgressPrinter(log: log, enabled: communicator.isRoot, startStep: step)
         let lastStep = min(totalSteps, stopAfter.map { step + $0 } ?? totalSteps)
         let clock = PhaseClock()

@@ -2,6 +2,7 @@ import Communication
 import Datasets
 import Engine
 import Foundation
+import Imaging
 import Layers
 import Objectives
 import Optimizers
@@ -119,7 +120,7 @@ public final class JointEmbeddingRecipe: Recipe {
         var diagnostics: CollapseDiagnostics?
         if every > 0, let embeddings = modelStep.embeddings.first, step % every == 0 || isLastStep {
             diagnostics = try CollapseDiagnostics.measure(embeddings, communicator: communicator, step: step,
-                                                          seed: configuration.seed)
+                                                          seed: configuration.seed, pictures: true)
         }
         guard record || diagnostics != nil else { return [] }
         var heldOutAccuracy: [MetricsField] = []
@@ -129,7 +130,41 @@ public final class JointEmbeddingRecipe: Recipe {
                                                      loader: heldOut.loader, rowCount: heldOut.rows, slot: 7)
             heldOutAccuracy = [MetricsField("probe_test_accuracy", accuracy, tag: "probe/test_accuracy")]
         }
-        return MetricsField.onlineProbe(probe?.take()) + heldOutAccuracy + MetricsField.diagnostics(diagnostics)
+        let pictures = communicator.isRoot ? try diagnostics?.pictures.map(Self.tensorBoardFields) ?? [] : []
+        return MetricsField.onlineProbe(probe?.take()) + heldOutAccuracy + MetricsField.diagnostics(diagnostics) + pictures
+    }
+}
+
+extension JointEmbeddingRecipe {
+    /// The diagnostics' pictures as TensorBoard fields: histograms of the standardised
+    /// projections on random directions (beside the standard normal's bell they should hug)
+    /// and of the per-feature standard deviations, and the |correlation| map as an image.
+    static func tensorBoardFields(_ pictures: CollapseDiagnostics.Pictures) throws -> [MetricsField] {
+        var fields: [MetricsField] = []
+        for (k, counts) in pictures.projectionCounts.enumerated() {
+            let limits = pictures.projectionEdges.map { $0.isFinite ? $0 : Double.greatestFiniteMagnitude }
+            let total = counts.reduce(0, +)
+            let centres = zip([-4.25] + pictures.projectionEdges.dropLast(), pictures.projectionEdges.dropLast() + [4.25])
+                .map { ($0 + $1) / 2 }
+            let sum = zip(centres, counts).reduce(0) { $0 + $1.0 * $1.1 }
+            let squares = zip(centres, counts).reduce(0) { $0 + $1.0 * $1.0 * $1.1 }
+            fields.append(MetricsField(tag: "embeddings/projection_\(k)", .histogram(MetricsHistogram(
+                minimum: -4.25, maximum: 4.25, count: total, sum: sum, sumOfSquares: squares,
+                bucketLimits: limits, bucketCounts: counts))))
+        }
+        fields.append(MetricsField(tag: "embeddings/feature_std", .histogram(MetricsHistogram(pictures.standardDeviations))))
+        // The map, 4 pixels a cell, gray = |correlation| (white diagonal).
+        let side = pictures.correlationSide, zoom = max(1, 256 / side), width = side * zoom
+        var pixels = [UInt8](repeating: 0, count: width * width)
+        for y in 0..<width {
+            for x in 0..<width {
+                pixels[y * width + x] = UInt8(max(0, min(255, (pictures.correlationMap[(y / zoom) * side + x / zoom] * 255).rounded())))
+            }
+        }
+        let png = try PNGEncoder.encode(try Image8(width: width, height: width, channels: 1, pixels: pixels))
+        fields.append(MetricsField(tag: "embeddings/correlation", .image(MetricsImage(width: width, height: width, channels: 1,
+                                                                                     png: png))))
+        return fields
     }
 }
 

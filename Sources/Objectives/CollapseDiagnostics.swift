@@ -27,6 +27,27 @@ public struct CollapseDiagnostics: Sendable, Equatable {
     public var eppsPulley: Double
     /// The bytes this rank passed to the all-reduce.
     public var communicatedBytes: Int
+    /// What the diagnostics look like, when asked for (see ``Pictures``).
+    public var pictures: Pictures?
+
+    /// Distributions and a map of the embeddings of the global batch, for TensorBoard and the
+    /// report: exact on any number of ranks (counts are all-reduced, never sampled).
+    public struct Pictures: Sendable, Equatable {
+        /// Every feature's standard deviation `√C_jj`.
+        public var standardDeviations: [Double]
+        /// The upper edges of the projection histograms' buckets, in standard deviations from
+        /// the projection's mean (the last is +∞); the first bucket holds everything below the
+        /// first edge.
+        public var projectionEdges: [Double]
+        /// For the first few Epps–Pulley directions `a`, the counts of the standardised
+        /// projections `(z·a − mean) / std` of the global batch's rows in each bucket — the
+        /// histogram SIGReg pushes toward the standard normal's bell.
+        public var projectionCounts: [[Double]]
+        /// `|correlation|` of the features, averaged over `side × side` blocks (row-major):
+        /// white diagonal, fading off-diagonals when the features decorrelate.
+        public var correlationSide: Int
+        public var correlationMap: [Double]
+    }
 
     public init(globalBatchSize: Int, meanStandardDeviation: Double, minimumStandardDeviation: Double,
                 effectiveRank: Double, offDiagonalCovarianceEnergy: Double, eppsPulley: Double, communicatedBytes: Int) {
@@ -53,7 +74,7 @@ public struct CollapseDiagnostics: Sendable, Equatable {
     @_specialize(where Scalar == Double)
     public static func measure<Scalar: TensorScalar & CommunicableScalar>(
         _ embeddings: Tensor<Scalar>, communicator: any Communicator, step: Int = 0, seed: UInt64 = 0,
-        directionCount: Int = 256
+        directionCount: Int = 256, pictures: Bool = false
     ) throws -> CollapseDiagnostics {
         guard embeddings.rank == 2 else { throw ObjectiveError("diagnostics of a tensor of shape \(embeddings.shape)") }
         let d = embeddings.columnCount
@@ -91,7 +112,7 @@ public struct CollapseDiagnostics: Sendable, Equatable {
         if singularSum > 0 {
             for s in singularValues where s > 0 { let p = s / singularSum; entropy -= p * Double.log(p) }
         }
-        return CollapseDiagnostics(
+        var result = CollapseDiagnostics(
             globalBatchSize: n,
             meanStandardDeviation: standardDeviations.reduce(0, +) / Double(d),
             minimumStandardDeviation: standardDeviations.min() ?? 0,
@@ -99,5 +120,56 @@ public struct CollapseDiagnostics: Sendable, Equatable {
             offDiagonalCovarianceEnergy: totalEnergy > 0 ? (totalEnergy - diagonalEnergy) / totalEnergy : 0,
             eppsPulley: eppsPulley.statistic(statistics, region: sums, globalBatchSize: n),
             communicatedBytes: communicator.size > 1 ? statistics.values.count * MemoryLayout<Scalar>.stride : 0)
+        if pictures {
+            result.pictures = try Self.pictures(embeddings, eppsPulley: eppsPulley, covariance: covariance, mean: moments.means[0],
+                                                standardDeviations: standardDeviations, communicator: communicator)
+        }
+        return result
+    }
+
+    /// Bins this rank's projections on the first 4 directions by the global mean and standard
+    /// deviation (from the covariance: `var = aᵀCa`), and sums the counts over the ranks (a
+    /// second, small all-reduce); the correlation map from the covariance every rank holds.
+    private static func pictures<Scalar: TensorScalar & CommunicableScalar>(
+        _ embeddings: Tensor<Scalar>, eppsPulley: EppsPulley<Scalar>, covariance: Tensor<Double>, mean: [Double],
+        standardDeviations: [Double], communicator: any Communicator
+    ) throws -> Pictures {
+        let d = embeddings.columnCount, n = embeddings.rowCount
+        let k = min(4, eppsPulley.directionCount)
+        let edges = stride(from: -4.0, through: 4.0, by: 0.25).map { $0 } + [.infinity]
+        var counts = [Double](repeating: 0, count: k * edges.count)
+        for direction in 0..<k {
+            let a = (0..<d).map { Double(eppsPulley.directions[$0, direction]) }
+            let center = zip(a, mean).reduce(0) { $0 + $1.0 * $1.1 }
+            var variance = 0.0
+            for i in 0..<d where a[i] != 0 {
+                var row = 0.0
+                for j in 0..<d { row += covariance[i, j] * a[j] }
+                variance += a[i] * row
+            }
+            let scale = variance > 0 ? 1 / variance.squareRoot() : 0
+            for r in 0..<n {
+                var p = 0.0
+                for j in 0..<d { p += Double(embeddings[r, j]) * a[j] }
+                let z = (p - center) * scale
+                let bucket = edges.firstIndex { z <= $0 } ?? edges.count - 1
+                counts[direction * edges.count + bucket] += 1
+            }
+        }
+        if communicator.size > 1 { try communicator.allReduce(&counts, .sum) }
+        let block = (d + 63) / 64, side = (d + block - 1) / block
+        var map = [Double](repeating: 0, count: side * side), cells = [Double](repeating: 0, count: side * side)
+        for i in 0..<d {
+            for j in 0..<d {
+                let denominator = standardDeviations[i] * standardDeviations[j]
+                let cell = (i / block) * side + j / block
+                map[cell] += denominator > 0 ? abs(covariance[i, j]) / denominator : 0
+                cells[cell] += 1
+            }
+        }
+        for c in map.indices where cells[c] > 0 { map[c] /= cells[c] }
+        return Pictures(standardDeviations: standardDeviations, projectionEdges: edges,
+                        projectionCounts: (0..<k).map { Array(counts[($0 * edges.count)..<(($0 + 1) * edges.count)]) },
+                        correlationSide: side, correlationMap: map)
     }
 }

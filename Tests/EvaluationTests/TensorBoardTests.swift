@@ -1,4 +1,5 @@
 import Foundation
+import Datasets
 import Objectives
 import Engine
 import JointEmbedding
@@ -15,6 +16,12 @@ final class TensorBoardTests: XCTestCase {
         var scalars: [(tag: String, value: Float)] = []
         /// `session_log.status` (1: START, a restart marker).
         var sessionStatus: UInt64?
+        /// Histograms: tag, bucket limits, bucket counts.
+        var histograms: [(tag: String, limits: [Double], counts: [Double])] = []
+        /// Images: tag, width, height, encoded bytes.
+        var images: [(tag: String, width: Int, height: Int, bytes: [UInt8])] = []
+        /// Text tensors: tag, plugin name, text.
+        var texts: [(tag: String, plugin: String, text: String)] = []
     }
 
     /// Reads the TFRecords of an event file, checking both masked CRC32Cs of every record.
@@ -63,12 +70,38 @@ final class TensorBoardTests: XCTestCase {
             case 3: event.fileVersion = String(decoding: f.bytes, as: UTF8.self)
             case 5:
                 for value in fields(f.bytes) where value.field == 1 {
-                    var tag = "", number: Float = .nan
-                    for part in fields(value.bytes) {
-                        if part.field == 1 { tag = String(decoding: part.bytes, as: UTF8.self) }
-                        if part.field == 2 { number = Float(bitPattern: UInt32(littleEndian(part.bytes))) }
+                    var tag = "", number: Float?, plugin = "", text: String?
+                    func doubles(_ b: [UInt8]) -> [Double] {
+                        stride(from: 0, to: b.count, by: 8).map { Double(bitPattern: littleEndian(Array(b[$0..<($0 + 8)]))) }
                     }
-                    event.scalars.append((tag, number))
+                    for part in fields(value.bytes) {
+                        switch part.field {
+                        case 1: tag = String(decoding: part.bytes, as: UTF8.self)
+                        case 2: number = Float(bitPattern: UInt32(littleEndian(part.bytes)))
+                        case 4:
+                            var w = 0, h = 0, png: [UInt8] = []
+                            for p in fields(part.bytes) {
+                                if p.field == 1 { h = Int(p.varint) }
+                                if p.field == 2 { w = Int(p.varint) }
+                                if p.field == 4 { png = p.bytes }
+                            }
+                            event.images.append((tag, w, h, png))
+                        case 5:
+                            var limits: [Double] = [], counts: [Double] = []
+                            for p in fields(part.bytes) {
+                                if p.field == 6 { limits = doubles(p.bytes) }
+                                if p.field == 7 { counts = doubles(p.bytes) }
+                            }
+                            event.histograms.append((tag, limits, counts))
+                        case 8: text = fields(part.bytes).first { $0.field == 8 }.map { String(decoding: $0.bytes, as: UTF8.self) }
+                        case 9:
+                            let data = fields(part.bytes).first { $0.field == 1 }?.bytes ?? []
+                            plugin = fields(data).first { $0.field == 1 }.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
+                        default: XCTFail("unexpected Summary.Value field \(part.field)")
+                        }
+                    }
+                    if let number { event.scalars.append((tag, number)) }
+                    if let text { event.texts.append((tag, plugin, text)) }
                 }
             case 7: event.sessionStatus = fields(f.bytes).first { $0.field == 1 }?.varint ?? 0
             default: XCTFail("unexpected Event field \(f.field)")
@@ -121,8 +154,71 @@ final class TensorBoardTests: XCTestCase {
             """
         let result = try runProcess(python, ["-c", script, directory])
         XCTAssertEqual(result.status, 0, result.output)
-        XCTAssertEqual(result.output.trimmingCharacters(in: .whitespacesAndNewlines),
-                       "1:1 2:2 3:3 4:4 5:5 6:6 7:107 8:108 9:109 10:110 11:111 12:112")
+        // (TensorBoard logs its purge on standard error; the values are the last line.)
+        XCTAssertEqual(result.output.split(separator: "\n").last.map(String.init),
+                       "1:1 2:2 3:3 4:4 5:5 6:6 7:107 8:108 9:109 10:110 11:111 12:112", result.output)
+    }
+
+    /// Histograms, images and text: what the trainer writes at diagnostics steps and at start.
+    func testHistogramsImagesAndTextReadBack() throws {
+        let directory = try temporaryDirectory(for: self, prefix: "tensorboard").path
+        let writer = try TensorBoardWriter(directory: directory)
+        try writer.write(text: "    seed: 0", tag: "config")
+        let histogram = MetricsHistogram([0, 1, 1, 2, 3, 3, 3], bucketCount: 3)
+        XCTAssertEqual(histogram.bucketCounts, [3, 1, 3])
+        let png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 1, 2, 3]
+        try writer.write(MetricsRecord(step: 50, epoch: 0, fields: [
+            MetricsField("loss", 2), MetricsField(tag: "embeddings/feature_std", .histogram(histogram)),
+            MetricsField(tag: "embeddings/correlation", .image(MetricsImage(width: 4, height: 3, channels: 1, png: png))),
+        ]))
+        let events = try Self.events(writer.path)
+        XCTAssertEqual(events[1].texts.first?.tag, "config")
+        XCTAssertEqual(events[1].texts.first?.plugin, "text")
+        XCTAssertEqual(events[1].texts.first?.text, "    seed: 0")
+        XCTAssertEqual(events[2].scalars.map(\.tag), ["loss"])
+        XCTAssertEqual(events[2].histograms.first?.tag, "embeddings/feature_std")
+        XCTAssertEqual(events[2].histograms.first?.limits, [1, 2, 3])
+        XCTAssertEqual(events[2].histograms.first?.counts, [3, 1, 3])
+        XCTAssertEqual(events[2].images.first?.tag, "embeddings/correlation")
+        XCTAssertEqual(events[2].images.first.map { [$0.width, $0.height] }, [4, 3])
+        XCTAssertEqual(events[2].images.first?.bytes, png)
+        // metrics.jsonl takes the numbers only.
+        XCTAssertEqual(MetricsRecord(step: 1, epoch: 0, fields: [MetricsField("loss", 2),
+                                                                 MetricsField(tag: "h", .histogram(histogram))]).jsonLine,
+                       "{\"step\":1,\"epoch\":0,\"loss\":2.0}")
+    }
+
+    /// TensorBoard's own reader (where installed) reads a real run's scalars, histograms,
+    /// heatmap images and config text.
+    func testTensorBoardItselfReadsEveryKindOfARun() throws {
+        let python = ProcessInfo.processInfo.environment["ANTICOLLAPSE_TEST_PYTHON"] ?? "/usr/bin/python3"
+        guard FileManager.default.isExecutableFile(atPath: python),
+              (try? runProcess(python, ["-c", "import tensorboard.backend.event_processing.event_accumulator"]))?.status == 0 else {
+            throw XCTSkip("tensorboard (Python) is not installed; set ANTICOLLAPSE_TEST_PYTHON to a Python that has it")
+        }
+        let root = try temporaryDirectory(for: self).path
+        try SyntheticData(kind: .vectors, rows: 64, classes: 4, features: 8, seed: 1).write(to: root + "/data", trainShards: 1)
+        let configuration = try TrainingConfiguration.load(yaml: "", overrides: [
+            "data.train=\(root)/data/train", "data.test=", "model.encoder={type: mlp, widths: [8, 16, 16]}",
+            "model.projector={type: mlp, widths: [16, 16, 16]}", "schedule.global_batch_size=16", "schedule.steps=4",
+            "logging.diagnostics_every=2", "logging.every_steps=2",
+        ])
+        _ = try Trainer(configuration: configuration, communicator: SingleProcessCommunicator(), runDirectory: root + "/run",
+                        log: { _ in }).train()
+        let script = """
+            import sys
+            from tensorboard.backend.event_processing import event_accumulator as ea
+            a = ea.EventAccumulator(sys.argv[1], size_guidance={ea.HISTOGRAMS: 0, ea.IMAGES: 0, ea.TENSORS: 0, ea.SCALARS: 0})
+            a.Reload(); t = a.Tags()
+            print("scalars", len(a.Scalars("loss")), "histograms", sorted(t["histograms"]), "images", t["images"],
+                  "image", a.Images("embeddings/correlation")[0].width, "text", "config" in t["tensors"],
+                  "projection", int(sum(a.Histograms("embeddings/projection_0")[0].histogram_value.bucket)))
+            """
+        let result = try runProcess(python, ["-c", script, root + "/run"])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("scalars 2 histograms ['embeddings/feature_std', 'embeddings/projection_0', "
+                                             + "'embeddings/projection_1', 'embeddings/projection_2', 'embeddings/projection_3'] "
+                                             + "images ['embeddings/correlation'] image 256 text True projection 16"), result.output)
     }
 
     func runProcess(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {

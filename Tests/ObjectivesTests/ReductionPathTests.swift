@@ -114,6 +114,36 @@ final class ReductionPathTests: XCTestCase {
         }
     }
 
+    /// The pictures (projection histograms, per-feature std, correlation map) are those of the
+    /// global batch on any split, and a Gaussian batch's standardised projections look normal.
+    func testDiagnosticPicturesAreThoseOfTheGlobalBatch() throws {
+        let (n, d) = (2000, 8)
+        let gaussian = inputs(1, n: n, d: d, offset: 77)[0]
+        let single = try XCTUnwrap(try CollapseDiagnostics.measure(Tensor<Double>(shape: [n, d], scalars: gaussian),
+                                                                   communicator: SingleProcessCommunicator(), step: 3, seed: 1,
+                                                                   pictures: true).pictures)
+        XCTAssertEqual(single.projectionCounts.count, 4)
+        for counts in single.projectionCounts {
+            XCTAssertEqual(counts.reduce(0, +), Double(n))
+            // Buckets (−1, 1]: edges −4 + 0.25 k; the standard normal holds 68.3 % there.
+            let central = counts[13...20].reduce(0, +) / Double(n)
+            XCTAssertEqual(central, 0.683, accuracy: 0.04, "\(counts)")
+        }
+        XCTAssertEqual(single.correlationSide, d)
+        for j in 0..<d { XCTAssertEqual(single.correlationMap[j * d + j], 1, accuracy: 1e-9) }
+        let split = try runRanks(3) { communicator in
+            let rows = [0..<700, 700..<700, 700..<2000][communicator.rank]
+            let local = Tensor<Double>(shape: [rows.count, d], scalars: Array(gaussian[(rows.lowerBound * d)..<(rows.upperBound * d)]))
+            return try CollapseDiagnostics.measure(local, communicator: communicator, step: 3, seed: 1, pictures: true).pictures
+        }
+        for pictures in split {
+            let pictures = try XCTUnwrap(pictures)
+            XCTAssertEqual(pictures.projectionCounts, single.projectionCounts)
+            for (a, b) in zip(pictures.correlationMap, single.correlationMap) { XCTAssertEqual(a, b, accuracy: 1e-9) }
+            for (a, b) in zip(pictures.standardDeviations, single.standardDeviations) { XCTAssertEqual(a, b, accuracy: 1e-9) }
+        }
+    }
+
     func testCollapseDiagnosticsAreThoseOfTheGlobalBatch() throws {
         let (n, d) = (40, 6)
         let isotropic = inputs(1, n: n, d: d, offset: 300)[0]
