@@ -175,7 +175,7 @@ public struct LoggingConfiguration: Codable, Equatable, Sendable {
     public var onlineProbe = true
     /// The online probe's AdamW learning rate (its inputs are standardised by a non-affine
     /// batch norm over the global batch).
-    public var onlineProbeLearningRate = 0.01
+    public var onlineProbeLearningRate = 0.002
 }
 
 // MARK: - Loading

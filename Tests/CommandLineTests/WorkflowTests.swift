@@ -67,7 +67,7 @@ final class WorkflowTests: CommandLineTestCase {
     func testConfigShowPrintsEveryKey() throws {
         let result = try anticollapse(["config", "show", "--set", "seed=7", "--set", "objective.name=sigreg"])
         XCTAssertEqual(result.status, 0, result.output)
-        for key in ["seed: 7", "name: \"sigreg\"", "online_probe_learning_rate: 0.01", "every_steps: 100", "global_batch_size: 256"] {
+        for key in ["seed: 7", "name: \"sigreg\"", "online_probe_learning_rate: 0.002", "every_steps: 100", "global_batch_size: 256"] {
             XCTAssertTrue(result.output.contains(key), "\(key) missing from:\n\(result.output)")
         }
         let bad = try anticollapse(["config", "show", "--set", "schedule.steps=2.5"])
