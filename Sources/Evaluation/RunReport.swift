@@ -208,6 +208,7 @@ public struct RunReport {
         let history = try MetricsHistory(contentsOf: metricsPath)
         var sections: [(String, [String])] = []
         var notes: [String] = []
+        var verdictLine: String?
 
         // Training curves.
         var curves = [SVGPlot.lineChart(title: "Loss", series: [.init(name: "loss", points: history.series("loss"))],
@@ -223,10 +224,13 @@ public struct RunReport {
             SVGPlot.lineChart(title: "Throughput", series: [.init(name: "samples/s", points: history.series("samples_per_second"))],
                               xLabel: "step", yLabel: "samples / s"),
         ]))
+        let stdSeries = history.series("std_mean")
+        let reference = stdSeries.isEmpty ? [] : [(x: stdSeries.first!.x, y: 1.0), (x: stdSeries.last!.x, y: 1.0)]
         sections.append(("Collapse diagnostics (training batches)", [
             SVGPlot.lineChart(title: "Per-feature standard deviation",
-                              series: [.init(name: "mean", points: history.series("std_mean")),
-                                       .init(name: "minimum", points: history.series("std_min"))],
+                              series: [.init(name: "mean", points: stdSeries),
+                                       .init(name: "minimum", points: history.series("std_min")),
+                                       .init(name: "std = 1 (reference)", points: reference)],
                               xLabel: "step", yLabel: "std", markers: true),
             SVGPlot.lineChart(title: "Effective rank", series: [.init(name: "effective rank", points: history.series("effective_rank"))],
                               xLabel: "step", yLabel: "effective rank", markers: true),
@@ -254,6 +258,16 @@ public struct RunReport {
             log("note: no checkpoint in \(runDirectory)/checkpoints: the embedding figures are missing")
         }
 
+        // The verdict, from the last diagnostics of the training batches.
+        if let std = stdSeries.last?.y, let rank = history.series("effective_rank").last?.y,
+           let path = try TrainedModel.newestCheckpoint(inRun: runDirectory), let trained = try? TrainedModel(checkpoint: path) {
+            let width = (trained.configuration.model.projector ?? trained.configuration.model.encoder).outputFeatures
+            let verdict = Self.verdict(meanStandardDeviation: std, effectiveRank: rank, width: width,
+                                       rows: trained.configuration.schedule.globalBatchSize)
+            verdictLine = verdict.text
+            notes += verdict.notes
+        }
+
         // Probe accuracies.
         let evalPath = (runDirectory as NSString).appendingPathComponent("eval.json")
         if FileManager.default.fileExists(atPath: evalPath) {
@@ -264,7 +278,31 @@ public struct RunReport {
                                  yLabel: "top-1 accuracy (%)", format: "%.2f %%", yMaximum: 100),
             ]))
         }
-        return document(sections: sections, notes: notes, subtitle: checkpointLine, records: history.records.count)
+        return document(sections: sections, notes: notes, subtitle: checkpointLine, records: history.records.count,
+                        verdict: verdictLine)
+    }
+
+    /// Whether the embeddings collapsed, in one line, from the last collapse diagnostics of the
+    /// training batches: **collapsed** when the features' standard deviation has gone to 0 or
+    /// the effective rank to about 1 (every row on one point or line); **dimensional collapse**
+    /// when the effective rank is below a tenth of what the batch allows (min(D, N − 1));
+    /// otherwise not collapsed. The notes say when the rows, not the model, bound the rank.
+    public static func verdict(meanStandardDeviation std: Double, effectiveRank rank: Double, width: Int,
+                               rows: Int) -> (collapsed: Bool, text: String, notes: [String]) {
+        let bound = min(width, max(rows - 1, 1))
+        var notes: [String] = []
+        if rows - 1 < width {
+            notes.append("The training batch has \(rows) rows: the covariance of \(width) features has at most \(rows - 1) non-zero "
+                         + "eigenvalues, so the effective rank is bounded by \(rows - 1), not \(width) (rank-limited by the rows).")
+        }
+        let figures = String(format: "mean std %.4g, effective rank %.1f of at most %d", std, rank, bound)
+        if std < 1e-3 || rank < 1.5 {
+            return (true, "COLLAPSED: \(figures) — every input maps to (nearly) one point or line.", notes)
+        }
+        if rank < 0.1 * Double(bound) {
+            return (true, "DIMENSIONAL COLLAPSE: \(figures) — the embeddings fill a small subspace.", notes)
+        }
+        return (false, "Not collapsed: \(figures).", notes)
     }
 
     /// Writes `RUN_DIR/report.html` and returns its path.
@@ -298,7 +336,8 @@ public struct RunReport {
         return figures
     }
 
-    private func document(sections: [(String, [String])], notes: [String], subtitle: String, records: Int) -> String {
+    private func document(sections: [(String, [String])], notes: [String], subtitle: String, records: Int,
+                          verdict: String?) -> String {
         let name = (runDirectory as NSString).lastPathComponent
         var html = """
             <!DOCTYPE html>
@@ -313,6 +352,11 @@ public struct RunReport {
             <p class="meta">\(SVGPlot.escape(runDirectory)) · \(records) metric records · \(SVGPlot.escape(subtitle)) · generated \(ISO8601DateFormatter().string(from: Date()))</p>
 
             """
+        if let verdict {
+            let collapsed = verdict.hasPrefix("COLLAPSED") || verdict.hasPrefix("DIMENSIONAL")
+            html += "<p class=\"verdict\" style=\"font-size: 18px; font-weight: bold; padding: 8px; "
+                + "background: \(collapsed ? "#fdd" : "#dfd")\">\(SVGPlot.escape(verdict))</p>\n"
+        }
         for note in notes { html += "<p class=\"note\">\(SVGPlot.escape(note))</p>\n" }
         for (title, figures) in sections {
             html += "<h2>\(SVGPlot.escape(title))</h2>\n<div class=\"figures\">\n"

@@ -82,6 +82,8 @@ final class RunReportTests: XCTestCase {
         XCTAssertEqual(html.components(separatedBy: "<svg").count - 1, expected.count)
         XCTAssertEqual(svgTitles(html), expected)
         XCTAssertTrue(html.contains("40 × 40"), "the heatmap of a 40-wide embedding covariance is the whole matrix")
+        XCTAssertTrue(html.contains("class=\"verdict\""), "the report gives a verdict")
+        XCTAssertTrue(html.contains("std = 1 (reference)"))
         // Self-contained: no scripts, no external resources.
         XCTAssertFalse(html.contains("<script"))
         XCTAssertFalse(html.contains("src="))
@@ -100,5 +102,18 @@ final class RunReportTests: XCTestCase {
 
     func testReportOfAMissingRunNamesTheDirectory() {
         assertThrowsError(try RunReport(runDirectory: "/nonexistent/run").html(), containing: "/nonexistent/run", "metrics.jsonl")
+    }
+
+    /// The verdict says collapsed when it is, and when the rows bound the rank.
+    func testTheVerdictNamesCollapse() {
+        XCTAssertTrue(RunReport.verdict(meanStandardDeviation: 1e-6, effectiveRank: 3, width: 64, rows: 256).text.hasPrefix("COLLAPSED"))
+        XCTAssertTrue(RunReport.verdict(meanStandardDeviation: 0.5, effectiveRank: 1.1, width: 64, rows: 256).collapsed)
+        let dimensional = RunReport.verdict(meanStandardDeviation: 0.5, effectiveRank: 4, width: 2048, rows: 256)
+        XCTAssertTrue(dimensional.text.hasPrefix("DIMENSIONAL COLLAPSE"), dimensional.text)
+        XCTAssertTrue(dimensional.notes.first?.contains("bounded by 255") ?? false, "\(dimensional.notes)")
+        let healthy = RunReport.verdict(meanStandardDeviation: 0.9, effectiveRank: 200, width: 2048, rows: 256)
+        XCTAssertFalse(healthy.collapsed)
+        XCTAssertTrue(healthy.text.hasPrefix("Not collapsed"), healthy.text)
+        XCTAssertTrue(RunReport.verdict(meanStandardDeviation: 0.9, effectiveRank: 50, width: 64, rows: 256).notes.isEmpty)
     }
 }
