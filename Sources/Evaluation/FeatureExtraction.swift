@@ -48,6 +48,16 @@ public struct TrainedModel {
         try self.init(checkpoint, path: path)
     }
 
+    /// The model of `configuration` as training started: the weights its seed draws, no
+    /// checkpoint needed (step 0).
+    public init(initialOf configuration: TrainingConfiguration) throws {
+        path = "(initial weights)"
+        step = 0
+        optimizerStepCount = 0
+        self.configuration = configuration
+        model = try Model<Float>(configuration.model, seed: configuration.seed)
+    }
+
     /// Restores the model of a checkpoint already read from `path`.
     public init(_ checkpoint: Checkpoint, path: String) throws {
         let configuration: TrainingConfiguration

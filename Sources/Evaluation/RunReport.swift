@@ -89,6 +89,8 @@ public struct EmbeddingStatistics: Sendable {
     public var eigenvalues: [Double]
     /// A few random 1-D projections (unit directions) of the standardised embeddings.
     public var projections: [[Double]]
+    /// Every row's coordinates on the covariance's two leading eigenvectors (PCA), and its label.
+    public var principalComponents: [(x: Double, y: Double, group: Int)] = []
 
     /// Measures the embeddings of `rowLimit` rows of `dataset` (a seeded random subset when it
     /// has more).
@@ -103,7 +105,8 @@ public struct EmbeddingStatistics: Sendable {
         guard count >= 2 else { throw EvaluationError("\(dataset.location): embedding statistics need at least 2 rows") }
         let sampler = try GlobalBatchSampler(rowCount: dataset.rowCount, globalBatchSize: count, seed: configuration.seed)
         let extractor = FeatureExtractor(model: trained.model, output: .embedding)
-        let embeddings = try extractor.extract(dataset, rows: Array(sampler.globalBatch(step: 0))).values.converted(to: Double.self)
+        let features = try extractor.extract(dataset, rows: Array(sampler.globalBatch(step: 0)))
+        let embeddings = features.values.converted(to: Double.self)
         let d = embeddings.columnCount
         let centred = centredColumns(embeddings)
         let covariance = Tensor<Double>(zeros: [d, d])
@@ -142,8 +145,32 @@ public struct EmbeddingStatistics: Sendable {
             direction.scale(by: 1 / max(direction.squaredNorm().squareRoot(), 1e-300))
             projections.append(Tensor.matmul(standardised, direction).scalars)
         }
-        return EmbeddingStatistics(kind: kind, width: d, rows: count, block: block, blockSize: side, eigenvalues: eigenvalues,
-                                   projections: projections)
+        var statistics = EmbeddingStatistics(kind: kind, width: d, rows: count, block: block, blockSize: side,
+                                             eigenvalues: eigenvalues, projections: projections)
+        // PCA: the two leading eigenvectors by power iteration with deflation.
+        var components: [[Double]] = []
+        for c in 0..<min(2, d) {
+            let v = Tensor<Double>(zeros: [d, 1])
+            random.substream(UInt64(1000 + c)).fillNormal(v)
+            for _ in 0..<200 {
+                let w = Tensor.matmul(covariance, v)
+                for previous in components {
+                    let dot = (0..<d).reduce(0) { $0 + previous[$1] * w[$1, 0] }
+                    for i in 0..<d { w[i, 0] -= dot * previous[i] }
+                }
+                let norm = w.squaredNorm().squareRoot()
+                guard norm > 0 else { break }
+                w.scale(by: 1 / norm)
+                v.copy(from: w)
+            }
+            components.append(v.scalars)
+        }
+        if components.count == 2 {
+            let x = Tensor.matmul(centred.values, Tensor(shape: [d, 1], scalars: components[0])).scalars
+            let y = Tensor.matmul(centred.values, Tensor(shape: [d, 1], scalars: components[1])).scalars
+            statistics.principalComponents = (0..<count).map { (x[$0], y[$0], Int(features.labels?[$0] ?? 0)) }
+        }
+        return statistics
     }
 
     /// The columns minus their means (and divided by their population standard deviations
@@ -192,6 +219,8 @@ public struct RunReport {
         if hasCheckpoint {
             titles += [barlowTwins ? "Cross-correlation of two views" : "Embedding covariance", "Covariance eigenvalue spectrum"]
             titles += (0..<projections).map { "Random projection \($0 + 1)" }
+            titles += ["Embedding covariance at step 0", "Embedding covariance at the end", "PCA of the embeddings at step 0",
+                       "PCA of the embeddings at the end"]
         }
         if hasEvaluation { titles.append("Probe accuracy") }
         return titles
@@ -248,6 +277,19 @@ public struct RunReport {
                 checkpointLine = "checkpoint \(path) (step \(trained.step)); embeddings of \(statistics.rows) rows of \(location)"
                 sections.append(("Embeddings (\(statistics.width) dimensions, \(statistics.rows) rows, evaluation mode)",
                                  embeddingFigures(statistics)))
+                // The same rows through the model as it started (its weights are a function of the seed).
+                let start = try EmbeddingStatistics.measure(try TrainedModel(initialOf: trained.configuration), dataset: dataset,
+                                                            rowLimit: embeddingRows)
+                sections.append(("Start and end: the model at step 0 and at step \(trained.step)", [
+                    SVGPlot.heatmap(title: "Embedding covariance at step 0", values: start.block, rows: start.blockSize,
+                                    columns: start.blockSize, caption: "the same block as at the end"),
+                    SVGPlot.heatmap(title: "Embedding covariance at the end", values: statistics.block, rows: statistics.blockSize,
+                                    columns: statistics.blockSize, caption: "step \(trained.step)"),
+                    SVGPlot.scatter(title: "PCA of the embeddings at step 0", points: start.principalComponents,
+                                    xLabel: "first principal component", yLabel: "second principal component"),
+                    SVGPlot.scatter(title: "PCA of the embeddings at the end", points: statistics.principalComponents,
+                                    xLabel: "first principal component", yLabel: "second principal component"),
+                ]))
             } else {
                 let note = "the embedding figures are missing: none of the config's datasets (\(candidates.joined(separator: ", "))) exists from \(FileManager.default.currentDirectoryPath)"
                 notes.append(note)

@@ -168,6 +168,27 @@ public enum SVGPlot {
 
     /// A histogram of `values` (as a density: bar areas sum to 1) with a density curve drawn
     /// over it (e.g. the standard normal).
+    /// A scatter plot of points coloured by their group (e.g. the class label), with a legend
+    /// of up to 10 groups.
+    public static func scatter(title: String, points: [(x: Double, y: Double, group: Int)], xLabel: String, yLabel: String)
+        -> String {
+        let finite = points.filter { $0.x.isFinite && $0.y.isFinite }
+        let xs = finite.map(\.x), ys = finite.map(\.y)
+        let (svg, mapX, mapY) = axes(x: (xs.min() ?? 0)...(xs.max() ?? 1), y: (ys.min() ?? 0)...(ys.max() ?? 1),
+                                     xLabel: xLabel, yLabel: yLabel, logY: false)
+        var out = open(title) + svg
+        for p in finite {
+            out += "<circle cx=\"\(coordinate(mapX(p.x)))\" cy=\"\(coordinate(mapY(p.y)))\" r=\"2\" fill=\"\(palette[((p.group % 10) + 10) % 10])\" fill-opacity=\"0.7\"/>"
+        }
+        let groups = Array(Set(finite.map(\.group))).sorted().prefix(10)
+        for (i, group) in groups.enumerated() {
+            let y = top + 10 + Double(i) * 13
+            out += "<circle cx=\"\(coordinate(width - right - 40))\" cy=\"\(coordinate(y - 3))\" r=\"4\" fill=\"\(palette[((group % 10) + 10) % 10])\"/>"
+            out += "<text x=\"\(coordinate(width - right - 32))\" y=\"\(coordinate(y))\">\(group)</text>"
+        }
+        return out + "</svg>"
+    }
+
     public static func histogram(title: String, values: [Double], bins: Int = 40, range: ClosedRange<Double>? = nil,
                                  density: ((Double) -> Double)? = nil, densityName: String = "N(0, 1)",
                                  xLabel: String = "value") -> String {
