@@ -33,15 +33,17 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     /// gradient), transformed tiles `V` and products `M` of a chunk.
     private var filterTransform: Tensor<Scalar>?, flippedFilterTransform: Tensor<Scalar>?
     private var tileTransform: Tensor<Scalar>?, tileProduct: Tensor<Scalar>?
+    /// The filter gradient in the Winograd domain `(16, OC, C)`.
+    private var filterGradientTransform: Tensor<Scalar>?
 
     /// The elements of im2col a chunk of images aims at (default 2²⁰, 4 MiB of `Float`): large
     /// enough that each matrix product has thousands of columns (one BLAS call, both threads
     /// busy, instead of one small call per image), small enough that the columns stay in the
     /// L3 cache between im2col and the product. Tests set it small to run several chunks.
     public var chunkElements = 1 << 20
-    /// Whether the output and the input gradient take Winograd's F(2×2, 3×3) (``Winograd``)
-    /// instead of im2col: by default for 3×3 kernels with stride 1 and padding 1 (the weight
-    /// gradient always takes im2col). Tests turn it off to compare the two.
+    /// Whether the output, the input gradient and the weight gradient take Winograd's
+    /// F(2×2, 3×3) (``Winograd``) instead of im2col: by default for 3×3 kernels with stride 1
+    /// and padding 1. Tests turn it off to compare the two.
     public var usesWinograd: Bool
 
     /// - Parameter weightInitializer: defaults to PyTorch's `.pytorchDefault(fanIn: C·K·K)`.
@@ -180,6 +182,30 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
         let columns = reuse(&columns, shape: [CKK, n]), product = reuse(&product, shape: [OC, n])
         for o in 0..<OC { biasSums[o] = 0 }
         let hasBias = biasGradient != nil
+        if usesWinograd {
+            var started = profile.now()
+            winogradFilterGradient(input, outputGradient: outputGradient.reshaped(output.shape), weightGradient: weightGradient)
+            if let biasGradient {
+                // db += Σ_{b, positions} dy                              (OC)
+                outputGradient.withUnsafeBufferPointer { dy in
+                    for b in 0..<B {
+                        for o in 0..<OC {
+                            let row = dy.baseAddress! + (b * OC + o) * L
+                            biasSums[o] += Tensor<Scalar>.laneSum(L) { Double(row[$0]) }
+                        }
+                    }
+                }
+                accumulate(biasSums, into: biasGradient)
+            }
+            profile.add(.convWeightGradient, since: started)
+            guard needsInputGradient else { return inputGradient }
+            started = profile.now()
+            // dX = conv3×3(dY) with the filters rotated by 180° and the channels swapped
+            winograd(outputGradient.reshaped(output.shape), filters: weight, flipped: true, inChannels: OC,
+                     outChannels: inChannels, into: inputGradient)
+            profile.add(.convInputGradient, since: started)
+            return inputGradient
+        }
         input.withUnsafeBufferPointer { x in
             outputGradient.withUnsafeBufferPointer { dy in
                 inputGradient.withUnsafeMutableBufferPointer { dx in
@@ -237,14 +263,35 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
             }
         }
         if let biasGradient { accumulate(biasSums, into: biasGradient) }
-        if needsInputGradient && usesWinograd {
-            let started = profile.now()
-            // dX = conv3×3(dY) with the filters rotated by 180° and the channels swapped
-            winograd(outputGradient.reshaped(output.shape), filters: weight, flipped: true, inChannels: OC,
-                     outChannels: inChannels, into: inputGradient)
-            profile.add(.convInputGradient, since: started)
-        }
         return inputGradient
+    }
+
+    /// `dW += ∂/∂W ⟨dY, conv3×3(x)⟩` by ``Winograd/filterGradient(_:outputGradient:batch:inChannels:outChannels:height:width:adding:v:m:du:imagesPerChunk:)``.
+    private func winogradFilterGradient(_ input: Tensor<Scalar>, outputGradient: Tensor<Scalar>,
+                                        weightGradient: Tensor<Scalar>) {
+        let (B, H, W) = (input.shape[0], input.shape[2], input.shape[3])
+        let (C, OC) = (inChannels, outChannels)
+        let (images, columns) = Winograd.chunk(batch: B, inChannels: C, outChannels: OC, height: H, width: W,
+                                               chunkElements: 4 * chunkElements)
+        let v = reuse(&tileTransform, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
+        let m = reuse(&tileProduct, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
+        let du = reuse(&filterGradientTransform, shape: [16, OC, C])
+        input.withUnsafeBufferPointer { x in
+            outputGradient.withUnsafeBufferPointer { dy in
+                weightGradient.withUnsafeMutableBufferPointer { dw in
+                    v.withUnsafeMutableBufferPointer { v in
+                        m.withUnsafeMutableBufferPointer { m in
+                            du.withUnsafeMutableBufferPointer { du in
+                                Winograd.filterGradient(x.baseAddress!, outputGradient: dy.baseAddress!, batch: B,
+                                                        inChannels: C, outChannels: OC, height: H, width: W,
+                                                        adding: dw.baseAddress!, v: v.baseAddress!, m: m.baseAddress!,
+                                                        du: du.baseAddress!, imagesPerChunk: images)
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// `output = conv3×3(input)` (stride 1, padding 1) by ``Winograd``, with this layer's

@@ -122,6 +122,120 @@ enum Winograd {
         }
     }
 
+    /// Accumulates the filter gradient `dW (OC, C, 3, 3) += ∂/∂W ⟨dY, conv3×3(x)⟩` (stride 1,
+    /// padding 1), the adjoint of ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``
+    /// in the filters: per position `ξ`, `dU[ξ] (OC, C) = Σ_tiles (A dY Aᵀ)[ξ] (Bᵀ d B)[ξ]ᵀ`
+    /// (one product over every tile of the chunk), then `dW += Gᵀ dU G`. 16 products of
+    /// `OC × C × tiles` instead of im2col's `OC × 9C × 4·tiles`. `du` is scratch of `16·OC·C`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func filterGradient<Scalar: LayerScalar>(_ x: UnsafePointer<Scalar>, outputGradient dy: UnsafePointer<Scalar>,
+                                                    batch B: Int, inChannels C: Int, outChannels OC: Int,
+                                                    height H: Int, width W: Int, adding dw: UnsafeMutablePointer<Scalar>,
+                                                    v: UnsafeMutablePointer<Scalar>, m: UnsafeMutablePointer<Scalar>,
+                                                    du: UnsafeMutablePointer<Scalar>, imagesPerChunk: Int) {
+        let (TH, TW) = ((H + 1) / 2, (W + 1) / 2)
+        let tiles = TH * TW, n = imagesPerChunk * tiles
+        let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
+        let scratchCount = 6 * W + 2 * (TW + 1) + 8 * TW
+        du.update(repeating: 0, count: 16 * OC * C)
+        for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
+            let images = min(imagesPerChunk, B - first), columns = images * tiles
+            // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ];  M[ξ][o][j·tiles + t] = (A dY Aᵀ)[ξ]
+            parallelRanges(images * (C + OC), minimumPerPart: 4) { planes in
+                withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
+                    for plane in planes {
+                        let (j, channel) = plane.quotientAndRemainder(dividingBy: C + OC)
+                        if channel < C {
+                            inputTransform(x + ((first + j) * C + channel) * H * W, height: H, width: W, tileRows: TH,
+                                           tileColumns: TW, into: v + channel * n + j * tiles, positionStride: vStride,
+                                           scratch: scratch.baseAddress!)
+                        } else {
+                            let o = channel - C
+                            gradientTransform(dy + ((first + j) * OC + o) * H * W, height: H, width: W, tileRows: TH,
+                                              tileColumns: TW, into: m + o * n + j * tiles, positionStride: mStride,
+                                              scratch: scratch.baseAddress!)
+                        }
+                    }
+                }
+            }
+            // dU[ξ] += M[ξ] · V[ξ]ᵀ              (OC, C) += (OC, columns) (C, columns)ᵀ
+            for xi in 0..<16 {
+                Scalar.gemm(transposeA: false, transposeB: true, m: OC, n: C, k: columns,
+                            alpha: 1, a: UnsafePointer(m + xi * mStride), lda: n, b: UnsafePointer(v + xi * vStride), ldb: n,
+                            beta: 1, c: du + xi * OC * C, ldc: C)
+            }
+        }
+        // dW[o][c] += Gᵀ dU[o][c] G
+        let half: Scalar = 0.5
+        for o in 0..<OC {
+            for c in 0..<C {
+                @inline(__always) func u(_ i: Int, _ k: Int) -> Scalar { du[((i * 4 + k) * OC + o) * C + c] }
+                let f = dw + (o * C + c) * 9
+                // s = Gᵀ dU (3×4), then dW = s G (3×3)
+                var s = (Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0),
+                         Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0))
+                withUnsafeMutableBytes(of: &s) { raw in
+                    let s = raw.baseAddress!.assumingMemoryBound(to: Scalar.self)
+                    for k in 0..<4 {
+                        let (u0, u1, u2, u3) = (u(0, k), u(1, k), u(2, k), u(3, k))
+                        s[0 * 4 + k] = u0 + (u1 + u2) * half
+                        s[1 * 4 + k] = (u1 - u2) * half
+                        s[2 * 4 + k] = (u1 + u2) * half + u3
+                    }
+                    for i in 0..<3 {
+                        let (a0, a1, a2, a3) = (s[i * 4], s[i * 4 + 1], s[i * 4 + 2], s[i * 4 + 3])
+                        f[i * 3 + 0] += a0 + (a1 + a2) * half
+                        f[i * 3 + 1] += (a1 - a2) * half
+                        f[i * 3 + 2] += (a1 + a2) * half + a3
+                    }
+                }
+            }
+        }
+    }
+
+    /// `A e Aᵀ` of every 2×2 output-gradient tile `e` of one plane (zero beyond the plane's
+    /// edge), position `ξ = 4i + k` of tile `t` to `target[ξ · positionStride + t]`; with
+    /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`. Vectorised along rows: per tile row,
+    /// `r_i = (A e)_i` over whole rows, then each split into even and odd columns.
+    /// `scratch` holds `6 W + 2 (TW + 1)` elements.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func gradientTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
+                                                       tileRows TH: Int, tileColumns TW: Int,
+                                                       into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
+                                                       scratch: UnsafeMutablePointer<Scalar>) {
+        let zero = scratch, rows = scratch + W                  // (W) zeros, (4, W) rows of A e
+        let even = scratch + 5 * W, odd = even + (TW + 1)        // (TW) each
+        zero.update(repeating: 0, count: W)
+        for a in 0..<TH {
+            let e0 = plane + 2 * a * W
+            let e1 = 2 * a + 1 < H ? e0 + W : UnsafePointer(zero)
+            let (r0, r1, r2, r3) = (rows, rows + W, rows + 2 * W, rows + 3 * W)
+            for j in 0..<W {
+                r0[j] = e0[j]
+                r1[j] = e0[j] + e1[j]
+                r2[j] = e0[j] - e1[j]
+                r3[j] = -e1[j]
+            }
+            for i in 0..<4 {
+                let r = rows + i * W
+                for b in 0..<TW {
+                    even[b] = r[2 * b]
+                    odd[b] = 2 * b + 1 < W ? r[2 * b + 1] : 0
+                }
+                let v0 = target + (4 * i) * positionStride + a * TW
+                let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
+                for b in 0..<TW {
+                    v0[b] = even[b]
+                    v1[b] = even[b] + odd[b]
+                    v2[b] = even[b] - odd[b]
+                    v3[b] = -odd[b]
+                }
+            }
+        }
+    }
+
     /// `Bᵀ d B` of every 4×4 tile of one plane (padding 1: the tile of output tile `(a, b)`
     /// starts at input row `2a − 1`, column `2b − 1`); position `ξ = 4i + k` of tile
     /// `t = a · TW + b` goes to `target[ξ · positionStride + t]`.
