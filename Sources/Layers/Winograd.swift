@@ -58,6 +58,13 @@ enum Winograd {
     /// each): each of the 16 products gets thousands of columns.
     static let chunkElements = 1 << 22
 
+    /// The scratch of one transform of planes `W` wide: zero row, four padded rows, `O`, `E`
+    /// (or the output transform's eight rows of `TW`).
+    static func scratchElements(width W: Int) -> Int {
+        let TW = (W + 1) / 2
+        return max(W + 4 * (W + 3) + 2 * (TW + 1), 8 * TW) + 16
+    }
+
     /// Elements between the 16 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``).
     static let positionPadding = 64
 
@@ -88,7 +95,7 @@ enum Winograd {
         // multiple of a large power of two: the transforms read or write all 16 at once, and
         // 16 streams 2^k bytes apart would share one set of the L1 and L2 caches.
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = 6 * W + 2 * (TW + 1) + 8 * TW
+        let scratchCount = scratchElements(width: W)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
             // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ] of tile t of channel c of image first + j
@@ -137,7 +144,7 @@ enum Winograd {
         let (TH, TW) = ((H + 1) / 2, (W + 1) / 2)
         let tiles = TH * TW, n = imagesPerChunk * tiles
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = 6 * W + 2 * (TW + 1) + 8 * TW
+        let scratchCount = scratchElements(width: W)
         du.update(repeating: 0, count: 16 * OC * C)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
@@ -198,40 +205,36 @@ enum Winograd {
     /// edge), position `ξ = 4i + k` of tile `t` to `target[ξ · positionStride + t]`; with
     /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`. Vectorised along rows: per tile row,
     /// `r_i = (A e)_i` over whole rows, then each split into even and odd columns.
-    /// `scratch` holds `6 W + 2 (TW + 1)` elements.
+    /// `scratch` holds ``scratchElements(width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func gradientTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
                                                        tileRows TH: Int, tileColumns TW: Int,
                                                        into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
                                                        scratch: UnsafeMutablePointer<Scalar>) {
-        let zero = scratch, rows = scratch + W                  // (W) zeros, (4, W) rows of A e
-        let even = scratch + 5 * W, odd = even + (TW + 1)        // (TW) each
+        // (W) zeros; 4 rows of A e, W + 3 apart with a zero after each; E and O, TW + 1 each.
+        let zero = scratch, rowStride = W + 3, rows = scratch + W + 1
+        let even = scratch + W + 4 * rowStride, odd = even + (TW + 1)
         zero.update(repeating: 0, count: W)
+        for i in 0..<4 { rows[i * rowStride + W] = 0 }
         for a in 0..<TH {
             let e0 = plane + 2 * a * W
             let e1 = 2 * a + 1 < H ? e0 + W : UnsafePointer(zero)
-            let (r0, r1, r2, r3) = (rows, rows + W, rows + 2 * W, rows + 3 * W)
-            for j in 0..<W {
-                r0[j] = e0[j]
-                r1[j] = e0[j] + e1[j]
-                r2[j] = e0[j] - e1[j]
-                r3[j] = -e1[j]
-            }
+            let (r0, r1, r2, r3) = (rows, rows + rowStride, rows + 2 * rowStride, rows + 3 * rowStride)
+            r0.update(from: e0, count: W)
+            for j in 0..<W { r1[j] = e0[j] + e1[j] }
+            for j in 0..<W { r2[j] = e0[j] - e1[j] }
+            for j in 0..<W { r3[j] = -e1[j] }
             for i in 0..<4 {
-                let r = rows + i * W
-                for b in 0..<TW {
-                    even[b] = r[2 * b]
-                    odd[b] = 2 * b + 1 < W ? r[2 * b + 1] : 0
-                }
+                let r = rows + i * rowStride
+                for b in 0..<TW { even[b] = r[2 * b] }
+                for b in 0..<TW { odd[b] = r[2 * b + 1] }
                 let v0 = target + (4 * i) * positionStride + a * TW
                 let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
-                for b in 0..<TW {
-                    v0[b] = even[b]
-                    v1[b] = even[b] + odd[b]
-                    v2[b] = even[b] - odd[b]
-                    v3[b] = -odd[b]
-                }
+                v0.update(from: even, count: TW)
+                for b in 0..<TW { v1[b] = even[b] + odd[b] }
+                for b in 0..<TW { v2[b] = even[b] - odd[b] }
+                for b in 0..<TW { v3[b] = -odd[b] }
             }
         }
     }
@@ -243,46 +246,48 @@ enum Winograd {
     /// Separable and vectorised along rows: per tile row, `t_i = (Bᵀ d)_i` over whole input
     /// rows, then each `t_i` split into its odd and even columns `O`, `E` (zero outside), so
     /// that `(t_i B)_k` of consecutive tiles are contiguous: `O[b] − O[b+1]`, `E[b] + O[b+1]`,
-    /// `O[b+1] − E[b]`, `E[b] − E[b+1]`. `scratch` holds `6 W + 2 (TW + 1)` elements.
+    /// `O[b+1] − E[b]`, `E[b] − E[b+1]`. `scratch` holds ``scratchElements(width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func inputTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
                                                     tileRows TH: Int, tileColumns TW: Int,
                                                     into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
                                                     scratch: UnsafeMutablePointer<Scalar>) {
-        let zero = scratch, rows = scratch + W                  // (W) zeros, (4, W) t rows
-        let odd = scratch + 5 * W, even = odd + (TW + 1)         // (TW + 1) each
+        // (W) zeros; 4 t rows of W with a zero before and two after (row i at
+        // `rows + i (W + 3)`); O and E, TW + 1 each.
+        let zero = scratch, rowStride = W + 3, rows = scratch + W + 1
+        let odd = scratch + W + 4 * rowStride, even = odd + (TW + 1)
         zero.update(repeating: 0, count: W)
+        for i in 0..<4 {
+            rows[i * rowStride - 1] = 0
+            rows[i * rowStride + W] = 0
+            rows[i * rowStride + W + 1] = 0
+        }
         for a in 0..<TH {
             let top = 2 * a - 1
             @inline(__always) func input(_ r: Int) -> UnsafePointer<Scalar> {
                 top + r >= 0 && top + r < H ? plane + (top + r) * W : UnsafePointer(zero)
             }
             let (r0, r1, r2, r3) = (input(0), input(1), input(2), input(3))
-            let (t0, t1, t2, t3) = (rows, rows + W, rows + 2 * W, rows + 3 * W)
+            let (t0, t1, t2, t3) = (rows, rows + rowStride, rows + 2 * rowStride, rows + 3 * rowStride)
             // t = Bᵀ d: rows d0 − d2, d1 + d2, d2 − d1, d1 − d3
-            for j in 0..<W {
-                t0[j] = r0[j] - r2[j]
-                t1[j] = r1[j] + r2[j]
-                t2[j] = r2[j] - r1[j]
-                t3[j] = r1[j] - r3[j]
-            }
+            // One output a loop: two loads and a store each, which the compiler vectorises (four
+            // outputs in one loop need more run-time alias checks than it makes).
+            for j in 0..<W { t0[j] = r0[j] - r2[j] }
+            for j in 0..<W { t1[j] = r1[j] + r2[j] }
+            for j in 0..<W { t2[j] = r2[j] - r1[j] }
+            for j in 0..<W { t3[j] = r1[j] - r3[j] }
             for i in 0..<4 {
-                let t = rows + i * W
-                // O[b] = t[2b − 1], E[b] = t[2b], 0 outside 0 ..< W
-                for b in 0...TW {
-                    let o = 2 * b - 1, e = 2 * b
-                    odd[b] = o >= 0 && o < W ? t[o] : 0
-                    even[b] = e < W ? t[e] : 0
-                }
+                let t = rows + i * rowStride
+                // O[b] = t[2b − 1], E[b] = t[2b] (the zeros around the row: 0 outside 0 ..< W)
+                for b in 0...TW { odd[b] = t[2 * b - 1] }
+                for b in 0...TW { even[b] = t[2 * b] }
                 let v0 = target + (4 * i) * positionStride + a * TW
                 let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
-                for b in 0..<TW {
-                    v0[b] = odd[b] - odd[b + 1]
-                    v1[b] = even[b] + odd[b + 1]
-                    v2[b] = odd[b + 1] - even[b]
-                    v3[b] = even[b] - even[b + 1]
-                }
+                for b in 0..<TW { v0[b] = odd[b] - odd[b + 1] }
+                for b in 0..<TW { v1[b] = even[b] + odd[b + 1] }
+                for b in 0..<TW { v2[b] = odd[b + 1] - even[b] }
+                for b in 0..<TW { v3[b] = even[b] - even[b + 1] }
             }
         }
     }
@@ -303,10 +308,8 @@ enum Winograd {
                 let q0 = m + (4 * i) * positionStride + a * TW
                 let (q1, q2, q3) = (q0 + positionStride, q0 + 2 * positionStride, q0 + 3 * positionStride)
                 let (p0, p1) = (p + (2 * i) * TW, p + (2 * i + 1) * TW)
-                for b in 0..<TW {
-                    p0[b] = q0[b] + q1[b] + q2[b]
-                    p1[b] = q1[b] - q2[b] - q3[b]
-                }
+                for b in 0..<TW { p0[b] = q0[b] + q1[b] + q2[b] }
+                for b in 0..<TW { p1[b] = q1[b] - q2[b] - q3[b] }
             }
             // y = Aᵀ (m A): row 2a = p0 + p1 + p2, row 2a + 1 = p1 − p2 − p3 (per output column)
             let (p00, p01, p10, p11) = (p, p + TW, p + 2 * TW, p + 3 * TW)

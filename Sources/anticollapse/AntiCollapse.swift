@@ -1,6 +1,8 @@
 import ArgumentParser
 import Engine
 import JointEmbedding
+import Layers
+import Tensor
 
 @main
 struct AntiCollapse: ParsableCommand {
@@ -9,4 +11,11 @@ struct AntiCollapse: ParsableCommand {
         abstract: "Data-parallel self-supervised learning with exact global-batch statistics.",
         version: AntiCollapseVersion.current,
         subcommands: [Train.self, Eval.self, Report.self, Dataset.self, Inspect.self, Bench.self, Env.self])
+
+    /// Sets OpenBLAS's idle-thread wait short (``BLASThreads/restartWithShortThreadWait(arguments:)``),
+    /// then runs the command.
+    static func main() {
+        BLASThreads.restartWithShortThreadWait()
+        main(nil)
+    }
 }
