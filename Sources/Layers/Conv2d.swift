@@ -2,7 +2,8 @@ import Tensor
 
 /// A 2-D convolution of NCHW images (PyTorch's `nn.Conv2d` with square kernel, stride and
 /// zero padding, no dilation or groups), computed as im2col and one BLAS gemm per chunk of
-/// images (see ``forward(_:context:)``).
+/// images (see ``forward(_:context:)``), or — for 3×3 kernels with stride 1 and padding 1 — by
+/// Winograd's F(2×2, 3×3) (``Winograd``, ``usesWinograd``) for the output and both gradients.
 ///
 /// Parameters: `weight` `(OC, C, K, K)`, `bias` `(OC)` (optional; off before batch norm). The
 /// default initialisation is PyTorch's (uniform in ±1/√(C·K·K)); ResNets use Kaiming normal in
