@@ -13,6 +13,8 @@ public final class ReLU<Scalar: LayerScalar>: ParameterFreeLayer {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.elementwise, since: started) }
         let cache = caches.cache(context.slot, make: Cache.init)
         let output = reuse(&cache.output, shape: input.shape)
         input.withUnsafeBufferPointer { x in
@@ -26,6 +28,8 @@ public final class ReLU<Scalar: LayerScalar>: ParameterFreeLayer {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.elementwise, since: started) }
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "ReLU", slot: context.slot) }
         let inputGradient = reuse(&cache.inputGradient, shape: output.shape)

@@ -52,3 +52,29 @@ extension BLASThreads {
         return count
     }
 }
+
+extension BLASThreads {
+    /// The environment variable of OpenBLAS's idle-thread wait: its threads spin `2^value`
+    /// cycles after a product before they sleep (default 28, ~0.1 s).
+    public static let threadTimeoutVariable = "OPENBLAS_THREAD_TIMEOUT"
+    /// The wait the executable runs with, unless the user sets one: 4, the shortest (sleep at once).
+    ///
+    /// A convolutional step runs thousands of products with memory-bound passes between them
+    /// (Winograd's transforms, batch norm); spinning threads take the core those passes run on,
+    /// through `sched_yield` (the system time of the issue-17 measurements). On the ResNet step,
+    /// 2 threads, alternating runs on the shared machine: 6.2 and 6.1 s a step with 4 against
+    /// 6.7 and 8.6 s with the default, system time 3.2 and 2.7 s against 4.9 and 4.8 s.
+    public static let shortThreadTimeout = "4"
+
+    /// Restarts this executable with ``threadTimeoutVariable`` set to ``shortThreadTimeout``
+    /// when it is unset: OpenBLAS reads it once, when the library loads, so it cannot be set
+    /// later in the process. Returns (doing nothing) when it is set, or when the restart fails.
+    public static func restartWithShortThreadWait(arguments: [String] = CommandLine.arguments) {
+        guard ProcessInfo.processInfo.environment[threadTimeoutVariable] == nil else { return }
+        setenv(threadTimeoutVariable, shortThreadTimeout, 1)
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", &argv)
+        // Only reached if execv failed: carry on with OpenBLAS's default wait.
+        for pointer in argv { free(pointer) }
+    }
+}

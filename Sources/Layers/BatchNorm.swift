@@ -90,6 +90,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
             throw LayerError.shapeMismatch(layer: "BatchNorm(\(features))", expected: "(B, \(features)[, H, W])",
                                            got: input.shape)
         }
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.batchNorm, since: started) }
         let groups = context.rowGroups
         guard input.shape[0] % groups == 0 else {
             throw LayerError.shapeMismatch(layer: "BatchNorm(\(features)) over \(groups) row groups",
@@ -149,10 +151,10 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
                             for c in 0..<C {
                                 let row = x.baseAddress! + (b * C + c) * S
                                 let k = Double(shift[c])
-                                var s1 = 0.0, s2 = 0.0
-                                for s in 0..<S { let d = Double(row[s]) - k; s1 += d; s2 += d * d }
-                                sums[1 + c] += s1
-                                sums[1 + C + c] += s2
+                                // Eight independent lanes each (Tensor.laneSum): one running
+                                // sum is a chain of dependent adds, 4 cycles an element.
+                                sums[1 + c] += Tensor<Scalar>.laneSum(S) { Double(row[$0]) - k }
+                                sums[1 + C + c] += Tensor<Scalar>.laneSum(S) { let d = Double(row[$0]) - k; return d * d }
                             }
                         }
                     }
@@ -229,6 +231,8 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
         guard let cache = caches.existing(context.slot), let normalized = cache.normalized,
               normalized.count == outputGradient.count
         else { throw LayerError.noForward(layer: "BatchNorm", slot: context.slot) }
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.batchNorm, since: started) }
         let inputGradient = reuse(&cache.inputGradient, shape: normalized.shape)
         let rows = normalized.shape[0] / cache.groups, dy = outputGradient.reshaped(normalized.shape)
         for g in 0..<cache.groups {
@@ -264,14 +268,9 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
                     }
                     for b in 0..<B {
                         for c in 0..<C {
-                            let base = (b * C + c) * S
-                            var sumDy = 0.0, sumDyXHat = 0.0
-                            for s in base..<(base + S) {
-                                sumDy += Double(dy[s])
-                                sumDyXHat += Double(dy[s]) * Double(xHat[s])
-                            }
-                            sums[c] += sumDy
-                            sums[C + c] += sumDyXHat
+                            let (dyRow, xHatRow) = (dy.baseAddress! + (b * C + c) * S, xHat.baseAddress! + (b * C + c) * S)
+                            sums[c] += Tensor<Scalar>.laneSum(S) { Double(dyRow[$0]) }
+                            sums[C + c] += Tensor<Scalar>.laneSum(S) { Double(dyRow[$0]) * Double(xHatRow[$0]) }
                         }
                     }
                 }

@@ -152,8 +152,10 @@ public final class Residual<Scalar: LayerScalar>: Layer {
             throw LayerError.shapeMismatch(layer: "Residual", expected: "shortcut output \(bodyOutput.shape)", got: skip.shape)
         }
         // y = body(x) + shortcut(x)
+        let started = LayerProfile.shared.now()
         let output = reuse(&cache.output, shape: bodyOutput.shape)
         sum(bodyOutput, skip, into: output)
+        LayerProfile.shared.add(.elementwise, since: started)
         return output
     }
 
@@ -166,8 +168,10 @@ public final class Residual<Scalar: LayerScalar>: Layer {
         let context = context.needingInputGradient(true)
         let bodyGradient = try body.backward(outputGradient, context: context)
         let skipGradient = try shortcut?.backward(outputGradient, context: context) ?? outputGradient
+        let started = LayerProfile.shared.now()
         let inputGradient = reuse(&cache.inputGradient, shape: bodyGradient.shape)
         sum(bodyGradient, skipGradient, into: inputGradient)
+        LayerProfile.shared.add(.elementwise, since: started)
         return inputGradient
     }
 }

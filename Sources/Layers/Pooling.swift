@@ -25,6 +25,8 @@ public final class AvgPool2d<Scalar: LayerScalar>: ParameterFreeLayer {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.pooling, since: started) }
         guard input.rank == 4, input.shape[2] >= kernelSize, input.shape[3] >= kernelSize else {
             throw LayerError.shapeMismatch(layer: "AvgPool2d(\(kernelSize))", expected: "(B, C, H ≥ \(kernelSize), W ≥ \(kernelSize))",
                                            got: input.shape)
@@ -55,6 +57,8 @@ public final class AvgPool2d<Scalar: LayerScalar>: ParameterFreeLayer {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.pooling, since: started) }
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "AvgPool2d", slot: context.slot) }
         let (B, C, H, W) = (cache.inputShape[0], cache.inputShape[1], cache.inputShape[2], cache.inputShape[3])
@@ -95,6 +99,8 @@ public final class GlobalAvgPool2d<Scalar: LayerScalar>: ParameterFreeLayer {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.pooling, since: started) }
         guard input.rank == 4, input.shape[2] * input.shape[3] > 0 else {
             throw LayerError.shapeMismatch(layer: "GlobalAvgPool2d", expected: "(B, C, H, W)", got: input.shape)
         }
@@ -117,6 +123,8 @@ public final class GlobalAvgPool2d<Scalar: LayerScalar>: ParameterFreeLayer {
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.pooling, since: started) }
         guard let cache = caches.existing(context.slot), let output = cache.output, output.count == outputGradient.count
         else { throw LayerError.noForward(layer: "GlobalAvgPool2d", slot: context.slot) }
         let S = cache.inputShape[2] * cache.inputShape[3]

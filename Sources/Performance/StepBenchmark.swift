@@ -27,15 +27,32 @@ public enum Benchmarks {
         public var description: String { "\(m)×\(n)×\(k)" }
     }
 
+    /// The optimizer a step benchmark updates with.
+    public enum StepOptimizer: String, Sendable, Codable, CaseIterable {
+        /// LARS as the VICReg reference (lr 0.2, weight decay 1e-6, momentum 0.9, η 0.001).
+        case lars
+        /// SGD with momentum 0.9 and weight decay 5e-4 on every parameter (PyTorch's
+        /// `torch.optim.SGD` defaults for the rest), lr 0.05.
+        case sgd
+    }
+
     /// What a step benchmark builds and runs.
     public struct StepOptions: Sendable {
-        /// MLP widths of the encoder, `[input, hidden…, output]`.
+        /// MLP widths of the encoder, `[input, hidden…, output]`; unused when ``network`` or
+        /// ``configuredModel`` is set.
         public var encoder: [Int]
         /// MLP widths of the projector, `[encoder output, hidden…, embedding]`; empty for none.
         public var projector: [Int]
-        /// Rows of each view.
+        /// An encoder of any kind (convnet, resnet, vit) instead of the MLP of ``encoder``;
+        /// its input shape is that of the random images.
+        public var network: NetworkDescription?
+        /// A whole model (a run config's `model`), instead of ``encoder``, ``network`` and
+        /// ``projector``.
+        public var configuredModel: ModelDescription?
+        /// Rows (images) of each view.
         public var batch: Int
         public var objective: ObjectiveName
+        public var optimizer: StepOptimizer
         /// Timed steps, after `warmup` untimed ones.
         public var steps: Int
         public var warmup: Int
@@ -43,28 +60,52 @@ public enum Benchmarks {
         public var directions: Int
         public var seed: UInt64
 
-        public init(encoder: [Int] = [784, 1024, 1024], projector: [Int] = [1024, 2048, 2048], batch: Int = 256,
-                    objective: ObjectiveName = .vicreg, steps: Int = 20, warmup: Int = 3, directions: Int = 1024,
-                    seed: UInt64 = 0) {
+        public init(encoder: [Int] = [784, 1024, 1024], projector: [Int] = [1024, 2048, 2048], network: NetworkDescription? = nil,
+                    configuredModel: ModelDescription? = nil, batch: Int = 256,
+                    objective: ObjectiveName = .vicreg, optimizer: StepOptimizer = .lars, steps: Int = 20, warmup: Int = 3,
+                    directions: Int = 1024, seed: UInt64 = 0) {
             self.encoder = encoder
             self.projector = projector
+            self.network = network
+            self.configuredModel = configuredModel
             self.batch = batch
             self.objective = objective
+            self.optimizer = optimizer
             self.steps = steps
             self.warmup = warmup
             self.directions = directions
             self.seed = seed
         }
 
-        /// The model the trainer would build for these widths (VICReg's: projector without a
-        /// last bias).
+        /// The model the trainer would build (VICReg's projector: without a last bias).
         public var model: ModelDescription {
-            ModelDescription(encoder: .mlp(widths: encoder),
-                             projector: projector.isEmpty ? nil : .mlp(widths: projector, lastBias: false))
+            if let configuredModel { return configuredModel }
+            return ModelDescription(encoder: network ?? .mlp(widths: encoder),
+                                    projector: projector.isEmpty ? nil : .mlp(widths: projector, lastBias: false))
         }
 
+        /// The shape of one input row: `[width]` or `[C, H, W]`.
+        public var inputShape: [Int] { model.encoder.inputShape }
+
         /// The embedding width the objective sees.
-        public var embeddingWidth: Int { projector.last ?? encoder.last ?? 0 }
+        public var embeddingWidth: Int {
+            let model = self.model
+            return (model.predictor ?? model.projector ?? model.encoder).outputFeatures
+        }
+
+        /// The encoder in a line: `[784, 1024, 1024]` for an MLP, else its description.
+        public var encoderSummary: String {
+            switch model.encoder {
+            case let .mlp(d): return "\(d.widths)"
+            case let .convnet(d):
+                return "convnet \(d.inputChannels)×\(d.imageSize)×\(d.imageSize), channels \(d.channels), kernel \(d.kernelSize)"
+            case let .resnet(d):
+                return "resnet \(d.inputChannels)×\(d.imageSize)×\(d.imageSize), stem \(d.stemChannels) stride \(d.stemStride), "
+                    + "stages \(d.stageChannels) × \(d.blocksPerStage) blocks"
+            case let .vit(d):
+                return "vit \(d.inputChannels)×\(d.imageSize)×\(d.imageSize), patch \(d.patchSize), width \(d.width), depth \(d.depth), heads \(d.heads)"
+            }
+        }
     }
 
     // MARK: FLOP counting
@@ -86,11 +127,68 @@ public enum Benchmarks {
         return shapes
     }
 
-    /// The matrix products of the model for `views` views of `batch` rows.
+    /// The matrix products of the model for `views` views of `batch` rows: those of its
+    /// ``Linear`` and ``Conv2d`` layers (a convolution as the one product of its im2col over
+    /// the batch). Attention's own products (a ViT's scores and values) are not counted.
     public static func modelGEMMs(_ options: StepOptions, views: Int = 2) -> [GEMMShape] {
-        let one = mlpGEMMs(widths: options.encoder, batch: options.batch, firstInputGradient: false)
-            + mlpGEMMs(widths: options.projector, batch: options.batch)
+        let model = options.model
+        var shape = model.encoder.inputShape, first = true
+        var one = layerGEMMs(model.encoder.makeNetwork(Float.self), shape: &shape, batch: options.batch, first: &first)
+        for part in [model.projector, model.predictor].compactMap({ $0 }) {
+            one += layerGEMMs(part.makeNetwork(Float.self), shape: &shape, batch: options.batch, first: &first)
+        }
         return Array((0..<views).map { _ in one }.joined())
+    }
+
+    /// The products of `layer` on `batch` inputs of `shape` (without the batch; updated to the
+    /// output's); `first` is true until the network's first product, whose input gradient the
+    /// trainer does not form.
+    static func layerGEMMs(_ layer: any Layer<Float>, shape: inout [Int], batch: Int, first: inout Bool) -> [GEMMShape] {
+        switch layer {
+        case let sequence as Sequential<Float>:
+            return sequence.layers.flatMap { layerGEMMs($0, shape: &shape, batch: batch, first: &first) }
+        case let named as NamedSequential<Float>:
+            return named.children.flatMap { layerGEMMs($0.layer, shape: &shape, batch: batch, first: &first) }
+        case is VisionTransformer<Float>:
+            // Not counted: its patch embedding and attention products have shapes of their own.
+            first = false
+            return []
+        case let residual as Residual<Float>:
+            let input = shape
+            var shapes = layerGEMMs(residual.body, shape: &shape, batch: batch, first: &first)
+            if let shortcut = residual.shortcut {
+                var skip = input
+                shapes += layerGEMMs(shortcut, shape: &skip, batch: batch, first: &first)
+            }
+            return shapes
+        case let linear as Linear<Float>:
+            let rows = batch * shape.dropLast().reduce(1, *)
+            shape = shape.dropLast() + [linear.outFeatures]
+            defer { first = false }
+            return mlpGEMMs(widths: [linear.inFeatures, linear.outFeatures], batch: rows, firstInputGradient: !first)
+        case let conv as Conv2d<Float>:
+            guard shape.count == 3 else { return [] }
+            let (oh, ow) = (conv.outputSize(shape[1]), conv.outputSize(shape[2]))
+            let (oc, ckk, columns) = (conv.outChannels, conv.inChannels * conv.kernelSize * conv.kernelSize, batch * oh * ow)
+            shape = [oc, oh, ow]
+            defer { first = false }
+            return [GEMMShape(m: oc, n: columns, k: ckk),                                  // y = W · col
+                    GEMMShape(m: oc, n: ckk, k: columns)]                                  // dW += dy · colᵀ
+                + (first ? [] : [GEMMShape(m: ckk, n: columns, k: oc)])                    // dcol = Wᵀ · dy
+        case let pool as AvgPool2d<Float>:
+            if shape.count == 3 {
+                shape = [shape[0], (shape[1] - pool.kernelSize) / pool.stride + 1, (shape[2] - pool.kernelSize) / pool.stride + 1]
+            }
+            return []
+        case is GlobalAvgPool2d<Float>:
+            shape = [shape.first ?? 0]
+            return []
+        case is Flatten<Float>:
+            shape = [shape.reduce(1, *)]
+            return []
+        default:
+            return []
+        }
     }
 
     /// The FLOPs of one evaluation of the objective on `batch` rows per rank and view on
@@ -128,12 +226,19 @@ public enum Benchmarks {
     /// Milliseconds of each part of a step, median over the timed steps.
     public struct Phases: Sendable, Codable, Equatable {
         public var forward = 0.0, objective = 0.0, backward = 0.0, allReduce = 0.0, update = 0.0
+        /// Inside forward and backward, by kind of layer work (``LayerPhase``; median ms a
+        /// step, keyed by ``LayerPhase/name``); what is left of forward + backward is the
+        /// linear layers, the rest of the layers and the view stacking.
+        public var layers: [String: Double] = [:]
     }
 
     /// What a step benchmark measured.
     public struct StepReport: Sendable, Encodable {
         public var objective: String
         public var encoder: [Int], projector: [Int], batch: Int
+        /// The encoder in a line (``StepOptions/encoderSummary``) and one input's shape.
+        public var encoderSummary: String, inputShape: [Int]
+        public var optimizer: String
         public var blasThreads: Int
         /// The ranks that ran the step, each on `batch` rows per view.
         public var ranks: Int
@@ -165,7 +270,7 @@ public enum Benchmarks {
         public var loss: Double
 
         enum CodingKeys: String, CodingKey {
-            case objective, encoder, projector, batch, blasThreads, ranks, steps, medianMilliseconds, minimumMilliseconds,
+            case objective, encoder, projector, batch, encoderSummary, inputShape, optimizer, blasThreads, ranks, steps, medianMilliseconds, minimumMilliseconds,
                  phases, collectiveMilliseconds, collectiveBytes, collectiveFraction, samplesPerSecond, modelGFLOP, objectiveGFLOP, gflopPerStep, achievedGFLOPS, sgemmGFLOPS,
                  sgemmLargestGFLOPS, largestGEMM, fractionOfSGEMM, loss
         }
@@ -176,6 +281,9 @@ public enum Benchmarks {
             try c.encode(self.encoder, forKey: .encoder)
             try c.encode(projector, forKey: .projector)
             try c.encode(batch, forKey: .batch)
+            try c.encode(encoderSummary, forKey: .encoderSummary)
+            try c.encode(inputShape, forKey: .inputShape)
+            try c.encode(optimizer, forKey: .optimizer)
             try c.encode(blasThreads, forKey: .blasThreads)
             try c.encode(ranks, forKey: .ranks)
             try c.encode(steps, forKey: .steps)
@@ -202,11 +310,13 @@ public enum Benchmarks {
             func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
             let rows: [(String, String)] = [
                 ("objective", objective),
-                ("model", "encoder \(encoder) projector \(projector), \(batch) rows × 2 views"
-                    + (ranks > 1 ? " on each of \(ranks) ranks" : "")),
+                ("model", "encoder \(encoderSummary) projector \(projector), \(batch) rows \(inputShape) × 2 views"
+                    + (ranks > 1 ? " on each of \(ranks) ranks" : "") + ", \(optimizer)"),
                 ("BLAS threads", ranks > 1 ? "\(blasThreads) per rank" : "\(blasThreads)"),
                 ("ms/step", "median \(f(medianMilliseconds)), min \(f(minimumMilliseconds)) over \(steps) steps"),
                 ("  phases (median ms)", "forward \(f(phases.forward)), objective \(f(phases.objective)), backward \(f(phases.backward)), all-reduce \(f(phases.allReduce)), update \(f(phases.update))"),
+                ("  layers (median ms)", LayerPhase.allCases.compactMap { phase in
+                    phases.layers[phase.name].flatMap { $0 > 0 ? "\(phase.name) \(f($0))" : nil } }.joined(separator: ", ")),
                 ("in collectives", "\(f(collectiveMilliseconds, 2)) ms/step (\(f(100 * collectiveFraction)) %), "
                     + "\(f(Double(collectiveBytes) / 1e6)) MB handed to them"),
                 ("samples/s", f(samplesPerSecond, 0)),
@@ -242,14 +352,22 @@ public enum Benchmarks {
         // Every collective of the step (batch norm, the objective's, the gradients') is timed.
         let communicator = TimedCommunicator(job)
         let model = try Model<Float>(options.model, seed: options.seed)
-        let optimizer = try LARS(parameters: model.parameters, learningRate: 0.2, weightDecay: 1e-6)
+        let optimizer: any Optimizer<Float>
+        let learningRate: Double
+        switch options.optimizer {
+        case .lars:
+            learningRate = 0.2
+            optimizer = try LARS(parameters: model.parameters, learningRate: learningRate, weightDecay: 1e-6)
+        case .sgd:
+            learningRate = 0.05
+            optimizer = try SGD(parameters: model.parameters, learningRate: learningRate, momentum: 0.9, weightDecay: 5e-4)
+        }
         let trainStep = TrainStep(parameters: model.parameters, optimizer: optimizer, communicator: communicator,
                                   checksFiniteness: false)
         let modelStep = JointEmbeddingStep(model: model, objective: try makeObjective(options.objective, directions: options.directions),
                                            seed: options.seed, rowCounts: [Int](repeating: options.batch, count: communicator.size))
-        let width = options.encoder.first ?? 0
         let inputs = (0..<2).map { v in
-            let x = Tensor<Float>(zeros: [options.batch, width])
+            let x = Tensor<Float>(zeros: [options.batch] + options.inputShape)
             CounterRandom(seed: options.seed, streamName: "bench.input.\(v)")
                 .fillNormal(x, start: UInt64(communicator.rank * x.count))
             return x
@@ -260,20 +378,25 @@ public enum Benchmarks {
         let yardstick = sgemmRate(GEMMShape(m: 1024, n: 1024, k: 1024))
         let largestRate = sgemmRate(largest)
 
-        var totals: [Double] = [], phases: [[Double]] = [], communicatedBytes = 0
+        var totals: [Double] = [], phases: [[Double]] = [], layerPhases: [[Double]] = [], communicatedBytes = 0
         var loss = Double.nan
         let clock = PhaseClock(enabled: true)
+        let profile = LayerProfile.shared
+        profile.enabled = true
+        defer { profile.enabled = false }
         for step in 0..<(options.warmup + options.steps) {
             if job.size > 1 { try job.barrier() }
             communicator.reset()
+            profile.reset()
             clock.start()
-            loss = try trainStep.run(learningRate: 0.2, clock: clock) {
+            loss = try trainStep.run(learningRate: learningRate, clock: clock) {
                 try modelStep.forwardBackward(views: inputs, step: step, communicator: communicator, clock: clock)
             }.loss.loss
             guard step >= options.warmup else { continue }
             let marks = clock.phases
             totals.append(marks.reduce(0) { $0 + $1.milliseconds })
             phases.append(marks.map(\.milliseconds) + [communicator.seconds * 1e3])
+            layerPhases.append(LayerPhase.allCases.map { profile.milliseconds($0) })
             communicatedBytes = communicator.bytes
         }
         let path = modelStep.lastReduction
@@ -283,12 +406,19 @@ public enum Benchmarks {
         let objectiveGFLOP = try objectiveFLOPs(options.objective, batch: options.batch, dimension: options.embeddingWidth,
                                                 directions: options.directions, ranks: communicator.size, path: path) / 1e9
         let achieved = (modelGFLOP + objectiveGFLOP) / (medianMs / 1e3)
-        return StepReport(objective: options.objective.rawValue, encoder: options.encoder, projector: options.projector,
-                          batch: options.batch, blasThreads: BLASThreads.count, ranks: communicator.size,
+        var stepPhases = Phases(forward: phase(0), objective: phase(1), backward: phase(2), allReduce: phase(3), update: phase(4))
+        for (i, layerPhase) in LayerPhase.allCases.enumerated() {
+            stepPhases.layers[layerPhase.name] = median(layerPhases.map { $0[i] })
+        }
+        let description = options.model
+        return StepReport(objective: options.objective.rawValue,
+                          encoder: { if case let .mlp(d) = description.encoder { return d.widths } else { return [] } }(),
+                          projector: { if case let .mlp(d)? = description.projector { return d.widths } else { return [] } }(),
+                          batch: options.batch, encoderSummary: options.encoderSummary, inputShape: options.inputShape,
+                          optimizer: options.optimizer.rawValue, blasThreads: BLASThreads.count, ranks: communicator.size,
                           steps: options.steps,
                           medianMilliseconds: medianMs, minimumMilliseconds: totals.min() ?? 0,
-                          phases: Phases(forward: phase(0), objective: phase(1), backward: phase(2),
-                                         allReduce: phase(3), update: phase(4)),
+                          phases: stepPhases,
                           collectiveMilliseconds: phase(5), collectiveBytes: communicatedBytes,
                           samplesPerSecond: Double(options.batch * communicator.size) / (medianMs / 1e3),
                           modelGFLOP: modelGFLOP, objectiveGFLOP: objectiveGFLOP, achievedGFLOPS: achieved,

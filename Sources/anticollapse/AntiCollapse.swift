@@ -1,6 +1,8 @@
 import ArgumentParser
 import Engine
 import JointEmbedding
+import Layers
+import Tensor
 
 @main
 struct AntiCollapse: ParsableCommand {
@@ -10,4 +12,11 @@ struct AntiCollapse: ParsableCommand {
         version: AntiCollapseVersion.current,
         subcommands: [Train.self, Eval.self, Report.self, Export.self, Embed.self, ConfigCommand.self, Dataset.self, Inspect.self,
                       Bench.self, Env.self])
+
+    /// Sets OpenBLAS's idle-thread wait short (``BLASThreads/restartWithShortThreadWait(arguments:)``),
+    /// then runs the command.
+    static func main() {
+        BLASThreads.restartWithShortThreadWait()
+        main(nil)
+    }
 }

@@ -8,6 +8,7 @@ import Objectives
 import Tensor
 import Engine
 import JointEmbedding
+import Layers
 import Performance
 
 /// The benchmark suite: step, objective, comm, data and checkpoint (step and comm also run on
@@ -32,7 +33,7 @@ extension ObjectiveName: ExpressibleByArgument {
 
 /// `--encoder` and `--projector`: the MLP model of a benchmark.
 struct ModelWidthOptions: ParsableArguments {
-    @Option(help: "Encoder MLP widths.") var encoder = "784,1024,1024"
+    @Option(help: "Encoder MLP widths (bench step also takes convnet, resnet or vit).") var encoder = "784,1024,1024"
     @Option(help: "Projector MLP widths (none for no projector).") var projector = "1024,2048,2048"
 
     var encoderWidths: [Int] { get throws { try widths(encoder, option: "--encoder") } }
@@ -89,12 +90,21 @@ func printJSON<T: Encodable>(_ value: T) throws {
 struct StepBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "step",
-        abstract: "Time forward + backward (2 views) + gradient all-reduce + LARS update of an MLP model.",
-        discussion: "Under mpirun every rank runs --batch rows per view (weak scaling) and rank 0 prints.")
+        abstract: "Time forward + backward (2 views) + gradient all-reduce + optimizer update of a model on random inputs.",
+        discussion: """
+            The encoder is an MLP (--encoder 784,1024,1024) or a convolutional or transformer encoder of the model \
+            description (--encoder convnet|resnet|vit) on random images of --image C,H,W; --config FILE takes a run \
+            config's whole model instead. The issue-17 ResNet step: --encoder resnet --image 3,32,32 --stem-channels 32 \
+            --stages 32,64,128,256 --blocks 2 --projector 256,1024,1024 --batch 128 --optimizer sgd. \
+            Under mpirun every rank runs --batch rows per view (weak scaling) and rank 0 prints.
+            """)
 
     @OptionGroup var model: ModelWidthOptions
-    @Option(help: "Rows per view.") var batch = 256
+    @OptionGroup var network: EncoderOptions
+    @Option(help: "Rows (images) per view.") var batch = 256
     @OptionGroup var objective: ObjectiveOptions
+    @Option(help: "The optimizer: lars (the VICReg reference's) or sgd (momentum 0.9, weight decay 5e-4).")
+    var optimizer = Benchmarks.StepOptimizer.lars
     @Option(help: "Timed steps.") var steps = 20
     @Option(help: "Untimed steps first.") var warmup = 3
     @OptionGroup var threads: ThreadOptions
@@ -107,14 +117,71 @@ struct StepBench: ParsableCommand {
 
     func run() throws {
         BLASThreads.configure(override: threads.threads)
-        let options = Benchmarks.StepOptions(encoder: try model.encoderWidths, projector: try model.projectorWidths,
-                                             batch: batch, objective: objective.objective, steps: steps, warmup: warmup,
-                                             directions: objective.directions)
+        var options = Benchmarks.StepOptions(projector: try model.projectorWidths, batch: batch,
+                                             objective: objective.objective, optimizer: optimizer, steps: steps,
+                                             warmup: warmup, directions: objective.directions)
+        if let config = network.config {
+            options.configuredModel = try TrainingConfiguration.load(file: config).model
+        } else if let description = try network.description(kind: model.encoder) {
+            options.network = description
+        } else {
+            options.encoder = try model.encoderWidths
+        }
+        do { try options.model.validate() } catch { throw ValidationError("\(error)") }
         try runJob { communicator in
             let report = try Benchmarks.step(options, communicator: communicator)
             guard communicator.isRoot else { return }
             print(report.table)
             try output.print(report)
+        }
+    }
+}
+
+extension Benchmarks.StepOptimizer: ExpressibleByArgument {}
+
+/// The options of `bench step` that describe a convolutional or transformer encoder
+/// (`--encoder convnet|resnet|vit`); unset ones take the description's defaults.
+struct EncoderOptions: ParsableArguments {
+    @Option(help: "A run config whose model to time (instead of --encoder and --projector).") var config: String?
+    @Option(help: "Image shape C,H,W of a convnet/resnet/vit encoder (H = W).") var image = "3,32,32"
+    @Option(help: "convnet: the channels of each block.") var channels: String?
+    @Option(help: "convnet: the kernel size.") var kernelSize: Int?
+    @Option(help: "resnet: the stem's output channels.") var stemChannels: Int?
+    @Option(help: "resnet: the stem's stride (2 for 64×64 images).") var stemStride: Int?
+    @Option(help: "resnet: the channels of each stage.") var stages: String?
+    @Option(help: "resnet: basic blocks a stage.") var blocks: Int?
+    @Option(help: "vit: patch size.") var patchSize: Int?
+    @Option(help: "vit: token width.") var width: Int?
+    @Option(help: "vit: blocks.") var depth: Int?
+    @Option(help: "vit: attention heads.") var heads: Int?
+
+    /// The encoder `kind` names (`convnet`, `resnet`, `vit`), or nil for MLP widths.
+    func description(kind: String) throws -> NetworkDescription? {
+        guard ["convnet", "resnet", "vit"].contains(kind) else { return nil }
+        let shape = try positiveIntegers(image, option: "--image", expected: "C,H,W such as 3,32,32")
+        guard shape.count == 3, shape[1] == shape[2] else {
+            throw ValidationError("--image: expected C,H,W with H = W (square images), got \(image)")
+        }
+        switch kind {
+        case "convnet":
+            var d = ConvNetDescription(inputChannels: shape[0], imageSize: shape[1],
+                                       channels: try channels.map { try positiveIntegers($0, option: "--channels", expected: "channels such as 32,64") } ?? [32, 64])
+            if let kernelSize { d.kernelSize = kernelSize }
+            return .convnet(d)
+        case "resnet":
+            var d = ResNetDescription(inputChannels: shape[0], imageSize: shape[1])
+            if let stemChannels { d.stemChannels = stemChannels }
+            if let stemStride { d.stemStride = stemStride }
+            if let stages { d.stageChannels = try positiveIntegers(stages, option: "--stages", expected: "channels such as 32,64,128,256") }
+            if let blocks { d.blocksPerStage = blocks }
+            return .resnet(d)
+        default:
+            var d = ViTDescription(inputChannels: shape[0], imageSize: shape[1])
+            if let patchSize { d.patchSize = patchSize }
+            if let width { d.width = width }
+            if let depth { d.depth = depth }
+            if let heads { d.heads = heads }
+            return .vit(d)
         }
     }
 }

@@ -57,6 +57,55 @@ final class LayerGradientTests: XCTestCase {
                   input: [2, 3, 4, 4], "Conv2d(k1 s2)")
     }
 
+    /// The im2col path over several chunks of images (one image, or two, a chunk) and the
+    /// Winograd path (3×3, stride 1, padding 1; even and odd sizes: clipped edge tiles), each
+    /// against finite differences.
+    func testConv2dChunksAndWinograd() throws {
+        for (chunkElements, label) in [(1, "1 image a chunk"), (2 * 18 * 25, "2 images a chunk"), (1 << 20, "one chunk")] {
+            for winograd in [false, true] {
+                let conv = Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 1, padding: 1)
+                conv.chunkElements = chunkElements
+                XCTAssertTrue(conv.usesWinograd, "3×3 stride 1 padding 1 takes Winograd by default")
+                conv.usesWinograd = winograd
+                try check(conv, input: [3, 2, 5, 5], "Conv2d(k3 s1 p1) \(winograd ? "Winograd" : "im2col"), \(label)")
+                let even = Conv2d<Double>(inChannels: 3, outChannels: 2, kernelSize: 3, stride: 1, padding: 1, bias: false)
+                even.chunkElements = chunkElements
+                even.usesWinograd = winograd
+                try check(even, input: [3, 3, 4, 6], "Conv2d(k3 s1 p1, 4×6) \(winograd ? "Winograd" : "im2col"), \(label)")
+            }
+            let strided = Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 2, padding: 1)
+            strided.chunkElements = chunkElements
+            XCTAssertFalse(strided.usesWinograd)
+            try check(strided, input: [3, 2, 7, 6], "Conv2d(k3 s2 p1), \(label)")
+        }
+    }
+
+    /// In `Float`, Winograd's output and input gradient are im2col's up to rounding, on a
+    /// ResNet-sized layer over several chunks.
+    func testWinogradMatchesIm2colInFloat() throws {
+        let input = randomTensor([5, 16, 9, 8], seed: 11, as: Float.self)
+        let outputGradient = randomTensor([5, 24, 9, 8], seed: 12, as: Float.self)
+        var results: [(output: [Float], inputGradient: [Float], weightGradient: [Float])] = []
+        for winograd in [false, true] {
+            let conv = Conv2d<Float>(inChannels: 16, outChannels: 24, kernelSize: 3, stride: 1, padding: 1)
+            conv.usesWinograd = winograd
+            conv.chunkElements = 4000
+            let parameters = ParameterStore<Float>(specs: conv.parameterSpecs(), seed: 5)
+            conv.bind(parameters: parameters, buffers: ParameterStore<Float>(specs: [], seed: 0), prefix: "")
+            let output = try conv.forward(input, context: training)
+            let outputValues = output.scalars
+            let inputGradient = try conv.backward(outputGradient, context: training)
+            results.append((outputValues, inputGradient.scalars, parameters.gradients.scalars))
+        }
+        for (name, a, b) in [("output", results[0].output, results[1].output),
+                             ("input gradient", results[0].inputGradient, results[1].inputGradient),
+                             ("weight gradient", results[0].weightGradient, results[1].weightGradient)] {
+            let scale = a.map { abs($0) }.max() ?? 1
+            let error = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+            XCTAssertLessThan(error, 1e-5 * scale, "Winograd vs im2col, \(name): max error \(error), max value \(scale)")
+        }
+    }
+
     func testPoolingAndFlatten() throws {
         try check(AvgPool2d<Double>(kernelSize: 2), input: [2, 2, 5, 4], "AvgPool2d(2)")
         try check(AvgPool2d<Double>(kernelSize: 3, stride: 2), input: [2, 2, 5, 5], "AvgPool2d(3, stride 2)")

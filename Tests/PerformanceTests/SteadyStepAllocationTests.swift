@@ -12,8 +12,10 @@ import _TestSupport
 /// A steady training step allocates no tensor storage: layers, objectives and the optimizer
 /// reuse their buffers across steps (the first steps may allocate; later ones must not).
 final class SteadyStepAllocationTests: XCTestCase {
-    func allocations(objective name: ObjectiveName, ranks: Int = 1) throws -> [Int] {
-        let options = Benchmarks.StepOptions(encoder: [24, 32, 32], projector: [32, 64, name == .wmse ? 8 : 48], batch: 16, objective: name,
+    func allocations(objective name: ObjectiveName, ranks: Int = 1, network: NetworkDescription? = nil,
+                     projector: [Int]? = nil) throws -> [Int] {
+        let options = Benchmarks.StepOptions(encoder: [24, 32, 32], projector: projector ?? [32, 64, name == .wmse ? 8 : 48],
+                                             network: network, batch: 16, objective: name,
                                              steps: 1, warmup: 0, directions: 16)
         let results = try ThreadCommunicator.run(worldSize: ranks) { communicator -> [Int] in
             let model = try Model<Float>(options.model, seed: 1)
@@ -22,7 +24,7 @@ final class SteadyStepAllocationTests: XCTestCase {
             let modelStep = JointEmbeddingStep(model: model, objective: try Benchmarks.makeObjective(name, directions: 16),
                                                seed: 1, rowCounts: [Int](repeating: 16, count: ranks))
             let views = (0..<2).map { v in
-                let x = Tensor<Float>(zeros: [16, 24])
+                let x = Tensor<Float>(zeros: [16] + options.inputShape)
                 CounterRandom(seed: 2, streamName: "view\(v)").fillNormal(x, start: UInt64(communicator.rank * 1000))
                 return x
             }
@@ -47,6 +49,22 @@ final class SteadyStepAllocationTests: XCTestCase {
             let counts = try allocations(objective: name)
             print("allocations per step, \(name): \(counts)")
             XCTAssertEqual(counts.suffix(2), [0, 0], "\(name) allocates tensor storage in steady steps: \(counts)")
+        }
+    }
+
+    /// A ResNet encoder (Winograd and im2col convolutions, batch norm of images, residual
+    /// sums, global pooling) and a convnet (average pooling) allocate nothing in steady steps
+    /// either, on one rank and on two.
+    func testASteadyConvolutionalStepAllocatesNoTensorStorage() throws {
+        let resnet = NetworkDescription.resnet(ResNetDescription(inputChannels: 3, imageSize: 8, stemChannels: 8,
+                                                                 stemStride: 2, stageChannels: [8, 16], blocksPerStage: 1))
+        let convnet = NetworkDescription.convnet(ConvNetDescription(inputChannels: 1, imageSize: 8, channels: [4, 8]))
+        for (network, width, label) in [(resnet, 16, "resnet"), (convnet, 8, "convnet")] {
+            for ranks in [1, 2] {
+                let counts = try allocations(objective: .vicreg, ranks: ranks, network: network, projector: [width, 32, 32])
+                print("allocations per step, \(label) on \(ranks) rank(s): \(counts)")
+                XCTAssertEqual(counts.suffix(2), [0, 0], "\(label) on \(ranks) rank(s) allocates in steady steps: \(counts)")
+            }
         }
     }
 }

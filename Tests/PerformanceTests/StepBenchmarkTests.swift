@@ -1,5 +1,6 @@
 import Engine
 import JointEmbedding
+import Layers
 import Performance
 import XCTest
 
@@ -31,5 +32,23 @@ final class StepBenchmarkTests: XCTestCase {
             XCTAssertGreaterThan(report.gflopPerStep, 0)
             XCTAssertTrue(report.table.contains("ms/step"))
         }
+    }
+
+    /// A convolution counts as the products of its im2col over the batch: forward, weight
+    /// gradient, and the input gradient unless it is the network's first layer.
+    func testConvolutionProductsAndLayerPhases() throws {
+        let network = NetworkDescription.convnet(ConvNetDescription(inputChannels: 1, imageSize: 8, channels: [4]))
+        let options = Benchmarks.StepOptions(projector: [4, 8, 8], network: network, batch: 3, optimizer: .sgd,
+                                             steps: 2, warmup: 1)
+        XCTAssertEqual(options.inputShape, [1, 8, 8])
+        let one: [Benchmarks.GEMMShape] = [.init(m: 4, n: 3 * 64, k: 9), .init(m: 4, n: 9, k: 3 * 64)]
+            + Benchmarks.mlpGEMMs(widths: [4, 8, 8], batch: 3)
+        XCTAssertEqual(Benchmarks.modelGEMMs(options), one + one)
+        let report = try Benchmarks.step(options)
+        XCTAssertTrue(report.loss.isFinite)
+        XCTAssertEqual(report.optimizer, "sgd")
+        XCTAssertGreaterThan(report.phases.layers[LayerPhase.convForward.name] ?? 0, 0)
+        XCTAssertGreaterThan(report.phases.layers[LayerPhase.batchNorm.name] ?? 0, 0)
+        XCTAssertTrue(report.table.contains("conv weight gradient"), report.table)
     }
 }

@@ -4,18 +4,25 @@
 # and the ratios peer ms / our ms (higher = we are faster) — of the medians, and the median of
 # the ratios within each round — with our in-run sgemm rate.
 #
-#   bench/peers/compare.sh [--rounds N] [--threads T] [--python PY] [-- step options]
+#   bench/peers/compare.sh [--rounds N] [--threads T] [--python PY] [--peers LIST] [-- step options]
 #   bench/peers/compare.sh --rounds 3 -- --encoder 64,256,256 --projector 256,512,512 --batch 128
+#   bench/peers/compare.sh --rounds 3 --peers torch,torch_cl -- --encoder resnet --image 3,32,32 \
+#       --stem-channels 32 --stages 32,64,128,256 --blocks 2 --projector 256,1024,1024 --batch 128 \
+#       --optimizer sgd --steps 5 --warmup 2
 #
-# Step options (default: the reference shape) are passed unchanged to all three:
-# --encoder, --projector, --batch, --steps, --warmup. A peer whose package does not import
-# under PY (default: $PEERS_PYTHON, else /tmp/peers-venv/bin/python, else python3) is skipped.
+# Step options (default: the reference shape) are passed unchanged to every run:
+# --encoder, --projector, --batch, --steps, --warmup (and for --encoder resnet: --image,
+# --stem-channels, --stem-stride, --stages, --blocks, --optimizer). Peers (default jax,torch;
+# jax is MLP only): jax, torch, torch_cl (torch in channels_last). A peer whose package does
+# not import under PY (default: $PEERS_PYTHON, else /tmp/peers-venv/bin/python, else python3)
+# is skipped.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 rounds=3
 threads=2
+peer_list=jax,torch
 py=${PEERS_PYTHON:-}
 if [[ -z $py ]]; then
     if [[ -x /tmp/peers-venv/bin/python ]]; then py=/tmp/peers-venv/bin/python; else py=python3; fi
@@ -26,8 +33,9 @@ while (($#)); do
         --rounds) rounds=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --python) py=$2; shift 2 ;;
+        --peers) peer_list=$2; shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -45,9 +53,20 @@ if [[ ! -x $ours ]]; then
 fi
 
 peers=()
-for peer in jax torch; do
-    if "$py" -c "import $peer" 2>/dev/null; then peers+=("$peer"); else echo "skipping $peer: not importable by $py" >&2; fi
+for peer in ${peer_list//,/ }; do
+    module=${peer%_cl}
+    if [[ $module == jax && " ${step_args[*]} " == *" --encoder resnet "* ]]; then
+        echo "skipping jax: jax_step.py has the MLP step only" >&2; continue
+    fi
+    if "$py" -c "import $module" 2>/dev/null; then peers+=("$peer"); else echo "skipping $peer: not importable by $py" >&2; fi
 done
+# The script and extra options of a peer.
+peer_command() {
+    case $1 in
+        torch_cl) echo "$here/torch_step.py --channels-last" ;;
+        *) echo "$here/${1}_step.py" ;;
+    esac
+}
 
 log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
@@ -63,7 +82,8 @@ for ((r = 1; r <= rounds; r++)); do
     "$ours" bench step --json --threads "$threads" "${step_args[@]}" > "$log/ours.$r"
     line="round $r: ours $(json_of "$log/ours.$r" | field medianMilliseconds | xargs printf '%.1f') ms"
     for peer in "${peers[@]}"; do
-        "$py" "$here/${peer}_step.py" --json --threads "$threads" "${step_args[@]}" > "$log/$peer.$r"
+        # shellcheck disable=SC2046
+        "$py" $(peer_command "$peer") --json --threads "$threads" "${step_args[@]}" > "$log/$peer.$r"
         line+=", $peer $(json_of "$log/$peer.$r" | field medianMilliseconds | xargs printf '%.1f') ms"
     done
     echo "$line"
@@ -95,6 +115,7 @@ for peer in "${peers[@]}"; do
     printf '%-8s %10.1f %10.0f %12.2f %16.2f\n' "$peer" "$ms" "$("$py" -c "print($batch/($ms/1e3))")" \
         "$("$py" -c "print($ms/$ours_ms)")" "$(ratio_of "$peer")"
 done
+printf 'ours, every round: %s\n' "$(for ((r = 1; r <= rounds; r++)); do json_of "$log/ours.$r" | field sgemmGFLOPS | xargs printf '%.0f '; done)GFLOP/s sgemm (1024^3)"
 printf 'ours, last round: sgemm %.1f GFLOP/s (1024^3), %.1f GFLOP/s (%s); achieved %.1f GFLOP/s = %.2f of sgemm; BLAS threads %s\n' \
     "$(field sgemmGFLOPS <<< "$last")" "$(field sgemmLargestGFLOPS <<< "$last")" "$(field largestGEMM <<< "$last")" \
     "$(field achievedGFLOPS <<< "$last")" "$(field fractionOfSGEMM <<< "$last")" "$(field blasThreads <<< "$last")"

@@ -1,6 +1,15 @@
 #!/usr/bin/env python3
 """PyTorch reference for `anticollapse bench step` (VICReg, float32, CPU, eager).
 
+MLP encoder (`--encoder 784,1024,1024`, the default) or the ResNet of the model description
+(`--encoder resnet --image 3,32,32 --stem-channels 32 --stages 32,64,128,256 --blocks 2`):
+stem Conv3x3(stem stride, pad 1, no bias) BN ReLU; per stage `--blocks` basic blocks
+[Conv3x3(s) BN ReLU Conv3x3 BN] + shortcut [Conv1x1(s) BN when the shape changes], ReLU,
+the first block of every stage after the first with stride 2; global average pooling
+(torchvision's BasicBlock, as `ResNetDescription.makeLayers`). `--channels-last` runs it in
+torch.channels_last memory format. `--optimizer sgd` is SGD(lr 0.05, momentum 0.9,
+weight decay 5e-4), as `bench step --optimizer sgd`.
+
 One timed step = zero_grad, forward of two views of `--batch` random rows through the
 same encoder + projector MLP (nn.BatchNorm1d in training mode with per-view batch
 statistics, eps 1e-5, then ReLU, between layers; last encoder layer linear; last
@@ -26,6 +35,13 @@ def parse():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--optimizer", choices=["lars", "sgd"], default="lars")
+    p.add_argument("--image", default="3,32,32", help="C,H,W of a resnet encoder")
+    p.add_argument("--stem-channels", type=int, default=16)
+    p.add_argument("--stem-stride", type=int, default=1)
+    p.add_argument("--stages", default="16,32,64")
+    p.add_argument("--blocks", type=int, default=1)
+    p.add_argument("--channels-last", action="store_true", help="resnet in torch.channels_last")
     p.add_argument("--json", action="store_true", help="print a JSON line too")
     return p.parse_args()
 
@@ -53,6 +69,34 @@ def mlp(ws, last_bias):
         layers.append(nn.Linear(n_in, n_out, bias=(not last) or last_bias))
         if not last:
             layers += [nn.BatchNorm1d(n_out, eps=1e-5), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False), nn.BatchNorm2d(c_out))
+                         if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.shortcut(x), inplace=True)
+
+
+def resnet(c_in, stem, stem_stride, stages, blocks):
+    layers = [nn.Conv2d(c_in, stem, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+    c = stem
+    for s, c_out in enumerate(stages):
+        for b in range(blocks):
+            layers.append(BasicBlock(c, c_out, 2 if s > 0 and b == 0 else 1))
+            c = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    for m in layers:
+        for conv in [m] + list(m.modules() if isinstance(m, nn.Module) else []):
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return nn.Sequential(*layers)
 
 
@@ -114,13 +158,31 @@ def exclude_bias_and_norm(p):
 
 def main():
     torch.manual_seed(args.seed)
-    enc, proj = widths(args.encoder), widths(args.projector)
-    model = nn.Sequential(mlp(enc, True), mlp(proj, False) if proj else nn.Identity())
+    proj = widths(args.projector)
+    if args.encoder == "resnet":
+        shape = [int(v) for v in args.image.split(",")]
+        stages = widths(args.stages)
+        encoder = resnet(shape[0], args.stem_channels, args.stem_stride, stages, args.blocks)
+        enc = f"resnet {args.image} stem {args.stem_channels}/{args.stem_stride} stages {stages} x {args.blocks}"
+        if args.channels_last:
+            enc += ", channels_last"
+    else:
+        shape = [widths(args.encoder)[0]]
+        encoder = mlp(widths(args.encoder), True)
+        enc = widths(args.encoder)
+    model = nn.Sequential(encoder, mlp(proj, False) if proj else nn.Identity())
     model.train()
-    opt = LARS(model.parameters(), lr=0.2, weight_decay=1e-6,
-               weight_decay_filter=exclude_bias_and_norm, lars_adaptation_filter=exclude_bias_and_norm)
-    x1 = torch.randn(args.batch, enc[0])
-    x2 = torch.randn(args.batch, enc[0])
+    if args.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = LARS(model.parameters(), lr=0.2, weight_decay=1e-6,
+                   weight_decay_filter=exclude_bias_and_norm, lars_adaptation_filter=exclude_bias_and_norm)
+    x1 = torch.randn(args.batch, *shape)
+    x2 = torch.randn(args.batch, *shape)
+    if args.encoder == "resnet" and args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x1 = x1.contiguous(memory_format=torch.channels_last)
+        x2 = x2.contiguous(memory_format=torch.channels_last)
 
     times = []
     loss = float("nan")
@@ -137,14 +199,15 @@ def main():
         loss = out.item()
     med, mn = statistics.median(times), min(times)
     sps = args.batch / (med / 1e3)
-    print(f"peer             torch {torch.__version__}, eager, LARS (VICReg reference)")
+    print(f"peer             torch {torch.__version__}, eager, " + ("SGD" if args.optimizer == "sgd" else "LARS (VICReg reference)"))
     print(f"threads          torch.set_num_threads({torch.get_num_threads()}), interop 1, OMP/MKL/OPENBLAS_NUM_THREADS={args.threads}")
     print(f"model            encoder {enc} projector {proj}, {args.batch} rows x 2 views")
+    print(f"threads (system) user {os.times().user:.1f} s, system {os.times().system:.1f} s in this process")
     print(f"ms/step          median {med:.1f}, min {mn:.1f} over {args.steps} steps")
     print(f"samples/s        {sps:.0f}")
     print(f"loss             {loss}")
     if args.json:
-        print(json.dumps({"peer": "torch", "version": torch.__version__, "optimizer": "LARS",
+        print(json.dumps({"peer": "torch", "version": torch.__version__, "optimizer": args.optimizer,
                           "threads": torch.get_num_threads(), "encoder": enc, "projector": proj,
                           "batch": args.batch, "steps": args.steps, "medianMilliseconds": med,
                           "minimumMilliseconds": mn, "samplesPerSecond": sps, "loss": loss}, sort_keys=True))

@@ -1,0 +1,32 @@
+import Dispatch
+import Tensor
+
+/// Runs `body` on `0 ..< count` split into contiguous ranges, one per BLAS thread
+/// (``BLASThreads/count``): the memory-bound passes between matrix products (Winograd's
+/// transforms, im2col) use the cores the products use, and no more (one rank a core under MPI
+/// runs them inline). Ranges are fixed by `count` and the thread count, and each writes its
+/// own outputs, so the result does not depend on scheduling.
+///
+/// - Parameter minimumPerPart: no range is made smaller than this (default 1); below it the
+///   call runs inline.
+@inline(__always)
+func parallelRanges(_ count: Int, minimumPerPart: Int = 1, _ body: (Range<Int>) -> Void) {
+    let parts = min(BLASThreads.count, count / max(minimumPerPart, 1))
+    if parts <= 1 {
+        body(0 ..< count)
+        return
+    }
+    withoutActuallyEscaping(body) { body in
+        // Unchecked: the ranges are disjoint and the call returns only when all are done.
+        let shared = UncheckedBody(body)
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            shared.body(part * count / parts ..< (part + 1) * count / parts)
+        }
+    }
+}
+
+/// A closure handed to the threads of one ``parallelRanges(_:minimumPerPart:_:)`` call.
+private struct UncheckedBody: @unchecked Sendable {
+    let body: (Range<Int>) -> Void
+    init(_ body: @escaping (Range<Int>) -> Void) { self.body = body }
+}

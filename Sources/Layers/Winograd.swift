@@ -1,0 +1,333 @@
+import Tensor
+
+/// Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional
+/// Neural Networks", 2016): a 3×3, stride 1, padding 1 convolution of NCHW images as 16
+/// matrix products on transformed 4×4 tiles, each tile giving 2×2 outputs with 16 products
+/// instead of 36 (2.25× fewer multiplications than im2col's product).
+///
+/// For each tile `d` (4×4 input, overlapping by 2) and filter `g` (3×3):
+/// `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, summed over input channels as a matrix product per
+/// transformed position `ξ` (16 of them):
+/// `M[ξ] (OC, tiles) = U[ξ] (OC, C) · V[ξ] (C, tiles)`.
+///
+/// The same kernel gives a convolution's input gradient: `dX` is the stride-1, padding-1
+/// correlation of `dY` with the filters rotated by 180° and the channels swapped (`flipped`).
+/// Exact in exact arithmetic (the finite-difference checks in `Double` hold to 1e-6); in
+/// `Float` the result differs from im2col's by rounding only.
+enum Winograd {
+    /// `U[ξ][r][s]` `(16, R, S)` from the filters `w` `(OC, C, 3, 3)`: `R = OC, S = C`, or with
+    /// `flipped` `R = C, S = OC` and each filter rotated by 180° (the input gradient's filters).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func transformFilters<Scalar: LayerScalar>(_ w: UnsafePointer<Scalar>, outChannels OC: Int, inChannels C: Int,
+                                                      flipped: Bool, into u: UnsafeMutablePointer<Scalar>) {
+        let (R, S) = flipped ? (C, OC) : (OC, C)
+        let half: Scalar = 0.5
+        for o in 0..<OC {
+            for c in 0..<C {
+                let f = w + (o * C + c) * 9
+                // g[i][j], rotated by 180° when flipped
+                @inline(__always) func tap(_ i: Int, _ j: Int) -> Scalar { flipped ? f[(2 - i) * 3 + (2 - j)] : f[i * 3 + j] }
+                // s = G g  (4×3)
+                var s: (Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar) =
+                    (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+                withUnsafeMutableBytes(of: &s) { raw in
+                    let s = raw.baseAddress!.assumingMemoryBound(to: Scalar.self)
+                    for j in 0..<3 {
+                        let (g0, g1, g2) = (tap(0, j), tap(1, j), tap(2, j))
+                        s[0 * 3 + j] = g0
+                        s[1 * 3 + j] = (g0 + g1 + g2) * half
+                        s[2 * 3 + j] = (g0 - g1 + g2) * half
+                        s[3 * 3 + j] = g2
+                    }
+                    // U = s Gᵀ  (4×4), stored at position ξ = 4i + j of matrix (r, s)
+                    let (r, col) = flipped ? (c, o) : (o, c)
+                    for i in 0..<4 {
+                        let (a0, a1, a2) = (s[i * 3], s[i * 3 + 1], s[i * 3 + 2])
+                        u[((i * 4 + 0) * R + r) * S + col] = a0
+                        u[((i * 4 + 1) * R + r) * S + col] = (a0 + a1 + a2) * half
+                        u[((i * 4 + 2) * R + r) * S + col] = (a0 - a1 + a2) * half
+                        u[((i * 4 + 3) * R + r) * S + col] = a2
+                    }
+                }
+            }
+        }
+    }
+
+    /// The elements of the scratch `V` and `M` a chunk of images aims at (16 MiB of `Float`
+    /// each): each of the 16 products gets thousands of columns.
+    static let chunkElements = 1 << 22
+
+    /// The scratch of one transform of planes `W` wide: zero row, four padded rows, `O`, `E`
+    /// (or the output transform's eight rows of `TW`).
+    static func scratchElements(width W: Int) -> Int {
+        let TW = (W + 1) / 2
+        return max(W + 4 * (W + 3) + 2 * (TW + 1), 8 * TW) + 16
+    }
+
+    /// Elements between the 16 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``).
+    static let positionPadding = 64
+
+    /// The elements `V` `(16, C, n)` or `M` `(16, OC, n)` takes with `channels` = C or OC.
+    static func scratchCount(channels: Int, columns: Int) -> Int { 16 * (channels * columns + positionPadding) }
+
+    /// Images per chunk and the scratch each of `V` `(16, C, n)` and `M` `(16, OC, n)` needs.
+    static func chunk(batch: Int, inChannels C: Int, outChannels OC: Int, height H: Int, width W: Int,
+                      chunkElements: Int = chunkElements) -> (images: Int, columns: Int) {
+        let tiles = ((H + 1) / 2) * ((W + 1) / 2)
+        let images = max(1, min(batch, chunkElements / max(16 * max(C, OC) * tiles, 1)))
+        return (images, images * tiles)
+    }
+
+    /// `y (B, OC, H, W) = conv3×3(x (B, C, H, W))`, stride 1, padding 1, with the transformed
+    /// filters `u` `(16, OC, C)`; overwrites `y`. `v` and `m` are scratch of at least
+    /// ``scratchCount(channels:columns:)`` elements (of C and OC), `n = images · tiles` (``chunk(batch:inChannels:outChannels:height:width:chunkElements:)``).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func convolve<Scalar: LayerScalar>(_ x: UnsafePointer<Scalar>, batch B: Int, inChannels C: Int,
+                                              outChannels OC: Int, height H: Int, width W: Int,
+                                              filters u: UnsafePointer<Scalar>, output y: UnsafeMutablePointer<Scalar>,
+                                              v: UnsafeMutablePointer<Scalar>, m: UnsafeMutablePointer<Scalar>,
+                                              imagesPerChunk: Int) {
+        let (TH, TW) = ((H + 1) / 2, (W + 1) / 2)
+        let tiles = TH * TW, n = imagesPerChunk * tiles
+        // The 16 positions' matrices sit `C·n + 64` (`OC·n + 64`) elements apart, not a
+        // multiple of a large power of two: the transforms read or write all 16 at once, and
+        // 16 streams 2^k bytes apart would share one set of the L1 and L2 caches.
+        let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
+        let scratchCount = scratchElements(width: W)
+        for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
+            let images = min(imagesPerChunk, B - first), columns = images * tiles
+            // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ] of tile t of channel c of image first + j
+            parallelRanges(images * C, minimumPerPart: 4) { planes in
+                withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
+                    for plane in planes {
+                        let (j, c) = plane.quotientAndRemainder(dividingBy: C)
+                        inputTransform(x + ((first + j) * C + c) * H * W, height: H, width: W, tileRows: TH, tileColumns: TW,
+                                       into: v + c * n + j * tiles, positionStride: vStride, scratch: scratch.baseAddress!)
+                    }
+                }
+            }
+            // M[ξ] = U[ξ] · V[ξ]                 (OC, columns) = (OC, C) (C, columns)
+            for xi in 0..<16 {
+                Scalar.gemm(transposeA: false, transposeB: false, m: OC, n: columns, k: C,
+                            alpha: 1, a: u + xi * OC * C, lda: C, b: UnsafePointer(v + xi * vStride), ldb: n,
+                            beta: 0, c: m + xi * mStride, ldc: n)
+            }
+            // y[first + j][o] = Aᵀ M A of each tile
+            parallelRanges(images * OC, minimumPerPart: 4) { planes in
+                withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
+                    for plane in planes {
+                        let (j, o) = plane.quotientAndRemainder(dividingBy: OC)
+                        outputTransform(UnsafePointer(m + o * n + j * tiles), positionStride: mStride,
+                                        tileRows: TH, tileColumns: TW,
+                                        into: y + ((first + j) * OC + o) * H * W, height: H, width: W,
+                                        scratch: scratch.baseAddress!)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Accumulates the filter gradient `dW (OC, C, 3, 3) += ∂/∂W ⟨dY, conv3×3(x)⟩` (stride 1,
+    /// padding 1), the adjoint of ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``
+    /// in the filters: per position `ξ`, `dU[ξ] (OC, C) = Σ_tiles (A dY Aᵀ)[ξ] (Bᵀ d B)[ξ]ᵀ`
+    /// (one product over every tile of the chunk), then `dW += Gᵀ dU G`. 16 products of
+    /// `OC × C × tiles` instead of im2col's `OC × 9C × 4·tiles`. `du` is scratch of `16·OC·C`.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func filterGradient<Scalar: LayerScalar>(_ x: UnsafePointer<Scalar>, outputGradient dy: UnsafePointer<Scalar>,
+                                                    batch B: Int, inChannels C: Int, outChannels OC: Int,
+                                                    height H: Int, width W: Int, adding dw: UnsafeMutablePointer<Scalar>,
+                                                    v: UnsafeMutablePointer<Scalar>, m: UnsafeMutablePointer<Scalar>,
+                                                    du: UnsafeMutablePointer<Scalar>, imagesPerChunk: Int) {
+        let (TH, TW) = ((H + 1) / 2, (W + 1) / 2)
+        let tiles = TH * TW, n = imagesPerChunk * tiles
+        let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
+        let scratchCount = scratchElements(width: W)
+        du.update(repeating: 0, count: 16 * OC * C)
+        for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
+            let images = min(imagesPerChunk, B - first), columns = images * tiles
+            // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ];  M[ξ][o][j·tiles + t] = (A dY Aᵀ)[ξ]
+            parallelRanges(images * (C + OC), minimumPerPart: 4) { planes in
+                withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
+                    for plane in planes {
+                        let (j, channel) = plane.quotientAndRemainder(dividingBy: C + OC)
+                        if channel < C {
+                            inputTransform(x + ((first + j) * C + channel) * H * W, height: H, width: W, tileRows: TH,
+                                           tileColumns: TW, into: v + channel * n + j * tiles, positionStride: vStride,
+                                           scratch: scratch.baseAddress!)
+                        } else {
+                            let o = channel - C
+                            gradientTransform(dy + ((first + j) * OC + o) * H * W, height: H, width: W, tileRows: TH,
+                                              tileColumns: TW, into: m + o * n + j * tiles, positionStride: mStride,
+                                              scratch: scratch.baseAddress!)
+                        }
+                    }
+                }
+            }
+            // dU[ξ] += M[ξ] · V[ξ]ᵀ              (OC, C) += (OC, columns) (C, columns)ᵀ
+            for xi in 0..<16 {
+                Scalar.gemm(transposeA: false, transposeB: true, m: OC, n: C, k: columns,
+                            alpha: 1, a: UnsafePointer(m + xi * mStride), lda: n, b: UnsafePointer(v + xi * vStride), ldb: n,
+                            beta: 1, c: du + xi * OC * C, ldc: C)
+            }
+        }
+        // dW[o][c] += Gᵀ dU[o][c] G
+        let half: Scalar = 0.5
+        for o in 0..<OC {
+            for c in 0..<C {
+                @inline(__always) func u(_ i: Int, _ k: Int) -> Scalar { du[((i * 4 + k) * OC + o) * C + c] }
+                let f = dw + (o * C + c) * 9
+                // s = Gᵀ dU (3×4), then dW = s G (3×3)
+                var s = (Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0),
+                         Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0))
+                withUnsafeMutableBytes(of: &s) { raw in
+                    let s = raw.baseAddress!.assumingMemoryBound(to: Scalar.self)
+                    for k in 0..<4 {
+                        let (u0, u1, u2, u3) = (u(0, k), u(1, k), u(2, k), u(3, k))
+                        s[0 * 4 + k] = u0 + (u1 + u2) * half
+                        s[1 * 4 + k] = (u1 - u2) * half
+                        s[2 * 4 + k] = (u1 + u2) * half + u3
+                    }
+                    for i in 0..<3 {
+                        let (a0, a1, a2, a3) = (s[i * 4], s[i * 4 + 1], s[i * 4 + 2], s[i * 4 + 3])
+                        f[i * 3 + 0] += a0 + (a1 + a2) * half
+                        f[i * 3 + 1] += (a1 - a2) * half
+                        f[i * 3 + 2] += (a1 + a2) * half + a3
+                    }
+                }
+            }
+        }
+    }
+
+    /// `A e Aᵀ` of every 2×2 output-gradient tile `e` of one plane (zero beyond the plane's
+    /// edge), position `ξ = 4i + k` of tile `t` to `target[ξ · positionStride + t]`; with
+    /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`. Vectorised along rows: per tile row,
+    /// `r_i = (A e)_i` over whole rows, then each split into even and odd columns.
+    /// `scratch` holds ``scratchElements(width:)``.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func gradientTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
+                                                       tileRows TH: Int, tileColumns TW: Int,
+                                                       into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
+                                                       scratch: UnsafeMutablePointer<Scalar>) {
+        // (W) zeros; 4 rows of A e, W + 3 apart with a zero after each; E and O, TW + 1 each.
+        let zero = scratch, rowStride = W + 3, rows = scratch + W + 1
+        let even = scratch + W + 4 * rowStride, odd = even + (TW + 1)
+        zero.update(repeating: 0, count: W)
+        for i in 0..<4 { rows[i * rowStride + W] = 0 }
+        for a in 0..<TH {
+            let e0 = plane + 2 * a * W
+            let e1 = 2 * a + 1 < H ? e0 + W : UnsafePointer(zero)
+            let (r0, r1, r2, r3) = (rows, rows + rowStride, rows + 2 * rowStride, rows + 3 * rowStride)
+            r0.update(from: e0, count: W)
+            for j in 0..<W { r1[j] = e0[j] + e1[j] }
+            for j in 0..<W { r2[j] = e0[j] - e1[j] }
+            for j in 0..<W { r3[j] = -e1[j] }
+            for i in 0..<4 {
+                let r = rows + i * rowStride
+                for b in 0..<TW { even[b] = r[2 * b] }
+                for b in 0..<TW { odd[b] = r[2 * b + 1] }
+                let v0 = target + (4 * i) * positionStride + a * TW
+                let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
+                v0.update(from: even, count: TW)
+                for b in 0..<TW { v1[b] = even[b] + odd[b] }
+                for b in 0..<TW { v2[b] = even[b] - odd[b] }
+                for b in 0..<TW { v3[b] = -odd[b] }
+            }
+        }
+    }
+
+    /// `Bᵀ d B` of every 4×4 tile of one plane (padding 1: the tile of output tile `(a, b)`
+    /// starts at input row `2a − 1`, column `2b − 1`); position `ξ = 4i + k` of tile
+    /// `t = a · TW + b` goes to `target[ξ · positionStride + t]`.
+    ///
+    /// Separable and vectorised along rows: per tile row, `t_i = (Bᵀ d)_i` over whole input
+    /// rows, then each `t_i` split into its odd and even columns `O`, `E` (zero outside), so
+    /// that `(t_i B)_k` of consecutive tiles are contiguous: `O[b] − O[b+1]`, `E[b] + O[b+1]`,
+    /// `O[b+1] − E[b]`, `E[b] − E[b+1]`. `scratch` holds ``scratchElements(width:)``.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func inputTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
+                                                    tileRows TH: Int, tileColumns TW: Int,
+                                                    into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
+                                                    scratch: UnsafeMutablePointer<Scalar>) {
+        // (W) zeros; 4 t rows of W with a zero before and two after (row i at
+        // `rows + i (W + 3)`); O and E, TW + 1 each.
+        let zero = scratch, rowStride = W + 3, rows = scratch + W + 1
+        let odd = scratch + W + 4 * rowStride, even = odd + (TW + 1)
+        zero.update(repeating: 0, count: W)
+        for i in 0..<4 {
+            rows[i * rowStride - 1] = 0
+            rows[i * rowStride + W] = 0
+            rows[i * rowStride + W + 1] = 0
+        }
+        for a in 0..<TH {
+            let top = 2 * a - 1
+            @inline(__always) func input(_ r: Int) -> UnsafePointer<Scalar> {
+                top + r >= 0 && top + r < H ? plane + (top + r) * W : UnsafePointer(zero)
+            }
+            let (r0, r1, r2, r3) = (input(0), input(1), input(2), input(3))
+            let (t0, t1, t2, t3) = (rows, rows + rowStride, rows + 2 * rowStride, rows + 3 * rowStride)
+            // t = Bᵀ d: rows d0 − d2, d1 + d2, d2 − d1, d1 − d3
+            // One output a loop: two loads and a store each, which the compiler vectorises (four
+            // outputs in one loop need more run-time alias checks than it makes).
+            for j in 0..<W { t0[j] = r0[j] - r2[j] }
+            for j in 0..<W { t1[j] = r1[j] + r2[j] }
+            for j in 0..<W { t2[j] = r2[j] - r1[j] }
+            for j in 0..<W { t3[j] = r1[j] - r3[j] }
+            for i in 0..<4 {
+                let t = rows + i * rowStride
+                // O[b] = t[2b − 1], E[b] = t[2b] (the zeros around the row: 0 outside 0 ..< W)
+                for b in 0...TW { odd[b] = t[2 * b - 1] }
+                for b in 0...TW { even[b] = t[2 * b] }
+                let v0 = target + (4 * i) * positionStride + a * TW
+                let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
+                for b in 0..<TW { v0[b] = odd[b] - odd[b + 1] }
+                for b in 0..<TW { v1[b] = even[b] + odd[b + 1] }
+                for b in 0..<TW { v2[b] = odd[b + 1] - even[b] }
+                for b in 0..<TW { v3[b] = even[b] - even[b + 1] }
+            }
+        }
+    }
+
+    /// `Aᵀ m A` of every tile of one output plane: `m[ξ · positionStride + t]` → the 2×2
+    /// outputs at row `2a`, column `2b` (clipped at the plane's edge). Vectorised along tile
+    /// rows like ``inputTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``;
+    /// `scratch` holds `8 TW` elements.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func outputTransform<Scalar: LayerScalar>(_ m: UnsafePointer<Scalar>, positionStride: Int,
+                                                     tileRows TH: Int, tileColumns TW: Int,
+                                                     into plane: UnsafeMutablePointer<Scalar>, height H: Int, width W: Int,
+                                                     scratch p: UnsafeMutablePointer<Scalar>) {
+        for a in 0..<TH {
+            // p[i][0] = m_i0 + m_i1 + m_i2, p[i][1] = m_i1 − m_i2 − m_i3 (m A, row i of each tile)
+            for i in 0..<4 {
+                let q0 = m + (4 * i) * positionStride + a * TW
+                let (q1, q2, q3) = (q0 + positionStride, q0 + 2 * positionStride, q0 + 3 * positionStride)
+                let (p0, p1) = (p + (2 * i) * TW, p + (2 * i + 1) * TW)
+                for b in 0..<TW { p0[b] = q0[b] + q1[b] + q2[b] }
+                for b in 0..<TW { p1[b] = q1[b] - q2[b] - q3[b] }
+            }
+            // y = Aᵀ (m A): row 2a = p0 + p1 + p2, row 2a + 1 = p1 − p2 − p3 (per output column)
+            let (p00, p01, p10, p11) = (p, p + TW, p + 2 * TW, p + 3 * TW)
+            let (p20, p21, p30, p31) = (p + 4 * TW, p + 5 * TW, p + 6 * TW, p + 7 * TW)
+            let row0 = plane + 2 * a * W
+            let fullPairs = W / 2
+            for b in 0..<fullPairs {
+                row0[2 * b] = p00[b] + p10[b] + p20[b]
+                row0[2 * b + 1] = p01[b] + p11[b] + p21[b]
+            }
+            if W % 2 == 1 { row0[W - 1] = p00[TW - 1] + p10[TW - 1] + p20[TW - 1] }
+            guard 2 * a + 1 < H else { continue }
+            let row1 = row0 + W
+            for b in 0..<fullPairs {
+                row1[2 * b] = p10[b] - p20[b] - p30[b]
+                row1[2 * b + 1] = p11[b] - p21[b] - p31[b]
+            }
+            if W % 2 == 1 { row1[W - 1] = p10[TW - 1] - p20[TW - 1] - p30[TW - 1] }
+        }
+    }
+}
