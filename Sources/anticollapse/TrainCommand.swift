@@ -6,6 +6,7 @@ import Layers
 import Tensor
 import Engine
 import JointEmbedding
+import WorldModel
 
 /// Trains a model with a self-supervised objective, checkpointing to HDF5 and resuming.
 struct Train: ParsableCommand {
@@ -45,32 +46,56 @@ struct Train: ParsableCommand {
 
     func run() throws {
         try runJob { communicator in
-            let configuration = try TrainingConfiguration.load(file: config, overrides: overrides)
-            let threads = configuration.schedule.blasThreads > 0 ? configuration.schedule.blasThreads : blasThreads
-            let blas = BLASThreads.configure(override: threads, communicator: communicator)
-            let directory = runDirectory ?? "runs/" + (config.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension } ?? "default")
-            StopSignal.install()
-            let trainer = try Trainer(configuration: configuration, communicator: communicator, runDirectory: directory)
-            if communicator.isRoot {
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-                try configuration.yaml().write(toFile: (directory as NSString).appendingPathComponent("config.yaml"),
-                                               atomically: true, encoding: .utf8)
-                print("run directory \(directory); \(communicator.size) rank(s) × \(blas) BLAS thread(s)")
+            let text = try config.map { file -> String in
+                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                    throw ConfigurationError("\(file): cannot read the config file")
+                }
+                return text
+            } ?? ""
+            switch recipeName(ofConfig: text) {
+            case WorldModelSettings.recipeName:
+                let configuration = try WorldModelConfiguration.load(file: config, overrides: overrides)
+                try train(configuration, communicator: communicator) {
+                    try Trainer(configuration: configuration, communicator: communicator, runDirectory: $0)
+                }
+            case JointEmbeddingSettings.recipeName:
+                let configuration = try TrainingConfiguration.load(file: config, overrides: overrides)
+                try train(configuration, communicator: communicator) {
+                    try Trainer(configuration: configuration, communicator: communicator, runDirectory: $0)
+                }
+            case let other:
+                throw ConfigurationError("\(config ?? "config"): recipe: \"\(other)\" is not a recipe; valid: \(JointEmbeddingSettings.recipeName), \(WorldModelSettings.recipeName)")
             }
-            if let path = try trainer.resume(ResumeMode(argument: resume)), communicator.isRoot {
-                print("resumed from \(path) at step \(trainer.step)")
-            }
-            guard trainer.step < trainer.totalSteps else {
-                if communicator.isRoot { print("the run is complete: step \(trainer.step) of \(trainer.totalSteps); nothing to train") }
-                return
-            }
-            let summary = try trainer.train(stopAfter: stopAfter)
-            if communicator.isRoot {
-                let terms = summary.terms.map { "\($0.name) \($0.value)" }.joined(separator: ", ")
-                print("done: step \(summary.step)/\(summary.totalSteps), loss \(summary.loss) (\(terms)), "
-                      + "\(Int(summary.samplesPerSecond)) samples/s over \(String(format: "%.1f", summary.seconds)) s of steps"
-                      + (summary.checkpoint.map { "; checkpoint \($0)" } ?? ""))
-            }
+        }
+    }
+
+    /// Trains any recipe: run directory, resolved config, resume, the loop, the summary line.
+    private func train<R: Recipe>(_ configuration: RunConfiguration<R.Settings>, communicator: any Communicator,
+                                  makeTrainer: (String) throws -> Trainer<R>) throws {
+        let threads = configuration.schedule.blasThreads > 0 ? configuration.schedule.blasThreads : blasThreads
+        let blas = BLASThreads.configure(override: threads, communicator: communicator)
+        let directory = runDirectory ?? "runs/" + (config.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension } ?? "default")
+        StopSignal.install()
+        let trainer = try makeTrainer(directory)
+        if communicator.isRoot {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try configuration.yaml().write(toFile: (directory as NSString).appendingPathComponent("config.yaml"),
+                                           atomically: true, encoding: .utf8)
+            print("run directory \(directory); \(communicator.size) rank(s) × \(blas) BLAS thread(s)")
+        }
+        if let path = try trainer.resume(ResumeMode(argument: resume)), communicator.isRoot {
+            print("resumed from \(path) at step \(trainer.step)")
+        }
+        guard trainer.step < trainer.totalSteps else {
+            if communicator.isRoot { print("the run is complete: step \(trainer.step) of \(trainer.totalSteps); nothing to train") }
+            return
+        }
+        let summary = try trainer.train(stopAfter: stopAfter)
+        if communicator.isRoot {
+            let terms = summary.terms.map { "\($0.name) \($0.value)" }.joined(separator: ", ")
+            print("done: step \(summary.step)/\(summary.totalSteps), loss \(summary.loss) (\(terms)), "
+                  + "\(Int(summary.samplesPerSecond)) samples/s over \(String(format: "%.1f", summary.seconds)) s of steps"
+                  + (summary.checkpoint.map { "; checkpoint \($0)" } ?? ""))
         }
     }
 }
