@@ -181,11 +181,22 @@ final class WorldModelTests: XCTestCase {
         XCTAssertNotNil(whole["params/action_encoder.0.weight"])
         XCTAssertNotNil(whole["buffers/projector.1.running_mean"])
 
-        let two = try train(configuration, worldSize: 2, run: base.appendingPathComponent("two").path)
-        for key in whole.keys.sorted() where key.hasPrefix("params/") {
-            let error = relativeNormError(two[key]!, whole[key]!)
-            XCTAssertLessThanOrEqual(error, 1e-4, "\(key): 2 ranks differ from 1 by \(error)")
+        // 1 vs 2 ranks with SGD: AdamW normalises the rounding noise of gradients that are zero
+        // in exact arithmetic (biases just before a batch norm, which removes them) into full
+        // steps, so the ranks' parameters would differ there by design of the optimizer.
+        let sgd = try self.configuration(data: data, extra: ["optimizer.name=sgd", "optimizer.learning_rate=0.05"])
+        let one = try train(sgd, worldSize: 1, run: base.appendingPathComponent("one-sgd").path)
+        let two = try train(sgd, worldSize: 2, run: base.appendingPathComponent("two-sgd").path)
+        // (Parameters whose exact gradient is zero carry only rounding noise, so the check is
+        // absolute per tensor and relative over the whole model.)
+        let keys = one.keys.sorted().filter { $0.hasPrefix("params/") }
+        for key in keys {
+            let difference = zip(two[key]!, one[key]!).map { abs(Double($0) - Double($1)) }.max() ?? 0
+            XCTAssertLessThanOrEqual(difference, 1e-5, "\(key): 2 ranks differ from 1 by up to \(difference)")
         }
+        let error = relativeNormError(keys.flatMap { two[$0]! }, keys.flatMap { one[$0]! })
+        XCTAssertLessThanOrEqual(error, 1e-6, "2 ranks differ from 1 by \(error) (relative norm)")
+
 
         let lines = try String(contentsOfFile: base.appendingPathComponent("whole/metrics.jsonl").path, encoding: .utf8)
             .split(separator: "\n")
@@ -216,5 +227,14 @@ final class WorldModelTests: XCTestCase {
         let configuration = try WorldModelConfiguration.load(yaml: "recipe: world_model", overrides: ["data.train=\(missing)"])
         assertThrowsError(try WorldModelRecipe(configuration: configuration, communicator: SingleProcessCommunicator()),
                           containing: "nothing-here")
+    }
+}
+
+extension RankReport {
+    /// Every value as an array of `Double`s.
+    func doublesByKey() throws -> [String: [Double]] {
+        var result: [String: [Double]] = [:]
+        for key in values.keys { result[key] = try doubles(key) }
+        return result
     }
 }
