@@ -249,11 +249,13 @@ public final class WorldModelNetwork<Scalar: LayerScalar> {
 
     /// `(B, H, D)` embeddings and `(B, H, A)` action embeddings → `(B, Q, D)` predictions.
     public func predict(_ embeddings: Tensor<Scalar>, actions: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
-        let d = embeddingWidth, a = actionEmbeddingWidth, h = historyFrames
-        guard embeddings.rank == 3, embeddings.shape[1] == h, embeddings.shape[2] == d else {
-            throw LayerError.shapeMismatch(layer: "WorldModel.predictor", expected: "embeddings (B, \(h), \(d))", got: embeddings.shape)
+        let d = embeddingWidth, a = actionEmbeddingWidth, history = historyFrames
+        // The transformer takes any context of 1…H frames (a planner's first steps); the MLP exactly H.
+        guard embeddings.rank == 3, embeddings.shape[2] == d,
+              embeddings.shape[1] == history || transformer != nil && (1...history).contains(embeddings.shape[1]) else {
+            throw LayerError.shapeMismatch(layer: "WorldModel.predictor", expected: "embeddings (B, \(history), \(d))", got: embeddings.shape)
         }
-        let b = embeddings.shape[0]
+        let b = embeddings.shape[0], h = embeddings.shape[1]
         guard actions.count == b * h * a else {
             throw LayerError.shapeMismatch(layer: "WorldModel.predictor", expected: "action embeddings (\(b), \(h), \(a))", got: actions.shape)
         }
@@ -278,7 +280,7 @@ public final class WorldModelNetwork<Scalar: LayerScalar> {
             }
             output = try mlpPredictor!.forward(input, context: context)
         }
-        let q = predictedPositions
+        let q = transformer != nil ? h : 1
         output = output.reshaped([b * q, d])
         if let predictionProjector { output = try predictionProjector.forward(output, context: context) }
         return output.reshaped([b, q, d])

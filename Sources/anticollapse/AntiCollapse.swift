@@ -8,5 +8,5 @@ struct AntiCollapse: ParsableCommand {
         commandName: "anticollapse",
         abstract: "Data-parallel self-supervised learning with exact global-batch statistics.",
         version: AntiCollapseVersion.current,
-        subcommands: [Train.self, Eval.self, Report.self, Dataset.self, Inspect.self, Bench.self, Env.self])
+        subcommands: [Train.self, Eval.self, Report.self, Dataset.self, Inspect.self, Bench.self, Env.self, Plan.self, WorldModelCommand.self])
 }
