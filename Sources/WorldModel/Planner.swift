@@ -168,13 +168,15 @@ public final class LatentPlanner {
             for sample in 0..<s { for j in 0..<d { e[sample * (k + 1) * d + j] = current[j] } }
         }
         for step in 0..<k {
-            let l = min(step + 1, h), first = step + 1 - l
+            // The transformer takes the frames so far (up to H); the MLP exactly H, the first
+            // frame and its action block repeated before the start.
+            let l = network.transformer != nil ? min(step + 1, h) : h, first = step + 1 - l
             let context = contexts[l - 1], actions = actionContexts[l - 1]
             rollout.withUnsafeBufferPointer { e in
                 context.withUnsafeMutableBufferPointer { c in
                     for sample in 0..<s {
                         for t in 0..<l {
-                            let source = (sample * (k + 1) + first + t) * d, target = (sample * l + t) * d
+                            let source = (sample * (k + 1) + max(0, first + t)) * d, target = (sample * l + t) * d
                             for j in 0..<d { c[target + j] = e[source + j] }
                         }
                     }
@@ -184,7 +186,7 @@ public final class LatentPlanner {
                 actions.withUnsafeMutableBufferPointer { c in
                     for sample in 0..<s {
                         for t in 0..<l {
-                            let source = (sample * k + first + t) * a, target = (sample * l + t) * a
+                            let source = (sample * k + max(0, first + t)) * a, target = (sample * l + t) * a
                             for j in 0..<a { c[target + j] = u[source + j] }
                         }
                     }
