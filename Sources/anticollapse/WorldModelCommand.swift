@@ -12,7 +12,7 @@ import WorldModel
 
 struct WorldModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "worldmodel", abstract: "World-model evaluation.", subcommands: [WorldModelEval.self])
+        commandName: "worldmodel", abstract: "World-model evaluation.", subcommands: [WorldModelEval.self, WorldModelReport.self])
 }
 
 struct WorldModelEval: ParsableCommand {
