@@ -211,6 +211,15 @@ final class WorldModelTests: XCTestCase {
         XCTAssertNil(records[0]["effective_rank"])
     }
 
+    func testShippedConfigLoads() throws {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("configs/world-model-two-room.yaml").path
+        let configuration = try WorldModelConfiguration.load(file: file)
+        XCTAssertEqual(configuration.data.train, "data/two_room")
+        XCTAssertEqual(configuration.loss.sigregWeight, 0.09)
+        guard case .transformer = configuration.model.predictor else { return XCTFail("the shipped predictor is the transformer") }
+    }
+
     // MARK: Bad input
 
     func testBadConfigurationsNameTheKey() throws {
