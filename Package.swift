@@ -62,6 +62,10 @@ let package = Package(
         .target(name: "JointEmbedding",
                 dependencies: ["Tensor", "Communication", "Layers", "Optimizers", "Objectives", "Datasets", "Engine", "Imaging"],
                 swiftSettings: numericSettings),
+        /// The world-model recipe: encoder, projector, action encoder, predictor; MSE + SIGReg.
+        .target(name: "WorldModel",
+                dependencies: ["Tensor", "Communication", "Layers", "Optimizers", "Objectives", "Datasets", "Environments", "Engine"],
+                swiftSettings: numericSettings),
         .target(name: "Evaluation",
                 dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives", "Datasets", "Engine",
                                "JointEmbedding", "CZlib"],
@@ -75,17 +79,17 @@ let package = Package(
         // MARK: Command line
         .executableTarget(
             name: "anticollapse",
-            dependencies: ["Engine", "JointEmbedding", "Performance", "Evaluation", "Objectives", "Environments", "Imaging",
+            dependencies: ["Engine", "JointEmbedding", "WorldModel", "Performance", "Evaluation", "Objectives", "Environments", "Imaging",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: numericSettings),
         /// Runs one named distributed scenario on every MPI rank and prints one JSON line a rank;
         /// the tests launch it under `mpirun` and compare the ranks with a single process.
         .executableTarget(name: "MPIHarness",
-                          dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Objectives", "_TestSupport"],
+                          dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Objectives", "WorldModel", "_TestSupport"],
                           swiftSettings: numericSettings),
 
         // MARK: Tests
-        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5", "Layers"],
+        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Objectives", "WorldModel"],
                 swiftSettings: numericSettings),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "_TestSupport"]),
         .testTarget(name: "CommunicationTests", dependencies: ["Communication", "_TestSupport", "MPIHarness"]),
@@ -100,6 +104,9 @@ let package = Package(
         .testTarget(name: "EngineTests", dependencies: ["Engine", "JointEmbedding", "Datasets", "HDF5", "Objectives", "_TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "JointEmbeddingTests", dependencies: ["Engine", "JointEmbedding", "_TestSupport"]),
+        .testTarget(name: "WorldModelTests",
+                    dependencies: ["WorldModel", "Engine", "Environments", "Datasets", "Layers", "Objectives", "_TestSupport",
+                                   "MPIHarness"]),
         .testTarget(name: "PerformanceTests", dependencies: ["Performance", "Engine", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Engine", "Layers", "Datasets", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "CommandLineTests",

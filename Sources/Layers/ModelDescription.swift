@@ -49,6 +49,11 @@ public struct ModelDescriptionError: Error, CustomStringConvertible, Equatable {
     /// What is wrong and what would be right.
     public var problem: String
     public var description: String { "model description: \(key): \(problem)" }
+
+    public init(key: String, problem: String) {
+        self.key = key
+        self.problem = problem
+    }
 }
 
 /// One network of a model.

@@ -11,7 +11,7 @@ struct AntiCollapse: ParsableCommand {
         abstract: "Data-parallel self-supervised learning with exact global-batch statistics.",
         version: AntiCollapseVersion.current,
         subcommands: [Train.self, Eval.self, Report.self, Export.self, Embed.self, ConfigCommand.self, Dataset.self, Inspect.self,
-                      Bench.self, Env.self])
+                      Bench.self, Env.self, Plan.self, WorldModelCommand.self])
 
     /// Sets OpenBLAS's idle-thread wait short (``BLASThreads/restartWithShortThreadWait(arguments:)``),
     /// then runs the command.

@@ -8,6 +8,7 @@ import Evaluation
 import Foundation
 import HDF5
 import JointEmbedding
+import WorldModel
 
 /// Writes a checkpoint's model as safetensors or `.npz` under PyTorch state-dict names, with a
 /// JSON sidecar (architecture, input normalisation).
@@ -102,7 +103,13 @@ struct ConfigCommand: ParsableCommand {
 
         func run() throws {
             try reportingErrors {
-                print(try TrainingConfiguration.load(file: config, overrides: overrides).yaml(), terminator: "")
+                let text = config.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? ""
+                switch recipeName(ofConfig: text) {
+                case WorldModelSettings.recipeName:
+                    print(try WorldModelConfiguration.load(file: config, overrides: overrides).yaml(), terminator: "")
+                default:
+                    print(try TrainingConfiguration.load(file: config, overrides: overrides).yaml(), terminator: "")
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ import Layers
 import Tensor
 import Engine
 import JointEmbedding
+import WorldModel
 
 /// Trains a model with a self-supervised objective, checkpointing to HDF5 and resuming.
 struct Train: ParsableCommand {
@@ -51,34 +52,58 @@ struct Train: ParsableCommand {
 
     func run() throws {
         try runJob { communicator in
-            // Dataset paths made absolute: the saved config and checkpoints work from anywhere.
-            let configuration = try TrainingConfiguration.load(file: config, overrides: overrides).resolvingPaths()
-            let threads = configuration.schedule.blasThreads > 0 ? configuration.schedule.blasThreads : blasThreads
-            let blas = BLASThreads.configure(override: threads, communicator: communicator)
-            let directory = runDirectory ?? "runs/" + (config.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension } ?? "default")
-            StopSignal.install()
-            // Checked and locked before any work: a second job in the same directory stops here.
-            let run = try RunDirectory.prepare(directory, communicator: communicator)
-            defer { withExtendedLifetime(run) {} }   // the lock is held until the job ends
-            let trainer = try Trainer(configuration: configuration, communicator: communicator, runDirectory: directory)
-            if let path = try trainer.resume(ResumeMode(argument: resume), overwrite: overwrite), communicator.isRoot {
-                print("resumed from \(path) at step \(trainer.step)")
+            let text = try config.map { file -> String in
+                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                    throw ConfigurationError("\(file): cannot read the config file")
+                }
+                return text
+            } ?? ""
+            switch recipeName(ofConfig: text) {
+            case WorldModelSettings.recipeName:
+                // Dataset paths made absolute: the saved config and checkpoints work from anywhere.
+                let configuration = try WorldModelConfiguration.load(file: config, overrides: overrides).resolvingPaths()
+                try train(configuration, communicator: communicator) {
+                    try Trainer(configuration: configuration, communicator: communicator, runDirectory: $0)
+                }
+            case JointEmbeddingSettings.recipeName:
+                let configuration = try TrainingConfiguration.load(file: config, overrides: overrides).resolvingPaths()
+                try train(configuration, communicator: communicator) {
+                    try Trainer(configuration: configuration, communicator: communicator, runDirectory: $0)
+                }
+            case let other:
+                throw ConfigurationError("\(config ?? "config"): recipe: \"\(other)\" is not a recipe; valid: \(JointEmbeddingSettings.recipeName), \(WorldModelSettings.recipeName)")
             }
-            if communicator.isRoot {
-                try run.write(try configuration.yaml(), to: "config.yaml")
-                print("run directory \(directory); \(communicator.size) rank(s) × \(blas) BLAS thread(s)")
-            }
-            guard trainer.step < trainer.totalSteps else {
-                if communicator.isRoot { print("the run is complete: step \(trainer.step) of \(trainer.totalSteps); nothing to train") }
-                return
-            }
-            let summary = try trainer.train(stopAfter: stopAfter)
-            if communicator.isRoot {
-                let terms = summary.terms.map { "\($0.name) \($0.value)" }.joined(separator: ", ")
-                print("done: step \(summary.step)/\(summary.totalSteps), loss \(summary.loss) (\(terms)), "
-                      + "\(Int(summary.samplesPerSecond)) samples/s over \(String(format: "%.1f", summary.seconds)) s of steps"
-                      + (summary.checkpoint.map { "; checkpoint \($0)" } ?? ""))
-            }
+        }
+    }
+
+    /// Trains any recipe: run directory, resolved config, resume, the loop, the summary line.
+    private func train<R: Recipe>(_ configuration: RunConfiguration<R.Settings>, communicator: any Communicator,
+                                  makeTrainer: (String) throws -> Trainer<R>) throws {
+        let threads = configuration.schedule.blasThreads > 0 ? configuration.schedule.blasThreads : blasThreads
+        let blas = BLASThreads.configure(override: threads, communicator: communicator)
+        let directory = runDirectory ?? "runs/" + (config.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension } ?? "default")
+        StopSignal.install()
+        // Checked and locked before any work: a second job in the same directory stops here.
+        let run = try RunDirectory.prepare(directory, communicator: communicator)
+        defer { withExtendedLifetime(run) {} }   // the lock is held until the job ends
+        let trainer = try makeTrainer(directory)
+        if let path = try trainer.resume(ResumeMode(argument: resume), overwrite: overwrite), communicator.isRoot {
+            print("resumed from \(path) at step \(trainer.step)")
+        }
+        if communicator.isRoot {
+            try run.write(try configuration.yaml(), to: "config.yaml")
+            print("run directory \(directory); \(communicator.size) rank(s) × \(blas) BLAS thread(s)")
+        }
+        guard trainer.step < trainer.totalSteps else {
+            if communicator.isRoot { print("the run is complete: step \(trainer.step) of \(trainer.totalSteps); nothing to train") }
+            return
+        }
+        let summary = try trainer.train(stopAfter: stopAfter)
+        if communicator.isRoot {
+            let terms = summary.terms.map { "\($0.name) \($0.value)" }.joined(separator: ", ")
+            print("done: step \(summary.step)/\(summary.totalSteps), loss \(summary.loss) (\(terms)), "
+                  + "\(Int(summary.samplesPerSecond)) samples/s over \(String(format: "%.1f", summary.seconds)) s of steps"
+                  + (summary.checkpoint.map { "; checkpoint \($0)" } ?? ""))
         }
     }
 }

@@ -1,0 +1,95 @@
+import Communication
+import Environments
+import Layers
+import Tensor
+import WorldModel
+import XCTest
+import _TestSupport
+
+/// The latent planner and the closed-loop protocol's pieces.
+final class PlannerTests: XCTestCase {
+    /// A tiny TwoRoom world model on 16 × 16 grey frames (untrained: the planner's mechanics only).
+    private func network(predictor: PredictorDescription) -> WorldModelNetwork<Float> {
+        WorldModelNetwork<Float>(WorldModelDescription(
+            encoder: .convnet(ConvNetDescription(inputChannels: 1, imageSize: 16, channels: [4, 8])),
+            projector: .mlp(widths: [8, 16, 8]),
+            actionEncoder: .mlp(widths: [10, 8], batchNorm: false),
+            predictor: predictor,
+            predictionProjector: .mlp(widths: [8, 16, 8])), historyFrames: 3, predictedFrames: 1, seed: 2)
+    }
+
+    func testPlansAreActionsInRangeAndASteadySolveAllocatesNoTensors() throws {
+        var small = PlannerSettings()
+        small.samples = 40; small.elites = 5; small.iterations = 4
+        var transformer = TransformerPredictorDescription()
+        transformer.depth = 1; transformer.heads = 2
+        for predictor in [PredictorDescription.transformer(transformer), .mlp(MLPPredictorDescription())] {
+            for solver in PlannerSolver.allCases {
+                small.solver = solver
+                let planner = try LatentPlanner(network: network(predictor: predictor), frameskip: 5, actionDimension: 2, settings: small)
+                var policy = PlannerPolicy(planner: planner, format: try ObservationFormat(size: 16, channels: 1))
+                let start = try policy.embed([60, 60]), goal = try policy.embed([180, 150])
+                let first = try planner.plan(current: start, goal: goal)
+                XCTAssertEqual(first.actions.count, small.receding * 5 * 2)
+                XCTAssertTrue(first.actions.allSatisfy { (-1...1).contains($0) }, "\(solver)")
+                XCTAssertTrue(first.cost.isFinite)
+                let before = TensorAllocations.snapshot.count
+                _ = try planner.plan(current: start, goal: goal)
+                XCTAssertEqual(TensorAllocations.snapshot.count - before, 0, "\(solver): a steady solve allocated tensor storage")
+            }
+        }
+    }
+
+    /// The same seed gives the same plan; warm start changes the next solve's start.
+    func testSolvesAreReproducible() throws {
+        var settings = PlannerSettings()
+        settings.samples = 30; settings.elites = 4; settings.iterations = 3
+        var transformer = TransformerPredictorDescription()
+        transformer.depth = 1; transformer.heads = 2
+        let plans = try (0..<2).map { _ -> [Float] in
+            let planner = try LatentPlanner(network: network(predictor: .transformer(transformer)), frameskip: 5, actionDimension: 2,
+                                            settings: settings)
+            let z = [Float](repeating: 0.1, count: 8), g = [Float](repeating: -0.2, count: 8)
+            return try planner.plan(current: z, goal: g).actions
+        }
+        XCTAssertEqual(plans[0], plans[1])
+    }
+
+    func testBadPlannerSettingsNameTheOption() {
+        var s = PlannerSettings()
+        s.elites = 400
+        assertThrowsError(try s.validate(), containing: "--elites")
+        s = PlannerSettings(); s.receding = 6
+        assertThrowsError(try s.validate(), containing: "--receding")
+    }
+
+    func testWilsonInterval() {
+        // statsmodels' proportion_confint(87, 100, method="wilson").
+        let (low, high) = ClosedLoop.wilson(successes: 87, of: 100)
+        assertClose(low, 0.790196, rtol: 1e-5)
+        assertClose(high, 0.922428, rtol: 1e-5)
+        XCTAssertEqual(ClosedLoop.wilson(successes: 0, of: 500).low, 0)
+        assertClose(ClosedLoop.wilson(successes: 0, of: 500).high, 0.0076243, rtol: 1e-4)
+    }
+
+    /// The expert reaches every task; tasks are where the protocol says.
+    func testProtocolTasksAndBaselines() throws {
+        let cross = ClosedLoop.crossRoomTasks(count: 20, seed: 3)
+        for task in cross {
+            XCTAssertTrue((task.start.x < 100) != (task.goal.x < 100), "\(task)")
+            XCTAssertTrue(task.start.x < 100 || task.start.x > 124)
+            XCTAssertEqual(task.budget, 100)
+        }
+        var expert = ExpertClosedLoopPolicy()
+        var random = RandomPolicy(seed: 1)
+        var expertSuccesses = 0, randomSuccesses = 0
+        for task in cross {
+            let outcome = try ClosedLoop.run(&expert, on: task)
+            XCTAssertEqual(outcome.path.count, outcome.steps + 1)
+            if outcome.success { expertSuccesses += 1 }
+            if try ClosedLoop.run(&random, on: task).success { randomSuccesses += 1 }
+        }
+        XCTAssertEqual(expertSuccesses, 20)
+        XCTAssertLessThanOrEqual(randomSuccesses, 2)
+    }
+}
