@@ -71,16 +71,9 @@ public final class TensorBoardWriter {
             entry.float(2, Float(value))
             summary.message(1, entry)
         }
-        var event = ProtocolBuffer()
-        event.double(1, wallTime.timeIntervalSince1970)
-        event.varint(2, UInt64(bitPattern: Int64(step)))
-        event.message(5, summary)
-        try write(record: event.bytes)
+        try write(summary, step: step, wallTime: wallTime)
     }
 
-    /// Writes the scalars of a metrics record: `loss`, `loss/<term>`, `lr`,
-    /// `samples_per_second`, `grad_norm` and, when measured, `time/data_wait_fraction`,
-    /// `time/collective_fraction` and `diagnostics/<name>`.
     /// Writes a metrics record: every field under its tag — numbers as scalars, distributions
     /// as histograms, pictures as images.
     public func write(_ record: MetricsRecord, wallTime: Date = Date()) throws {
@@ -105,11 +98,7 @@ public final class TensorBoardWriter {
             }
             summary.message(1, entry)
         }
-        var event = ProtocolBuffer()
-        event.double(1, wallTime.timeIntervalSince1970)
-        event.varint(2, UInt64(bitPattern: Int64(record.step)))
-        event.message(5, summary)
-        try write(record: event.bytes)
+        try write(summary, step: record.step, wallTime: wallTime)
     }
 
     /// Writes `text` (Markdown) under `tag` for TensorBoard's text dashboard: a string tensor
@@ -129,6 +118,11 @@ public final class TensorBoardWriter {
         entry.message(8, tensor)
         var summary = ProtocolBuffer()
         summary.message(1, entry)
+        try write(summary, step: step, wallTime: wallTime)
+    }
+
+    /// Writes one event holding `summary` at `step`.
+    private func write(_ summary: ProtocolBuffer, step: Int, wallTime: Date) throws {
         var event = ProtocolBuffer()
         event.double(1, wallTime.timeIntervalSince1970)
         event.varint(2, UInt64(bitPattern: Int64(step)))

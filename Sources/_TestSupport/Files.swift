@@ -40,3 +40,18 @@ public func assertThrowsError<T>(_ expression: @autoclosure () throws -> T, cont
         return error
     }
 }
+
+/// Runs `executable` with `arguments` to its end; its status and its standard output and error
+/// together.
+public func runProcess(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}

@@ -172,7 +172,7 @@ final class ExportTests: XCTestCase {
     func testPyTorchLoadsTheExportStrictlyAndComputesTheSameRepresentations() throws {
         let python = ProcessInfo.processInfo.environment["ANTICOLLAPSE_TEST_PYTHON"] ?? "/usr/bin/python3"
         guard FileManager.default.isExecutableFile(atPath: python),
-              (try? run(python, ["-c", "import torch, safetensors"]))?.status == 0 else {
+              (try? runProcess(python, ["-c", "import torch, safetensors"]))?.status == 0 else {
             throw XCTSkip("Python with torch and safetensors is not installed; set ANTICOLLAPSE_TEST_PYTHON to one that has them")
         }
         for (encoder, images) in [("{type: mlp, widths: [12, 32, 16]}", false),
@@ -195,7 +195,7 @@ final class ExportTests: XCTestCase {
                 x = torch.tensor(json.loads(sys.argv[3]), dtype=torch.float32).reshape([4] + spec["input_shape"])
                 with torch.no_grad(): print(json.dumps(model["encoder"](x).flatten().tolist()))
                 """
-            let result = try run(python, ["-c", script, root + "/m.json", root + "/m.safetensors",
+            let result = try runProcess(python, ["-c", script, root + "/m.json", root + "/m.safetensors",
                                           "\(normalized.map { Float($0) })"])
             XCTAssertEqual(result.status, 0, result.output)
             let torchValues = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.output.split(separator: "\n").last!.utf8))
@@ -241,18 +241,5 @@ final class ExportTests: XCTestCase {
         -> [String: (descr: String, shape: [Int], bytes: Data)] {
         try export.write(to: path, format: format)
         return try readNPZ(path)
-    }
-
-    func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 }
