@@ -64,9 +64,9 @@ final class ReliabilityTests: XCTestCase {
         let configuration = try configuration()
         XCTAssertNoThrow(try train(configuration, run, stopAfter: 2)[0].get())
         XCTAssertEqual(names(checkpoints), ["ckpt-00000002.h5"])
-        FileManager.default.createFile(atPath: checkpoints + "/ckpt-00000050.h5", contents: Data())
+        _ = FileManager.default.createFile(atPath: checkpoints + "/ckpt-00000050.h5", contents: Data())
         try FileManager.default.createDirectory(atPath: checkpoints + "/ckpt-00000060.h5", withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: checkpoints + "/ckpt-00000060.h5/notes.txt", contents: Data("mine".utf8))
+        _ = FileManager.default.createFile(atPath: checkpoints + "/ckpt-00000060.h5/notes.txt", contents: Data("mine".utf8))
 
         let summary = try train(configuration, run, resume: .automatic, stopAfter: 3)[0].get()
         XCTAssertEqual(summary.step, 5)
@@ -86,7 +86,7 @@ final class ReliabilityTests: XCTestCase {
                                          tensors: ["params/w": ([2], [Float(step), 1])]))
         }
         let paths = try [3, 4, 5, 9].map(write)
-        FileManager.default.createFile(atPath: directory + "/ckpt-00000007.h5", contents: Data("junk".utf8))
+        _ = FileManager.default.createFile(atPath: directory + "/ckpt-00000007.h5", contents: Data("junk".utf8))
         XCTAssertEqual(try storage.prune(keep: 2, written: paths[2]).map { ($0 as NSString).lastPathComponent },
                        ["ckpt-00000004.h5", "ckpt-00000003.h5"])
         XCTAssertEqual(names(directory), ["ckpt-00000005.h5", "ckpt-00000007.h5", "ckpt-00000009.h5"])
@@ -215,11 +215,11 @@ final class ReliabilityTests: XCTestCase {
 
     /// A run directory that cannot be one is named before any work, with what is wrong.
     func testRunDirectoryProblemsAreNamed() throws {
-        FileManager.default.createFile(atPath: root + "/file", contents: Data())
+        _ = FileManager.default.createFile(atPath: root + "/file", contents: Data())
         assertThrowsError(try RunDirectory.prepare(root + "/file", communicator: SingleProcessCommunicator()),
                           containing: root + "/file", "a file is in the way")
         try FileManager.default.createDirectory(atPath: root + "/run", withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: root + "/run/checkpoints", contents: Data())
+        _ = FileManager.default.createFile(atPath: root + "/run/checkpoints", contents: Data())
         assertThrowsError(try RunDirectory.prepare(root + "/run", communicator: SingleProcessCommunicator()),
                           containing: root + "/run/checkpoints", "a file is in the way")
         assertThrowsError(try RunDirectory.prepare(root + "/file/sub", communicator: SingleProcessCommunicator()),
