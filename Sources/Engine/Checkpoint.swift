@@ -447,7 +447,7 @@ public struct HDF5CheckpointDirectory: CheckpointStorage {
 ///     anticollapse-checkpoint
 ///     step=<steps completed>
 ///     bytes=<size of the file after the header>
-///     fnv1a64=<FNV-1a 64 of those bytes, hex>
+///     fnv1a64=<FNV-1a 64 of those bytes as 64-bit little-endian words, hex>
 ///
 /// then zero bytes. Files written before the header existed have none (HDF5's signature at
 /// byte 0) and are read as before.
@@ -504,7 +504,25 @@ enum RawHeader {
         return step
     }
 
-    /// The byte count and FNV-1a 64 of everything after the header.
+    /// FNV-1a 64 over 64-bit little-endian words (the last, short one zero-padded): a step a
+    /// word instead of a byte, 8 times faster than byte-wise FNV-1a. Chunks are whole words
+    /// except the file's last.
+    private static func mixWords(_ bytes: UnsafeRawBufferPointer, into hash: inout FNV1a) {
+        var h = hash.value, offset = 0
+        while offset + 8 <= bytes.count {
+            h = (h ^ UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))) &* 0x0000_0100_0000_01b3
+            offset += 8
+        }
+        if offset < bytes.count {
+            var tail: UInt64 = 0
+            for i in offset..<bytes.count { tail |= UInt64(bytes[i]) << (8 * UInt64(i - offset)) }
+            h = (h ^ tail) &* 0x0000_0100_0000_01b3
+        }
+        hash.value = h
+    }
+
+    /// The byte count and the word-wise FNV-1a 64 (``mixWords(_:into:)``) of everything after
+    /// the header.
     private static func digest(_ descriptor: Int32, path: String) throws -> (Int, UInt64) {
         var hash = FNV1a(), total = 0, offset = off_t(size)
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
@@ -514,7 +532,7 @@ enum RawHeader {
                 throw CheckpointError(path: path, problem: "cannot read it: \(String(cString: strerror(errno)))")
             }
             if count == 0 { break }
-            buffer.withUnsafeBytes { hash.mix(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
+            buffer.withUnsafeBytes { mixWords(UnsafeRawBufferPointer(rebasing: $0.prefix(count)), into: &hash) }
             total += count
             offset += off_t(count)
         }
