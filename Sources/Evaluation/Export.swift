@@ -130,7 +130,6 @@ public struct ModelExport {
             let fileName = Array((name + ".npy").utf8)
             let crc = file.withUnsafeBytes { UInt32(crc32(0, $0.bindMemory(to: UInt8.self).baseAddress, uInt($0.count))) }
             let localOffset = UInt32(archive.count)
-            func little<T: FixedWidthInteger>(_ value: T, into data: inout Data) { withUnsafeBytes(of: value.littleEndian) { data.append(contentsOf: $0) } }
             // Local file header.
             little(UInt32(0x0403_4B50), into: &archive); little(UInt16(20), into: &archive); little(UInt16(0), into: &archive)
             little(UInt16(0), into: &archive); little(UInt16(0), into: &archive); little(UInt16(0x21), into: &archive)
@@ -151,12 +150,15 @@ public struct ModelExport {
         let directoryOffset = UInt32(archive.count)
         archive.append(directory)
         // End of central directory.
-        var end = Data()
-        func little<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { end.append(contentsOf: $0) } }
-        little(UInt32(0x0605_4B50)); little(UInt16(0)); little(UInt16(0)); little(UInt16(count)); little(UInt16(count))
-        little(UInt32(directory.count)); little(directoryOffset); little(UInt16(0))
-        archive.append(end)
+        little(UInt32(0x0605_4B50), into: &archive); little(UInt16(0), into: &archive); little(UInt16(0), into: &archive)
+        little(UInt16(count), into: &archive); little(UInt16(count), into: &archive)
+        little(UInt32(directory.count), into: &archive); little(directoryOffset, into: &archive); little(UInt16(0), into: &archive)
         return archive
+    }
+
+    /// Appends `value`'s little-endian bytes.
+    private func little<T: FixedWidthInteger>(_ value: T, into data: inout Data) {
+        withUnsafeBytes(of: value.littleEndian) { data.append(contentsOf: $0) }
     }
 
     private static func describe(_ values: Values) -> (dtype: String, bytes: Int) {

@@ -182,14 +182,8 @@ public final class LinearProbe {
 
     /// The predicted class of every row (the largest logit; the lowest class on a tie).
     public func predict(_ features: Tensor<Float>) throws -> [Int64] {
-        let z = try logits(features), c = classCount
-        return z.withUnsafeBufferPointer { p in
-            (0..<z.rowCount).map { i in
-                var best = 0
-                for j in 1..<c where p[i * c + j] > p[i * c + best] { best = j }
-                return Int64(best)
-            }
-        }
+        let z = try logits(features)
+        return (0..<z.rowCount).map { Int64(z.argmax(ofRow: $0)) }
     }
 
     /// The top-1 accuracy on `features` with `labels`.

@@ -68,14 +68,7 @@ final class OnlineProbe: StateScalars {
             let rows = labels.map(Int.init)
             let loss = SoftmaxCrossEntropy.forward(logits: logits, labels: rows, probabilities: probabilities)
             var correct = 0
-            probabilities.withUnsafeBufferPointer { p in
-                let c = logits.columnCount
-                for i in rows.indices {
-                    var best = 0
-                    for j in 1..<c where p[i * c + j] > p[i * c + best] { best = j }
-                    if best == rows[i] { correct += 1 }
-                }
-            }
+            for i in rows.indices where probabilities.argmax(ofRow: i) == rows[i] { correct += 1 }
             var totals = [loss * Double(rows.count), Double(correct)]
             try communicator.allReduce(&totals, .sum)
             window.loss += totals[0]
@@ -103,14 +96,7 @@ final class OnlineProbe: StateScalars {
             let (input, labels) = try loader.readNormalized(rows: Array(start..<end))
             let representation = try encoder.forward(input.reshaped([end - start] + inputShape), context: context)
             let logits = try linear.forward(try normalization.forward(representation, context: context), context: context)
-            let c = logits.columnCount
-            logits.withUnsafeBufferPointer { p in
-                for i in 0..<(end - start) {
-                    var best = 0
-                    for j in 1..<c where p[i * c + j] > p[i * c + best] { best = j }
-                    if Int64(best) == labels?[i] { correct += 1 }
-                }
-            }
+            for i in 0..<(end - start) where Int64(logits.argmax(ofRow: i)) == labels?[i] { correct += 1 }
             start = end
         }
         return try communicator.allReduce(correct, .sum) / Double(max(rowCount, 1))

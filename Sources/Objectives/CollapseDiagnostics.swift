@@ -148,6 +148,9 @@ public struct CollapseDiagnostics: Sendable, Equatable {
                 variance += a[i] * row
             }
             let scale = variance > 0 ? 1 / variance.squareRoot() : 0
+            // Each row's projection in Double, row by row (not the Epps–Pulley projections'
+            // matrix product, whose rounding depends on how many rows a rank holds): a value
+            // near a bucket edge lands in the same bucket on any number of ranks.
             for r in 0..<n {
                 var p = 0.0
                 for j in 0..<d { p += Double(embeddings[r, j]) * a[j] }

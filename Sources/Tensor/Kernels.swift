@@ -10,6 +10,17 @@ extension Tensor {
         withUnsafeBufferPointer { p in Tensor.laneSum(p.count) { Double(p[$0]) } }
     }
 
+    /// The column of the largest element of row `row` of a matrix, the lowest on a tie (a
+    /// classifier's prediction from its logits or probabilities).
+    @inlinable public func argmax(ofRow row: Int) -> Int {
+        withUnsafeBufferPointer { p in
+            let c = columnCount, base = row * c
+            var best = 0
+            for j in 1..<max(c, 1) where p[base + j] > p[base + best] { best = j }
+            return best
+        }
+    }
+
     /// The sum of squares of all elements.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
