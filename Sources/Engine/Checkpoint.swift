@@ -172,7 +172,7 @@ public struct Checkpoint: Equatable, Sendable {
 
 /// The tensors of a parameter store, its optimizer's slots and a buffer store in the layout of
 /// a state group: `params/<name>`, `buffers/<name>`, `optimizer/<name>/<slot>`.
-public func stateDict(parameters: ParameterStore<Float>, buffers: ParameterStore<Float>?,
+public func stateDict(parameters: ParameterStore<Float>, buffers: BufferStore<Float>?,
                       optimizerSlots: [(name: String, buffer: Tensor<Float>)]) -> StateDict {
     var tensors: StateDict = [:]
     for entry in parameters.entries {

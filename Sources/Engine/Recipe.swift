@@ -34,7 +34,7 @@ public protocol Recipe: AnyObject {
     /// a step are all-reduced in one call).
     var parameters: ParameterStore<Float> { get }
     /// The non-trainable state saved with them (batch norm's running statistics).
-    var buffers: ParameterStore<Float> { get }
+    var buffers: BufferStore<Float> { get }
     /// Steps in one epoch of the training data.
     var stepsPerEpoch: Int { get }
     /// The data position of `step`: its epoch and its step within the epoch.
@@ -95,19 +95,25 @@ public struct StepLoss: Sendable {
 public struct StateGroup {
     public var name: String
     public var parameters: ParameterStore<Float>
-    public var buffers: ParameterStore<Float>?
+    public var buffers: BufferStore<Float>?
     /// The optimizer of `parameters` (its slots and step count are saved), if any.
     public var optimizer: (any Optimizer<Float>)?
     /// Numbers that are not tensors (a metrics window's running sums), if any.
     public var scalars: (any StateScalars)?
 
-    public init(name: String, parameters: ParameterStore<Float>, buffers: ParameterStore<Float>? = nil,
+    public init(name: String, parameters: ParameterStore<Float>, buffers: BufferStore<Float>? = nil,
                 optimizer: (any Optimizer<Float>)? = nil, scalars: (any StateScalars)? = nil) {
         self.name = name
         self.parameters = parameters
         self.buffers = buffers
         self.optimizer = optimizer
         self.scalars = scalars
+    }
+
+    /// The parameter store and the buffer store (if any), with their kind in the state dict
+    /// (`params`, `buffers`).
+    public var stores: [(kind: String, store: any NamedTensorStore<Float>)] {
+        [("params", parameters)] + (buffers.map { [("buffers", $0)] } ?? [])
     }
 
     /// The group's tensors now.

@@ -293,8 +293,7 @@ public final class Trainer<R: Recipe> {
     /// The first parameter or buffer (by state group and name) holding NaN or infinity.
     private func firstNonFiniteTensor() -> String? {
         for group in stateGroups {
-            for (kind, store) in [("params", group.parameters), ("buffers", group.buffers)] {
-                guard let store else { continue }
+            for (kind, store) in group.stores {
                 let finite = store.values.withUnsafeBufferPointer { $0.allSatisfy(\.isFinite) }
                 if finite { continue }
                 for entry in store.entries where !store.view(of: store.values, entry).scalars.allSatisfy(\.isFinite) {
@@ -309,7 +308,7 @@ public final class Trainer<R: Recipe> {
     private func parameterFingerprint() -> UInt64 {
         var hash = FNV1a()
         for group in stateGroups {
-            for store in [group.parameters, group.buffers].compactMap({ $0 }) {
+            for (_, store) in group.stores {
                 store.values.withUnsafeBufferPointer { hash.mixBitPatterns($0) }
             }
         }

@@ -33,7 +33,7 @@ public struct ModelExport {
     public init(_ trained: TrainedModel, normalization: Normalization?) {
         let model = trained.model
         var tensors: [(String, [Int], Values)] = []
-        for store in [model.parameters, model.buffers] {
+        for store: any NamedTensorStore<Float> in [model.parameters, model.buffers] {
             for entry in store.entries {
                 tensors.append((entry.name, entry.shape, .float32(store.view(of: store.values, entry).scalars)))
             }

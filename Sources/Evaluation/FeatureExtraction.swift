@@ -67,17 +67,11 @@ public struct TrainedModel {
             throw EvaluationError("checkpoint \(path): its config does not load: \(error)")
         }
         let model = try Model<Float>(configuration.model, seed: configuration.seed)
-        for (prefix, store) in [("params", model.parameters), ("buffers", model.buffers)] {
-            for entry in store.entries {
-                let name = "\(prefix)/\(entry.name)"
-                guard let (shape, values) = checkpoint.tensors[name] else {
-                    throw EvaluationError("checkpoint \(path) has no tensor /\(name), which its config's model needs")
-                }
-                guard shape == entry.shape, values.count == entry.count else {
-                    throw EvaluationError("checkpoint \(path): /\(name) has shape \(shape), the model expects \(entry.shape)")
-                }
-                store.view(of: store.values, entry).copy(from: Tensor(shape: shape, scalars: values))
-            }
+        do {
+            try StateGroup(name: Checkpoint.modelGroup, parameters: model.parameters, buffers: model.buffers)
+                .load(checkpoint.tensors, stepCount: nil, from: path)
+        } catch let error as TrainingError {
+            throw EvaluationError(error.description)
         }
         self.path = path
         self.step = checkpoint.step

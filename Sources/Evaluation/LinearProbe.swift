@@ -116,7 +116,7 @@ public final class LinearProbe {
         standardization = Standardization(fitting: features)
         layer = Linear<Float>(inFeatures: d, outFeatures: classCount)
         parameters = ParameterStore(specs: layer.parameterSpecs(), seed: settings.seed)
-        layer.bind(parameters: parameters, buffers: ParameterStore(specs: [], seed: 0), prefix: "")
+        layer.bind(parameters: parameters, buffers: BufferStore.empty, prefix: "")
         try train(standardization.apply(features), labels: labels.map { Int($0) })
     }
 

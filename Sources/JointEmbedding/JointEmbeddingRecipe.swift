@@ -88,7 +88,7 @@ public final class JointEmbeddingRecipe: Recipe {
     public var objective: any Objective<Float> { modelStep.objective }
 
     public var parameters: ParameterStore<Float> { model.parameters }
-    public var buffers: ParameterStore<Float> { model.buffers }
+    public var buffers: BufferStore<Float> { model.buffers }
     public var stepsPerEpoch: Int { sampler.stepsPerEpoch }
     public func position(ofStep step: Int) -> (epoch: Int, stepInEpoch: Int) { sampler.position(ofStep: step) }
     public var summary: String {

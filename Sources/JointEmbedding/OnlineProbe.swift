@@ -20,7 +20,7 @@ import Tensor
 /// state are the checkpoint's state group `probe`.
 final class OnlineProbe: StateScalars {
     private let parameters: ParameterStore<Float>
-    private let buffers: ParameterStore<Float>
+    private let buffers: BufferStore<Float>
     private let normalization: BatchNorm<Float>
     private let linear: Linear<Float>
     private let optimizer: AdamW<Float>
@@ -35,7 +35,7 @@ final class OnlineProbe: StateScalars {
         normalization = BatchNorm(features: features, affine: false)
         linear = Linear(inFeatures: features, outFeatures: classes)
         parameters = ParameterStore(specs: linear.parameterSpecs().map { $0.prefixed("probe") }, seed: seed)
-        buffers = ParameterStore(specs: normalization.bufferSpecs().map { $0.prefixed("probe_norm") }, seed: seed)
+        buffers = BufferStore(specs: normalization.bufferSpecs().map { $0.prefixed("probe_norm") }, seed: seed)
         linear.bind(parameters: parameters, buffers: buffers, prefix: "probe")
         normalization.bind(parameters: parameters, buffers: buffers, prefix: "probe_norm")
         optimizer = try AdamW(parameters: parameters, learningRate: learningRate, weightDecay: 1e-4)

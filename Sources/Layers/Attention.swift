@@ -66,7 +66,7 @@ public final class MultiHeadAttention<Scalar: LayerScalar>: Layer {
         qkv.parameterSpecs().map { $0.prefixed("qkv") } + proj.parameterSpecs().map { $0.prefixed("proj") }
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         qkv.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "qkv"))
         proj.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "proj"))
     }
@@ -199,7 +199,7 @@ public final class CrossAttention<Scalar: LayerScalar>: ConditionedLayer {
 
     public func parameterSpecs() -> [ParameterSpec] { projections.parameterSpecs() }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         projections.bind(parameters: parameters, buffers: buffers, prefix: prefix)
     }
 

@@ -72,7 +72,7 @@ public final class BatchNorm<Scalar: LayerScalar>: Layer {
          ParameterSpec(name: "running_var", shape: [features], role: .normalization, initializer: .ones)]
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         if affine {
             (weight, weightGradient) = parameters.bound(prefix, "weight")
             (bias, biasGradient) = parameters.bound(prefix, "bias")

@@ -17,7 +17,7 @@ public final class Sequential<Scalar: LayerScalar>: Layer {
         layers.enumerated().flatMap { i, layer in layer.bufferSpecs().map { $0.prefixed("\(i)") } }
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         for (i, layer) in layers.enumerated() {
             layer.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "\(i)"))
         }
@@ -63,7 +63,7 @@ public final class NamedSequential<Scalar: LayerScalar>: Layer {
         children.flatMap { child in child.layer.bufferSpecs().map { $0.prefixed(child.name) } }
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         for child in children {
             child.layer.bind(parameters: parameters, buffers: buffers,
                              prefix: child.name.isEmpty ? prefix : qualifiedName(prefix, child.name))
@@ -98,7 +98,7 @@ public protocol NamedSequentialLayer: Layer {
 extension NamedSequentialLayer {
     public func parameterSpecs() -> [ParameterSpec] { sequence.parameterSpecs() }
     public func bufferSpecs() -> [ParameterSpec] { sequence.bufferSpecs() }
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         sequence.bind(parameters: parameters, buffers: buffers, prefix: prefix)
     }
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
@@ -137,7 +137,7 @@ public final class Residual<Scalar: LayerScalar>: Layer {
         body.bufferSpecs().map { $0.prefixed("body") } + (shortcut?.bufferSpecs().map { $0.prefixed("shortcut") } ?? [])
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         body.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "body"))
         shortcut?.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "shortcut"))
     }

@@ -30,7 +30,7 @@ public final class Dropout<Scalar: LayerScalar>: ParameterFreeLayer {
     }
 
     /// Takes the layer's name (`prefix`), which keys its masks.
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         stream = CounterRandom.hash("dropout:" + prefix)
     }
 

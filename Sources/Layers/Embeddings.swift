@@ -43,7 +43,7 @@ public final class PatchEmbedding<Scalar: LayerScalar>: Layer {
                 ParameterSpec(name: "proj.bias", shape: [embedDimension], role: .bias, initializer: .pytorchDefault(fanIn: fanIn))]
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         (weight, weightGradient) = parameters.bound(prefix, "proj.weight")
         (bias, biasGradient) = parameters.bound(prefix, "proj.bias")
     }
@@ -186,7 +186,7 @@ public final class PositionEmbedding<Scalar: LayerScalar>: Layer {
         return specs
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         (position, positionGradient) = parameters.bound(prefix, "pos_embed")
         if classToken { (classValue, classGradient) = parameters.bound(prefix, "cls_token") }
     }

@@ -121,7 +121,7 @@ public protocol Layer<Scalar>: AnyObject {
     /// named like the parameters. Empty for most layers.
     func bufferSpecs() -> [ParameterSpec]
     /// Takes the views of this layer's parameters, gradients and buffers, named `prefix.name`.
-    func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String)
+    func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String)
     /// The output for `input`; see the type's discussion for the conventions.
     func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar>
     /// The input gradient for `outputGradient`; accumulates the parameter gradients.
@@ -138,7 +138,7 @@ public protocol ParameterFreeLayer: Layer {}
 
 extension ParameterFreeLayer {
     public func parameterSpecs() -> [ParameterSpec] { [] }
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {}
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {}
 }
 
 /// `prefix.name`, or `name` when `prefix` is empty.

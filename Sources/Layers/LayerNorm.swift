@@ -37,7 +37,7 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
                 ParameterSpec(name: "bias", shape: [features], role: .normalization, initializer: .zeros)]
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         guard elementwiseAffine else { return }
         (weight, weightGradient) = parameters.bound(prefix, "weight")
         (bias, biasGradient) = parameters.bound(prefix, "bias")

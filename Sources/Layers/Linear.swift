@@ -44,7 +44,7 @@ public final class Linear<Scalar: LayerScalar>: Layer {
         return specs
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         (weight, weightGradient) = parameters.bound(prefix, "weight")
         if hasBias {
             (bias, biasGradient) = parameters.bound(prefix, "bias")

@@ -39,7 +39,7 @@ public final class Model<Scalar: LayerScalar> {
     /// The non-trainable state (batch norm's `running_mean`, `running_var`), PyTorch's buffers.
     /// Stored in a ``ParameterStore`` of its own so checkpoints save it like the parameters;
     /// its `gradients` are unused and optimizers never see it.
-    public let buffers: ParameterStore<Scalar>
+    public let buffers: BufferStore<Scalar>
 
     /// Builds the model of `description` with parameters initialised from `seed`.
     /// - Throws: ``ModelDescriptionError`` when the description is not valid.
@@ -53,7 +53,7 @@ public final class Model<Scalar: LayerScalar> {
             .compactMap { name, part in part.map { (name, $0) } }
         parameters = ParameterStore(specs: parts.flatMap { name, part in part.parameterSpecs().map { $0.prefixed(name) } },
                                     seed: seed)
-        buffers = ParameterStore(specs: parts.flatMap { name, part in part.bufferSpecs().map { $0.prefixed(name) } },
+        buffers = BufferStore(specs: parts.flatMap { name, part in part.bufferSpecs().map { $0.prefixed(name) } },
                                  seed: seed)
         for (name, part) in parts { part.bind(parameters: parameters, buffers: buffers, prefix: name) }
     }

@@ -70,14 +70,11 @@ public struct ParameterSpec: Sendable, Equatable {
     }
 }
 
-/// All parameters of a model in one contiguous buffer, their gradients in a second buffer of
-/// the same layout (so a data-parallel step all-reduces every gradient in one call), with a
-/// named view of each.
-///
-/// Optimizer state uses the same layout: a slot of the optimizer is one more buffer of
-/// `count` elements, and `entries` tell which range belongs to which parameter.
-public final class ParameterStore<Scalar: TensorScalar>: @unchecked Sendable {
-    /// One parameter's place in the buffers.
+/// Where each named tensor of a store lies in its flat buffers: the entries in declaration
+/// order, with a name index. ``ParameterStore`` and ``BufferStore`` share it, and optimizer slots
+/// use it too.
+public struct TensorLayout: Sendable {
+    /// One tensor's place in the buffers.
     public struct Entry: Sendable, Equatable {
         public let name: String
         public let shape: [Int]
@@ -88,19 +85,14 @@ public final class ParameterStore<Scalar: TensorScalar>: @unchecked Sendable {
         public var count: Int { shape.reduce(1, *) }
     }
 
-    /// The parameters in declaration order.
+    /// The tensors in declaration order.
     public let entries: [Entry]
-    /// Every parameter, flat.
-    public let values: Tensor<Scalar>
-    /// Every gradient, flat, in the layout of `values`.
-    public let gradients: Tensor<Scalar>
+    /// The number of scalars over all tensors.
+    public let count: Int
     private let index: [String: Int]
 
-    /// Allocates and initialises the parameters of `specs`.
-    ///
-    /// - Parameter seed: keys the initialisation; each parameter draws from the stream named
-    ///   by its full name, so the result depends neither on rank nor on declaration order.
-    public init(specs: [ParameterSpec], seed: UInt64) {
+    /// The layout of `specs`, one after the other.
+    public init(specs: [ParameterSpec]) {
         var entries: [Entry] = []
         var index: [String: Int] = [:]
         var offset = 0
@@ -112,23 +104,84 @@ public final class ParameterStore<Scalar: TensorScalar>: @unchecked Sendable {
         }
         self.entries = entries
         self.index = index
-        values = Tensor(zeros: [offset])
-        gradients = Tensor(zeros: [offset])
-        for (spec, entry) in zip(specs, entries) {
-            spec.initializer.fill(view(of: values, entry), generator: CounterRandom(seed: seed, streamName: spec.name))
-        }
+        count = offset
     }
-
-    /// The number of scalars over all parameters.
-    public var count: Int { values.count }
 
     /// The entry named `name`, if any.
     public func entry(named name: String) -> Entry? { index[name].map { entries[$0] } }
 
-    /// The view of parameter `name`.
+    /// A flat buffer of this layout holding the initial values of `specs` (the specs of this
+    /// layout): each tensor draws from the stream named by its full name, so the result
+    /// depends neither on rank nor on declaration order.
+    func initialValues<Scalar: TensorScalar>(_ specs: [ParameterSpec], seed: UInt64) -> Tensor<Scalar> {
+        let values = Tensor<Scalar>(zeros: [count])
+        for (spec, entry) in zip(specs, entries) {
+            spec.initializer.fill(view(of: values, entry), generator: CounterRandom(seed: seed, streamName: spec.name))
+        }
+        return values
+    }
+
+    /// The view of `entry` in a flat buffer of this layout.
+    public func view<Scalar: TensorScalar>(of buffer: Tensor<Scalar>, _ entry: Entry) -> Tensor<Scalar> {
+        precondition(buffer.count == count, "buffer of \(buffer.count) is not in this layout of \(count)")
+        return buffer.reshaped([count]).rows(entry.offset..<(entry.offset + entry.count)).reshaped(entry.shape)
+    }
+}
+
+/// Named tensors in one flat buffer: the parameters of a model (``ParameterStore``) or its
+/// running statistics (``BufferStore``). Checkpoints, export and the finiteness check read
+/// either through this protocol.
+public protocol NamedTensorStore<Scalar>: AnyObject, Sendable {
+    associatedtype Scalar: TensorScalar
+    /// Where each tensor lies in ``values``.
+    var layout: TensorLayout { get }
+    /// Every tensor, flat.
+    var values: Tensor<Scalar> { get }
+}
+
+extension NamedTensorStore {
+    /// The tensors in declaration order.
+    public var entries: [TensorLayout.Entry] { layout.entries }
+    /// The number of scalars over all tensors.
+    public var count: Int { layout.count }
+    /// The entry named `name`, if any.
+    public func entry(named name: String) -> TensorLayout.Entry? { layout.entry(named: name) }
+
+    /// The view of tensor `name`.
     public func value(_ name: String) -> Tensor<Scalar> {
-        guard let entry = entry(named: name) else { preconditionFailure("no parameter named \(name)") }
-        return view(of: values, entry)
+        guard let entry = entry(named: name) else { preconditionFailure("no tensor named \(name)") }
+        return layout.view(of: values, entry)
+    }
+
+    /// The view of `entry` in a flat buffer of this layout (values, gradients or an optimizer slot).
+    public func view(of buffer: Tensor<Scalar>, _ entry: TensorLayout.Entry) -> Tensor<Scalar> {
+        layout.view(of: buffer, entry)
+    }
+}
+
+/// All parameters of a model in one contiguous buffer, their gradients in a second buffer of
+/// the same layout (so a data-parallel step all-reduces every gradient in one call), with a
+/// named view of each.
+///
+/// Optimizer state uses the same layout: a slot of the optimizer is one more buffer of
+/// `count` elements, and `entries` tell which range belongs to which parameter.
+public final class ParameterStore<Scalar: TensorScalar>: NamedTensorStore, @unchecked Sendable {
+    public typealias Entry = TensorLayout.Entry
+
+    public let layout: TensorLayout
+    /// Every parameter, flat.
+    public let values: Tensor<Scalar>
+    /// Every gradient, flat, in the layout of `values`.
+    public let gradients: Tensor<Scalar>
+
+    /// Allocates and initialises the parameters of `specs`.
+    ///
+    /// - Parameter seed: keys the initialisation; each parameter draws from the stream named
+    ///   by its full name, so the result depends neither on rank nor on declaration order.
+    public init(specs: [ParameterSpec], seed: UInt64) {
+        layout = TensorLayout(specs: specs)
+        values = layout.initialValues(specs, seed: seed)
+        gradients = Tensor(zeros: [layout.count])
     }
 
     /// The view of the gradient of parameter `name`.
@@ -145,12 +198,26 @@ public final class ParameterStore<Scalar: TensorScalar>: @unchecked Sendable {
         return (view(of: values, entry), view(of: gradients, entry))
     }
 
-    /// The view of `entry` in a flat buffer of this layout (values, gradients or an optimizer slot).
-    public func view(of buffer: Tensor<Scalar>, _ entry: Entry) -> Tensor<Scalar> {
-        precondition(buffer.count == count, "buffer of \(buffer.count) is not in this layout of \(count)")
-        return buffer.reshaped([count]).rows(entry.offset..<(entry.offset + entry.count)).reshaped(entry.shape)
-    }
-
     /// Sets every gradient to zero.
     public func zeroGradients() { gradients.fill(0) }
+}
+
+/// The non-trainable state of a model (PyTorch's buffers: batch norm's `running_mean` and
+/// `running_var`) in one flat buffer, without gradients: layers update it in place during
+/// training forwards, checkpoints save it beside the parameters, and neither the optimizer
+/// nor the gradient all-reduce ever sees it.
+public final class BufferStore<Scalar: TensorScalar>: NamedTensorStore, @unchecked Sendable {
+    public let layout: TensorLayout
+    /// Every buffer, flat.
+    public let values: Tensor<Scalar>
+
+    /// Allocates the buffers of `specs` with their initial values (`seed` keys random ones,
+    /// as for parameters).
+    public init(specs: [ParameterSpec], seed: UInt64 = 0) {
+        layout = TensorLayout(specs: specs)
+        values = layout.initialValues(specs, seed: seed)
+    }
+
+    /// A store with no buffers, for layers and tests that have none.
+    public static var empty: BufferStore { BufferStore(specs: []) }
 }

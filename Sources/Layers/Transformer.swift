@@ -18,7 +18,7 @@ public protocol ConditionedLayer<Scalar>: AnyObject {
     /// The non-trainable state (empty for most layers).
     func bufferSpecs() -> [ParameterSpec]
     /// Takes the views of this layer's parameters, gradients and buffers, named `prefix.name`.
-    func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String)
+    func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String)
     /// The output for `input` under `condition`; keeps references to both for the backward pass.
     func forward(_ input: Tensor<Scalar>, condition: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar>
     /// The gradients with respect to the input and the condition of the last forward on the
@@ -107,7 +107,7 @@ public final class TransformerBlock<Scalar: LayerScalar>: Layer {
 
     public func parameterSpecs() -> [ParameterSpec] { sublayers.parameterSpecs() }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         sublayers.bind(parameters: parameters, buffers: buffers, prefix: prefix)
     }
 
@@ -222,7 +222,7 @@ public final class AdaLNZeroBlock<Scalar: LayerScalar>: ConditionedLayer {
         NamedSequential([("attn", attn), ("mlp", mlp)]).parameterSpecs() + modulation.parameterSpecs().map { $0.prefixed("adaLN_modulation") }
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         NamedSequential([("norm1", norm1), ("attn", attn), ("norm2", norm2), ("mlp", mlp)])
             .bind(parameters: parameters, buffers: buffers, prefix: prefix)
         modulation.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "adaLN_modulation"))

@@ -98,7 +98,7 @@ public final class ConditionedTransformer<Scalar: LayerScalar>: ConditionedLayer
             + norm.parameterSpecs().map { $0.prefixed("norm") } + head.parameterSpecs().map { $0.prefixed("head") }
     }
 
-    public func bind(parameters: ParameterStore<Scalar>, buffers: ParameterStore<Scalar>, prefix: String) {
+    public func bind(parameters: ParameterStore<Scalar>, buffers: BufferStore<Scalar>, prefix: String) {
         position.bind(parameters: parameters, buffers: buffers, prefix: prefix)
         for (i, block) in blocks.enumerated() {
             block.bind(parameters: parameters, buffers: buffers, prefix: qualifiedName(prefix, "blocks.\(i)"))

@@ -162,7 +162,7 @@ public final class WorldModelNetwork<Scalar: LayerScalar> {
     public let mlpPredictor: Sequential<Scalar>?
     public let predictionProjector: Sequential<Scalar>?
     public let parameters: ParameterStore<Scalar>
-    public let buffers: ParameterStore<Scalar>
+    public let buffers: BufferStore<Scalar>
 
     private final class Cache {
         var predictorInput: Tensor<Scalar>?          // (B, H·(D + A)) the MLP predictor's input
@@ -213,7 +213,7 @@ public final class WorldModelNetwork<Scalar: LayerScalar> {
         add("predictor", mlpPredictor)
         add("pred_proj", predictionProjector)
         parameters = ParameterStore(specs: specs, seed: seed)
-        buffers = ParameterStore(specs: bufferSpecs, seed: seed)
+        buffers = BufferStore(specs: bufferSpecs, seed: seed)
         encoder.bind(parameters: parameters, buffers: buffers, prefix: "encoder")
         projector?.bind(parameters: parameters, buffers: buffers, prefix: "projector")
         actionEncoder.bind(parameters: parameters, buffers: buffers, prefix: "action_encoder")

@@ -90,7 +90,7 @@ public final class WorldModelRecipe: Recipe {
 
     public var network: WorldModelNetwork<Float> { modelStep.network }
     public var parameters: ParameterStore<Float> { network.parameters }
-    public var buffers: ParameterStore<Float> { network.buffers }
+    public var buffers: BufferStore<Float> { network.buffers }
     public var stepsPerEpoch: Int { sampler.sampler.stepsPerEpoch }
     public func position(ofStep step: Int) -> (epoch: Int, stepInEpoch: Int) { sampler.sampler.position(ofStep: step) }
     public var summary: String {

@@ -59,7 +59,7 @@ public enum BatchNormFixture {
     private static func run(_ layer: BatchNorm<Double>, sample: [Int], name: String, rows: Range<Int>,
                             communicator: any Communicator, into results: inout [String: JSONValue]) throws {
         let parameters = ParameterStore<Double>(specs: layer.parameterSpecs(), seed: 3)
-        let buffers = ParameterStore<Double>(specs: layer.bufferSpecs(), seed: 3)
+        let buffers = BufferStore<Double>(specs: layer.bufferSpecs(), seed: 3)
         CounterRandom(seed: 3, stream: 7).fillNormal(parameters.values, mean: 1, standardDeviation: 0.5)
         layer.bind(parameters: parameters, buffers: buffers, prefix: "")
         let training = LayerContext(training: true, communicator: communicator)

@@ -162,7 +162,7 @@ final class ExportTests: XCTestCase {
                 }
             }
             var actual: [String: [Int]] = [:]
-            for store in [model.parameters, model.buffers] { for entry in store.entries { actual[entry.name] = entry.shape } }
+            for store: any NamedTensorStore<Float> in [model.parameters, model.buffers] { for entry in store.entries { actual[entry.name] = entry.shape } }
             XCTAssertEqual(actual, expected, "\(description)")
         }
     }

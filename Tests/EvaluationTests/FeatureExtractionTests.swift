@@ -21,7 +21,7 @@ final class FeatureExtractionTests: XCTestCase {
         let model = try Model<Float>(configuration.model, seed: 9)
         CounterRandom(seed: 5).fillUniform(model.buffers.values, low: 0.5, high: 1.5)
         var tensors: [String: (shape: [Int], values: [Float])] = [:]
-        for (prefix, store) in [("params", model.parameters), ("buffers", model.buffers)] {
+        for (prefix, store) in [("params", model.parameters), ("buffers", model.buffers)] as [(String, any NamedTensorStore<Float>)] {
             for entry in store.entries { tensors["\(prefix)/\(entry.name)"] = (entry.shape, store.view(of: store.values, entry).scalars) }
         }
         let checkpoint = Checkpoint(step: 7, epoch: 0, stepInEpoch: 7, seed: 9, globalBatchSize: 256, worldSize: 1,

@@ -26,7 +26,7 @@ enum GradientCheck {
     /// not hide mistakes).
     static func network(_ layer: any Layer<Double>, seed: UInt64 = 11) -> Network {
         let parameters = ParameterStore<Double>(specs: layer.parameterSpecs(), seed: seed)
-        let buffers = ParameterStore<Double>(specs: layer.bufferSpecs(), seed: seed)
+        let buffers = BufferStore<Double>(specs: layer.bufferSpecs(), seed: seed)
         if parameters.count > 0 { CounterRandom(seed: seed, stream: 99).fillNormal(parameters.values, mean: 0.3) }
         layer.bind(parameters: parameters, buffers: buffers, prefix: "")
         return Network(forward: { try layer.forward($0, context: $1) },

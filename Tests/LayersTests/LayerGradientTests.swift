@@ -91,7 +91,7 @@ final class LayerGradientTests: XCTestCase {
             conv.usesWinograd = winograd
             conv.chunkElements = 4000
             let parameters = ParameterStore<Float>(specs: conv.parameterSpecs(), seed: 5)
-            conv.bind(parameters: parameters, buffers: ParameterStore<Float>(specs: [], seed: 0), prefix: "")
+            conv.bind(parameters: parameters, buffers: BufferStore<Float>(specs: [], seed: 0), prefix: "")
             let output = try conv.forward(input, context: training)
             let outputValues = output.scalars
             let inputGradient = try conv.backward(outputGradient, context: training)

@@ -64,7 +64,7 @@ final class SyncBatchNormTests: XCTestCase {
     func testStatisticsAreThoseOfPyTorch() throws {
         let layer = BatchNorm1d<Double>(features: 2, affine: false)
         let parameters = ParameterStore<Double>(specs: layer.parameterSpecs(), seed: 0)
-        let buffers = ParameterStore<Double>(specs: layer.bufferSpecs(), seed: 0)
+        let buffers = BufferStore<Double>(specs: layer.bufferSpecs(), seed: 0)
         layer.bind(parameters: parameters, buffers: buffers, prefix: "")
         let x = Tensor<Double>(shape: [4, 2], scalars: [1, 10, 2, 20, 3, 30, 6, 40])
         let y = try layer.forward(x, context: LayerContext(training: true))
@@ -93,7 +93,7 @@ final class SyncBatchNormTests: XCTestCase {
     func testTrainingNeedsTwoValuesPerChannel() throws {
         let layer = BatchNorm1d<Float>(features: 2)
         layer.bind(parameters: ParameterStore(specs: layer.parameterSpecs(), seed: 0),
-                   buffers: ParameterStore(specs: layer.bufferSpecs(), seed: 0), prefix: "")
+                   buffers: BufferStore(specs: layer.bufferSpecs(), seed: 0), prefix: "")
         XCTAssertThrowsError(try layer.forward(Tensor(zeros: [1, 2]), context: LayerContext(training: true))) {
             XCTAssertEqual($0 as? LayerError, .batchTooSmall(layer: "BatchNorm(2)", count: 1))
         }
@@ -105,7 +105,7 @@ final class SyncBatchNormTests: XCTestCase {
         func make() -> (BatchNorm1d<Double>, ParameterStore<Double>) {
             let layer = BatchNorm1d<Double>(features: 3)
             let parameters = ParameterStore<Double>(specs: layer.parameterSpecs(), seed: 0)
-            layer.bind(parameters: parameters, buffers: ParameterStore(specs: layer.bufferSpecs(), seed: 0), prefix: "")
+            layer.bind(parameters: parameters, buffers: BufferStore(specs: layer.bufferSpecs(), seed: 0), prefix: "")
             return (layer, parameters)
         }
         let view0 = randomTensor([5, 3], seed: 1, as: Double.self), view1 = randomTensor([5, 3], seed: 2, as: Double.self)

@@ -18,7 +18,7 @@ final class PackedConditionedLayer: Layer {
     }
 
     func parameterSpecs() -> [ParameterSpec] { layer.parameterSpecs() }
-    func bind(parameters: ParameterStore<Double>, buffers: ParameterStore<Double>, prefix: String) {
+    func bind(parameters: ParameterStore<Double>, buffers: BufferStore<Double>, prefix: String) {
         layer.bind(parameters: parameters, buffers: buffers, prefix: prefix)
     }
 

@@ -119,7 +119,7 @@ final class ViTReferenceTests: XCTestCase {
                                                    outputFeatures: c["outputFeatures"]!.int, maxTokens: c["maxTokens"]!.int,
                                                    depth: c["depth"]!.int, heads: c["heads"]!.int, mlpRatio: c["mlpRatio"]!.double)
         let parameters = ParameterStore<Double>(specs: stack.parameterSpecs(), seed: 0)
-        stack.bind(parameters: parameters, buffers: ParameterStore(specs: [], seed: 0), prefix: "")
+        stack.bind(parameters: parameters, buffers: BufferStore.empty, prefix: "")
         setParameters(parameters, prefix: "", reference: reference)
         let tokens = Self.sequence(reference.input_shape)
         let conditions = Self.sequence(try XCTUnwrap(reference.condition_shape), a: 0.8, b: 0.4)

@@ -11,13 +11,13 @@ final class ViTTests: XCTestCase {
 
     /// A layer bound to freshly initialised parameters (the layer's own initialisation).
     private func bound<L: Layer>(_ layer: L) -> L {
-        layer.bind(parameters: ParameterStore(specs: layer.parameterSpecs(), seed: 4), buffers: ParameterStore(specs: [], seed: 4),
+        layer.bind(parameters: ParameterStore(specs: layer.parameterSpecs(), seed: 4), buffers: BufferStore.empty,
                    prefix: "")
         return layer
     }
 
     private func bound<L: ConditionedLayer>(_ layer: L) -> L {
-        layer.bind(parameters: ParameterStore(specs: layer.parameterSpecs(), seed: 4), buffers: ParameterStore(specs: [], seed: 4),
+        layer.bind(parameters: ParameterStore(specs: layer.parameterSpecs(), seed: 4), buffers: BufferStore.empty,
                    prefix: "")
         return layer
     }
@@ -111,7 +111,7 @@ final class ViTTests: XCTestCase {
         let attention = bound(MultiHeadAttention<Double>(features: 6, heads: 2, causal: true))
         let stack = ConditionedTransformer<Double>(features: 6, conditionFeatures: 2, maxTokens: 5, depth: 2, heads: 2)
         let parameters = ParameterStore<Double>(specs: stack.parameterSpecs(), seed: 4)
-        stack.bind(parameters: parameters, buffers: ParameterStore(specs: [], seed: 4), prefix: "")
+        stack.bind(parameters: parameters, buffers: BufferStore.empty, prefix: "")
         // Non-zero modulations, so that the conditions matter.
         CounterRandom(seed: 8, stream: 1).fillNormal(parameters.values, standardDeviation: 0.3)
         let (B, T) = (2, 5)
@@ -155,7 +155,7 @@ final class ViTTests: XCTestCase {
         let cross = CrossAttention<Double>(features: 6, heads: 2)
         let fused = ParameterStore<Double>(specs: attention.parameterSpecs(), seed: 4)
         let split = ParameterStore<Double>(specs: cross.parameterSpecs(), seed: 4)
-        let none = ParameterStore<Double>(specs: [], seed: 4)
+        let none = BufferStore<Double>.empty
         attention.bind(parameters: fused, buffers: none, prefix: "")
         cross.bind(parameters: split, buffers: none, prefix: "")
         let qkvWeight = fused.value("qkv.weight").scalars, qkvBias = fused.value("qkv.bias").scalars
