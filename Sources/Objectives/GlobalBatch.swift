@@ -19,33 +19,31 @@ public enum StatisticsReduction: String, ConfigurationChoice {
 /// `F` floating-point operations per row to form (e.g. `2·D²` for one covariance), and take
 /// `R` all-reduces on the statistics path:
 ///
-///     statistics: R·latency + 2·(P−1)/P · S·s / bandwidth + n_max·F / flopRate
-///     gather:     latency + (P−1)·n_max·V·D·s / bandwidth + N·F / flopRate
+///     statistics: R · allReduce(S·s / R) + n_max·F / flopRate
+///     gather:     allGather(n_max·V·D·s) + N·F / flopRate
 ///
-/// The first byte term is a ring all-reduce of the statistics; the second a ring all-gather of
-/// the rows padded to `n_max`. (The row counts the choice needs are known by then: given in
-/// ``ObjectiveContext/rowCounts`` or all-gathered once, whichever path follows.) On the gather path
-/// every rank repeats the statistics of the whole batch (`N·F`), while the statistics path
-/// splits them (`n_max·F`). Both paths add the gradient products of this rank's rows
-/// (`n_max·F_g`, ``StatisticsPlan/gradientFlopsPerRow``) and the work that depends on neither
-/// (``StatisticsPlan/flopsPerEvaluation``).
+/// where `allReduce` and `allGather` are ``CollectiveModel``'s times for this model's latency
+/// and bandwidth — the one collective model of the project, which the scaling model uses too
+/// (``StatisticsPlan/communicationSeconds(on:worldSize:globalBatchSize:largestRankCount:scalarBytes:collectives:)``).
+/// On two ranks they are `α + m/β` each. (The row counts the choice needs are known by then:
+/// given in ``ObjectiveContext/rowCounts`` or all-gathered once, whichever path follows.) On the
+/// gather path every rank repeats the statistics of the whole batch (`N·F`), while the
+/// statistics path splits them (`n_max·F`). Both paths add the gradient products of this rank's
+/// rows (`n_max·F_g`, ``StatisticsPlan/gradientFlopsPerRow``) and the work that depends on
+/// neither (``StatisticsPlan/flopsPerEvaluation``).
 ///
 /// An objective with a Gram form (``StatisticsPlan/gramForm``; VICReg) replaces, when it holds
 /// every row and `2N < D`, the `D × D` statistics and gradient products by `N × N` ones:
 ///
-///     gather (Gram form): 2·latency + [(P−1)·n_max·V·D·s + 2(P−1)/P·16] / bandwidth + 4·V·n_max·N·D / flopRate
+///     gather (Gram form): allGather(n_max·V·D·s) + allReduce(16) + 4·V·n_max·N·D / flopRate
 ///
 /// (per view the Gram block of this rank's rows against all rows, and its product with the
 /// rows; the second collective is the all-reduce of the two block norms, 16 bytes). Gathering
 /// wins when `D²` is large against `N·D` and the FLOPs it repeats are cheap on the machine.
-///
-/// The terms are ``StatisticsPlan``'s: ``StatisticsPlan/collectiveCount(on:worldSize:globalBatchSize:)``,
-/// ``StatisticsPlan/sentBytes(on:worldSize:globalBatchSize:largestRankCount:scalarBytes:)`` and
-/// ``StatisticsPlan/flops(on:worldSize:globalBatchSize:largestRankCount:)``.
 public struct ReductionCostModel: Sendable, Equatable {
-    /// The fixed cost of one collective, in seconds.
+    /// The fixed cost of one collective message step, in seconds (``CollectiveModel/latency``).
     public var latency: Double
-    /// The bytes a rank sends (or receives) per second in a collective.
+    /// The bytes a rank sends (or receives) per second in a collective (``CollectiveModel/bandwidth``).
     public var bandwidth: Double
     /// The floating-point operations per second of one rank's statistics kernels.
     public var flopRate: Double
@@ -58,12 +56,14 @@ public struct ReductionCostModel: Sendable, Equatable {
         self.flopRate = flopRate
     }
 
+    /// The collectives of this model's latency and bandwidth.
+    public var collectives: CollectiveModel { CollectiveModel(latency: latency, bandwidth: bandwidth) }
+
     /// The estimated seconds of each path for one evaluation.
     public func cost(of path: StatisticsReduction, plan: StatisticsPlan, worldSize: Int,
                      globalBatchSize: Int, largestRankCount: Int, scalarBytes: Int) -> Double {
-        Double(plan.collectiveCount(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)) * latency
-            + plan.sentBytes(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
-                             largestRankCount: largestRankCount, scalarBytes: scalarBytes) / bandwidth
+        plan.communicationSeconds(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                                  largestRankCount: largestRankCount, scalarBytes: scalarBytes, collectives: collectives)
             + plan.flops(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
                          largestRankCount: largestRankCount) / flopRate
     }
@@ -180,6 +180,26 @@ public struct StatisticsPlan: Sendable, Equatable {
             return (p - 1) * block + norms
         }
         return allReduceFactor * Double(elementCount(partitions: worldSize) * scalarBytes)
+    }
+
+    /// The seconds of one evaluation's collectives on `path` under `collectives`: the
+    /// statistics path's ``allReduceCount`` all-reduces, as equal parts of its buffer; on the
+    /// gather path the all-gather of the rows padded to the largest rank, and in the Gram form
+    /// the all-reduce of the block norms; 0 on one rank.
+    public func communicationSeconds(on path: StatisticsReduction, worldSize p: Int, globalBatchSize n: Int,
+                                     largestRankCount nMax: Int, scalarBytes s: Int,
+                                     collectives: CollectiveModel) -> Double {
+        let count = collectiveCount(on: path, worldSize: p, globalBatchSize: n)
+        guard count > 0 else { return 0 }
+        let bytes = Double(communicatedBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
+                                             scalarBytes: s))
+        if path == .gather {
+            let block = Double(nMax * viewCount * dimension * s)
+            let rows = collectives.allGather(bytesPerRank: block, worldSize: p)
+            // The Gram form's second collective: the block norms (the rest of the bytes).
+            return count > 1 ? rows + collectives.allReduce(bytes: bytes - Double(p) * block, worldSize: p) : rows
+        }
+        return Double(count) * collectives.allReduce(bytes: bytes / Double(count), worldSize: p)
     }
 
     /// The floating-point operations of the slowest rank (the one with `largestRankCount`

@@ -1,3 +1,4 @@
+import Communication
 import Engine
 import Foundation
 import Layers
@@ -8,50 +9,6 @@ extension Benchmarks {
     /// objective builds it in its evaluation (the objectives' static `plan` functions, in `Float`).
     public static func statisticsPlan(_ name: ObjectiveName, dimension: Int, directions: Int) throws -> StatisticsPlan {
         try name.defaultSettings(directions: directions).plan(dimension: dimension)
-    }
-}
-
-/// The time of collectives on `P` ranks from two numbers: `α`, the latency of one message
-/// step, and `β`, the bandwidth of a rank's link (Hockney's model, with the algorithms MPI
-/// libraries use):
-///
-///     all-reduce of m bytes:  min( ⌈log₂P⌉·(α + m/β),                      recursive doubling (small m)
-///                                  2⌈log₂P⌉·α + 2(P−1)/P · m/β )           reduce-scatter + all-gather (large m)
-///     all-gather of m bytes a rank:  ⌈log₂P⌉·α + (P−1)·m/β                 recursive doubling / Bruck
-///
-/// The bandwidth term of the large-message all-reduce is a ring's, `2(P−1)/P·m` bytes through
-/// each link — so `β` is the bus bandwidth `anticollapse bench comm` fits; its latency term is
-/// logarithmic (Rabenseifner's recursive halving; a plain ring would pay `2(P−1)·α`). On two
-/// ranks every all-reduce is `α + m/β`, which is what the fit on two ranks measures.
-public struct CollectiveModel: Sendable, Codable, Equatable {
-    /// α, seconds of one message step.
-    public var latency: Double
-    /// β, bytes a second through one rank's link.
-    public var bandwidth: Double
-
-    public init(latency: Double, bandwidth: Double) {
-        self.latency = latency
-        self.bandwidth = bandwidth
-    }
-
-    /// `⌈log₂ P⌉`, the message steps of a recursive doubling on `worldSize` ranks.
-    public static func steps(worldSize: Int) -> Int {
-        worldSize <= 1 ? 0 : Int.bitWidth - (worldSize - 1).leadingZeroBitCount
-    }
-
-    /// Seconds of an all-reduce of `bytes` on `worldSize` ranks (0 on one rank).
-    public func allReduce(bytes: Double, worldSize: Int) -> Double {
-        guard worldSize > 1 else { return 0 }
-        let steps = Double(CollectiveModel.steps(worldSize: worldSize)), p = Double(worldSize)
-        let doubling = steps * (latency + bytes / bandwidth)
-        let halving = 2 * steps * latency + 2 * (p - 1) / p * bytes / bandwidth
-        return min(doubling, halving)
-    }
-
-    /// Seconds of an all-gather of `bytesPerRank` from every rank on `worldSize` ranks (0 on one rank).
-    public func allGather(bytesPerRank: Double, worldSize: Int) -> Double {
-        guard worldSize > 1 else { return 0 }
-        return Double(CollectiveModel.steps(worldSize: worldSize)) * latency + Double(worldSize - 1) * bytesPerRank / bandwidth
     }
 }
 
@@ -198,22 +155,12 @@ public struct ScalingModel: Sendable {
     /// What the objective costs the slowest rank on `path`.
     public func objectiveCost(on path: StatisticsReduction, worldSize p: Int, globalBatchSize n: Int,
                               largestRankCount nMax: Int) -> ScalingPrediction.PathCost {
-        let s = ScalingModel.scalarBytes, collectives = machine.collectives
+        let s = ScalingModel.scalarBytes
         let count = plan.collectiveCount(on: path, worldSize: p, globalBatchSize: n)
         let bytes = plan.communicatedBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
                                            scalarBytes: s)
-        var seconds = 0.0
-        if count > 0 {
-            if path == .gather {
-                let block = Double(nMax * plan.viewCount * plan.dimension * s)
-                seconds = collectives.allGather(bytesPerRank: block, worldSize: p)
-                // The Gram form's second collective: the block norms (the rest of the bytes).
-                if count > 1 { seconds += collectives.allReduce(bytes: Double(bytes) - Double(p) * block, worldSize: p) }
-            } else {
-                // The statistics path's all-reduces, as `count` equal parts of the buffer.
-                seconds = Double(count) * collectives.allReduce(bytes: Double(bytes) / Double(count), worldSize: p)
-            }
-        }
+        let seconds = plan.communicationSeconds(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
+                                                scalarBytes: s, collectives: machine.collectives)
         let flops = plan.flops(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax)
         return ScalingPrediction.PathCost(
             collectives: count, communicatedBytes: bytes,

@@ -100,7 +100,10 @@ final class StatisticsPlanTests: XCTestCase {
                        1.5 * Double(plan.elementCount(partitions: p) * 4))
         XCTAssertEqual(plan.sentBytes(on: .gather, worldSize: p, globalBatchSize: n, largestRankCount: nMax, scalarBytes: 4),
                        Double(3 * nMax * 2 * 64 * 4))
-        let statistics = 3e-6 + 1.5 * Double(plan.elementCount(partitions: p) * 4) / 2e9
+        // One all-reduce of m bytes on 4 ranks (CollectiveModel): the cheaper of recursive
+        // doubling, 2·(α + m/β), and reduce-scatter + all-gather, 2·2·α + 1.5·m/β.
+        let m = Double(plan.elementCount(partitions: p) * 4)
+        let statistics = min(2 * (3e-6 + m / 2e9), 4 * 3e-6 + 1.5 * m / 2e9)
             + Double(nMax) * (plan.flopsPerRow + plan.gradientFlopsPerRow) / 1e10
         XCTAssertEqual(model.cost(of: .statistics, plan: plan, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
                                   scalarBytes: 4), statistics, accuracy: 1e-15)
