@@ -65,7 +65,8 @@ static inline int shim_jpeg_decode(const char *path, unsigned char **pixels, uns
     error.manager.error_exit = shim_jpeg_error_exit;
     error.manager.emit_message = shim_jpeg_emit_message;
     if (setjmp(error.jump)) {
-        snprintf(message, capacity, "%s", error.message);
+        // Every failure after this point: a libjpeg error, a truncated file, no memory.
+        snprintf(message, capacity, "%s%s", error.message, error.truncated ? " (the file is truncated)" : "");
         jpeg_destroy_decompress(&info);
         fclose(file);
         free(buffer);
@@ -79,10 +80,8 @@ static inline int shim_jpeg_decode(const char *path, unsigned char **pixels, uns
     size_t stride = (size_t)info.output_width * (size_t)info.output_components;
     buffer = (unsigned char *)malloc(stride * info.output_height + 1);
     if (buffer == NULL) {
-        snprintf(message, capacity, "out of memory for %u×%u pixels", info.output_width, info.output_height);
-        jpeg_destroy_decompress(&info);
-        fclose(file);
-        return 1;
+        snprintf(error.message, sizeof error.message, "out of memory for %u×%u pixels", info.output_width, info.output_height);
+        longjmp(error.jump, 1);
     }
     while (info.output_scanline < info.output_height && !error.truncated) {
         JSAMPROW row = buffer + stride * info.output_scanline;
@@ -90,13 +89,7 @@ static inline int shim_jpeg_decode(const char *path, unsigned char **pixels, uns
     }
     // A file that ends early is an error (libjpeg would return the rest as grey).
     if (!error.truncated) jpeg_finish_decompress(&info);
-    if (error.truncated) {
-        snprintf(message, capacity, "%s (the file is truncated)", error.message);
-        jpeg_destroy_decompress(&info);
-        fclose(file);
-        free(buffer);
-        return 1;
-    }
+    if (error.truncated) longjmp(error.jump, 1);
     *width = info.output_width;
     *height = info.output_height;
     *channels = (unsigned)info.output_components;

@@ -242,10 +242,13 @@ final class ImageImportTests: XCTestCase {
             // Every shard records the training rows' per-channel mean (of x / 255).
             let mean = try HDF5File.withFile(report.testPaths[0]) { try $0.attribute("channel_mean") }
             let rows = trainValues.count / 36
-            let expectedMean = (0..<3).map { c in
-                Double((0..<rows).flatMap { trainValues[($0 * 36 + c * 12)..<($0 * 36 + c * 12 + 12)] }.reduce(0) { $0 + Int($1) })
-                    / Double(rows * 12) / 255
+            var sums = [0, 0, 0]
+            for row in 0..<rows {
+                for c in 0..<3 {
+                    for i in 0..<12 { sums[c] += Int(trainValues[row * 36 + c * 12 + i]) }
+                }
             }
+            let expectedMean = sums.map { Double($0) / Double(rows * 12) / 255 }
             guard case let .doubleArray(recorded) = mean else { return XCTFail("channel_mean is \(mean)") }
             for c in 0..<3 { XCTAssertEqual(recorded[c], expectedMean[c], accuracy: 1e-12) }
             shards.append(bytes)
