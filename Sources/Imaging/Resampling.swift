@@ -31,29 +31,48 @@ extension Image8 {
     public func resized(height newHeight: Int, width newWidth: Int) throws -> Image8 {
         guard newHeight > 0, newWidth > 0 else { throw ImagingError.invalid("image size \(newHeight)×\(newWidth) must be positive") }
         if newHeight == height && newWidth == width { return self }
-        let columns = Self.resamplingWeights(from: width, to: newWidth)
-        let rows = Self.resamplingWeights(from: height, to: newHeight)
+        let columns = Taps(Self.resamplingWeights(from: width, to: newWidth))
+        let rows = Taps(Self.resamplingWeights(from: height, to: newHeight))
         let c = channels
         // Along rows first (height × newWidth), then along columns.
         var horizontal = [Float](repeating: 0, count: height * newWidth * c)
         for y in 0..<height {
-            for (x, taps) in columns.enumerated() {
+            for x in 0..<newWidth {
                 for k in 0..<c {
                     var sum: Float = 0
-                    for tap in taps { sum += tap.weight * Float(pixels[(y * width + tap.index) * c + k]) }
+                    for t in columns.range(x) {
+                        sum += columns.weights[t] * Float(pixels[(y * width + columns.indices[t]) * c + k])
+                    }
                     horizontal[(y * newWidth + x) * c + k] = sum
                 }
             }
         }
-        var out = [UInt8](repeating: 0, count: newHeight * newWidth * c)
-        for (y, taps) in rows.enumerated() {
-            for i in 0..<(newWidth * c) {
+        let rowValues = newWidth * c
+        var out = [UInt8](repeating: 0, count: newHeight * rowValues)
+        for y in 0..<newHeight {
+            for i in 0..<rowValues {
                 var sum: Float = 0
-                for tap in taps { sum += tap.weight * horizontal[tap.index * newWidth * c + i] }
-                out[y * newWidth * c + i] = UInt8(max(0, min(255, sum.rounded())))
+                for t in rows.range(y) { sum += rows.weights[t] * horizontal[rows.indices[t] * rowValues + i] }
+                out[y * rowValues + i] = UInt8(max(0, min(255, sum.rounded())))
             }
         }
         return try Image8(width: newWidth, height: newHeight, channels: c, pixels: out)
+    }
+
+    /// Resampling weights laid out flat: output pixel `i` takes `indices[t]` with `weights[t]`
+    /// for `t` in `range(i)` (no array per pixel in the inner loops).
+    private struct Taps {
+        var indices: [Int] = [], weights: [Float] = [], starts: [Int] = [0]
+
+        init(_ perPixel: [[(index: Int, weight: Float)]]) {
+            for taps in perPixel {
+                indices += taps.map(\.index)
+                weights += taps.map(\.weight)
+                starts.append(indices.count)
+            }
+        }
+
+        @inline(__always) func range(_ i: Int) -> Range<Int> { starts[i]..<starts[i + 1] }
     }
 
     /// The input pixels and weights of each output pixel along one axis of `source` pixels
