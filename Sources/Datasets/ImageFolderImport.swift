@@ -102,7 +102,7 @@ public enum ImageFolderImport {
             listing.paths = entries.map { path($0.name) }
             listing.labels = entries.map(\.label)
             let labelsName = (labelsFile as NSString).standardizingPath
-            for file in files where !listed.contains(file) && path(file) != labelsName {
+            for file in files where !listed.contains(file) && (path(file) as NSString).standardizingPath != labelsName {
                 if ImageFileFormat.hasImageExtension(file) { listing.unlistedImages.append(file) } else { listing.ignoredFiles.append(file) }
             }
         } else {
@@ -113,9 +113,14 @@ public enum ImageFolderImport {
                 }
             } else {
                 listing.classNames = classes
+                // The files of each top-level folder, in one pass (sorted paths stay sorted).
+                var byFolder: [String: [String]] = [:]
+                for file in files {
+                    if let slash = file.firstIndex(of: "/") { byFolder[String(file[..<slash]), default: []].append(file) }
+                }
                 var labels: [Int64] = []
                 for (label, name) in classes.enumerated() {
-                    let inside = files.filter { $0.hasPrefix(name + "/") }
+                    let inside = byFolder[name] ?? []
                     let images = inside.filter(ImageFileFormat.hasImageExtension)
                     if images.isEmpty { listing.emptyClasses.append(name) }
                     listing.paths += images.map(path)

@@ -131,6 +131,10 @@ extension Dataset {
         func run() throws {
             var isDirectory: ObjCBool = false
             if FileManager.default.fileExists(atPath: input, isDirectory: &isDirectory), isDirectory.boolValue {
+                if featureShape != nil || storage != "auto" {
+                    throw ValidationError("--feature-shape and --storage are for array files; an image folder's rows are uint8 C×H×W "
+                                          + "(see --image-size and --channels)")
+                }
                 return try reportingErrors(shardImages)
             }
             if imageSize != nil || channels != nil || threads != nil || skipBad {

@@ -85,6 +85,9 @@ final class WorkflowTests: CommandLineTestCase {
                      "note: ignored 1 files", "shard: 48/48 images", "48 resized"] {
             XCTAssertTrue(shard.output.contains(text), "\(text) missing from:\n\(shard.output)")
         }
+        let reshaped = try anticollapse(arguments + ["--overwrite", "--feature-shape", "3,8,8"])
+        XCTAssertNotEqual(reshaped.status, 0)
+        XCTAssertTrue(reshaped.output.contains("--feature-shape and --storage are for array files"), reshaped.output)
         try Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 1, 2]).write(to: URL(fileURLWithPath: photos + "/square/broken.png"))
         let failed = try anticollapse(arguments + ["--overwrite"])
         XCTAssertEqual(failed.status, 1, failed.output)
