@@ -254,6 +254,9 @@ final class ImageImportTests: XCTestCase {
             shards.append(bytes)
         }
         XCTAssertEqual(shards[0], shards[1], "the rows do not depend on the thread count")
+        let verified = try DatasetVerifier.verify(root + "/shards-1/train")
+        XCTAssertEqual(verified.classNames, ["a_cat", "b_dog", "c_empty"])
+        XCTAssertTrue(verified.description.contains("labels: 3 classes; rows a class: 0 (a_cat): "), verified.description)
     }
 
     /// Resizing in an import gives the resized images (against the reference of the resizing
