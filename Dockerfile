@@ -22,7 +22,7 @@
 FROM swift:6.3-bookworm AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev zlib1g-dev pkg-config iproute2 \
+        libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev pkg-config iproute2 \
     && rm -rf /var/lib/apt/lists/*
 # The build stage runs as root (its tests too): Open MPI needs both variables then.
 ENV OMPI_ALLOW_RUN_AS_ROOT=1 \
@@ -43,7 +43,7 @@ RUN swift build -c release --static-swift-stdlib \
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        openmpi-bin libopenmpi3 libhdf5-103-1 libopenblas0 zlib1g ca-certificates \
+        openmpi-bin libopenmpi3 libhdf5-103-1 libopenblas0 zlib1g libpng16-16 libjpeg62-turbo ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 anticollapse
 COPY --from=build /usr/local/bin/anticollapse /usr/local/bin/anticollapse

@@ -31,6 +31,8 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg62-turbo-dev"])]),
 
         // MARK: Core
         .target(name: "Tensor",
@@ -46,9 +48,10 @@ let package = Package(
         .target(name: "Objectives", dependencies: ["Tensor", "Communication"], swiftSettings: numericSettings),
 
         // MARK: Data
-        .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5"],
+        .target(name: "Datasets", dependencies: ["Tensor", "Communication", "HDF5", "Imaging"],
                 swiftSettings: numericSettings),
-        .target(name: "Imaging", dependencies: ["CZlib"], swiftSettings: numericSettings),
+        /// PNG encoding (zlib); PNG and JPEG decoding (libpng, libjpeg-turbo), resizing.
+        .target(name: "Imaging", dependencies: ["CZlib", "CPNG", "CJPEG"], swiftSettings: numericSettings),
         .target(name: "Environments", dependencies: ["Tensor", "Datasets"], swiftSettings: numericSettings),
 
         // MARK: Training: the engine, its recipes, evaluation and benchmarks
@@ -98,7 +101,8 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "ObjectivesTests", dependencies: ["Objectives", "_TestSupport", "MPIHarness"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "_TestSupport"]),
+        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "Imaging", "HDF5", "_TestSupport"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(name: "EnvironmentsTests", dependencies: ["Environments", "Datasets", "HDF5", "Imaging", "_TestSupport"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "JointEmbedding", "Datasets", "HDF5", "Objectives", "_TestSupport"],
@@ -110,6 +114,6 @@ let package = Package(
         .testTarget(name: "PerformanceTests", dependencies: ["Performance", "Engine", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Engine", "Layers", "Datasets", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "CommandLineTests",
-                    dependencies: ["anticollapse", "Engine", "JointEmbedding", "Datasets", "_TestSupport"]),
+                    dependencies: ["anticollapse", "Engine", "JointEmbedding", "Datasets", "Imaging", "_TestSupport"]),
     ]
 )

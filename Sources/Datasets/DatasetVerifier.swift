@@ -1,4 +1,5 @@
 import Foundation
+import HDF5
 
 /// What `anticollapse dataset verify` found in a dataset that passed every check.
 public struct VerificationReport: Sendable, Equatable, CustomStringConvertible {
@@ -15,6 +16,8 @@ public struct VerificationReport: Sendable, Equatable, CustomStringConvertible {
     public let labelHistogram: [Int]?
     /// The smallest and largest stored value.
     public let valueRange: ClosedRange<Float>
+    /// The classes' names (the first shard's `class_names` attribute), or nil.
+    public var classNames: [String]? = nil
 
     /// Several lines for people: totals, normalisation, label histogram, shards.
     public var description: String {
@@ -26,7 +29,10 @@ public struct VerificationReport: Sendable, Equatable, CustomStringConvertible {
                         + Self.abbreviated(normalization.standardDeviation)]
         if let histogram = labelHistogram {
             lines.append("  labels: \(classCount) classes; rows a class: "
-                         + histogram.enumerated().map { "\($0.offset): \($0.element)" }.joined(separator: ", "))
+                         + histogram.enumerated().map { label, rows in
+                             let name = classNames.flatMap { label < $0.count ? " (\($0[label]))" : nil } ?? ""
+                             return "\(label)\(name): \(rows)"
+                         }.joined(separator: ", "))
         } else {
             lines.append("  labels: none")
         }
@@ -75,12 +81,17 @@ public enum DatasetVerifier {
                 start = end
             }
         }
-        return VerificationReport(location: location, rowCount: dataset.rowCount,
-                                  shards: dataset.shards,
-                                  featureShape: dataset.featureShape, storage: dataset.storage,
-                                  normalization: dataset.normalization, classCount: dataset.classCount,
-                                  labelHistogram: dataset.hasLabels ? histogram : nil,
-                                  valueRange: low <= high ? low...high : 0...0)
+        var report = VerificationReport(location: location, rowCount: dataset.rowCount,
+                                        shards: dataset.shards,
+                                        featureShape: dataset.featureShape, storage: dataset.storage,
+                                        normalization: dataset.normalization, classCount: dataset.classCount,
+                                        labelHistogram: dataset.hasLabels ? histogram : nil,
+                                        valueRange: low <= high ? low...high : 0...0)
+        if let first = dataset.shards.first,
+           case let .stringArray(names)? = try? HDF5File.withFile(first.path, { try $0.attribute("class_names") }) {
+            report.classNames = names
+        }
+        return report
     }
 }
 

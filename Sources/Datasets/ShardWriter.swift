@@ -140,12 +140,15 @@ public enum ShardWriter {
         public var classCount: Int?
         /// Where the data came from, written as the `source` attribute.
         public var source: String
+        /// The name of each class, label `i` the `i`-th, written as the `class_names` attribute
+        /// when known (image folders).
+        public var classNames: [String]?
 
         public init(pixelScale: Double, channelMean: [Double], channelStandardDeviation: [Double],
-                    classCount: Int?, source: String) {
+                    classCount: Int?, source: String, classNames: [String]? = nil) {
             self.pixelScale = pixelScale; self.channelMean = channelMean
             self.channelStandardDeviation = channelStandardDeviation; self.classCount = classCount
-            self.source = source
+            self.source = source; self.classNames = classNames
         }
 
         /// The attributes of `rows` with statistics computed on them; the pixel scale is
@@ -184,8 +187,8 @@ public enum ShardWriter {
     /// Writes `rows` as `shardCount` shards of nearly equal size (contiguous runs of rows, in
     /// order) named `NAME-0000K-of-0000N.h5` in `directory`, which is created if needed.
     ///
-    /// `/x` is chunked by about 32 KiB (a random row decompresses one chunk, so small chunks keep
-    /// shuffled reading fast) and gzip-compressed (level 4), `/y` (int64) likewise.
+    /// `/x` is chunked by about 32 KiB (``chunkRows(rowCount:rowBytes:)``) and gzip-compressed
+    /// (level 4), `/y` (int64) likewise.
     /// - Parameters:
     ///   - rows: The rows; at least one a shard.
     ///   - directory: Where to write; it must hold no `.h5` files unless `overwrite`.
@@ -212,24 +215,15 @@ public enum ShardWriter {
         guard attributes.channelStandardDeviation.allSatisfy({ $0 > 0 }) else {
             throw DatasetError.invalid("channel_std \(attributes.channelStandardDeviation) must be positive")
         }
-        let manager = FileManager.default
-        try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let existing = try manager.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".h5") }.sorted()
-        if !existing.isEmpty {
-            guard overwrite else {
-                throw DatasetError.file(path: directory, problem: "already holds shards (\(existing[0]) …); pass --overwrite to replace them")
-            }
-            for file in existing { try manager.removeItem(atPath: (directory as NSString).appendingPathComponent(file)) }
-        }
+        try prepareDirectory(directory, overwrite: overwrite)
         let width = rows.featureCount
         let rowBytes = width * (rows.values.storage == .uint8 ? 1 : 4)
         var paths: [String] = []
         for index in 0..<shardCount {
             let range = GlobalBatchSampler.split(rows.rowCount, rank: index, parts: shardCount)
             let path = (directory as NSString).appendingPathComponent(shardName(name, index: index, count: shardCount))
-            let chunkRows = max(1, min(range.count, 1024, (32 << 10) / max(1, rowBytes)))
             let shape = [range.count] + rows.featureShape
-            let chunks = [chunkRows] + rows.featureShape
+            let chunks = [chunkRows(rowCount: range.count, rowBytes: rowBytes)] + rows.featureShape
             try HDF5File.withNewFile(path) { file in
                 let values = (range.lowerBound * width)..<(range.upperBound * width)
                 switch rows.values {
@@ -242,22 +236,63 @@ public enum ShardWriter {
                     try file.createDataset("y", shape: [range.count], values: Array(labels[range]),
                                            chunks: [min(range.count, 4096)], gzipLevel: 4)
                 }
-                try file.setAttribute("format", to: .string("anticollapse-shard"))
-                try file.setAttribute("layout_version", to: .int64(ShardedDataset.layoutVersion))
-                try file.setAttribute("feature_shape", to: .int64Array(rows.featureShape.map { Int64($0) }))
-                try file.setAttribute("pixel_scale", to: .double(attributes.pixelScale))
-                try file.setAttribute("channel_mean", to: .doubleArray(attributes.channelMean))
-                try file.setAttribute("channel_std", to: .doubleArray(attributes.channelStandardDeviation))
-                if rows.labels != nil, let classes = attributes.classCount {
-                    try file.setAttribute("num_classes", to: .int64(Int64(classes)))
-                }
-                try file.setAttribute("shard_index", to: .int64(Int64(index)))
-                try file.setAttribute("shard_count", to: .int64(Int64(shardCount)))
-                try file.setAttribute("source", to: .string(attributes.source))
+                try writeRootAttributes(attributes, to: file, featureShape: rows.featureShape, labelled: rows.labels != nil,
+                                        shardIndex: index, shardCount: shardCount)
             }
             paths.append(path)
         }
         return paths
+    }
+
+    /// Rows a chunk of `/x`: about 32 KiB (a random row decompresses one chunk, so small chunks
+    /// keep shuffled reading fast), at most 1024 rows and at most the shard's.
+    static func chunkRows(rowCount: Int, rowBytes: Int) -> Int {
+        max(1, min(rowCount, 1024, (32 << 10) / max(1, rowBytes)))
+    }
+
+    /// Creates `directory` if needed and makes sure it holds no shards: deletes them when
+    /// `overwrite`, throws naming one otherwise.
+    static func prepareDirectory(_ directory: String, overwrite: Bool) throws {
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let existing = try manager.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".h5") }.sorted()
+        if !existing.isEmpty {
+            guard overwrite else {
+                throw DatasetError.file(path: directory, problem: "already holds shards (\(existing[0]) …); pass --overwrite to replace them")
+            }
+            for file in existing { try manager.removeItem(atPath: (directory as NSString).appendingPathComponent(file)) }
+        }
+    }
+
+    /// Throws, before anything is written, when `directory/train` (or, with `test`,
+    /// `directory/test`) already holds shards and `overwrite` is false.
+    static func refuseExistingShards(in directory: String, test: Bool, overwrite: Bool) throws {
+        guard !overwrite else { return }
+        for split in ["train", "test"] where split == "train" || test {
+            let path = (directory as NSString).appendingPathComponent(split)
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            if let existing = names.filter({ $0.hasSuffix(".h5") }).sorted().first {
+                throw DatasetError.file(path: path, problem: "already holds shards (\(existing) …); pass --overwrite to replace them")
+            }
+        }
+    }
+
+    /// The root attributes of a shard of the layout of ``ShardedDataset`` (version 1).
+    static func writeRootAttributes(_ attributes: Attributes, to file: HDF5File, featureShape: [Int], labelled: Bool,
+                                    shardIndex: Int, shardCount: Int) throws {
+        try file.setAttribute("format", to: .string("anticollapse-shard"))
+        try file.setAttribute("layout_version", to: .int64(ShardedDataset.layoutVersion))
+        try file.setAttribute("feature_shape", to: .int64Array(featureShape.map { Int64($0) }))
+        try file.setAttribute("pixel_scale", to: .double(attributes.pixelScale))
+        try file.setAttribute("channel_mean", to: .doubleArray(attributes.channelMean))
+        try file.setAttribute("channel_std", to: .doubleArray(attributes.channelStandardDeviation))
+        if labelled, let classes = attributes.classCount {
+            try file.setAttribute("num_classes", to: .int64(Int64(classes)))
+        }
+        if labelled, let names = attributes.classNames { try file.setAttribute("class_names", to: .stringArray(names)) }
+        try file.setAttribute("shard_index", to: .int64(Int64(shardIndex)))
+        try file.setAttribute("shard_count", to: .int64(Int64(shardCount)))
+        try file.setAttribute("source", to: .string(attributes.source))
     }
 
     /// A seeded split of `rowCount` rows into training and test rows, each in random order:
@@ -298,15 +333,7 @@ public enum ShardWriter {
                                   trainShards: Int, testShards: Int = 1, source: String,
                                   overwrite: Bool = false) throws -> (train: [String], test: [String]) {
         // Refuse before writing anything when either split's directory already holds shards.
-        if !overwrite {
-            for split in ["train", "test"] where split == "train" || test != nil {
-                let path = (directory as NSString).appendingPathComponent(split)
-                let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-                if let existing = names.filter({ $0.hasSuffix(".h5") }).sorted().first {
-                    throw DatasetError.file(path: path, problem: "already holds shards (\(existing) …); pass --overwrite to replace them")
-                }
-            }
-        }
+        try refuseExistingShards(in: directory, test: test != nil, overwrite: overwrite)
         var attributes = Attributes.describing(train, source: source)
         if let testLabels = test?.labels, let classes = attributes.classCount {
             attributes.classCount = max(classes, Int(testLabels.max() ?? -1) + 1)

@@ -340,16 +340,63 @@ public enum ConfigurationTree {
             let flow = !list.contains { $0 is [String: Any] || $0 is [Any] }
             return .sequence(Node.Sequence(items, Tag(.seq), flow ? .flow : .block))
         case let number as NSNumber:
-            switch String(cString: number.objCType) {
-            case "c", "B": return Node(number.boolValue ? "true" : "false", Tag(.bool))
-            case "f", "d": return Node("\(number.doubleValue)", Tag(.float))
-            default: return Node("\(number.int64Value)", Tag(.int))
+            switch kind(of: number) {
+            case .boolean: return Node(number.boolValue ? "true" : "false", Tag(.bool))
+            case .floatingPoint: return Node("\(number.doubleValue)", Tag(.float))
+            case .integer: return Node("\(number.int64Value)", Tag(.int))
             }
         case let text as String:
             return Node(text, Tag(.str), .doubleQuoted)
         default:
             return Node("null", Tag(.null))
         }
+    }
+
+    /// What a number decoded from JSON holds, by its Objective-C type code.
+    enum NumberKind { case boolean, integer, floatingPoint }
+
+    static func kind(of number: NSNumber) -> NumberKind {
+        switch String(cString: number.objCType) {
+        case "c", "B": return .boolean
+        case "f", "d": return .floatingPoint
+        default: return .integer
+        }
+    }
+
+    /// Every leaf of `tree` by its dotted path as a hyper-parameter for TensorBoard: numbers,
+    /// Booleans and text as they are, lists as text (`[16, 32, 16]`), nulls left out; sorted
+    /// by path.
+    public static func hyperparameters(_ tree: [String: Any]) -> [(name: String, value: HyperparameterValue)] {
+        func text(_ value: Any) -> String {
+            switch value {
+            case let list as [Any]: return "[" + list.map(text).joined(separator: ", ") + "]"
+            case let mapping as [String: Any]: return "{" + mapping.keys.sorted().map { "\($0): \(text(mapping[$0] ?? ""))" }.joined(separator: ", ") + "}"
+            case let number as NSNumber:
+                switch kind(of: number) {
+                case .boolean: return number.boolValue ? "true" : "false"
+                case .floatingPoint: return "\(number.doubleValue)"
+                case .integer: return "\(number.int64Value)"
+                }
+            default: return "\(value)"
+            }
+        }
+        var result: [(name: String, value: HyperparameterValue)] = []
+        func visit(_ value: Any, _ path: String) {
+            switch value {
+            case let mapping as [String: Any]:
+                for key in mapping.keys.sorted() { visit(mapping[key] ?? NSNull(), path.isEmpty ? key : "\(path).\(key)") }
+            case let number as NSNumber:
+                switch kind(of: number) {
+                case .boolean: result.append((path, .boolean(number.boolValue)))
+                case .integer, .floatingPoint: result.append((path, .number(number.doubleValue)))
+                }
+            case let string as String: result.append((path, .text(string)))
+            case is NSNull: break
+            default: result.append((path, .text(text(value))))
+            }
+        }
+        visit(tree, "")
+        return result
     }
 
     /// YAML leaves `1e-6` as a string; numbers written so become numbers.

@@ -17,6 +17,10 @@ import Foundation
 ///     Value      { string tag = 1; float simple_value = 2; }
 ///     SessionLog { SessionStatus status = 1 (START = 1); string msg = 3; }
 ///
+/// Text and hyper-parameters are `Value { tag = 1; SummaryMetadata metadata = 9; TensorProto tensor = 8; }`
+/// with `SummaryMetadata { PluginData plugin_data = 1 { string plugin_name = 1; bytes content = 2; } }`
+/// naming the plugin that reads them (see ``write(hyperparameters:metrics:wallTime:)``).
+///
 /// The first record carries `file_version = "brain.Event:2"`. A resumed run's file then carries
 /// a restart marker, `session_log { status: START }` at the first step the run will log anew
 /// (the checkpoint's step + 1): TensorBoard then drops the records of that step and later that
@@ -26,6 +30,12 @@ public final class TensorBoardWriter {
     /// The event file.
     public let path: String
     private let handle: FileHandle
+
+    /// The scalar tags TensorBoard's HParams dashboard compares runs by (those a recipe does
+    /// not write stay empty).
+    public static let comparedMetrics = ["loss", "lr", "grad_norm", "samples_per_second", "diagnostics/std_mean",
+                                         "diagnostics/std_min", "diagnostics/effective_rank", "probe/accuracy",
+                                         "probe/test_accuracy"]
 
     /// Creates a new event file in `directory` (creating the directory).
     ///
@@ -104,18 +114,77 @@ public final class TensorBoardWriter {
     /// Writes `text` (Markdown) under `tag` for TensorBoard's text dashboard: a string tensor
     /// whose metadata names the `text` plugin.
     public func write(text: String, tag: String, step: Int = 0, wallTime: Date = Date()) throws {
-        var plugin = ProtocolBuffer()
-        plugin.string(1, "text")
-        var metadata = ProtocolBuffer()
-        metadata.message(1, plugin)
         var tensor = ProtocolBuffer()
         tensor.varint(1, 7)   // DT_STRING
         tensor.message(2, ProtocolBuffer())   // a scalar
         tensor.bytes(8, Array(text.utf8))
+        try write(pluginValue: tag, plugin: "text", content: [], tensor: tensor, step: step, wallTime: wallTime)
+    }
+
+    /// Writes the run's hyper-parameters and the metrics to compare runs by, for TensorBoard's
+    /// HParams dashboard (its `hparams` plugin), as `torch.utils.tensorboard`'s `add_hparams`
+    /// does: two summaries at step 0 whose plugin content is a serialised `HParamsPluginData`
+    /// (tensorboard/plugins/hparams/plugin_data.proto and api.proto, version 0):
+    ///
+    ///     _hparams_/experiment:         HParamsPluginData { Experiment experiment = 2 {
+    ///                                       double time_created_secs = 3;
+    ///                                       repeated HParamInfo hparam_infos = 4 { string name = 1; DataType type = 4; }
+    ///                                       repeated MetricInfo metric_infos = 5 { MetricName name = 1 { string tag = 2; } } } }
+    ///     _hparams_/session_start_info: HParamsPluginData { SessionStartInfo session_start_info = 3 {
+    ///                                       map<string, google.protobuf.Value> hparams = 1;
+    ///                                       double start_time_secs = 5; } }
+    ///
+    /// with `Value { double number_value = 2; string string_value = 3; bool bool_value = 4; }`
+    /// and `DataType` 1 string, 2 bool, 3 float64. The metrics are scalar tags of this run
+    /// (`loss`, `probe/test_accuracy`): the dashboard shows each one's last value.
+    public func write(hyperparameters: [(name: String, value: HyperparameterValue)], metrics: [String],
+                      wallTime: Date = Date()) throws {
+        var experiment = ProtocolBuffer()
+        experiment.double(3, wallTime.timeIntervalSince1970)
+        var start = ProtocolBuffer()
+        for (name, value) in hyperparameters {
+            var info = ProtocolBuffer()
+            info.string(1, name)
+            var entry = ProtocolBuffer()
+            entry.string(1, name)
+            var encoded = ProtocolBuffer()
+            switch value {
+            case let .number(number): info.varint(4, 3); encoded.double(2, number)
+            case let .text(text): info.varint(4, 1); encoded.string(3, text)
+            case let .boolean(flag): info.varint(4, 2); encoded.varint(4, flag ? 1 : 0)
+            }
+            entry.message(2, encoded)
+            experiment.message(4, info)
+            start.message(1, entry)
+        }
+        for tag in metrics {
+            var name = ProtocolBuffer()
+            name.string(2, tag)
+            var info = ProtocolBuffer()
+            info.message(1, name)
+            experiment.message(5, info)
+        }
+        start.double(5, wallTime.timeIntervalSince1970)
+        for (tag, field, message) in [("_hparams_/experiment", 2, experiment), ("_hparams_/session_start_info", 3, start)] {
+            var data = ProtocolBuffer()   // HParamsPluginData, version 0 (the default, not written)
+            data.message(field, message)
+            try write(pluginValue: tag, plugin: "hparams", content: data.bytes, tensor: nil, step: 0, wallTime: wallTime)
+        }
+    }
+
+    /// Writes one summary value under `tag` whose metadata names `plugin` (with `content`),
+    /// holding `tensor` if given (TensorBoard adds an empty one to hparams summaries).
+    private func write(pluginValue tag: String, plugin: String, content: [UInt8], tensor: ProtocolBuffer?,
+                       step: Int, wallTime: Date) throws {
+        var pluginData = ProtocolBuffer()
+        pluginData.string(1, plugin)
+        if !content.isEmpty { pluginData.bytes(2, content) }
+        var metadata = ProtocolBuffer()
+        metadata.message(1, pluginData)
         var entry = ProtocolBuffer()
         entry.string(1, tag)
         entry.message(9, metadata)
-        entry.message(8, tensor)
+        if let tensor { entry.message(8, tensor) }
         var summary = ProtocolBuffer()
         summary.message(1, entry)
         try write(summary, step: step, wallTime: wallTime)
@@ -142,6 +211,13 @@ public final class TensorBoardWriter {
             throw TrainingError("cannot write the TensorBoard event file \(path): \(error)")
         }
     }
+}
+
+/// A hyper-parameter's value on TensorBoard's HParams dashboard.
+public enum HyperparameterValue: Sendable, Equatable {
+    case number(Double)
+    case text(String)
+    case boolean(Bool)
 }
 
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as TFRecord framing uses it.

@@ -327,6 +327,9 @@ public final class Trainer<R: Recipe> {
         // The resolved config on TensorBoard's text dashboard (indented: shown as code).
         try tensorBoard?.write(text: try configuration.yaml().split(separator: "\n", omittingEmptySubsequences: false)
             .map { "    " + $0 }.joined(separator: "\n"), tag: "config", step: step)
+        // The flattened config on the HParams dashboard, to compare runs by their last metrics.
+        try tensorBoard?.write(hyperparameters: ConfigurationTree.hyperparameters(ConfigurationTree.encode(configuration)),
+                               metrics: TensorBoardWriter.comparedMetrics)
         let progress = ProgressPrinter(log: log, enabled: communicator.isRoot, startStep: step)
         let lastStep = min(totalSteps, stopAfter.map { step + $0 } ?? totalSteps)
         let clock = PhaseClock()

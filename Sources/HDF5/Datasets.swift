@@ -198,6 +198,21 @@ extension HDF5Group {
         }
     }
 
+    /// Changes the number of rows (the first dimension) of a dataset created with `chunks`,
+    /// keeping the rows that remain: e.g. a dataset made for the rows planned, shrunk to the
+    /// rows written.
+    /// - Parameters:
+    ///   - rows: The new number of rows.
+    ///   - name: The dataset's path.
+    public func setRowCount(_ rows: Int, of name: String) throws {
+        try withDataset(name, "resize dataset") { dataset, _, shape, site in
+            guard !shape.isEmpty, rows >= 0 else { throw site.error(.invalidArgument, "cannot give \(shape) \(rows) rows") }
+            var dims = shape.map { hsize_t($0) }
+            dims[0] = hsize_t(rows)
+            try site.check(H5Dset_extent(dataset, &dims), "H5Dset_extent")
+        }
+    }
+
     // MARK: Reading
 
     /// Reads a whole dataset, converting its elements to `T` if they are stored as another number type.

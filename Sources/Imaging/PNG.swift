@@ -45,32 +45,53 @@ public enum ImagingError: Error, CustomStringConvertible, Equatable {
     case invalid(String)
     /// A zlib call failed with this status.
     case zlib(call: String, status: Int32)
+    /// An image file could not be decoded: the file and the decoder's reason.
+    case decoding(path: String, reason: String)
 
     public var description: String {
         switch self {
         case let .invalid(text): return text
         case let .zlib(call, status): return "\(call) failed with zlib status \(status)"
+        case let .decoding(path, reason): return "\(path): \(reason)"
         }
     }
 }
 
-/// Encodes 8-bit grey or RGB images as PNG (ISO/IEC 15948): signature, IHDR, one IDAT of the
+/// Encodes 8-bit grey or RGB images (and, for tests, raw samples of any colour type without a
+/// palette) as PNG (ISO/IEC 15948): signature, IHDR, one IDAT of the
 /// zlib-deflated scanlines (filter type 0, none), IEND; every chunk with its CRC-32.
 public enum PNGEncoder {
     /// The PNG bytes of `image`.
     /// - Parameter level: the deflate level 0–9 (default 6).
     public static func encode(_ image: Image8, level: Int32 = 6) throws -> [UInt8] {
+        try encode(samples: image.pixels, width: image.width, height: image.height,
+                   colourType: image.channels == 1 ? 0 : 2, bitDepth: 8, level: level)
+    }
+
+    /// The PNG bytes of raw samples: `height` rows of `width` pixels of colour type
+    /// `colourType` (0 grey, 2 RGB, 4 grey + alpha, 6 RGBA) at `bitDepth` 8 or 16 (16-bit
+    /// samples as big-endian byte pairs), no interlace.
+    /// - Throws: ``ImagingError/invalid(_:)`` when the samples do not fill the image.
+    public static func encode(samples: [UInt8], width: Int, height: Int, colourType: UInt8, bitDepth: UInt8,
+                              level: Int32 = 6) throws -> [UInt8] {
+        let channels: [UInt8: Int] = [0: 1, 2: 3, 4: 2, 6: 4]
+        guard let perPixel = channels[colourType], bitDepth == 8 || bitDepth == 16, width > 0, height > 0 else {
+            throw ImagingError.invalid("PNG colour type \(colourType) at \(bitDepth) bits is not one this writes (0, 2, 4, 6 at 8 or 16)")
+        }
+        let rowBytes = width * perPixel * Int(bitDepth) / 8
+        guard samples.count == rowBytes * height else {
+            throw ImagingError.invalid("\(samples.count) bytes for \(height) rows of \(rowBytes)")
+        }
         var header: [UInt8] = []
-        append32(UInt32(image.width), to: &header)
-        append32(UInt32(image.height), to: &header)
-        // Bit depth 8; colour type 0 (grey) or 2 (RGB); deflate; adaptive filtering; no interlace.
-        header += [8, image.channels == 1 ? 0 : 2, 0, 0, 0]
-        let rowBytes = image.width * image.channels
+        append32(UInt32(width), to: &header)
+        append32(UInt32(height), to: &header)
+        // Bit depth; colour type; deflate; adaptive filtering; no interlace.
+        header += [bitDepth, colourType, 0, 0, 0]
         var scanlines = [UInt8]()
-        scanlines.reserveCapacity(image.height * (rowBytes + 1))
-        for y in 0..<image.height {
-            scanlines.append(0)
-            scanlines += image.pixels[(y * rowBytes)..<((y + 1) * rowBytes)]
+        scanlines.reserveCapacity(height * (rowBytes + 1))
+        for y in 0..<height {
+            scanlines.append(0)   // filter type 0, none
+            scanlines += samples[(y * rowBytes)..<((y + 1) * rowBytes)]
         }
         var png: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
         appendChunk("IHDR", header, to: &png)

@@ -67,18 +67,27 @@ extension Dataset {
         }
     }
 
-    /// `dataset shard`: import an HDF5, NumPy or CSV file.
+    /// `dataset shard`: import an HDF5, NumPy or CSV file, or a folder of images.
     struct Shard: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Split an HDF5, .npy or CSV file into train/test shards.",
+            abstract: "Split an HDF5, .npy or CSV file, or a folder of PNG/JPEG images, into train/test shards.",
             discussion: """
-            INPUT is read by its extension: .h5/.hdf5 (datasets --features-dataset and --labels-dataset), \
+            A file INPUT is read by its extension: .h5/.hdf5 (datasets --features-dataset and --labels-dataset), \
             .npy (dtype |u1, <f4, <f8, <i8 or <i4, C order; labels from --labels FILE.npy) or anything else as CSV \
-            (numbers, an optional header line, the label in --label-column). Rows are split with a seeded \
-            permutation and written as OUT/train/NAME-train-0000K-of-0000N.h5 and OUT/test/NAME-test-….h5.
+            (numbers, an optional header line, the label in --label-column).
+
+            A folder INPUT holds PNG/JPEG images (decoded by libpng and libjpeg-turbo): one sub-folder a class \
+            (classes sorted by name are labels 0, 1, …; their names are stored as the class_names attribute), or \
+            flat with --labels FILE.csv (filename,label lines, file names relative to the folder, an optional \
+            header line), or flat without labels. Alpha is dropped; --channels converts grey <-> RGB (BT.601 luma); \
+            --image-size resizes each axis by area averaging when it shrinks and bilinear interpolation when it \
+            grows (no crop: the aspect ratio follows the size). Rows are uint8 C×H×W, pixel_scale 1/255.
+
+            Rows are split with a seeded permutation and written as OUT/train/NAME-train-0000K-of-0000N.h5 and \
+            OUT/test/NAME-test-….h5.
             """)
 
-        @Argument(help: "The input file.") var input: String
+        @Argument(help: "The input file or image folder.") var input: String
         @Option(help: "Output directory.") var out: String
         @Option(help: "Shard name prefix.") var name: String
         @Option(help: "Training shards.") var shards: Int = 1
@@ -86,20 +95,51 @@ extension Dataset {
         @Option(help: "Fraction of rows for the test split (0 for none).") var testFraction: Double = 0.2
         @Option(help: "Seed of the train/test split.") var seed: UInt64 = 0
         @Option(help: "CSV label column: last, first or none.") var labelColumn: String = "last"
-        @Option(help: "Labels .npy file (with a .npy input).") var labels: String?
+        @Option(help: "Labels: a .npy file (with a .npy input) or a filename,label CSV (with a flat image folder).")
+        var labels: String?
         @Option(help: "Features dataset in an HDF5 input.") var featuresDataset: String = "x"
         @Option(help: "Labels dataset in an HDF5 input (ignored if absent).") var labelsDataset: String = "y"
         @Option(help: "Row shape, e.g. 1,28,28 (default: the input's).") var featureShape: String?
         @Option(help: "Stored type: auto, uint8 or float32.") var storage: String = "auto"
+        @Option(help: "Images: stored size, S (S×S) or H,W (default: the first image's; others must match).")
+        var imageSize: String?
+        @Option(help: "Images: 1 (grey) or 3 (RGB) (default: the first image's).") var channels: Int?
+        @Option(help: "Images: threads decoding at once (default: every core).") var threads: Int?
+        @Flag(help: "Images: skip (and list) images that cannot be decoded instead of stopping.") var skipBad = false
         @Flag(help: "Replace shards already in the output directories.") var overwrite = false
 
+        /// `S` or `H,W` (also `HxW`) as `[H, W]`.
+        static func parseImageSize(_ text: String?) throws -> [Int]? {
+            guard let text else { return nil }
+            let parts = text.split(whereSeparator: { $0 == "," || $0 == "x" || $0 == "×" }).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard (1...2).contains(parts.count), parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
+                throw ValidationError("--image-size \(text) is not a positive size S or H,W (e.g. 32 or 48,64)")
+            }
+            let sizes = parts.compactMap { $0 }
+            return sizes.count == 1 ? [sizes[0], sizes[0]] : sizes
+        }
+
         func validate() throws {
+            _ = try Self.parseImageSize(imageSize)
+            if let channels, channels != 1 && channels != 3 { throw ValidationError("--channels must be 1 (grey) or 3 (RGB), not \(channels)") }
+            if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
             guard ArrayImport.LabelColumn(rawValue: labelColumn) != nil else { throw ValidationError("--label-column must be last, first or none") }
             guard ArrayImport.StoragePolicy(rawValue: storage) != nil else { throw ValidationError("--storage must be auto, uint8 or float32") }
             _ = try parseShape(featureShape)
         }
 
         func run() throws {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: input, isDirectory: &isDirectory), isDirectory.boolValue {
+                if featureShape != nil || storage != "auto" {
+                    throw ValidationError("--feature-shape and --storage are for array files; an image folder's rows are uint8 C×H×W "
+                                          + "(see --image-size and --channels)")
+                }
+                return try reportingErrors(shardImages)
+            }
+            if imageSize != nil || channels != nil || threads != nil || skipBad {
+                throw ValidationError("--image-size, --channels, --threads and --skip-bad are for an image folder; \(input) is not a folder")
+            }
             try reportingErrors {
                 let shape = try parseShape(featureShape)
                 let policy = ArrayImport.StoragePolicy(rawValue: storage) ?? .auto
@@ -197,5 +237,94 @@ extension Dataset {
                 }
             }
         }
+    }
+}
+
+extension Dataset.Shard {
+    /// `dataset shard FOLDER`: lists, decodes and shards a folder of images.
+    func shardImages() throws {
+        let listing = try ImageFolderImport.list(input, labelsFile: labels)
+        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        let options = ImageFolderImport.Options(size: try Self.parseImageSize(imageSize), channels: channels,
+                                                threads: threadCount, skipBad: skipBad)
+        let layout = listing.classNames.map { "\($0.count) class folders" }
+            ?? (listing.labels != nil ? "labels from \(labels ?? "")" : "no labels")
+        print("found \(listing.paths.count) images in \(input) (\(layout))")
+        for name in listing.emptyClasses { print("warning: class folder \(name) holds no images (label \(listing.classNames?.firstIndex(of: name) ?? 0) has no rows)") }
+        if !listing.ignoredFiles.isEmpty {
+            print("note: ignored \(listing.ignoredFiles.count) files that are not .png/.jpg/.jpeg images or lie beside the class folders "
+                  + "(\(listing.ignoredFiles.prefix(3).joined(separator: ", "))\(listing.ignoredFiles.count > 3 ? ", …" : ""))")
+        }
+        if !listing.unlistedImages.isEmpty {
+            print("note: \(listing.unlistedImages.count) images are not named in \(labels ?? "the labels file") and were not read "
+                  + "(\(listing.unlistedImages.prefix(3).joined(separator: ", "))\(listing.unlistedImages.count > 3 ? ", …" : ""))")
+        }
+        let source = "anticollapse dataset shard \((input as NSString).lastPathComponent)"
+            + (imageSize.map { " --image-size \($0)" } ?? "") + (channels.map { " --channels \($0)" } ?? "")
+            + " --test-fraction \(testFraction) --seed \(seed)"
+        let progress = ImportProgress(total: listing.paths.count)
+        let report = try ImageFolderImport.write(listing, to: out, name: name, trainShards: shards, testShards: testShards,
+                                                 testFraction: testFraction, seed: seed, source: source, options: options,
+                                                 overwrite: overwrite, progress: progress.update(done:total:))
+        progress.finish()
+        let seconds = progress.seconds
+        let rate = Double(listing.paths.count) / max(seconds, 1e-9)
+        let shape = report.featureShape.map(String.init).joined(separator: "×")
+        var line = "decoded \(report.trainRows + report.testRows) images to \(shape) uint8 in \(String(format: "%.2f", seconds)) s"
+        line += " (\(String(format: "%.0f", rate)) images/s on \(threadCount) threads)"
+        if report.resized > 0 { line += ", \(report.resized) resized" }
+        if report.converted > 0 { line += ", \(report.converted) converted to \(report.featureShape[0]) channel(s)" }
+        print(line)
+        if let names = listing.classNames {
+            print("classes (label: name): " + names.enumerated().prefix(20).map { "\($0.offset): \($0.element)" }.joined(separator: ", ")
+                  + (names.count > 20 ? ", … (\(names.count))" : ""))
+        }
+        if !report.skipped.isEmpty {
+            for (path, reason) in report.skipped { print("skipped \(path): \(reason)") }
+            print("skipped \(report.skipped.count) unreadable images of \(listing.paths.count)")
+        }
+        print("wrote \(report.trainRows) training rows in \(report.trainPaths.count) shards under \((out as NSString).appendingPathComponent("train"))"
+              + (report.testPaths.isEmpty ? "" : " and \(report.testRows) test rows in \(report.testPaths.count) shards under \((out as NSString).appendingPathComponent("test"))"))
+    }
+}
+
+/// Progress of an import on standard error: a bar redrawn in place on a terminal, a plain line
+/// every 10 s otherwise (logs, pipes); images/s and the time left.
+final class ImportProgress {
+    private let total: Int
+    private let started = Date()
+    private let interactive = isatty(STDERR_FILENO) != 0
+    private var lastShown = Date.distantPast
+    private var shownOnce = false
+
+    init(total: Int) { self.total = total }
+
+    /// Seconds since the start.
+    var seconds: Double { Date().timeIntervalSince(started) }
+
+    /// Shows `done` of `total` images, at most 10 times a second (every 10 s without a
+    /// terminal), and at the end.
+    func update(done: Int, total: Int) {
+        let now = Date()
+        guard now.timeIntervalSince(lastShown) >= (interactive ? 0.1 : 10) || done == total else { return }
+        lastShown = now
+        let elapsed = now.timeIntervalSince(started)
+        let rate = Double(done) / max(elapsed, 1e-9)
+        let left = rate > 0 ? Double(total - done) / rate : 0
+        let eta = String(format: "%d:%02d", Int(left) / 60, Int(left) % 60)
+        let counts = "\(done)/\(total) images  \(String(format: "%.0f", rate)) images/s  ETA \(eta)"
+        if interactive {
+            let width = 30, filled = total > 0 ? width * done / total : width
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardError.write(Data("\r[\(bar)] \(counts)\u{1B}[K".utf8))
+            shownOnce = true
+        } else {
+            FileHandle.standardError.write(Data("shard: \(counts)\n".utf8))
+        }
+    }
+
+    /// Ends the bar's line.
+    func finish() {
+        if interactive && shownOnce { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 }

@@ -42,14 +42,17 @@ final class RunReportTests: XCTestCase {
 
     func testReportOfAShortRunContainsEveryFigure() throws {
         let (run, data) = try shortRun(objective: "vicreg")
-        // TensorBoard: one event file with the file version, the config as text and one event a metrics record.
+        // TensorBoard: one event file with the file version, the config as text, the hyper-parameters (an
+        // experiment and a session start) and one event a metrics record.
         let names = try FileManager.default.contentsOfDirectory(atPath: run)
         let eventFiles = names.filter { $0.hasPrefix("events.out.tfevents.") }
         XCTAssertEqual(eventFiles.count, 1)
         let events = try TensorBoardTests.events((run as NSString).appendingPathComponent(eventFiles[0]))
         let history = try MetricsHistory(contentsOf: (run as NSString).appendingPathComponent("metrics.jsonl"))
-        XCTAssertEqual(events.count, 2 + history.records.count)
+        XCTAssertEqual(events.count, 4 + history.records.count)
         XCTAssertEqual(events[1].texts.first?.tag, "config")
+        XCTAssertEqual(try TensorBoardTests.pluginSummaries((run as NSString).appendingPathComponent(eventFiles[0])).map(\.plugin),
+                       ["text", "hparams", "hparams"])
         XCTAssertEqual(events.last?.step, 8)
         XCTAssertEqual(history.termNames, ["invariance", "variance", "covariance"])
 

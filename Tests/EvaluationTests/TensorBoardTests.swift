@@ -110,6 +110,17 @@ final class TensorBoardTests: XCTestCase {
         return event
     }
 
+    /// `ANTICOLLAPSE_TEST_PYTHON` (else `/usr/bin/python3`) when it has the tensorboard
+    /// package (its event reader and hparams plugin); skips the test otherwise.
+    static func pythonWithTensorBoard() throws -> String {
+        let python = ProcessInfo.processInfo.environment["ANTICOLLAPSE_TEST_PYTHON"] ?? "/usr/bin/python3"
+        let modules = "import tensorboard.backend.event_processing.event_accumulator, tensorboard.plugins.hparams.metadata"
+        guard FileManager.default.isExecutableFile(atPath: python), (try? runProcess(python, ["-c", modules]))?.status == 0 else {
+            throw XCTSkip("tensorboard (Python) is not installed; set ANTICOLLAPSE_TEST_PYTHON to a Python that has it")
+        }
+        return python
+    }
+
     /// Reads every event of `path`.
     static func events(_ path: String) throws -> [Event] {
         let data = try XCTUnwrap(FileManager.default.contents(atPath: path), "cannot read \(path)")
@@ -135,11 +146,7 @@ final class TensorBoardTests: XCTestCase {
     /// an interrupted run and its resumed continuation as one series, each step once, with the
     /// resumed run's values.
     func testTensorBoardItselfPurgesTheStepsOfAnInterruptedRun() throws {
-        let python = ProcessInfo.processInfo.environment["ANTICOLLAPSE_TEST_PYTHON"] ?? "/usr/bin/python3"
-        guard FileManager.default.isExecutableFile(atPath: python),
-              (try? runProcess(python, ["-c", "import tensorboard.backend.event_processing.event_accumulator"]))?.status == 0 else {
-            throw XCTSkip("tensorboard (Python) is not installed; set ANTICOLLAPSE_TEST_PYTHON to a Python that has it")
-        }
+        let python = try Self.pythonWithTensorBoard()
         let directory = try temporaryDirectory(for: self, prefix: "tensorboard").path
         let first = try TensorBoardWriter(directory: directory, now: Date(timeIntervalSince1970: 1_700_000_000))
         for step in 1...10 { try first.write(step: step, scalars: [("loss", Double(step))], wallTime: Date(timeIntervalSince1970: 1_700_000_000 + Double(step))) }
@@ -189,13 +196,9 @@ final class TensorBoardTests: XCTestCase {
     }
 
     /// TensorBoard's own reader (where installed) reads a real run's scalars, histograms,
-    /// heatmap images and config text.
+    /// heatmap images, config text and hyper-parameters.
     func testTensorBoardItselfReadsEveryKindOfARun() throws {
-        let python = ProcessInfo.processInfo.environment["ANTICOLLAPSE_TEST_PYTHON"] ?? "/usr/bin/python3"
-        guard FileManager.default.isExecutableFile(atPath: python),
-              (try? runProcess(python, ["-c", "import tensorboard.backend.event_processing.event_accumulator"]))?.status == 0 else {
-            throw XCTSkip("tensorboard (Python) is not installed; set ANTICOLLAPSE_TEST_PYTHON to a Python that has it")
-        }
+        let python = try Self.pythonWithTensorBoard()
         let root = try temporaryDirectory(for: self).path
         try SyntheticData(kind: .vectors, rows: 64, classes: 4, features: 8, seed: 1).write(to: root + "/data", trainShards: 1)
         let configuration = try TrainingConfiguration.load(yaml: "", overrides: [
@@ -213,12 +216,127 @@ final class TensorBoardTests: XCTestCase {
             print("scalars", len(a.Scalars("loss")), "histograms", sorted(t["histograms"]), "images", t["images"],
                   "image", a.Images("embeddings/correlation")[0].width, "text", "config" in t["tensors"],
                   "projection", int(sum(a.Histograms("embeddings/projection_0")[0].histogram_value.bucket)))
+            from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+            from tensorboard.plugins.hparams import metadata
+            m = pem.EventMultiplexer(); m.AddRunsFromDirectory(sys.argv[1]); m.Reload()
+            s = metadata.parse_session_start_info_plugin_data(m.PluginRunToTagToContent("hparams")["."][metadata.SESSION_START_INFO_TAG])
+            print("hparams", s.hparams["schedule.global_batch_size"].number_value, s.hparams["data.train"].string_value.endswith("/data/train"))
             """
         let result = try runProcess(python, ["-c", script, root + "/run"])
         XCTAssertEqual(result.status, 0, result.output)
         XCTAssertTrue(result.output.contains("scalars 2 histograms ['embeddings/feature_std', 'embeddings/projection_0', "
                                              + "'embeddings/projection_1', 'embeddings/projection_2', 'embeddings/projection_3'] "
                                              + "images ['embeddings/correlation'] image 256 text True projection 16"), result.output)
+        XCTAssertTrue(result.output.contains("hparams 16.0 True"), result.output)
+    }
+
+    /// The summaries with plugin metadata of an event file: (tag, plugin name, plugin content).
+    static func pluginSummaries(_ path: String) throws -> [(tag: String, plugin: String, content: [UInt8])] {
+        let data = try XCTUnwrap(FileManager.default.contents(atPath: path), "cannot read \(path)")
+        var result: [(tag: String, plugin: String, content: [UInt8])] = []
+        for record in records(Array(data)) {
+            for summary in fields(record) where summary.field == 5 {
+                for value in fields(summary.bytes) where value.field == 1 {
+                    let parts = fields(value.bytes)
+                    guard let metadata = parts.first(where: { $0.field == 9 }),
+                          let pluginData = fields(metadata.bytes).first(where: { $0.field == 1 }) else { continue }
+                    let plugin = fields(pluginData.bytes)
+                    result.append((parts.first { $0.field == 1 }.map { String(decoding: $0.bytes, as: UTF8.self) } ?? "",
+                                   plugin.first { $0.field == 1 }.map { String(decoding: $0.bytes, as: UTF8.self) } ?? "",
+                                   plugin.first { $0.field == 2 }?.bytes ?? []))
+                }
+            }
+        }
+        return result
+    }
+
+    /// Hyper-parameters are written as the HParams plugin reads them: an experiment listing
+    /// each hyper-parameter with its type and each metric tag, and a session start holding the
+    /// values (`google.protobuf.Value`: number, string or bool).
+    func testHyperparametersAreWrittenForTheHParamsPlugin() throws {
+        let directory = try temporaryDirectory(for: self, prefix: "tensorboard").path
+        let writer = try TensorBoardWriter(directory: directory, now: Date(timeIntervalSince1970: 1_700_000_000))
+        try writer.write(hyperparameters: [("objective.name", .text("vicreg")), ("optimizer.learning_rate", .number(0.3)),
+                                           ("model.batch_norm", .boolean(true))],
+                         metrics: ["loss", "probe/test_accuracy"], wallTime: Date(timeIntervalSince1970: 1_700_000_001))
+        let summaries = try Self.pluginSummaries(writer.path)
+        XCTAssertEqual(summaries.map(\.tag), ["_hparams_/experiment", "_hparams_/session_start_info"])
+        XCTAssertEqual(summaries.map(\.plugin), ["hparams", "hparams"])
+        func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+        // HParamsPluginData: version 0 (absent), then the experiment (field 2) …
+        let experimentData = Self.fields(summaries[0].content)
+        XCTAssertEqual(experimentData.map(\.field), [2])
+        let experiment = Self.fields(experimentData[0].bytes)
+        let hparamInfos = experiment.filter { $0.field == 4 }.map { info -> String in
+            let parts = Self.fields(info.bytes)
+            return "\(text(parts.first { $0.field == 1 }?.bytes ?? [])):\(parts.first { $0.field == 4 }?.varint ?? 0)"
+        }
+        XCTAssertEqual(hparamInfos, ["objective.name:1", "optimizer.learning_rate:3", "model.batch_norm:2"], "name:DataType")
+        let metricTags = experiment.filter { $0.field == 5 }.compactMap { info in
+            Self.fields(info.bytes).first { $0.field == 1 }.flatMap { name in Self.fields(name.bytes).first { $0.field == 2 } }.map { text($0.bytes) }
+        }
+        XCTAssertEqual(metricTags, ["loss", "probe/test_accuracy"])
+        // … and the session start (field 3): the hparams map.
+        let startData = Self.fields(summaries[1].content)
+        XCTAssertEqual(startData.map(\.field), [3])
+        var values: [String: String] = [:]
+        for entry in Self.fields(startData[0].bytes) where entry.field == 1 {
+            let parts = Self.fields(entry.bytes)
+            let key = text(parts.first { $0.field == 1 }?.bytes ?? [])
+            guard let value = parts.first(where: { $0.field == 2 }).map({ Self.fields($0.bytes) })?.first else { continue }
+            switch value.field {
+            case 2: values[key] = "number \(Double(bitPattern: value.bytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) }))"
+            case 3: values[key] = "string \(text(value.bytes))"
+            case 4: values[key] = "bool \(value.varint)"
+            default: values[key] = "field \(value.field)"
+            }
+        }
+        XCTAssertEqual(values, ["objective.name": "string vicreg", "optimizer.learning_rate": "number 0.3", "model.batch_norm": "bool 1"])
+    }
+
+    /// A run's hyper-parameters are its flattened config, typed: numbers, text, Booleans.
+    func testARunsHyperparametersAreItsFlattenedConfig() throws {
+        let configuration = try TrainingConfiguration.load(yaml: "", overrides: ["optimizer.learning_rate=0.25", "objective.name=sigreg"])
+        let hyperparameters = ConfigurationTree.hyperparameters(try ConfigurationTree.encode(configuration))
+        let byName = Dictionary(hyperparameters.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
+        XCTAssertEqual(byName.count, hyperparameters.count, "names are unique")
+        XCTAssertEqual(hyperparameters.map(\.name), hyperparameters.map(\.name).sorted())
+        XCTAssertEqual(byName["optimizer.learning_rate"], .number(0.25))
+        XCTAssertEqual(byName["objective.name"], .text("sigreg"))
+        XCTAssertEqual(byName["schedule.global_batch_size"], .number(Double(configuration.schedule.globalBatchSize)))
+        XCTAssertTrue(hyperparameters.contains { if case .boolean = $0.value { return true } else { return false } },
+                      "\(hyperparameters)")
+        // Every leaf of the flattened text form is there.
+        XCTAssertEqual(Set(byName.keys), Set(ConfigurationTree.flatten(try ConfigurationTree.encode(configuration)).keys))
+    }
+
+    /// TensorBoard's own event loader and hparams metadata parser (where installed) read a
+    /// training run's experiment and session start.
+    func testTensorBoardItselfReadsTheHyperparameters() throws {
+        let python = try Self.pythonWithTensorBoard()
+        let directory = try temporaryDirectory(for: self, prefix: "tensorboard").path
+        let writer = try TensorBoardWriter(directory: directory)
+        try writer.write(hyperparameters: [("objective.name", .text("vicreg")), ("optimizer.learning_rate", .number(0.3)),
+                                           ("model.batch_norm", .boolean(false))],
+                         metrics: ["loss", "probe/test_accuracy"])
+        let script = """
+            import sys
+            from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+            from tensorboard.plugins.hparams import metadata
+            m = pem.EventMultiplexer(); m.AddRunsFromDirectory(sys.argv[1]); m.Reload()
+            content = m.PluginRunToTagToContent(metadata.PLUGIN_NAME)["."]
+            e = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+            s = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+            print(" ".join(f"{i.name}:{i.type}" for i in e.hparam_infos), "|", " ".join(i.name.tag for i in e.metric_infos), "|",
+                  " ".join(f"{k}={s.hparams[k].WhichOneof('kind')}:{getattr(s.hparams[k], s.hparams[k].WhichOneof('kind'))}"
+                           for k in sorted(s.hparams)))
+            """
+        let result = try runProcess(python, ["-c", script, directory])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertEqual(result.output.split(separator: "\n").last.map(String.init),
+                       "objective.name:1 optimizer.learning_rate:3 model.batch_norm:2 | loss probe/test_accuracy | "
+                       + "model.batch_norm=bool_value:False objective.name=string_value:vicreg optimizer.learning_rate=number_value:0.3",
+                       result.output)
     }
 
     func testCRC32CKnownAnswer() {
