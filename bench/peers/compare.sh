@@ -9,11 +9,13 @@
 #   bench/peers/compare.sh --rounds 3 --peers torch,torch_cl -- --encoder resnet --image 3,32,32 \
 #       --stem-channels 32 --stages 32,64,128,256 --blocks 2 --projector 256,1024,1024 --batch 128 \
 #       --optimizer sgd --steps 5 --warmup 2
+#   bench/peers/compare.sh --rounds 3 --peers torch,torch_compile -- --encoder vit --image 1,28,28 \
+#       --patch-size 4 --width 192 --depth 6 --heads 3 --projector 192,1024,1024 --steps 5 --warmup 2
 #
 # Step options (default: the reference shape) are passed unchanged to every run:
 # --encoder, --projector, --batch, --steps, --warmup (and for --encoder resnet: --image,
 # --stem-channels, --stem-stride, --stages, --blocks, --optimizer). Peers (default jax,torch;
-# jax is MLP only): jax, torch, torch_cl (torch in channels_last). A peer whose package does
+# jax is MLP only): jax, torch, torch_cl (torch in channels_last), torch_compile (torch.compile). A peer whose package does
 # not import under PY (default: $PEERS_PYTHON, else /tmp/peers-venv/bin/python, else python3)
 # is skipped.
 set -euo pipefail
@@ -35,7 +37,7 @@ while (($#)); do
         --python) py=$2; shift 2 ;;
         --peers) peer_list=$2; shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) break ;;
     esac
 done
@@ -54,8 +56,8 @@ fi
 
 peers=()
 for peer in ${peer_list//,/ }; do
-    module=${peer%_cl}
-    if [[ $module == jax && " ${step_args[*]} " == *" --encoder resnet "* ]]; then
+    module=${peer%_cl}; module=${module%_compile}
+    if [[ $module == jax && " ${step_args[*]} " =~ " --encoder "(resnet|vit|convnet)" " ]]; then
         echo "skipping jax: jax_step.py has the MLP step only" >&2; continue
     fi
     if "$py" -c "import $module" 2>/dev/null; then peers+=("$peer"); else echo "skipping $peer: not importable by $py" >&2; fi
@@ -64,6 +66,7 @@ done
 peer_command() {
     case $1 in
         torch_cl) echo "$here/torch_step.py --channels-last" ;;
+        torch_compile) echo "$here/torch_step.py --compile" ;;
         *) echo "$here/${1}_step.py" ;;
     esac
 }

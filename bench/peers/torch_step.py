@@ -6,7 +6,13 @@ MLP encoder (`--encoder 784,1024,1024`, the default) or the ResNet of the model 
 stem Conv3x3(stem stride, pad 1, no bias) BN ReLU; per stage `--blocks` basic blocks
 [Conv3x3(s) BN ReLU Conv3x3 BN] + shortcut [Conv1x1(s) BN when the shape changes], ReLU,
 the first block of every stage after the first with stride 2; global average pooling
-(torchvision's BasicBlock, as `ResNetDescription.makeLayers`). `--channels-last` runs it in
+(torchvision's BasicBlock, as `ResNetDescription.makeLayers`); or the ViT of the model
+description (`--encoder vit --image 1,28,28 --patch-size 4 --width 192 --depth 6 --heads 3`):
+patch embedding Conv2d(P, stride P), class token, learned positional embeddings, pre-norm
+blocks [LayerNorm(eps 1e-6), multi-head attention with a fused QKV (bias) and an output
+projection (`F.scaled_dot_product_attention`), LayerNorm, MLP 4·width with exact GELU], final
+LayerNorm, the class token (timm's VisionTransformer, as `VisionTransformer.swift`).
+`--compile` wraps the model in `torch.compile`. `--channels-last` runs the ResNet in
 torch.channels_last memory format. `--optimizer sgd` is SGD(lr 0.05, momentum 0.9,
 weight decay 5e-4), as `bench step --optimizer sgd`.
 
@@ -42,6 +48,11 @@ def parse():
     p.add_argument("--stages", default="16,32,64")
     p.add_argument("--blocks", type=int, default=1)
     p.add_argument("--channels-last", action="store_true", help="resnet in torch.channels_last")
+    p.add_argument("--patch-size", type=int, default=4, help="vit: patch size")
+    p.add_argument("--width", type=int, default=64, help="vit: token width")
+    p.add_argument("--depth", type=int, default=4, help="vit: blocks")
+    p.add_argument("--heads", type=int, default=4, help="vit: attention heads")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--json", action="store_true", help="print a JSON line too")
     return p.parse_args()
 
@@ -98,6 +109,47 @@ def resnet(c_in, stem, stem_stride, stages, blocks):
             if isinstance(conv, nn.Conv2d):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return nn.Sequential(*layers)
+
+
+class Attention(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, channels, size, patch, width, depth, heads):
+        super().__init__()
+        self.patch = nn.Conv2d(channels, width, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, width) * 0.02)
+        self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.norm(self.blocks(x))[:, 0]
 
 
 def off_diagonal(x):
@@ -166,12 +218,19 @@ def main():
         enc = f"resnet {args.image} stem {args.stem_channels}/{args.stem_stride} stages {stages} x {args.blocks}"
         if args.channels_last:
             enc += ", channels_last"
+    elif args.encoder == "vit":
+        shape = [int(v) for v in args.image.split(",")]
+        encoder = ViT(shape[0], shape[1], args.patch_size, args.width, args.depth, args.heads)
+        enc = f"vit {args.image} patch {args.patch_size} width {args.width} depth {args.depth} heads {args.heads}"
     else:
         shape = [widths(args.encoder)[0]]
         encoder = mlp(widths(args.encoder), True)
         enc = widths(args.encoder)
     model = nn.Sequential(encoder, mlp(proj, False) if proj else nn.Identity())
     model.train()
+    forward = torch.compile(model) if args.compile else model
+    if args.compile:
+        enc += ", torch.compile"
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     else:
@@ -189,7 +248,7 @@ def main():
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
-        out = vicreg(model(x1), model(x2))
+        out = vicreg(forward(x1), forward(x2))
         out.backward()
         torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
         opt.step()
@@ -199,7 +258,7 @@ def main():
         loss = out.item()
     med, mn = statistics.median(times), min(times)
     sps = args.batch / (med / 1e3)
-    print(f"peer             torch {torch.__version__}, eager, " + ("SGD" if args.optimizer == "sgd" else "LARS (VICReg reference)"))
+    print(f"peer             torch {torch.__version__}, {'torch.compile' if args.compile else 'eager'}, " + ("SGD" if args.optimizer == "sgd" else "LARS (VICReg reference)"))
     print(f"threads          torch.set_num_threads({torch.get_num_threads()}), interop 1, OMP/MKL/OPENBLAS_NUM_THREADS={args.threads}")
     print(f"model            encoder {enc} projector {proj}, {args.batch} rows x 2 views")
     print(f"threads (system) user {os.times().user:.1f} s, system {os.times().system:.1f} s in this process")
