@@ -33,6 +33,9 @@ public struct PlannerSettings: Sendable, Equatable {
     public var temperature = 0.5
     /// Keys the candidates' noise with (seed, solve, iteration).
     public var seed: UInt64 = 0
+    /// Roll the transformer predictor out token by token with a key/value cache (the same
+    /// predictions); false: recompute every window in full (the reference).
+    public var keyValueCache = true
 
     public init() {}
 
@@ -65,6 +68,9 @@ public final class LatentPlanner {
     /// Values of one action block (`frameskip · actionDimension`).
     public var blockWidth: Int { frameskip * actionDimension }
 
+    /// The whole plan of the last solve (`horizon · frameskip` actions, flattened, clipped):
+    /// the receding part is what ``plan(current:goal:)`` returned.
+    public private(set) var lastPlan: [Float] = []
     private var mean: [Float], std: [Float]
     private var solves: UInt64 = 0
     private let candidates: Tensor<Float>          // (S·K, W)
@@ -76,6 +82,7 @@ public final class LatentPlanner {
     private var order: [Int]
     private var weights: [Double]
     private let evaluation: LayerContext
+    private let incremental: PredictorRollout?
 
     /// - Parameters:
     ///   - network: a trained world model (its batch norm in evaluation mode).
@@ -100,6 +107,8 @@ public final class LatentPlanner {
         order = Array(0..<s)
         weights = [Double](repeating: 0, count: s)
         evaluation = LayerContext(training: false, communicator: SingleProcessCommunicator(), needsInputGradient: false)
+        incremental = settings.keyValueCache && network.transformer != nil
+            ? PredictorRollout(network: network, samples: s, horizon: k, context: evaluation.slot(network.historyFrames + 3)) : nil
     }
 
     /// Forgets the previous plan (the next solve starts from mean 0).
@@ -141,7 +150,8 @@ public final class LatentPlanner {
         candidates.withUnsafeMutableBufferPointer { c in for j in 0..<(k * w) { c[j] = min(1, max(-1, mean[j])) } }
         try score(current: current, goal: goal)
         let cost = costs[0]
-        let actions = (0..<(settings.receding * w)).map { min(1, max(-1, mean[$0])) }
+        lastPlan = (0..<(k * w)).map { min(1, max(-1, mean[$0])) }
+        let actions = Array(lastPlan.prefix(settings.receding * w))
         // Warm start: the rest of the plan moves to the front; new blocks start at 0.
         let shift = settings.receding * w
         for j in 0..<(k * w) { mean[j] = j + shift < k * w ? mean[j + shift] : 0 }
@@ -167,7 +177,8 @@ public final class LatentPlanner {
         rollout.withUnsafeMutableBufferPointer { e in
             for sample in 0..<s { for j in 0..<d { e[sample * (k + 1) * d + j] = current[j] } }
         }
-        for step in 0..<k {
+        if let incremental { try incremental.run(actions: u, rollout: rollout) }
+        for step in 0..<k where incremental == nil {
             // The transformer takes the frames so far (up to H); the MLP exactly H, the first
             // frame and its action block repeated before the start.
             let l = network.transformer != nil ? min(step + 1, h) : h, first = step + 1 - l

@@ -23,6 +23,8 @@ struct PlannerOptions: ParsableArguments {
     var noWarmStart = false
     @Option(help: "MPPI temperature (relative to the spread of the costs).") var temperature = 0.5
     @Option(name: .customLong("planner-seed"), help: "Seed of the candidates' noise.") var plannerSeed: UInt64 = 0
+    @Flag(name: .customLong("full-recompute"), help: "Recompute every rollout window in full instead of caching keys and values (the reference; slower).")
+    var fullRecompute = false
 
     func settings() throws -> PlannerSettings {
         guard let solver = PlannerSolver(rawValue: solver) else {
@@ -31,6 +33,7 @@ struct PlannerOptions: ParsableArguments {
         var s = PlannerSettings()
         s.solver = solver; s.samples = samples; s.elites = elites; s.iterations = iterations; s.horizon = horizon
         s.receding = receding; s.initialStd = std; s.warmStart = !noWarmStart; s.temperature = temperature; s.seed = plannerSeed
+        s.keyValueCache = !fullRecompute
         try s.validate()
         return s
     }

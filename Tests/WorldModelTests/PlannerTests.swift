@@ -55,6 +55,41 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(plans[0], plans[1])
     }
 
+    /// The key/value-cached rollout predicts what recomputing every window predicts: growing
+    /// (steps < H) and sliding windows, 1 and 2 blocks, with and without a prediction projector,
+    /// on random weights (the AdaLN modulation is not left at its zero start).
+    func testCachedRolloutMatchesFullRecompute() throws {
+        for (depth, projector) in [(1, false), (2, true)] {
+            var transformer = TransformerPredictorDescription()
+            transformer.depth = depth; transformer.heads = 2
+            let network = WorldModelNetwork<Float>(WorldModelDescription(
+                encoder: .mlp(widths: [4, 8]), projector: nil, actionEncoder: .mlp(widths: [10, 8], batchNorm: false, activation: .gelu),
+                predictor: .transformer(transformer), predictionProjector: projector ? .mlp(widths: [8, 16, 8]) : nil),
+                historyFrames: 3, predictedFrames: 1, seed: 4)
+            CounterRandom(seed: 5, stream: UInt64(depth)).fillNormal(network.parameters.values, standardDeviation: 0.5)
+            var settings = PlannerSettings()
+            settings.samples = 9; settings.elites = 3; settings.iterations = 3; settings.horizon = 5
+            let planners = try [true, false].map { cached -> LatentPlanner in
+                settings.keyValueCache = cached
+                return try LatentPlanner(network: network, frameskip: 5, actionDimension: 2, settings: settings)
+            }
+            var random = CounterRandom(seed: 6, streamName: "rollout").sequence()
+            func uniform() -> Float { Float(Double(random.next() >> 11) * 0x1p-53) * 2 - 1 }
+            let start = (0..<8).map { _ in uniform() }, goal = (0..<8).map { _ in uniform() }
+            for _ in 0..<3 {
+                let actions = (0..<50).map { _ in uniform() }
+                let cached = try planners[0].predictedEmbeddings(current: start, actions: actions)
+                let full = try planners[1].predictedEmbeddings(current: start, actions: actions)
+                XCTAssertGreaterThan(zip(cached[5], start).map { abs($0 - $1) }.max()!, 0.01, "the rollout moves")
+                for step in 0...5 { assertClose(cached[step], full[step], rtol: 1e-5, atol: 1e-5, "depth \(depth), step \(step)") }
+            }
+            // Whole solves (9 different candidates an iteration) choose the same plan.
+            let (a, b) = (try planners[0].plan(current: start, goal: goal), try planners[1].plan(current: start, goal: goal))
+            assertClose(a.actions, b.actions, rtol: 1e-4, atol: 1e-4, "depth \(depth)")
+            assertClose(a.cost, b.cost, rtol: 1e-4, atol: 1e-5)
+        }
+    }
+
     func testBadPlannerSettingsNameTheOption() {
         var s = PlannerSettings()
         s.elites = 400
