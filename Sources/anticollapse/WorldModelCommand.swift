@@ -85,6 +85,20 @@ struct WorldModelEval: ParsableCommand {
                      "planner": planned[i].path.map { [$0.x, $0.y] }, "expert": expert[i].path.map { [$0.x, $0.y] },
                      "success": planned[i].success]
                 }
+                if communicator.isRoot {
+                    // For the report: planned against executed paths, and predicted against actual embeddings.
+                    section["planned_paths"] = try tasks.prefix(min(paths, 6)).map { task -> [String: Any] in
+                        let (outcome, plans) = try ClosedLoop.plannedPaths(&plannerPolicy, on: task)
+                        return ["start": [task.start.x, task.start.y], "goal": [task.goal.x, task.goal.y], "success": outcome.success,
+                                "executed": outcome.path.map { [$0.x, $0.y] }, "plans": plans.map { $0.map { [$0.x, $0.y] } }]
+                    }
+                    if name == "held_out" {
+                        section["rollouts"] = try tasks.prefix(min(paths, 4)).map { task -> [String: Any] in
+                            let (predicted, actual) = try ClosedLoop.predictionRollout(&plannerPolicy, on: task)
+                            return ["predicted": predicted, "actual": actual]
+                        }
+                    }
+                }
                 report[name] = section
                 if communicator.isRoot {
                     print("\(name): \(tasks.count) tasks, budget \(tasks.first?.budget ?? 0) steps, replanning every \(options.receding) block(s)")
