@@ -238,10 +238,8 @@ extension RunConfiguration {
             // number that does not fit its type).
             throw ConfigurationError("\(source): \(ConfigurationTree.locateDecodingError(error, given: tree, defaults: defaults, as: RunConfiguration.self))")
         }
-        // A key the user wrote that neither the decoded config nor the defaults write is not
-        // ours (the defaults know the optional parts a config may set to null).
-        try ConfigurationTree.checkKnownKeys(tree, against: ConfigurationTree.merge(defaults, ConfigurationTree.encode(configuration)),
-                                             source: source)
+        // A key the user wrote that the decoded config does not write back is not ours.
+        try ConfigurationTree.checkKnownKeys(tree, against: ConfigurationTree.encode(configuration), source: source)
         try configuration.validate(source: source)
         return configuration
     }

@@ -280,10 +280,15 @@ public struct WorldModelCheckpoint {
         guard name == WorldModelSettings.recipeName else {
             throw ConfigurationError("\(path): a checkpoint of recipe \"\(name)\", not \(WorldModelSettings.recipeName)")
         }
-        configuration = try WorldModelConfiguration.load(yaml: checkpoint.config, source: path)
+        var configuration = try WorldModelConfiguration.load(yaml: checkpoint.config, source: path)
+        guard let tensors = checkpoint.groups[Checkpoint.modelGroup] else { throw ConfigurationError("\(path): no model state") }
+        // A config saved before a null part was written back names none, so the default part
+        // would come back: the tensors tell whether the optional projectors exist.
+        if !tensors.keys.contains(where: { $0.hasPrefix("projector.") }) { configuration.model.projector = nil }
+        if !tensors.keys.contains(where: { $0.hasPrefix("pred_proj.") }) { configuration.model.predictionProjector = nil }
+        self.configuration = configuration
         network = WorldModelNetwork<Float>(configuration.model, historyFrames: configuration.data.historyFrames,
                                            predictedFrames: configuration.data.predictedFrames, seed: configuration.seed)
-        guard let tensors = checkpoint.groups[Checkpoint.modelGroup] else { throw ConfigurationError("\(path): no model state") }
         try StateGroup(name: Checkpoint.modelGroup, parameters: network.parameters, buffers: network.buffers)
             .load(tensors, stepCount: nil, from: path)
         self.path = path

@@ -220,6 +220,17 @@ final class WorldModelTests: XCTestCase {
         guard case .transformer = configuration.model.predictor else { return XCTFail("the shipped predictor is the transformer") }
     }
 
+    /// `prediction_projector: null` loads as no projector, and the saved config (as a
+    /// checkpoint keeps it) reloads without one.
+    func testNullPartsSurviveTheSavedConfig() throws {
+        let configuration = try WorldModelConfiguration.load(yaml: "recipe: world_model\nmodel:\n  prediction_projector: null\n")
+        XCTAssertNil(configuration.model.predictionProjector)
+        XCTAssertNotNil(configuration.model.projector)
+        let saved = try WorldModelConfiguration.load(yaml: configuration.yaml())
+        XCTAssertNil(saved.model.predictionProjector)
+        XCTAssertEqual(saved.model, configuration.model)
+    }
+
     // MARK: Bad input
 
     func testBadConfigurationsNameTheKey() throws {
