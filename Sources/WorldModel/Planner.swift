@@ -36,6 +36,9 @@ public struct PlannerSettings: Sendable, Equatable {
     /// Roll the transformer predictor out token by token with a key/value cache (the same
     /// predictions); false: recompute every window in full (the reference).
     public var keyValueCache = true
+    /// Threads a rollout splits the candidates over (with the key/value cache; the caller
+    /// gives BLAS one thread then).
+    public var threads = 1
 
     public init() {}
 
@@ -48,6 +51,7 @@ public struct PlannerSettings: Sendable, Equatable {
         if !(1...horizon).contains(receding) { throw ConfigurationError("--receding: must be in 1…horizon (\(horizon)), got \(receding)") }
         if !(initialStd > 0) { throw ConfigurationError("--std: must be positive, got \(initialStd)") }
         if !(temperature > 0) { throw ConfigurationError("--temperature: must be positive, got \(temperature)") }
+        if threads < 1 { throw ConfigurationError("--threads: must be at least 1, got \(threads)") }
     }
 }
 
@@ -108,7 +112,8 @@ public final class LatentPlanner {
         weights = [Double](repeating: 0, count: s)
         evaluation = LayerContext(training: false, communicator: SingleProcessCommunicator(), needsInputGradient: false)
         incremental = settings.keyValueCache && network.transformer != nil
-            ? PredictorRollout(network: network, samples: s, horizon: k, context: evaluation.slot(network.historyFrames + 3)) : nil
+            ? PredictorRollout(network: network, samples: s, horizon: k, blockWidth: w, threads: settings.threads,
+                               context: evaluation.slot(network.historyFrames + 3)) : nil
     }
 
     /// Forgets the previous plan (the next solve starts from mean 0).
@@ -171,14 +176,31 @@ public final class LatentPlanner {
 
     /// Rolls every candidate out and writes `costs`.
     private func score(current: [Float], goal: [Float]) throws {
-        let s = settings.samples, k = settings.horizon, d = network.embeddingWidth, h = network.historyFrames
-        let a = network.actionEmbeddingWidth
-        let u = try network.encodeActions(candidates, context: evaluation.slot(h + 2))        // (S·K, A)
+        let s = settings.samples, k = settings.horizon, d = network.embeddingWidth
         rollout.withUnsafeMutableBufferPointer { e in
             for sample in 0..<s { for j in 0..<d { e[sample * (k + 1) * d + j] = current[j] } }
         }
-        if let incremental { try incremental.run(actions: u, rollout: rollout) }
-        for step in 0..<k where incremental == nil {
+        if let incremental {
+            try incremental.run(candidates: candidates, rollout: rollout)
+        } else {
+            try recompute()
+        }
+        rollout.withUnsafeBufferPointer { e in
+            for sample in 0..<s {
+                var cost: Float = 0
+                let last = (sample * (k + 1) + k) * d
+                for j in 0..<d { let x = e[last + j] - goal[j]; cost += x * x }
+                costs[sample] = cost.isFinite ? cost : .infinity
+            }
+        }
+    }
+
+    /// The rollout recomputing every window in full through ``WorldModelNetwork/predict(_:actions:context:)``.
+    private func recompute() throws {
+        let s = settings.samples, k = settings.horizon, d = network.embeddingWidth, h = network.historyFrames
+        let a = network.actionEmbeddingWidth
+        let u = try network.encodeActions(candidates, context: evaluation.slot(h + 2))        // (S·K, A)
+        for step in 0..<k {
             // The transformer takes the frames so far (up to H); the MLP exactly H, the first
             // frame and its action block repeated before the start.
             let l = network.transformer != nil ? min(step + 1, h) : h, first = step + 1 - l
@@ -212,14 +234,6 @@ public final class LatentPlanner {
                         for j in 0..<d { e[target + j] = p[source + j] }
                     }
                 }
-            }
-        }
-        rollout.withUnsafeBufferPointer { e in
-            for sample in 0..<s {
-                var cost: Float = 0
-                let last = (sample * (k + 1) + k) * d
-                for j in 0..<d { let x = e[last + j] - goal[j]; cost += x * x }
-                costs[sample] = cost.isFinite ? cost : .infinity
             }
         }
     }

@@ -25,6 +25,8 @@ struct PlannerOptions: ParsableArguments {
     @Option(name: .customLong("planner-seed"), help: "Seed of the candidates' noise.") var plannerSeed: UInt64 = 0
     @Flag(name: .customLong("full-recompute"), help: "Recompute every rollout window in full instead of caching keys and values (the reference; slower).")
     var fullRecompute = false
+    @Option(help: "Threads a rollout splits the candidates over (default: every core for plan bench|serve, cores ÷ ranks for worldmodel eval); BLAS then runs one thread.")
+    var threads: Int?
 
     func settings() throws -> PlannerSettings {
         guard let solver = PlannerSolver(rawValue: solver) else {
@@ -34,6 +36,7 @@ struct PlannerOptions: ParsableArguments {
         s.solver = solver; s.samples = samples; s.elites = elites; s.iterations = iterations; s.horizon = horizon
         s.receding = receding; s.initialStd = std; s.warmStart = !noWarmStart; s.temperature = temperature; s.seed = plannerSeed
         s.keyValueCache = !fullRecompute
+        s.threads = threads ?? 1
         try s.validate()
         return s
     }
@@ -43,6 +46,20 @@ struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The latent planner of a trained world model.",
         subcommands: [PlanBench.self, PlanServe.self])
+}
+
+extension PlannerOptions {
+    /// Sets the BLAS threads (`--blas-threads`, default cores ÷ ranks) and the planner's
+    /// (`--threads`, default the same count); BLAS gets one thread when the planner splits,
+    /// unless `--blas-threads` is given. Returns the options with their thread count.
+    func configuringThreads(blasThreads: Int?, communicator: (any Communicator)? = nil) -> (options: PlannerOptions, blas: Int) {
+        var options = self
+        let blas = BLASThreads.configure(override: blasThreads, communicator: communicator)
+        options.threads = threads ?? blas
+        guard options.threads! > 1, blasThreads == nil else { return (options, blas) }
+        BLASThreads.set(1)
+        return (options, 1)
+    }
 }
 
 /// Loads a world-model checkpoint and makes its planner.
@@ -69,8 +86,8 @@ struct PlanBench: ParsableCommand {
     @OptionGroup var planner: PlannerOptions
 
     func run() throws {
-        let threads = BLASThreads.configure(override: blasThreads)
-        let (model, latent, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+        let (options, threads) = planner.configuringThreads(blasThreads: blasThreads)
+        let (model, latent, format) = try makePlanner(checkpoint: checkpoint, options: options)
         var policy = PlannerPolicy(planner: latent, format: format)
         let tasks = ClosedLoop.crossRoomTasks(count: solves + 1, seed: 1)
         var times: [Double] = []
@@ -80,7 +97,7 @@ struct PlanBench: ParsableCommand {
             if i > 0, let ms { times.append(ms) }   // the first solve makes the buffers
         }
         let s = latent.settings
-        print("plan bench: \(model.path) (step \(model.step)); \(s.solver.rawValue) \(s.samples) samples × \(s.iterations) iterations × \(s.horizon) blocks, \(threads) BLAS thread(s)")
+        print("plan bench: \(model.path) (step \(model.step)); \(s.solver.rawValue) \(s.samples) samples × \(s.iterations) iterations × \(s.horizon) blocks, \(s.keyValueCache ? "key/value cache" : "full recompute"), \(s.threads) planner thread(s), \(threads) BLAS thread(s)")
         print(String(format: "ms per solve over %d solves: median %.1f, p90 %.1f, min %.1f", times.count,
                      percentile(times, 0.5), percentile(times, 0.9), times.min() ?? .nan))
     }
@@ -104,8 +121,8 @@ struct PlanServe: ParsableCommand {
     @OptionGroup var planner: PlannerOptions
 
     func run() throws {
-        _ = BLASThreads.configure(override: blasThreads)
-        let (_, latent, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+        let (options, _) = planner.configuringThreads(blasThreads: blasThreads)
+        let (_, latent, format) = try makePlanner(checkpoint: checkpoint, options: options)
         let server = PlanServer(planner: latent, format: format)
         FileHandle.standardError.write(Data("plan serve: ready (\(format) frames; one JSON request a line)\n".utf8))
         while let line = readLine(strippingNewline: true) {

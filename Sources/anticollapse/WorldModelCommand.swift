@@ -40,7 +40,7 @@ struct WorldModelEval: ParsableCommand {
 
     func run() throws {
         try runJob { communicator in
-            _ = BLASThreads.configure(override: blasThreads, communicator: communicator)
+            let (planner, _) = self.planner.configuringThreads(blasThreads: blasThreads, communicator: communicator)
             let (model, _, format) = try makePlanner(checkpoint: checkpoint, options: planner)
             let data = model.configuration.data
             let dataset = try TrajectoryDataset(data.train)
@@ -49,7 +49,7 @@ struct WorldModelEval: ParsableCommand {
                 throw ConfigurationError("\(checkpoint): the run holds out no episodes (data.validation_fraction 0)")
             }
             var report: [String: Any] = ["checkpoint": checkpoint, "step": model.step, "ranks": communicator.size,
-                                         "planner": plannerDescription()]
+                                         "planner": plannerDescription(planner)]
             let heldOutTasks = try ClosedLoop.heldOutTasks(dataset: dataset, episodes: heldOut, count: episodes,
                                                            goalOffset: goalOffset, budget: budget, seed: seed)
             var protocols: [(String, [PlanningTask], Int)] = [("held_out", heldOutTasks, planner.receding)]
@@ -122,8 +122,8 @@ struct WorldModelEval: ParsableCommand {
         }
     }
 
-    private func plannerDescription() -> [String: Any] {
-        ["solver": planner.solver, "samples": planner.samples, "elites": planner.elites, "iterations": planner.iterations,
+    private func plannerDescription(_ planner: PlannerOptions) -> [String: Any] {
+        ["threads": planner.threads ?? 1, "solver": planner.solver, "samples": planner.samples, "elites": planner.elites, "iterations": planner.iterations,
          "horizon": planner.horizon, "receding": planner.receding, "std": planner.std, "warm_start": !planner.noWarmStart]
     }
 

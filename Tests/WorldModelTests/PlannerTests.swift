@@ -69,8 +69,10 @@ final class PlannerTests: XCTestCase {
             CounterRandom(seed: 5, stream: UInt64(depth)).fillNormal(network.parameters.values, standardDeviation: 0.5)
             var settings = PlannerSettings()
             settings.samples = 9; settings.elites = 3; settings.iterations = 3; settings.horizon = 5
-            let planners = try [true, false].map { cached -> LatentPlanner in
+            // Cached on one thread, cached on two (lanes of candidates), the full recompute.
+            let planners = try [(true, 1), (true, 2), (false, 1)].map { cached, threads -> LatentPlanner in
                 settings.keyValueCache = cached
+                settings.threads = threads
                 return try LatentPlanner(network: network, frameskip: 5, actionDimension: 2, settings: settings)
             }
             var random = CounterRandom(seed: 6, streamName: "rollout").sequence()
@@ -78,15 +80,22 @@ final class PlannerTests: XCTestCase {
             let start = (0..<8).map { _ in uniform() }, goal = (0..<8).map { _ in uniform() }
             for _ in 0..<3 {
                 let actions = (0..<50).map { _ in uniform() }
-                let cached = try planners[0].predictedEmbeddings(current: start, actions: actions)
-                let full = try planners[1].predictedEmbeddings(current: start, actions: actions)
-                XCTAssertGreaterThan(zip(cached[5], start).map { abs($0 - $1) }.max()!, 0.01, "the rollout moves")
-                for step in 0...5 { assertClose(cached[step], full[step], rtol: 1e-5, atol: 1e-5, "depth \(depth), step \(step)") }
+                let full = try planners[2].predictedEmbeddings(current: start, actions: actions)
+                XCTAssertGreaterThan(zip(full[5], start).map { abs($0 - $1) }.max()!, 0.01, "the rollout moves")
+                for planner in planners.prefix(2) {
+                    let cached = try planner.predictedEmbeddings(current: start, actions: actions)
+                    for step in 0...5 {
+                        assertClose(cached[step], full[step], rtol: 1e-5, atol: 1e-5, "depth \(depth), \(planner.settings.threads) thread(s), step \(step)")
+                    }
+                }
             }
             // Whole solves (9 different candidates an iteration) choose the same plan.
-            let (a, b) = (try planners[0].plan(current: start, goal: goal), try planners[1].plan(current: start, goal: goal))
-            assertClose(a.actions, b.actions, rtol: 1e-4, atol: 1e-4, "depth \(depth)")
-            assertClose(a.cost, b.cost, rtol: 1e-4, atol: 1e-5)
+            let full = try planners[2].plan(current: start, goal: goal)
+            for planner in planners.prefix(2) {
+                let cached = try planner.plan(current: start, goal: goal)
+                assertClose(cached.actions, full.actions, rtol: 1e-4, atol: 1e-4, "depth \(depth), \(planner.settings.threads) thread(s)")
+                assertClose(cached.cost, full.cost, rtol: 1e-4, atol: 1e-5)
+            }
         }
     }
 
