@@ -116,6 +116,10 @@ public final class LatentPlanner {
                                context: evaluation.slot(network.historyFrames + 3)) : nil
     }
 
+    /// The threads a rollout runs on (1 without the key/value cache, with a prediction
+    /// projector, or with an action encoder other than a GELU MLP).
+    public var rolloutThreads: Int { incremental?.threads ?? 1 }
+
     /// Forgets the previous plan (the next solve starts from mean 0).
     public func reset() {
         for i in mean.indices { mean[i] = 0 }

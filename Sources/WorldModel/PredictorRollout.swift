@@ -42,6 +42,8 @@ final class PredictorRollout: @unchecked Sendable {
     }
 
     let samples: Int, horizon: Int
+    /// The lanes, one a thread.
+    var threads: Int { lanes.count }
     private let weights: Weights
     private let lanes: [Lane]
     private let network: WorldModelNetwork<Float>

@@ -49,17 +49,22 @@ struct Plan: ParsableCommand {
 }
 
 extension PlannerOptions {
-    /// Sets the BLAS threads (`--blas-threads`, default cores ÷ ranks) and the planner's
-    /// (`--threads`, default the same count); BLAS gets one thread when the planner splits,
-    /// unless `--blas-threads` is given. Returns the options with their thread count.
+    /// Sets the BLAS threads (`--blas-threads`, default cores ÷ ranks) and gives the planner
+    /// as many (`--threads` unless given). Returns the options and the BLAS thread count.
     func configuringThreads(blasThreads: Int?, communicator: (any Communicator)? = nil) -> (options: PlannerOptions, blas: Int) {
         var options = self
         let blas = BLASThreads.configure(override: blasThreads, communicator: communicator)
         options.threads = threads ?? blas
-        guard options.threads! > 1, blasThreads == nil else { return (options, blas) }
-        BLASThreads.set(1)
-        return (options, 1)
+        return (options, blas)
     }
+}
+
+/// BLAS gets one thread when the planner's rollout runs its own threads (unless
+/// `--blas-threads` is given); returns the BLAS thread count.
+func sharingCores(with planner: LatentPlanner, blasThreads: Int?, blas: Int) -> Int {
+    guard planner.rolloutThreads > 1, blasThreads == nil else { return blas }
+    BLASThreads.set(1)
+    return 1
 }
 
 /// Loads a world-model checkpoint and makes its planner.
@@ -86,8 +91,9 @@ struct PlanBench: ParsableCommand {
     @OptionGroup var planner: PlannerOptions
 
     func run() throws {
-        let (options, threads) = planner.configuringThreads(blasThreads: blasThreads)
+        let (options, blas) = planner.configuringThreads(blasThreads: blasThreads)
         let (model, latent, format) = try makePlanner(checkpoint: checkpoint, options: options)
+        let threads = sharingCores(with: latent, blasThreads: blasThreads, blas: blas)
         var policy = PlannerPolicy(planner: latent, format: format)
         let tasks = ClosedLoop.crossRoomTasks(count: solves + 1, seed: 1)
         var times: [Double] = []
@@ -97,7 +103,7 @@ struct PlanBench: ParsableCommand {
             if i > 0, let ms { times.append(ms) }   // the first solve makes the buffers
         }
         let s = latent.settings
-        print("plan bench: \(model.path) (step \(model.step)); \(s.solver.rawValue) \(s.samples) samples × \(s.iterations) iterations × \(s.horizon) blocks, \(s.keyValueCache ? "key/value cache" : "full recompute"), \(s.threads) planner thread(s), \(threads) BLAS thread(s)")
+        print("plan bench: \(model.path) (step \(model.step)); \(s.solver.rawValue) \(s.samples) samples × \(s.iterations) iterations × \(s.horizon) blocks, \(s.keyValueCache ? "key/value cache" : "full recompute"), \(latent.rolloutThreads) rollout thread(s), \(threads) BLAS thread(s)")
         print(String(format: "ms per solve over %d solves: median %.1f, p90 %.1f, min %.1f", times.count,
                      percentile(times, 0.5), percentile(times, 0.9), times.min() ?? .nan))
     }
@@ -121,8 +127,9 @@ struct PlanServe: ParsableCommand {
     @OptionGroup var planner: PlannerOptions
 
     func run() throws {
-        let (options, _) = planner.configuringThreads(blasThreads: blasThreads)
+        let (options, blas) = planner.configuringThreads(blasThreads: blasThreads)
         let (_, latent, format) = try makePlanner(checkpoint: checkpoint, options: options)
+        _ = sharingCores(with: latent, blasThreads: blasThreads, blas: blas)
         let server = PlanServer(planner: latent, format: format)
         FileHandle.standardError.write(Data("plan serve: ready (\(format) frames; one JSON request a line)\n".utf8))
         while let line = readLine(strippingNewline: true) {

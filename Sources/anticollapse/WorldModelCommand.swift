@@ -40,8 +40,9 @@ struct WorldModelEval: ParsableCommand {
 
     func run() throws {
         try runJob { communicator in
-            let (planner, _) = self.planner.configuringThreads(blasThreads: blasThreads, communicator: communicator)
-            let (model, _, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+            let (planner, blas) = self.planner.configuringThreads(blasThreads: blasThreads, communicator: communicator)
+            let (model, first, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+            _ = sharingCores(with: first, blasThreads: blasThreads, blas: blas)
             let data = model.configuration.data
             let dataset = try TrajectoryDataset(data.train)
             let (_, heldOut) = try WorldModelRecipe.split(episodeCount: dataset.episodes.count, data: data, seed: model.configuration.seed)
