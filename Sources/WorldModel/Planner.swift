@@ -302,8 +302,10 @@ public struct WorldModelCheckpoint {
         guard let tensors = checkpoint.groups[Checkpoint.modelGroup] else { throw ConfigurationError("\(path): no model state") }
         // A config saved before a null part was written back names none, so the default part
         // would come back: the tensors tell whether the optional projectors exist.
-        if !tensors.keys.contains(where: { $0.hasPrefix("projector.") }) { configuration.model.projector = nil }
-        if !tensors.keys.contains(where: { $0.hasPrefix("pred_proj.") }) { configuration.model.predictionProjector = nil }
+        // (Tensor names are `params/…`, `buffers/…`.)
+        func has(_ part: String) -> Bool { tensors.keys.contains { $0.split(separator: "/").last?.hasPrefix(part + ".") == true } }
+        if !has("projector") { configuration.model.projector = nil }
+        if !has("pred_proj") { configuration.model.predictionProjector = nil }
         self.configuration = configuration
         network = WorldModelNetwork<Float>(configuration.model, historyFrames: configuration.data.historyFrames,
                                            predictedFrames: configuration.data.predictedFrames, seed: configuration.seed)
