@@ -164,6 +164,19 @@ final class WorldModelTests: XCTestCase {
         return states[0]
     }
 
+    /// A checkpoint of a model without a prediction projector reads back as that model (its
+    /// saved config keeps the null; the planner loads it).
+    func testCheckpointWithoutPredictionProjectorReadsBack() throws {
+        var configuration = try configuration(data: try makeTrajectories())
+        configuration.model.predictionProjector = nil
+        let run = try temporaryDirectory(for: self).appendingPathComponent("run").path
+        _ = try train(configuration, worldSize: 1, run: run)
+        let checkpoint = try WorldModelCheckpoint(path: run + "/checkpoints/ckpt-00000004.h5")
+        XCTAssertNil(checkpoint.network.predictionProjector)
+        XCTAssertNotNil(checkpoint.network.projector)
+        XCTAssertEqual(checkpoint.configuration.model, configuration.model)
+    }
+
     /// A run stopped after 2 steps and resumed ends bit for bit where an uninterrupted run
     /// ends; 2 ranks end within rounding of 1; the metrics hold both loss terms and the
     /// collapse diagnostics.
