@@ -147,13 +147,26 @@ public struct EmbeddingStatistics: Sendable {
         }
         var statistics = EmbeddingStatistics(kind: kind, width: d, rows: count, block: block, blockSize: side,
                                              eigenvalues: eigenvalues, projections: projections)
-        // PCA: the two leading eigenvectors by power iteration with deflation.
+        let components = leadingEigenvectors(of: covariance, count: min(2, d), random: random)
+        if components.count == 2 {
+            let x = Tensor.matmul(centred.values, Tensor(shape: [d, 1], scalars: components[0])).scalars
+            let y = Tensor.matmul(centred.values, Tensor(shape: [d, 1], scalars: components[1])).scalars
+            statistics.principalComponents = (0..<count).map { (x[$0], y[$0], Int(features.labels?[$0] ?? 0)) }
+        }
+        return statistics
+    }
+
+    /// The `count` leading eigenvectors of the symmetric matrix `matrix` (PCA's axes of a
+    /// covariance) by power iteration with deflation, each started from `random`'s substream
+    /// `1000 + i`.
+    public static func leadingEigenvectors(of matrix: Tensor<Double>, count: Int, random: CounterRandom) -> [[Double]] {
+        let d = matrix.rowCount
         var components: [[Double]] = []
-        for c in 0..<min(2, d) {
+        for c in 0..<count {
             let v = Tensor<Double>(zeros: [d, 1])
             random.substream(UInt64(1000 + c)).fillNormal(v)
             for _ in 0..<200 {
-                let w = Tensor.matmul(covariance, v)
+                let w = Tensor.matmul(matrix, v)
                 for previous in components {
                     let dot = (0..<d).reduce(0) { $0 + previous[$1] * w[$1, 0] }
                     for i in 0..<d { w[i, 0] -= dot * previous[i] }
@@ -165,12 +178,7 @@ public struct EmbeddingStatistics: Sendable {
             }
             components.append(v.scalars)
         }
-        if components.count == 2 {
-            let x = Tensor.matmul(centred.values, Tensor(shape: [d, 1], scalars: components[0])).scalars
-            let y = Tensor.matmul(centred.values, Tensor(shape: [d, 1], scalars: components[1])).scalars
-            statistics.principalComponents = (0..<count).map { (x[$0], y[$0], Int(features.labels?[$0] ?? 0)) }
-        }
-        return statistics
+        return components
     }
 
     /// The columns minus their means (and divided by their population standard deviations

@@ -11,9 +11,15 @@ public enum SVGPlot {
     public struct Series: Sendable {
         public var name: String
         public var points: [(x: Double, y: Double)]
-        public init(name: String, points: [(x: Double, y: Double)]) {
+        /// A dashed line (default solid).
+        public var dashed: Bool
+        /// The palette index of its colour (default: its position among the series).
+        public var colour: Int?
+        public init(name: String, points: [(x: Double, y: Double)], dashed: Bool = false, colour: Int? = nil) {
             self.name = name
             self.points = points
+            self.dashed = dashed
+            self.colour = colour
         }
     }
 
@@ -96,7 +102,7 @@ public enum SVGPlot {
             Series(name: s.name, points: s.points.compactMap { p in
                 let y = logY ? (p.y > 0 ? log10(p.y) : .nan) : p.y
                 return p.x.isFinite && y.isFinite ? (p.x, y) : nil
-            })
+            }, dashed: s.dashed, colour: s.colour)
         }
         let all = transformed.flatMap(\.points)
         var svg = open(title)
@@ -108,9 +114,10 @@ public enum SVGPlot {
         let (axes, mapX, mapY) = axes(x: minX...maxX, y: (minY - pad)...(maxY + pad), xLabel: xLabel, yLabel: yLabel, logY: logY)
         svg += axes
         for (i, s) in transformed.enumerated() where !s.points.isEmpty {
-            let colour = palette[i % palette.count]
+            let colour = palette[(s.colour ?? i) % palette.count]
             let path = s.points.map { "\(coordinate(mapX($0.x))),\(coordinate(mapY($0.y)))" }.joined(separator: " ")
-            svg += "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.5\" points=\"\(path)\"><title>\(escape(s.name))</title></polyline>"
+            let dash = s.dashed ? " stroke-dasharray=\"5 3\"" : ""
+            svg += "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.5\"\(dash) points=\"\(path)\"><title>\(escape(s.name))</title></polyline>"
             if markers || s.points.count == 1 {
                 for p in s.points {
                     svg += "<circle cx=\"\(coordinate(mapX(p.x)))\" cy=\"\(coordinate(mapY(p.y)))\" r=\"2\" fill=\"\(colour)\"/>"
@@ -120,7 +127,7 @@ public enum SVGPlot {
         if transformed.count > 1 {
             for (i, s) in transformed.enumerated() {
                 let y = top + 12 + Double(i) * 14
-                svg += "<rect x=\"\(width - right - 120)\" y=\"\(y - 8)\" width=\"10\" height=\"10\" fill=\"\(palette[i % palette.count])\"/>"
+                svg += "<rect x=\"\(width - right - 120)\" y=\"\(y - 8)\" width=\"10\" height=\"10\" fill=\"\(palette[(s.colour ?? i) % palette.count])\"/>"
                 svg += "<text x=\"\(width - right - 106)\" y=\"\(y + 1)\">\(escape(s.name))</text>"
             }
         }

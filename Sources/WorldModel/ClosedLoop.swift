@@ -100,6 +100,45 @@ public enum ClosedLoop {
         return TaskOutcome(success: false, steps: steps, path: path, planMilliseconds: milliseconds)
     }
 
+    /// Runs the planner on `task` like ``run(_:on:)`` and keeps every plan's whole horizon
+    /// executed open loop in TwoRoom from the state it was made in (the planned path; only its
+    /// first `receding` blocks are executed before the next plan).
+    public static func plannedPaths(_ policy: inout PlannerPolicy, on task: PlanningTask) throws
+        -> (outcome: TaskOutcome, plans: [[SIMD2<Float>]]) {
+        var recorder = PlanRecorder(inner: policy)
+        let outcome = try run(&recorder, on: task)
+        policy = recorder.inner
+        return (outcome, recorder.plans)
+    }
+
+    /// The embeddings the model predicts for the first plan of `task` (open loop from the
+    /// start's embedding, one per action block) and the embeddings of the frames that executing
+    /// that plan in TwoRoom shows at the same steps: `horizon + 1` each, the start first.
+    public static func predictionRollout(_ policy: inout PlannerPolicy, on task: PlanningTask) throws
+        -> (predicted: [[Float]], actual: [[Float]]) {
+        try policy.begin(task)
+        _ = try policy.act(agent: task.start, task: task, limit: task.budget)
+        let planner = policy.planner, plan = planner.lastPlan
+        let start = try policy.embed(task.start)
+        let predicted = try planner.predictedEmbeddings(current: start, actions: plan)
+        let path = simulate(plan, from: task.start, goal: task.goal, actionDimension: planner.actionDimension)
+        let actual = try (0...planner.settings.horizon).map { block in try policy.embed(path[block * planner.frameskip]) }
+        return (predicted, actual)
+    }
+
+    /// The states of TwoRoom from `agent` under `actions` (flattened, `actionDimension` each):
+    /// the start, then one a step.
+    public static func simulate(_ actions: [Float], from agent: SIMD2<Float>, goal: SIMD2<Float>, actionDimension a: Int)
+        -> [SIMD2<Float>] {
+        var environment = TwoRoom(agent: agent, target: goal)
+        var path = [agent]
+        for i in 0..<(actions.count / a) {
+            environment.step(Array(actions[(i * a)..<(i * a + a)]))
+            path.append(environment.agent)
+        }
+        return path
+    }
+
     /// The Wilson score interval of `successes` of `n` at 95 % (z = 1.96).
     public static func wilson(successes: Int, of n: Int, z: Double = 1.959964) -> (low: Double, high: Double) {
         guard n > 0 else { return (0, 1) }
@@ -111,6 +150,22 @@ public enum ClosedLoop {
 }
 
 // MARK: - Policies
+
+/// A planner policy that keeps each plan's whole horizon, simulated from where it was made.
+private struct PlanRecorder: ClosedLoopPolicy {
+    var inner: PlannerPolicy
+    var plans: [[SIMD2<Float>]] = []
+    var name: String { inner.name }
+    mutating func begin(_ task: PlanningTask) throws {
+        plans = []
+        try inner.begin(task)
+    }
+    mutating func act(agent: SIMD2<Float>, task: PlanningTask, limit: Int) throws -> (actions: [SIMD2<Float>], planMilliseconds: Double?) {
+        let result = try inner.act(agent: agent, task: task, limit: limit)
+        plans.append(ClosedLoop.simulate(inner.planner.lastPlan, from: agent, goal: task.goal, actionDimension: inner.planner.actionDimension))
+        return result
+    }
+}
 
 /// Uniform random actions in [−1, 1]², keyed by (seed, task, step).
 public struct RandomPolicy: ClosedLoopPolicy {

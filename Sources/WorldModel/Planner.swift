@@ -33,6 +33,12 @@ public struct PlannerSettings: Sendable, Equatable {
     public var temperature = 0.5
     /// Keys the candidates' noise with (seed, solve, iteration).
     public var seed: UInt64 = 0
+    /// Roll the transformer predictor out token by token with a key/value cache (the same
+    /// predictions); false: recompute every window in full (the reference).
+    public var keyValueCache = true
+    /// Threads a rollout splits the candidates over (with the key/value cache; the caller
+    /// gives BLAS one thread then).
+    public var threads = 1
 
     public init() {}
 
@@ -45,6 +51,7 @@ public struct PlannerSettings: Sendable, Equatable {
         if !(1...horizon).contains(receding) { throw ConfigurationError("--receding: must be in 1…horizon (\(horizon)), got \(receding)") }
         if !(initialStd > 0) { throw ConfigurationError("--std: must be positive, got \(initialStd)") }
         if !(temperature > 0) { throw ConfigurationError("--temperature: must be positive, got \(temperature)") }
+        if threads < 1 { throw ConfigurationError("--threads: must be at least 1, got \(threads)") }
     }
 }
 
@@ -65,6 +72,9 @@ public final class LatentPlanner {
     /// Values of one action block (`frameskip · actionDimension`).
     public var blockWidth: Int { frameskip * actionDimension }
 
+    /// The whole plan of the last solve (`horizon · frameskip` actions, flattened, clipped):
+    /// the receding part is what ``plan(current:goal:)`` returned.
+    public private(set) var lastPlan: [Float] = []
     private var mean: [Float], std: [Float]
     private var solves: UInt64 = 0
     private let candidates: Tensor<Float>          // (S·K, W)
@@ -76,6 +86,7 @@ public final class LatentPlanner {
     private var order: [Int]
     private var weights: [Double]
     private let evaluation: LayerContext
+    private let incremental: PredictorRollout?
 
     /// - Parameters:
     ///   - network: a trained world model (its batch norm in evaluation mode).
@@ -100,7 +111,14 @@ public final class LatentPlanner {
         order = Array(0..<s)
         weights = [Double](repeating: 0, count: s)
         evaluation = LayerContext(training: false, communicator: SingleProcessCommunicator(), needsInputGradient: false)
+        incremental = settings.keyValueCache && network.transformer != nil
+            ? PredictorRollout(network: network, samples: s, horizon: k, blockWidth: w, threads: settings.threads,
+                               context: evaluation.slot(network.historyFrames + 3)) : nil
     }
+
+    /// The threads a rollout runs on (1 without the key/value cache, with a prediction
+    /// projector, or with an action encoder other than a GELU MLP).
+    public var rolloutThreads: Int { incremental?.threads ?? 1 }
 
     /// Forgets the previous plan (the next solve starts from mean 0).
     public func reset() {
@@ -141,7 +159,8 @@ public final class LatentPlanner {
         candidates.withUnsafeMutableBufferPointer { c in for j in 0..<(k * w) { c[j] = min(1, max(-1, mean[j])) } }
         try score(current: current, goal: goal)
         let cost = costs[0]
-        let actions = (0..<(settings.receding * w)).map { min(1, max(-1, mean[$0])) }
+        lastPlan = (0..<(k * w)).map { min(1, max(-1, mean[$0])) }
+        let actions = Array(lastPlan.prefix(settings.receding * w))
         // Warm start: the rest of the plan moves to the front; new blocks start at 0.
         let shift = settings.receding * w
         for j in 0..<(k * w) { mean[j] = j + shift < k * w ? mean[j + shift] : 0 }
@@ -161,12 +180,30 @@ public final class LatentPlanner {
 
     /// Rolls every candidate out and writes `costs`.
     private func score(current: [Float], goal: [Float]) throws {
-        let s = settings.samples, k = settings.horizon, d = network.embeddingWidth, h = network.historyFrames
-        let a = network.actionEmbeddingWidth
-        let u = try network.encodeActions(candidates, context: evaluation.slot(h + 2))        // (S·K, A)
+        let s = settings.samples, k = settings.horizon, d = network.embeddingWidth
         rollout.withUnsafeMutableBufferPointer { e in
             for sample in 0..<s { for j in 0..<d { e[sample * (k + 1) * d + j] = current[j] } }
         }
+        if let incremental {
+            try incremental.run(candidates: candidates, rollout: rollout)
+        } else {
+            try recompute()
+        }
+        rollout.withUnsafeBufferPointer { e in
+            for sample in 0..<s {
+                var cost: Float = 0
+                let last = (sample * (k + 1) + k) * d
+                for j in 0..<d { let x = e[last + j] - goal[j]; cost += x * x }
+                costs[sample] = cost.isFinite ? cost : .infinity
+            }
+        }
+    }
+
+    /// The rollout recomputing every window in full through ``WorldModelNetwork/predict(_:actions:context:)``.
+    private func recompute() throws {
+        let s = settings.samples, k = settings.horizon, d = network.embeddingWidth, h = network.historyFrames
+        let a = network.actionEmbeddingWidth
+        let u = try network.encodeActions(candidates, context: evaluation.slot(h + 2))        // (S·K, A)
         for step in 0..<k {
             // The transformer takes the frames so far (up to H); the MLP exactly H, the first
             // frame and its action block repeated before the start.
@@ -201,14 +238,6 @@ public final class LatentPlanner {
                         for j in 0..<d { e[target + j] = p[source + j] }
                     }
                 }
-            }
-        }
-        rollout.withUnsafeBufferPointer { e in
-            for sample in 0..<s {
-                var cost: Float = 0
-                let last = (sample * (k + 1) + k) * d
-                for j in 0..<d { let x = e[last + j] - goal[j]; cost += x * x }
-                costs[sample] = cost.isFinite ? cost : .infinity
             }
         }
     }
@@ -269,10 +298,17 @@ public struct WorldModelCheckpoint {
         guard name == WorldModelSettings.recipeName else {
             throw ConfigurationError("\(path): a checkpoint of recipe \"\(name)\", not \(WorldModelSettings.recipeName)")
         }
-        configuration = try WorldModelConfiguration.load(yaml: checkpoint.config, source: path)
+        var configuration = try WorldModelConfiguration.load(yaml: checkpoint.config, source: path)
+        guard let tensors = checkpoint.groups[Checkpoint.modelGroup] else { throw ConfigurationError("\(path): no model state") }
+        // A config saved before a null part was written back names none, so the default part
+        // would come back: the tensors tell whether the optional projectors exist.
+        // (Tensor names are `params/…`, `buffers/…`.)
+        func has(_ part: String) -> Bool { tensors.keys.contains { $0.split(separator: "/").last?.hasPrefix(part + ".") == true } }
+        if !has("projector") { configuration.model.projector = nil }
+        if !has("pred_proj") { configuration.model.predictionProjector = nil }
+        self.configuration = configuration
         network = WorldModelNetwork<Float>(configuration.model, historyFrames: configuration.data.historyFrames,
                                            predictedFrames: configuration.data.predictedFrames, seed: configuration.seed)
-        guard let tensors = checkpoint.groups[Checkpoint.modelGroup] else { throw ConfigurationError("\(path): no model state") }
         try StateGroup(name: Checkpoint.modelGroup, parameters: network.parameters, buffers: network.buffers)
             .load(tensors, stepCount: nil, from: path)
         self.path = path

@@ -31,6 +31,19 @@ public struct WorldModelDescription: Codable, Sendable, Equatable {
         self.predictionProjector = predictionProjector
     }
 
+    private enum CodingKeys: String, CodingKey { case encoder, projector, actionEncoder, predictor, predictionProjector }
+
+    /// Writes the optional parts as null when absent, so that a saved config reloads without
+    /// them (a missing key takes the default part).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(self.encoder, forKey: .encoder)
+        try c.encode(projector, forKey: .projector)
+        try c.encode(actionEncoder, forKey: .actionEncoder)
+        try c.encode(predictor, forKey: .predictor)
+        try c.encode(predictionProjector, forKey: .predictionProjector)
+    }
+
     /// The embedding width `D` (the projector's output, or the encoder's).
     public var embeddingWidth: Int { projector?.outputFeatures ?? encoder.outputFeatures }
     /// The action embedding width `A`.

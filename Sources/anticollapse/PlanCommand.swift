@@ -23,6 +23,10 @@ struct PlannerOptions: ParsableArguments {
     var noWarmStart = false
     @Option(help: "MPPI temperature (relative to the spread of the costs).") var temperature = 0.5
     @Option(name: .customLong("planner-seed"), help: "Seed of the candidates' noise.") var plannerSeed: UInt64 = 0
+    @Flag(name: .customLong("full-recompute"), help: "Recompute every rollout window in full instead of caching keys and values (the reference; slower).")
+    var fullRecompute = false
+    @Option(help: "Threads a rollout splits the candidates over (default: every core for plan bench|serve, cores ÷ ranks for worldmodel eval); BLAS then runs one thread.")
+    var threads: Int?
 
     func settings() throws -> PlannerSettings {
         guard let solver = PlannerSolver(rawValue: solver) else {
@@ -31,6 +35,8 @@ struct PlannerOptions: ParsableArguments {
         var s = PlannerSettings()
         s.solver = solver; s.samples = samples; s.elites = elites; s.iterations = iterations; s.horizon = horizon
         s.receding = receding; s.initialStd = std; s.warmStart = !noWarmStart; s.temperature = temperature; s.seed = plannerSeed
+        s.keyValueCache = !fullRecompute
+        s.threads = threads ?? 1
         try s.validate()
         return s
     }
@@ -40,6 +46,25 @@ struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The latent planner of a trained world model.",
         subcommands: [PlanBench.self, PlanServe.self])
+}
+
+extension PlannerOptions {
+    /// Sets the BLAS threads (`--blas-threads`, default cores ÷ ranks) and gives the planner
+    /// as many (`--threads` unless given). Returns the options and the BLAS thread count.
+    func configuringThreads(blasThreads: Int?, communicator: (any Communicator)? = nil) -> (options: PlannerOptions, blas: Int) {
+        var options = self
+        let blas = BLASThreads.configure(override: blasThreads, communicator: communicator)
+        options.threads = threads ?? blas
+        return (options, blas)
+    }
+}
+
+/// BLAS gets one thread when the planner's rollout runs its own threads (unless
+/// `--blas-threads` is given); returns the BLAS thread count.
+func sharingCores(with planner: LatentPlanner, blasThreads: Int?, blas: Int) -> Int {
+    guard planner.rolloutThreads > 1, blasThreads == nil else { return blas }
+    BLASThreads.set(1)
+    return 1
 }
 
 /// Loads a world-model checkpoint and makes its planner.
@@ -66,8 +91,9 @@ struct PlanBench: ParsableCommand {
     @OptionGroup var planner: PlannerOptions
 
     func run() throws {
-        let threads = BLASThreads.configure(override: blasThreads)
-        let (model, latent, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+        let (options, blas) = planner.configuringThreads(blasThreads: blasThreads)
+        let (model, latent, format) = try makePlanner(checkpoint: checkpoint, options: options)
+        let threads = sharingCores(with: latent, blasThreads: blasThreads, blas: blas)
         var policy = PlannerPolicy(planner: latent, format: format)
         let tasks = ClosedLoop.crossRoomTasks(count: solves + 1, seed: 1)
         var times: [Double] = []
@@ -77,7 +103,7 @@ struct PlanBench: ParsableCommand {
             if i > 0, let ms { times.append(ms) }   // the first solve makes the buffers
         }
         let s = latent.settings
-        print("plan bench: \(model.path) (step \(model.step)); \(s.solver.rawValue) \(s.samples) samples × \(s.iterations) iterations × \(s.horizon) blocks, \(threads) BLAS thread(s)")
+        print("plan bench: \(model.path) (step \(model.step)); \(s.solver.rawValue) \(s.samples) samples × \(s.iterations) iterations × \(s.horizon) blocks, \(s.keyValueCache ? "key/value cache" : "full recompute"), \(latent.rolloutThreads) rollout thread(s), \(threads) BLAS thread(s)")
         print(String(format: "ms per solve over %d solves: median %.1f, p90 %.1f, min %.1f", times.count,
                      percentile(times, 0.5), percentile(times, 0.9), times.min() ?? .nan))
     }
@@ -101,8 +127,9 @@ struct PlanServe: ParsableCommand {
     @OptionGroup var planner: PlannerOptions
 
     func run() throws {
-        _ = BLASThreads.configure(override: blasThreads)
-        let (_, latent, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+        let (options, blas) = planner.configuringThreads(blasThreads: blasThreads)
+        let (_, latent, format) = try makePlanner(checkpoint: checkpoint, options: options)
+        _ = sharingCores(with: latent, blasThreads: blasThreads, blas: blas)
         let server = PlanServer(planner: latent, format: format)
         FileHandle.standardError.write(Data("plan serve: ready (\(format) frames; one JSON request a line)\n".utf8))
         while let line = readLine(strippingNewline: true) {

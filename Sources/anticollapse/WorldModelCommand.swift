@@ -40,8 +40,9 @@ struct WorldModelEval: ParsableCommand {
 
     func run() throws {
         try runJob { communicator in
-            _ = BLASThreads.configure(override: blasThreads, communicator: communicator)
-            let (model, _, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+            let (planner, blas) = self.planner.configuringThreads(blasThreads: blasThreads, communicator: communicator)
+            let (model, first, format) = try makePlanner(checkpoint: checkpoint, options: planner)
+            _ = sharingCores(with: first, blasThreads: blasThreads, blas: blas)
             let data = model.configuration.data
             let dataset = try TrajectoryDataset(data.train)
             let (_, heldOut) = try WorldModelRecipe.split(episodeCount: dataset.episodes.count, data: data, seed: model.configuration.seed)
@@ -49,7 +50,7 @@ struct WorldModelEval: ParsableCommand {
                 throw ConfigurationError("\(checkpoint): the run holds out no episodes (data.validation_fraction 0)")
             }
             var report: [String: Any] = ["checkpoint": checkpoint, "step": model.step, "ranks": communicator.size,
-                                         "planner": plannerDescription()]
+                                         "planner": plannerDescription(planner)]
             let heldOutTasks = try ClosedLoop.heldOutTasks(dataset: dataset, episodes: heldOut, count: episodes,
                                                            goalOffset: goalOffset, budget: budget, seed: seed)
             var protocols: [(String, [PlanningTask], Int)] = [("held_out", heldOutTasks, planner.receding)]
@@ -85,6 +86,20 @@ struct WorldModelEval: ParsableCommand {
                      "planner": planned[i].path.map { [$0.x, $0.y] }, "expert": expert[i].path.map { [$0.x, $0.y] },
                      "success": planned[i].success]
                 }
+                if communicator.isRoot {
+                    // For the report: planned against executed paths, and predicted against actual embeddings.
+                    section["planned_paths"] = try tasks.prefix(min(paths, 6)).map { task -> [String: Any] in
+                        let (outcome, plans) = try ClosedLoop.plannedPaths(&plannerPolicy, on: task)
+                        return ["start": [task.start.x, task.start.y], "goal": [task.goal.x, task.goal.y], "success": outcome.success,
+                                "executed": outcome.path.map { [$0.x, $0.y] }, "plans": plans.map { $0.map { [$0.x, $0.y] } }]
+                    }
+                    if name == "held_out" {
+                        section["rollouts"] = try tasks.prefix(min(paths, 4)).map { task -> [String: Any] in
+                            let (predicted, actual) = try ClosedLoop.predictionRollout(&plannerPolicy, on: task)
+                            return ["predicted": predicted, "actual": actual]
+                        }
+                    }
+                }
                 report[name] = section
                 if communicator.isRoot {
                     print("\(name): \(tasks.count) tasks, budget \(tasks.first?.budget ?? 0) steps, replanning every \(options.receding) block(s)")
@@ -108,8 +123,8 @@ struct WorldModelEval: ParsableCommand {
         }
     }
 
-    private func plannerDescription() -> [String: Any] {
-        ["solver": planner.solver, "samples": planner.samples, "elites": planner.elites, "iterations": planner.iterations,
+    private func plannerDescription(_ planner: PlannerOptions) -> [String: Any] {
+        ["threads": planner.threads ?? 1, "solver": planner.solver, "samples": planner.samples, "elites": planner.elites, "iterations": planner.iterations,
          "horizon": planner.horizon, "receding": planner.receding, "std": planner.std, "warm_start": !planner.noWarmStart]
     }
 

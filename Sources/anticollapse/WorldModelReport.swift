@@ -2,6 +2,7 @@
 import ArgumentParser
 import Evaluation
 import Foundation
+import Tensor
 
 struct WorldModelReport: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -43,7 +44,17 @@ struct WorldModelReport: ParsableCommand {
                     figures.append(successByDistance(records, title: "\(name): success against start–goal distance"))
                 }
                 if let paths = section["paths"] as? [[String: Any]] {
-                    figures.append(roomPaths(paths, title: "\(name): executed paths (planner solid, expert dashed; ○ start, ✕ goal)"))
+                    figures.append(roomPaths(paths, title: "\(name): executed paths (planner solid, expert dashed; ○ start, ✕ goal)",
+                                             solid: "planner", dashed: "expert"))
+                }
+                if let planned = section["planned_paths"] as? [[String: Any]] {
+                    figures.append(roomPaths(planned, title: "\(name): planned (dashed, each plan's whole horizon) vs executed (solid)",
+                                             solid: "executed", dashed: "plans"))
+                }
+                if let rollouts = section["rollouts"] as? [[String: Any]] {
+                    let (figure, note) = embeddingRollouts(rollouts, title: "\(name): predicted (dashed) vs actual (solid) embeddings, PCA")
+                    figures.append(figure)
+                    notes.append(note)
                 }
                 if let planner = section["planner"] as? [String: Any], let median = planner["ms_per_plan_median"] as? Double {
                     notes.append(String(format: "%@: %.0f ms per plan (median)", name, median))
@@ -85,8 +96,9 @@ struct WorldModelReport: ParsableCommand {
                                  markers: true)
     }
 
-    /// TwoRoom's walls and door with the executed paths, 224 pixels drawn at 2×.
-    private func roomPaths(_ paths: [[String: Any]], title: String) -> String {
+    /// TwoRoom's walls and door with paths over them, 224 pixels drawn at 2×: per task (one
+    /// colour) the value of `solid` and of `dashed` (a path `[[x, y]]` or a list of paths).
+    private func roomPaths(_ paths: [[String: Any]], title: String, solid: String, dashed: String) -> String {
         let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
         var svg = #"<svg xmlns="http://www.w3.org/2000/svg" width="460" height="490" viewBox="0 -20 448 468">"#
         svg += "<text x=\"0\" y=\"-6\" font-size=\"12\">\(SVGPlot.escape(title))</text>"
@@ -96,16 +108,54 @@ struct WorldModelReport: ParsableCommand {
         for (i, path) in paths.enumerated() {
             let colour = colours[i % colours.count]
             func polyline(_ key: String, dashed: Bool) -> String {
-                guard let points = path[key] as? [[Double]], !points.isEmpty else { return "" }
-                let list = points.map { String(format: "%.1f,%.1f", 2 * $0[0], 2 * $0[1]) }.joined(separator: " ")
-                return "<polyline points=\"\(list)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"\(dashed ? 1 : 2)\"\(dashed ? " stroke-dasharray=\"4 3\"" : "")/>"
+                let lines = path[key] as? [[[Double]]] ?? (path[key] as? [[Double]]).map { [$0] } ?? []
+                return lines.filter { !$0.isEmpty }.map { points in
+                    let list = points.map { String(format: "%.1f,%.1f", 2 * $0[0], 2 * $0[1]) }.joined(separator: " ")
+                    return "<polyline points=\"\(list)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"\(dashed ? 1 : 2)\"\(dashed ? " stroke-dasharray=\"4 3\"" : "")/>"
+                }.joined()
             }
-            svg += polyline("expert", dashed: true) + polyline("planner", dashed: false)
+            svg += polyline(dashed, dashed: true) + polyline(solid, dashed: false)
             if let s = path["start"] as? [Double], let g = path["goal"] as? [Double] {
                 svg += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"none\" stroke=\"%@\" stroke-width=\"2\"/>", 2 * s[0], 2 * s[1], colour)
                 svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" font-size=\"14\" fill=\"%@\" text-anchor=\"middle\">✕</text>", 2 * g[0], 2 * g[1] + 5, colour)
             }
         }
         return svg + "</svg>"
+    }
+
+    /// The predicted and the actual embeddings of each rollout (`predicted`, `actual`: one per
+    /// action block, the start first) on the two leading principal axes of the actual ones; and
+    /// a note with the prediction error at the last block.
+    private func embeddingRollouts(_ rollouts: [[String: Any]], title: String) -> (figure: String, note: String) {
+        let pairs = rollouts.compactMap { r -> (predicted: [[Double]], actual: [[Double]])? in
+            guard let p = r["predicted"] as? [[Double]], let a = r["actual"] as? [[Double]], p.count == a.count, !a.isEmpty else { return nil }
+            return (p, a)
+        }
+        let actual = pairs.flatMap(\.actual)
+        guard let d = actual.first?.count, actual.count >= 2 else {
+            return (SVGPlot.lineChart(title: title, series: [], xLabel: "PC 1", yLabel: "PC 2"), "no rollouts")
+        }
+        let mean = (0..<d).map { j in actual.reduce(0) { $0 + $1[j] } / Double(actual.count) }
+        let centred = Tensor<Double>(shape: [actual.count, d], scalars: actual.flatMap { row in (0..<d).map { row[$0] - mean[$0] } })
+        let covariance = Tensor<Double>(zeros: [d, d])
+        Tensor.gemm(centred, transposeA: true, centred, into: covariance, alpha: 1 / Double(actual.count - 1))
+        let axes = EmbeddingStatistics.leadingEigenvectors(of: covariance, count: 2, random: CounterRandom(seed: 0, streamName: "report.rollouts"))
+        func project(_ rows: [[Double]]) -> [(x: Double, y: Double)] {
+            rows.map { row in
+                let c = (0..<d).map { row[$0] - mean[$0] }
+                return ((0..<d).reduce(0) { $0 + c[$1] * axes[0][$1] }, (0..<d).reduce(0) { $0 + c[$1] * axes[1][$1] })
+            }
+        }
+        var series: [SVGPlot.Series] = []
+        for (i, pair) in pairs.enumerated() {
+            series.append(SVGPlot.Series(name: "task \(i) actual", points: project(pair.actual), colour: i))
+            series.append(SVGPlot.Series(name: "task \(i) predicted", points: project(pair.predicted), dashed: true, colour: i))
+        }
+        // ‖ẑ − z‖² / D at the last block, against ‖z_last − z_start‖² / D (how far the embedding moved).
+        let error = pairs.map { pair in zip(pair.predicted.last!, pair.actual.last!).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } / Double(d) }
+        let moved = pairs.map { pair in zip(pair.actual.last!, pair.actual[0]).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } / Double(d) }
+        let note = String(format: "rollouts: mean squared error of the last predicted embedding %.4f per dimension, against %.4f moved from the start",
+                          error.reduce(0, +) / Double(pairs.count), moved.reduce(0, +) / Double(pairs.count))
+        return (SVGPlot.lineChart(title: title, series: series, xLabel: "PC 1 (of the actual embeddings)", yLabel: "PC 2", markers: true), note)
     }
 }

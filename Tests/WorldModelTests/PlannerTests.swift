@@ -55,6 +55,50 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(plans[0], plans[1])
     }
 
+    /// The key/value-cached rollout predicts what recomputing every window predicts: growing
+    /// (steps < H) and sliding windows, 1 and 2 blocks, with and without a prediction projector,
+    /// on random weights (the AdaLN modulation is not left at its zero start).
+    func testCachedRolloutMatchesFullRecompute() throws {
+        for (depth, projector) in [(1, false), (2, true)] {
+            var transformer = TransformerPredictorDescription()
+            transformer.depth = depth; transformer.heads = 2
+            let network = WorldModelNetwork<Float>(WorldModelDescription(
+                encoder: .mlp(widths: [4, 8]), projector: nil, actionEncoder: .mlp(widths: [10, 8], batchNorm: false, activation: .gelu),
+                predictor: .transformer(transformer), predictionProjector: projector ? .mlp(widths: [8, 16, 8]) : nil),
+                historyFrames: 3, predictedFrames: 1, seed: 4)
+            CounterRandom(seed: 5, stream: UInt64(depth)).fillNormal(network.parameters.values, standardDeviation: 0.5)
+            var settings = PlannerSettings()
+            settings.samples = 9; settings.elites = 3; settings.iterations = 3; settings.horizon = 5
+            // Cached on one thread, cached on two (lanes of candidates), the full recompute.
+            let planners = try [(true, 1), (true, 2), (false, 1)].map { cached, threads -> LatentPlanner in
+                settings.keyValueCache = cached
+                settings.threads = threads
+                return try LatentPlanner(network: network, frameskip: 5, actionDimension: 2, settings: settings)
+            }
+            var random = CounterRandom(seed: 6, streamName: "rollout").sequence()
+            func uniform() -> Float { Float(Double(random.next() >> 11) * 0x1p-53) * 2 - 1 }
+            let start = (0..<8).map { _ in uniform() }, goal = (0..<8).map { _ in uniform() }
+            for _ in 0..<3 {
+                let actions = (0..<50).map { _ in uniform() }
+                let full = try planners[2].predictedEmbeddings(current: start, actions: actions)
+                XCTAssertGreaterThan(zip(full[5], start).map { abs($0 - $1) }.max()!, 0.01, "the rollout moves")
+                for planner in planners.prefix(2) {
+                    let cached = try planner.predictedEmbeddings(current: start, actions: actions)
+                    for step in 0...5 {
+                        assertClose(cached[step], full[step], rtol: 1e-5, atol: 1e-5, "depth \(depth), \(planner.settings.threads) thread(s), step \(step)")
+                    }
+                }
+            }
+            // Whole solves (9 different candidates an iteration) choose the same plan.
+            let full = try planners[2].plan(current: start, goal: goal)
+            for planner in planners.prefix(2) {
+                let cached = try planner.plan(current: start, goal: goal)
+                assertClose(cached.actions, full.actions, rtol: 1e-4, atol: 1e-4, "depth \(depth), \(planner.settings.threads) thread(s)")
+                assertClose(cached.cost, full.cost, rtol: 1e-4, atol: 1e-5)
+            }
+        }
+    }
+
     func testBadPlannerSettingsNameTheOption() {
         var s = PlannerSettings()
         s.elites = 400

@@ -164,6 +164,19 @@ final class WorldModelTests: XCTestCase {
         return states[0]
     }
 
+    /// A checkpoint of a model without a prediction projector reads back as that model (its
+    /// saved config keeps the null; the planner loads it).
+    func testCheckpointWithoutPredictionProjectorReadsBack() throws {
+        var configuration = try configuration(data: try makeTrajectories())
+        configuration.model.predictionProjector = nil
+        let run = try temporaryDirectory(for: self).appendingPathComponent("run").path
+        _ = try train(configuration, worldSize: 1, run: run)
+        let checkpoint = try WorldModelCheckpoint(path: run + "/checkpoints/ckpt-00000004.h5")
+        XCTAssertNil(checkpoint.network.predictionProjector)
+        XCTAssertNotNil(checkpoint.network.projector)
+        XCTAssertEqual(checkpoint.configuration.model, configuration.model)
+    }
+
     /// A run stopped after 2 steps and resumed ends bit for bit where an uninterrupted run
     /// ends; 2 ranks end within rounding of 1; the metrics hold both loss terms and the
     /// collapse diagnostics.
@@ -218,6 +231,17 @@ final class WorldModelTests: XCTestCase {
         XCTAssertEqual(configuration.data.train, "data/two_room")
         XCTAssertEqual(configuration.loss.sigregWeight, 0.09)
         guard case .transformer = configuration.model.predictor else { return XCTFail("the shipped predictor is the transformer") }
+    }
+
+    /// `prediction_projector: null` loads as no projector, and the saved config (as a
+    /// checkpoint keeps it) reloads without one.
+    func testNullPartsSurviveTheSavedConfig() throws {
+        let configuration = try WorldModelConfiguration.load(yaml: "recipe: world_model\nmodel:\n  prediction_projector: null\n")
+        XCTAssertNil(configuration.model.predictionProjector)
+        XCTAssertNotNil(configuration.model.projector)
+        let saved = try WorldModelConfiguration.load(yaml: configuration.yaml())
+        XCTAssertNil(saved.model.predictionProjector)
+        XCTAssertEqual(saved.model, configuration.model)
     }
 
     // MARK: Bad input
