@@ -1,5 +1,6 @@
 import Communication
 import Datasets
+import Engine
 import Foundation
 import Tensor
 
@@ -34,6 +35,27 @@ public struct EvaluationResult: Codable, Sendable, Equatable {
     public var worldSize: Int
 
     /// The result as pretty-printed JSON with snake_case keys.
+    /// The run directory of ``checkpoint`` when it lies in a run's `checkpoints/` folder
+    /// (`RUN_DIR/checkpoints/ckpt-….h5`), else nil.
+    public var runDirectory: String? {
+        let folder = (checkpoint as NSString).deletingLastPathComponent
+        guard (folder as NSString).lastPathComponent == "checkpoints" else { return nil }
+        return (folder as NSString).deletingLastPathComponent
+    }
+
+    /// Writes the accuracies as TensorBoard scalars at the checkpoint's step, in a new event
+    /// file of `directory` (TensorBoard shows it as part of that run): `eval/linear_probe_top1`,
+    /// `eval/linear_probe_train_top1` and `eval/knn_top1`.
+    /// - Returns: the event file's path.
+    @discardableResult
+    public func writeTensorBoard(to directory: String) throws -> String {
+        let writer = try TensorBoardWriter(directory: directory)
+        try writer.write(step: step, scalars: [("eval/linear_probe_top1", linearProbeTop1),
+                                               ("eval/linear_probe_train_top1", linearProbeTrainTop1),
+                                               ("eval/knn_top1", knnTop1)])
+        return writer.path
+    }
+
     public func json() throws -> Data {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase

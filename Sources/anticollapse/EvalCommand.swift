@@ -30,6 +30,8 @@ struct Eval: ParsableCommand {
     @Option(name: .customLong("probe-weight-decay"), help: "Decoupled weight decay of the probe.") var probeWeightDecay: Double = 1e-4
     @Option(name: .customLong("probe-batch"), help: "Rows a probe step.") var probeBatch: Int = 256
     @Option(help: "Where to write the results as JSON (rank 0).") var json: String?
+    @Flag(help: "Do not add the accuracies to the run's TensorBoard (written by default when the checkpoint is in RUN_DIR/checkpoints).")
+    var noTensorboard = false
     @Option(name: .customLong("blas-threads"), help: "OpenBLAS threads per rank (default: cores ÷ ranks on the node).")
     var blasThreads: Int?
 
@@ -73,6 +75,9 @@ struct Eval: ParsableCommand {
                 if let json {
                     try result.json().write(to: URL(fileURLWithPath: json), options: .atomic)
                     print("wrote \(json)")
+                }
+                if !noTensorboard, let run = result.runDirectory {
+                    print("wrote \(try result.writeTensorBoard(to: run)) (eval/linear_probe_top1, eval/knn_top1 at step \(result.step))")
                 }
             }
         }

@@ -68,6 +68,15 @@ final class RunReportTests: XCTestCase {
         // Gaussian blobs 2σ apart in 16 dimensions: both classifiers do far better than chance.
         XCTAssertGreaterThan(result.knnTop1, 0.6)
         XCTAssertGreaterThan(result.linearProbeTop1, 0.6)
+        // The accuracies as TensorBoard scalars at the checkpoint's step, in the run.
+        XCTAssertEqual(result.runDirectory.map { URL(fileURLWithPath: $0).standardizedFileURL.path },
+                       URL(fileURLWithPath: run).standardizedFileURL.path)
+        let evalEvents = try TensorBoardTests.events(try result.writeTensorBoard(to: run))
+        let scalars = try XCTUnwrap(evalEvents.last { !$0.scalars.isEmpty })
+        XCTAssertEqual(scalars.step, 8)
+        XCTAssertEqual(scalars.scalars.map(\.tag), ["eval/linear_probe_top1", "eval/linear_probe_train_top1", "eval/knn_top1"])
+        XCTAssertEqual(scalars.scalars.map(\.value), [Float(result.linearProbeTop1), Float(result.linearProbeTrainTop1),
+                                                       Float(result.knnTop1)])
         try result.json().write(to: URL(fileURLWithPath: (run as NSString).appendingPathComponent("eval.json")))
         XCTAssertEqual(try EvaluationResult.load((run as NSString).appendingPathComponent("eval.json")), result)
 
