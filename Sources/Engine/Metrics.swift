@@ -298,7 +298,8 @@ public final class ProgressPrinter {
         return String(format: magnitude < 1 ? "%.4f" : "%.3f", value)
     }
 
-    static func duration(_ seconds: Double) -> String {
+    /// `m:ss`, or `h:mm:ss` from an hour on: the ETA of progress lines.
+    public static func duration(_ seconds: Double) -> String {
         let s = Int(seconds.rounded())
         return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
     }

@@ -19,7 +19,21 @@ public final class RunDirectory {
     private var lockDescriptor: Int32 = -1
 
     /// Where the checkpoints go.
-    public var checkpointsPath: String { (path as NSString).appendingPathComponent("checkpoints") }
+    public var checkpointsPath: String { Self.checkpointsPath(of: path) }
+
+    /// The checkpoint folder of the run directory `path`: `path/checkpoints`.
+    public static func checkpointsPath(of path: String) -> String {
+        (path as NSString).appendingPathComponent("checkpoints")
+    }
+
+    /// The run directory a checkpoint file lies in (`RUN_DIR` of `RUN_DIR/checkpoints/ckpt-….h5`),
+    /// or nil when the file is not in a run's checkpoint folder.
+    public static func containing(checkpoint: String) -> String? {
+        let folder = (checkpoint as NSString).deletingLastPathComponent
+        let run = (folder as NSString).deletingLastPathComponent
+        guard checkpointsPath(of: run) == folder else { return nil }
+        return run.isEmpty ? "." : run   // `checkpoints/ckpt-….h5` from inside the run
+    }
 
     private init(path: String) { self.path = path }
 

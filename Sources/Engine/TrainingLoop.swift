@@ -129,7 +129,7 @@ public final class Trainer<R: Recipe> {
         collectives = TimedCommunicator(communicator)
         trainStep = TrainStep(parameters: recipe.parameters, optimizer: optimizer, communicator: collectives,
                               clipGradientNorm: configuration.optimizer.clipGradientNorm)
-        self.checkpoints = checkpoints ?? HDF5CheckpointDirectory(directory: (runDirectory as NSString).appendingPathComponent("checkpoints"))
+        self.checkpoints = checkpoints ?? HDF5CheckpointDirectory(directory: RunDirectory.checkpointsPath(of: runDirectory))
     }
 
     /// The model's state group (parameters, buffers and the run's optimizer) and the recipe's others.

@@ -37,11 +37,7 @@ public struct EvaluationResult: Codable, Sendable, Equatable {
     /// The result as pretty-printed JSON with snake_case keys.
     /// The run directory of ``checkpoint`` when it lies in a run's `checkpoints/` folder
     /// (`RUN_DIR/checkpoints/ckpt-….h5`), else nil.
-    public var runDirectory: String? {
-        let folder = (checkpoint as NSString).deletingLastPathComponent
-        guard (folder as NSString).lastPathComponent == "checkpoints" else { return nil }
-        return (folder as NSString).deletingLastPathComponent
-    }
+    public var runDirectory: String? { RunDirectory.containing(checkpoint: checkpoint) }
 
     /// Writes the accuracies as TensorBoard scalars at the checkpoint's step, in a new event
     /// file of `directory` (TensorBoard shows it as part of that run): `eval/linear_probe_top1`,

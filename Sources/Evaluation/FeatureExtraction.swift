@@ -82,7 +82,7 @@ public struct TrainedModel {
 
     /// The newest checkpoint file in `runDirectory/checkpoints`, or nil when there is none.
     public static func newestCheckpoint(inRun runDirectory: String) throws -> String? {
-        try HDF5CheckpointDirectory(directory: (runDirectory as NSString).appendingPathComponent("checkpoints")).list().last
+        try HDF5CheckpointDirectory(directory: RunDirectory.checkpointsPath(of: runDirectory)).list().last
     }
 }
 

@@ -3,6 +3,7 @@
 // parse options and print.
 import ArgumentParser
 import Datasets
+import Engine
 import HDF5
 import Foundation
 
@@ -311,8 +312,7 @@ final class ImportProgress {
         let elapsed = now.timeIntervalSince(started)
         let rate = Double(done) / max(elapsed, 1e-9)
         let left = rate > 0 ? Double(total - done) / rate : 0
-        let eta = String(format: "%d:%02d", Int(left) / 60, Int(left) % 60)
-        let counts = "\(done)/\(total) images  \(String(format: "%.0f", rate)) images/s  ETA \(eta)"
+        let counts = "\(done)/\(total) images  \(String(format: "%.0f", rate)) images/s  ETA \(ProgressPrinter.duration(left))"
         if interactive {
             let width = 30, filled = total > 0 ? width * done / total : width
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
