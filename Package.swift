@@ -114,6 +114,6 @@ let package = Package(
         .testTarget(name: "PerformanceTests", dependencies: ["Performance", "Engine", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Engine", "Layers", "Datasets", "JointEmbedding", "_TestSupport"]),
         .testTarget(name: "CommandLineTests",
-                    dependencies: ["anticollapse", "Engine", "JointEmbedding", "Datasets", "Imaging", "_TestSupport"]),
+                    dependencies: ["anticollapse", "Engine", "JointEmbedding", "Objectives", "Datasets", "Imaging", "_TestSupport"]),
     ]
 )

@@ -38,7 +38,7 @@ public final class MultiHeadAttention<Scalar: LayerScalar>: Layer {
         var qkvGradient: Tensor<Scalar>?     // (B, T, 3·H·D)
     }
     private var caches = SlotCaches<Cache>()
-    private var scoreGradient: Tensor<Scalar>?   // (T, T) scratch of the backward pass, shared by the slots
+    private var scoreGradient: Tensor<Scalar>?   // (parts, T, T) scratch of the backward pass, shared by the slots
 
     /// - Parameters:
     ///   - features: the token width `C`.
@@ -85,22 +85,22 @@ public final class MultiHeadAttention<Scalar: LayerScalar>: Layer {
         let attended = reuse(&cache.attended, shape: [B, T, H * D])
         cache.qkv = fused
         let (rowStride, outputStride) = (3 * H * D, H * D)
+        let started = LayerProfile.shared.now()
         fused.withUnsafeBufferPointer { qkvBuffer in
             probabilities.withUnsafeMutableBufferPointer { pBuffer in
                 attended.withUnsafeMutableBufferPointer { oBuffer in
-                    for b in 0..<B {
-                        for h in 0..<H {
-                            let q = qkvBuffer.baseAddress! + b * T * rowStride + h * D     // (T, D), stride 3HD
-                            ScaledDotProductAttention.forward(
-                                queries: q, keys: q + H * D, values: q + 2 * H * D, strides: (rowStride, rowStride, rowStride),
-                                probabilities: pBuffer.baseAddress! + (b * H + h) * T * T,
-                                output: oBuffer.baseAddress! + b * T * outputStride + h * D, outputStride: outputStride,
-                                queryCount: T, keyCount: T, headDimension: D, causal: causal)
-                        }
+                    ScaledDotProductAttention.forEachPair(samples: B, heads: H, queryCount: T, keyCount: T, headDimension: D) { _, b, h in
+                        let q = qkvBuffer.baseAddress! + b * T * rowStride + h * D     // (T, D), stride 3HD
+                        ScaledDotProductAttention.forward(
+                            queries: q, keys: q + H * D, values: q + 2 * H * D, strides: (rowStride, rowStride, rowStride),
+                            probabilities: pBuffer.baseAddress! + (b * H + h) * T * T,
+                            output: oBuffer.baseAddress! + b * T * outputStride + h * D, outputStride: outputStride,
+                            queryCount: T, keyCount: T, headDimension: D, causal: causal)
                     }
                 }
             }
         }
+        LayerProfile.shared.add(.attention, since: started)
         return try proj.forward(attended, context: context)                               // (B, T, C)
     }
 
@@ -113,32 +113,34 @@ public final class MultiHeadAttention<Scalar: LayerScalar>: Layer {
         let (B, T, H, D) = (fused.shape[0], fused.shape[1], heads, headDimension)
         let attendedGradient = try proj.backward(outputGradient, context: context.needingInputGradient(true))  // (B, T, HD)
         let qkvGradient = reuse(&cache.qkvGradient, shape: fused.shape)
-        let dS = reuse(&scoreGradient, shape: [T, T])
+        let parts = ScaledDotProductAttention.partCount(samples: B, heads: H, queryCount: T, keyCount: T, headDimension: D)
+        let dS = reuse(&scoreGradient, shape: [parts, T, T])
         let (rowStride, outputStride) = (3 * H * D, H * D)
+        let started = LayerProfile.shared.now()
         fused.withUnsafeBufferPointer { qkvBuffer in
             probabilities.withUnsafeBufferPointer { pBuffer in
                 attendedGradient.withUnsafeBufferPointer { dOBuffer in
                     qkvGradient.withUnsafeMutableBufferPointer { dQKVBuffer in
                         dS.withUnsafeMutableBufferPointer { dSBuffer in
-                            for b in 0..<B {
-                                for h in 0..<H {
-                                    let offset = b * T * rowStride + h * D
-                                    let q = qkvBuffer.baseAddress! + offset, dq = dQKVBuffer.baseAddress! + offset
-                                    ScaledDotProductAttention.backward(
-                                        queries: q, keys: q + H * D, values: q + 2 * H * D, strides: (rowStride, rowStride, rowStride),
-                                        probabilities: pBuffer.baseAddress! + (b * H + h) * T * T,
-                                        outputGradient: dOBuffer.baseAddress! + b * T * outputStride + h * D, outputStride: outputStride,
-                                        scoreGradient: dSBuffer.baseAddress!,
-                                        queryGradient: dq, keyGradient: dq + H * D, valueGradient: dq + 2 * H * D,
-                                        gradientStrides: (rowStride, rowStride, rowStride),
-                                        queryCount: T, keyCount: T, headDimension: D)
-                                }
+                            ScaledDotProductAttention.forEachPair(samples: B, heads: H, queryCount: T, keyCount: T,
+                                                                  headDimension: D) { part, b, h in
+                                let offset = b * T * rowStride + h * D
+                                let q = qkvBuffer.baseAddress! + offset, dq = dQKVBuffer.baseAddress! + offset
+                                ScaledDotProductAttention.backward(
+                                    queries: q, keys: q + H * D, values: q + 2 * H * D, strides: (rowStride, rowStride, rowStride),
+                                    probabilities: pBuffer.baseAddress! + (b * H + h) * T * T,
+                                    outputGradient: dOBuffer.baseAddress! + b * T * outputStride + h * D, outputStride: outputStride,
+                                    scoreGradient: dSBuffer.baseAddress! + part * T * T,
+                                    queryGradient: dq, keyGradient: dq + H * D, valueGradient: dq + 2 * H * D,
+                                    gradientStrides: (rowStride, rowStride, rowStride),
+                                    queryCount: T, keyCount: T, headDimension: D)
                             }
                         }
                     }
                 }
             }
         }
+        LayerProfile.shared.add(.attention, since: started)
         return try qkv.backward(qkvGradient, context: context)                            // (B, T, C)
     }
 }
@@ -172,7 +174,7 @@ public final class CrossAttention<Scalar: LayerScalar>: ConditionedLayer {
         var attended: Tensor<Scalar>?         // (B, T, HD)
         var queryGradient: Tensor<Scalar>?    // (B, T, HD)
         var keyValueGradient: Tensor<Scalar>? // (B, S, 2HD)
-        var scoreGradient: Tensor<Scalar>?    // (T, S)
+        var scoreGradient: Tensor<Scalar>?    // (parts, T, S)
     }
     private var caches = SlotCaches<Cache>()
 
@@ -221,24 +223,24 @@ public final class CrossAttention<Scalar: LayerScalar>: ConditionedLayer {
         let probabilities = reuse(&cache.probabilities, shape: [B, H, T, S])
         let attended = reuse(&cache.attended, shape: [B, T, H * D])
         (cache.queries, cache.keysValues) = (queries, keysValues)
+        let started = LayerProfile.shared.now()
         queries.withUnsafeBufferPointer { qBuffer in
             keysValues.withUnsafeBufferPointer { kvBuffer in
                 probabilities.withUnsafeMutableBufferPointer { pBuffer in
                     attended.withUnsafeMutableBufferPointer { oBuffer in
-                        for b in 0..<B {
-                            for h in 0..<H {
-                                let k = kvBuffer.baseAddress! + b * S * 2 * H * D + h * D
-                                ScaledDotProductAttention.forward(
-                                    queries: qBuffer.baseAddress! + b * T * H * D + h * D, keys: k, values: k + H * D,
-                                    strides: (H * D, 2 * H * D, 2 * H * D), probabilities: pBuffer.baseAddress! + (b * H + h) * T * S,
-                                    output: oBuffer.baseAddress! + b * T * H * D + h * D, outputStride: H * D,
-                                    queryCount: T, keyCount: S, headDimension: D, causal: false)
-                            }
+                        ScaledDotProductAttention.forEachPair(samples: B, heads: H, queryCount: T, keyCount: S, headDimension: D) { _, b, h in
+                            let k = kvBuffer.baseAddress! + b * S * 2 * H * D + h * D
+                            ScaledDotProductAttention.forward(
+                                queries: qBuffer.baseAddress! + b * T * H * D + h * D, keys: k, values: k + H * D,
+                                strides: (H * D, 2 * H * D, 2 * H * D), probabilities: pBuffer.baseAddress! + (b * H + h) * T * S,
+                                output: oBuffer.baseAddress! + b * T * H * D + h * D, outputStride: H * D,
+                                queryCount: T, keyCount: S, headDimension: D, causal: false)
                         }
                     }
                 }
             }
         }
+        LayerProfile.shared.add(.attention, since: started)
         return try proj.forward(attended, context: context)                                    // (B, T, C)
     }
 
@@ -254,7 +256,9 @@ public final class CrossAttention<Scalar: LayerScalar>: ConditionedLayer {
         let attendedGradient = try proj.backward(outputGradient, context: inner)                 // (B, T, HD)
         let queryGradient = reuse(&cache.queryGradient, shape: queries.shape)
         let keyValueGradient = reuse(&cache.keyValueGradient, shape: keysValues.shape)
-        let dS = reuse(&cache.scoreGradient, shape: [T, S])
+        let parts = ScaledDotProductAttention.partCount(samples: B, heads: H, queryCount: T, keyCount: S, headDimension: D)
+        let dS = reuse(&cache.scoreGradient, shape: [parts, T, S])
+        let started = LayerProfile.shared.now()
         queries.withUnsafeBufferPointer { qBuffer in
             keysValues.withUnsafeBufferPointer { kvBuffer in
                 probabilities.withUnsafeBufferPointer { pBuffer in
@@ -262,20 +266,19 @@ public final class CrossAttention<Scalar: LayerScalar>: ConditionedLayer {
                         queryGradient.withUnsafeMutableBufferPointer { dqBuffer in
                             keyValueGradient.withUnsafeMutableBufferPointer { dkvBuffer in
                                 dS.withUnsafeMutableBufferPointer { dSBuffer in
-                                    for b in 0..<B {
-                                        for h in 0..<H {
-                                            let (queryOffset, keyOffset) = (b * T * H * D + h * D, b * S * 2 * H * D + h * D)
-                                            let k = kvBuffer.baseAddress! + keyOffset, dk = dkvBuffer.baseAddress! + keyOffset
-                                            ScaledDotProductAttention.backward(
-                                                queries: qBuffer.baseAddress! + queryOffset, keys: k, values: k + H * D,
-                                                strides: (H * D, 2 * H * D, 2 * H * D),
-                                                probabilities: pBuffer.baseAddress! + (b * H + h) * T * S,
-                                                outputGradient: dOBuffer.baseAddress! + queryOffset, outputStride: H * D,
-                                                scoreGradient: dSBuffer.baseAddress!,
-                                                queryGradient: dqBuffer.baseAddress! + queryOffset, keyGradient: dk,
-                                                valueGradient: dk + H * D, gradientStrides: (H * D, 2 * H * D, 2 * H * D),
-                                                queryCount: T, keyCount: S, headDimension: D)
-                                        }
+                                    ScaledDotProductAttention.forEachPair(samples: B, heads: H, queryCount: T, keyCount: S,
+                                                                          headDimension: D) { part, b, h in
+                                        let (queryOffset, keyOffset) = (b * T * H * D + h * D, b * S * 2 * H * D + h * D)
+                                        let k = kvBuffer.baseAddress! + keyOffset, dk = dkvBuffer.baseAddress! + keyOffset
+                                        ScaledDotProductAttention.backward(
+                                            queries: qBuffer.baseAddress! + queryOffset, keys: k, values: k + H * D,
+                                            strides: (H * D, 2 * H * D, 2 * H * D),
+                                            probabilities: pBuffer.baseAddress! + (b * H + h) * T * S,
+                                            outputGradient: dOBuffer.baseAddress! + queryOffset, outputStride: H * D,
+                                            scoreGradient: dSBuffer.baseAddress! + part * T * S,
+                                            queryGradient: dqBuffer.baseAddress! + queryOffset, keyGradient: dk,
+                                            valueGradient: dk + H * D, gradientStrides: (H * D, 2 * H * D, 2 * H * D),
+                                            queryCount: T, keyCount: S, headDimension: D)
                                     }
                                 }
                             }
@@ -284,6 +287,7 @@ public final class CrossAttention<Scalar: LayerScalar>: ConditionedLayer {
                 }
             }
         }
+        LayerProfile.shared.add(.attention, since: started)
         let inputGradient = try q.backward(queryGradient, context: context)                      // (B, T, C)
         let memoryGradient = try kv.backward(keyValueGradient, context: inner)                   // (B, S, M)
         return (inputGradient, memoryGradient)
@@ -296,11 +300,42 @@ public final class CrossAttention<Scalar: LayerScalar>: ConditionedLayer {
 /// `(Tq, D)`, keys and values `(Tk, D)`, each with its own row stride (the fused `qkv` buffer
 /// has stride `3·H·D`), by three BLAS products forward and four backward.
 enum ScaledDotProductAttention {
+    /// The most multiply-adds (`Tq·Tk·D`) of one product for which the (sample, head) pairs
+    /// are split over the BLAS threads: OpenBLAS runs a product of at most `4 · 65,536`
+    /// multiply-adds (its `GEMM_MULTITHREAD_THRESHOLD` of 4) on the calling thread alone, so a
+    /// ViT's 50 × 50 × 64 products one after another use one core of two. Larger products
+    /// run one pair at a time on all the BLAS threads.
+    static let largestSplitProduct = 4 * 65_536
+
+    /// The parts ``forEachPair(samples:heads:queryCount:keyCount:headDimension:_:)`` uses
+    /// (scratch buffers per part).
+    static func partCount(samples: Int, heads: Int, queryCount: Int, keyCount: Int, headDimension: Int) -> Int {
+        queryCount * keyCount * headDimension <= largestSplitProduct ? parallelPartCount(samples * heads) : 1
+    }
+
+    /// Calls `body(part, b, h)` for every (sample, head) pair, split into contiguous parts over
+    /// the BLAS threads when the products are small (see ``largestSplitProduct``). Each pair
+    /// writes only its own outputs, so the result does not depend on the split.
+    @inline(__always)
+    static func forEachPair(samples: Int, heads: Int, queryCount: Int, keyCount: Int, headDimension: Int,
+                            _ body: (_ part: Int, _ sample: Int, _ head: Int) -> Void) {
+        let pairs = samples * heads
+        let parts = partCount(samples: samples, heads: heads, queryCount: queryCount, keyCount: keyCount,
+                              headDimension: headDimension)
+        if parts == 1 {
+            for pair in 0..<pairs { body(0, pair / heads, pair % heads) }
+            return
+        }
+        parallelParts(pairs) { part, range in
+            for pair in range { body(part, pair / heads, pair % heads) }
+        }
+    }
+
     /// `P = softmax(q kᵀ / √D [+ causal mask])` into `probabilities` `(Tq, Tk)` (kept for the
     /// backward pass) and `O = P v` into `output` `(Tq, D)` of row stride `outputStride`.
     /// Causal: query `t` attends to keys `0…t`.
     @inline(__always)
-    static func forward<Scalar: TensorScalar>(
+    static func forward<Scalar: LayerScalar>(
         queries q: UnsafePointer<Scalar>, keys k: UnsafePointer<Scalar>, values v: UnsafePointer<Scalar>,
         strides: (queries: Int, keys: Int, values: Int), probabilities p: UnsafeMutablePointer<Scalar>,
         output: UnsafeMutablePointer<Scalar>, outputStride: Int, queryCount Tq: Int, keyCount Tk: Int, headDimension D: Int,
@@ -316,7 +351,7 @@ enum ScaledDotProductAttention {
             var maximum = row[0]
             for j in 1..<max(limit, 1) { maximum = max(maximum, row[j]) }
             var sum: Scalar = 0
-            for j in 0..<limit { let e = Scalar.exp(row[j] - maximum); row[j] = e; sum += e }
+            for j in 0..<limit { let e = Scalar.activationExp(row[j] - maximum); row[j] = e; sum += e }
             let inverse = 1 / sum
             for j in 0..<limit { row[j] *= inverse }
             for j in limit..<Tk { row[j] = 0 }
@@ -329,7 +364,7 @@ enum ScaledDotProductAttention {
     /// The gradients of `q`, `k`, `v` (overwritten) from `dO` `(Tq, D)` and the forward's `P`;
     /// `scoreGradient` is `(Tq, Tk)` scratch.
     @inline(__always)
-    static func backward<Scalar: TensorScalar>(
+    static func backward<Scalar: LayerScalar>(
         queries q: UnsafePointer<Scalar>, keys k: UnsafePointer<Scalar>, values v: UnsafePointer<Scalar>,
         strides: (queries: Int, keys: Int, values: Int), probabilities p: UnsafePointer<Scalar>,
         outputGradient dO: UnsafePointer<Scalar>, outputStride: Int, scoreGradient ds: UnsafeMutablePointer<Scalar>,

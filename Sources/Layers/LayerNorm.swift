@@ -50,6 +50,8 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         guard input.rank >= 1, input.shape.last == features else {
             throw LayerError.shapeMismatch(layer: "LayerNorm(\(features))", expected: "(…, \(features))", got: input.shape)
         }
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.layerNorm, since: started) }
         let cache = caches.cache(context.slot, make: Cache.init)
         let (R, D) = (input.count / features, features)
         if cache.mean.count != R {
@@ -96,6 +98,8 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         guard let cache = caches.existing(context.slot), let normalized = cache.normalized,
               normalized.count == outputGradient.count
         else { throw LayerError.noForward(layer: "LayerNorm", slot: context.slot) }
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.layerNorm, since: started) }
         let inputGradient = reuse(&cache.inputGradient, shape: normalized.shape)
         let (R, D) = (normalized.count / features, features)
         for j in 0..<D { weightSums[j] = 0; biasSums[j] = 0 }

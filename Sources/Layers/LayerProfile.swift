@@ -14,6 +14,16 @@ public enum LayerPhase: Int, CaseIterable, Sendable, Codable {
     case pooling
     /// ReLU and the residual sums.
     case elementwise
+    /// The matrix products of `Linear` layers, forward and backward (a transformer's QKV,
+    /// output and MLP projections).
+    case linear
+    /// Attention between the projections: the per-(sample, head) score and value products
+    /// and the softmax, forward and backward.
+    case attention
+    /// Layer norm, forward and backward.
+    case layerNorm
+    /// GELU and SiLU.
+    case smoothActivation
 
     /// The name `bench step` prints.
     public var name: String {
@@ -24,6 +34,10 @@ public enum LayerPhase: Int, CaseIterable, Sendable, Codable {
         case .batchNorm: return "batch norm"
         case .pooling: return "pooling"
         case .elementwise: return "ReLU + residual"
+        case .linear: return "linear"
+        case .attention: return "attention core"
+        case .layerNorm: return "layer norm"
+        case .smoothActivation: return "GELU/SiLU"
         }
     }
 }

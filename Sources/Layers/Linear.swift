@@ -60,6 +60,8 @@ public final class Linear<Scalar: LayerScalar>: Layer {
     @_specialize(where Scalar == Double)
     public func forward(_ input: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let weight else { throw LayerError.unbound(layer: "Linear") }
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.linear, since: started) }
         let lastAxis = input.rank >= 3 && input.shape.last == inFeatures
         guard input.rank >= 1, lastAxis || input.columnCount == inFeatures else {
             throw LayerError.shapeMismatch(layer: "Linear(\(inFeatures), \(outFeatures))", expected: "(…, \(inFeatures))",
@@ -82,6 +84,8 @@ public final class Linear<Scalar: LayerScalar>: Layer {
     @_specialize(where Scalar == Double)
     public func backward(_ outputGradient: Tensor<Scalar>, context: LayerContext) throws -> Tensor<Scalar> {
         guard let weight, let weightGradient else { throw LayerError.unbound(layer: "Linear") }
+        let started = LayerProfile.shared.now()
+        defer { LayerProfile.shared.add(.linear, since: started) }
         guard let cache = caches.existing(context.slot), let input = cache.input, let output = cache.output,
               outputGradient.rowCount == output.rowCount, outputGradient.count == output.count
         else { throw LayerError.noForward(layer: "Linear", slot: context.slot) }

@@ -11,22 +11,35 @@ import Tensor
 ///   call runs inline.
 @inline(__always)
 func parallelRanges(_ count: Int, minimumPerPart: Int = 1, _ body: (Range<Int>) -> Void) {
-    let parts = min(BLASThreads.count, count / max(minimumPerPart, 1))
+    parallelParts(count, minimumPerPart: minimumPerPart) { _, range in body(range) }
+}
+
+/// The number of parts ``parallelParts(_:minimumPerPart:_:)`` splits `count` items into.
+@inline(__always)
+func parallelPartCount(_ count: Int, minimumPerPart: Int = 1) -> Int {
+    max(1, min(BLASThreads.count, count / max(minimumPerPart, 1)))
+}
+
+/// ``parallelRanges(_:minimumPerPart:_:)`` that also hands each range its part index
+/// (`0 ..< parallelPartCount(count, minimumPerPart:)`), for per-part scratch buffers.
+@inline(__always)
+func parallelParts(_ count: Int, minimumPerPart: Int = 1, _ body: (Int, Range<Int>) -> Void) {
+    let parts = parallelPartCount(count, minimumPerPart: minimumPerPart)
     if parts <= 1 {
-        body(0 ..< count)
+        body(0, 0 ..< count)
         return
     }
     withoutActuallyEscaping(body) { body in
         // Unchecked: the ranges are disjoint and the call returns only when all are done.
         let shared = UncheckedBody(body)
         DispatchQueue.concurrentPerform(iterations: parts) { part in
-            shared.body(part * count / parts ..< (part + 1) * count / parts)
+            shared.body(part, part * count / parts ..< (part + 1) * count / parts)
         }
     }
 }
 
-/// A closure handed to the threads of one ``parallelRanges(_:minimumPerPart:_:)`` call.
+/// A closure handed to the threads of one ``parallelParts(_:minimumPerPart:_:)`` call.
 private struct UncheckedBody: @unchecked Sendable {
-    let body: (Range<Int>) -> Void
-    init(_ body: @escaping (Range<Int>) -> Void) { self.body = body }
+    let body: (Int, Range<Int>) -> Void
+    init(_ body: @escaping (Int, Range<Int>) -> Void) { self.body = body }
 }

@@ -127,9 +127,32 @@ public enum Benchmarks {
         return shapes
     }
 
+    /// The matrix products of a vision transformer's forward and backward pass on `batch`
+    /// images: the patch embedding (a product over the unfolded patches), each block's QKV,
+    /// output and MLP projections over all tokens, and attention's per-(sample, head) products
+    /// — scores `q kᵀ` and `P v` forward; `dO vᵀ`, `Pᵀ dO`, `dS k` and `dSᵀ q` backward —
+    /// written as one product of `B·H` times the rows with the same FLOPs.
+    public static func vitGEMMs(_ d: ViTDescription, batch: Int, firstInputGradient: Bool) -> [GEMMShape] {
+        let patches = (d.imageSize / d.patchSize) * (d.imageSize / d.patchSize)
+        let tokens = patches + (d.pooling == .cls ? 1 : 0)
+        let (width, hidden) = (d.width, Int(Double(d.width) * d.mlpRatio))
+        let (pairs, headWidth) = (batch * d.heads, d.width / d.heads)
+        var shapes = mlpGEMMs(widths: [d.inputChannels * d.patchSize * d.patchSize, width], batch: batch * patches,
+                              firstInputGradient: firstInputGradient)
+        let attention = [GEMMShape(m: pairs * tokens, n: tokens, k: headWidth),   // S = q kᵀ; dP = dO vᵀ
+                         GEMMShape(m: pairs * tokens, n: headWidth, k: tokens)]   // O = P v; dv, dq, dk
+        for _ in 0..<d.depth {
+            shapes += mlpGEMMs(widths: [width, 3 * width], batch: batch * tokens)
+            shapes += [attention[0], attention[1], attention[0], attention[1], attention[1], attention[1]]
+            shapes += mlpGEMMs(widths: [width, width], batch: batch * tokens)
+            shapes += mlpGEMMs(widths: [width, hidden, width], batch: batch * tokens)
+        }
+        return shapes
+    }
+
     /// The matrix products of the model for `views` views of `batch` rows: those of its
     /// ``Linear`` and ``Conv2d`` layers (a convolution as the one product of its im2col over
-    /// the batch). Attention's own products (a ViT's scores and values) are not counted.
+    /// the batch) and of a vision transformer (``vitGEMMs(_:batch:firstInputGradient:)``).
     public static func modelGEMMs(_ options: StepOptions, views: Int = 2) -> [GEMMShape] {
         let model = options.model
         var shape = model.encoder.inputShape, first = true
@@ -149,10 +172,9 @@ public enum Benchmarks {
             return sequence.layers.flatMap { layerGEMMs($0, shape: &shape, batch: batch, first: &first) }
         case let named as NamedSequential<Float>:
             return named.children.flatMap { layerGEMMs($0.layer, shape: &shape, batch: batch, first: &first) }
-        case is VisionTransformer<Float>:
-            // Not counted: its patch embedding and attention products have shapes of their own.
-            first = false
-            return []
+        case let vit as VisionTransformer<Float>:
+            defer { first = false; shape = [vit.description.width] }
+            return vitGEMMs(vit.description, batch: batch, firstInputGradient: !first)
         case let residual as Residual<Float>:
             let input = shape
             var shapes = layerGEMMs(residual.body, shape: &shape, batch: batch, first: &first)

@@ -1,0 +1,73 @@
+import Layers
+import XCTest
+import _TestSupport
+
+/// The `Float` kernels of the smooth activations and of attention: the `erf` and `exp`
+/// approximations within their stated errors, the `Float` GELU and SiLU against the `Double`
+/// layers (libm), and attention's (sample, head) pairs split over threads giving the serial
+/// result bit for bit.
+final class ActivationKernelTests: XCTestCase {
+    func testRationalErfAndPolynomialExpStayWithinTheirStatedErrors() {
+        var worstErf = 0.0, worstExp = 0.0
+        for i in -60_000...60_000 {
+            let x = Float(i) * 1e-4
+            worstErf = max(worstErf, abs(Double(Float.rationalErf(x)) - Double.erf(Double(x))))
+        }
+        for i in -86_900...87_900 {   // inside the clamp: Float(−87_000) · 1e-3 is −87.00001
+            let x = Float(i) * 1e-3
+            let exact = Double.exp(Double(x))
+            worstExp = max(worstExp, abs(Double(Float.polynomialExp(x)) - exact) / exact)
+        }
+        XCTAssertLessThan(worstErf, 4.5e-7, "erf on [−6, 6]")
+        XCTAssertLessThan(worstExp, 1.2e-7, "exp on [−86.9, 87.9], relative")
+        XCTAssertEqual(Float.rationalErf(30), 1)
+        XCTAssertEqual(Float.rationalErf(-30), -1)
+        XCTAssertEqual(Float.polynomialExp(0), 1)
+        XCTAssertLessThan(Float.polynomialExp(-1_000), 2e-38)
+    }
+
+    func testFloatGELUAndSiLUFollowTheDoubleLayers() throws {
+        let count = 40_000   // more than one part a thread: the split path runs too
+        let input = Tensor<Double>(shape: [count], scalars: (0..<count).map { 12 * Double($0) / Double(count) - 6 })
+        let outputGradient = randomTensor([count], seed: 4, as: Double.self)
+        let context = LayerContext(training: true)
+        for (name, single, double) in [("GELU", GELU<Float>() as any Layer<Float>, GELU<Double>() as any Layer<Double>),
+                                       ("SiLU", SiLU<Float>(), SiLU<Double>())] {
+            let y = try single.forward(input.converted(to: Float.self), context: context)
+            let dx = try single.backward(outputGradient.converted(to: Float.self), context: context)
+            let yReference = try double.forward(input, context: context)
+            let dxReference = try double.backward(outputGradient, context: context)
+            for i in 0..<count {
+                XCTAssertEqual(Double(y[flat: i]), yReference[flat: i], accuracy: 2e-6 * max(1, abs(yReference[flat: i])),
+                               "\(name)(\(input[flat: i]))")
+                XCTAssertEqual(Double(dx[flat: i]), dxReference[flat: i], accuracy: 2e-6 * max(1, abs(dxReference[flat: i])),
+                               "\(name)′(\(input[flat: i]))")
+            }
+        }
+    }
+
+    func testAttentionPairsSplitOverThreadsGiveTheSerialResult() throws {
+        let saved = BLASThreads.count
+        defer { BLASThreads.set(saved) }
+        let context = LayerContext(training: true)
+        let x = randomTensor([5, 7, 12], seed: 1, as: Float.self), memory = randomTensor([5, 3, 6], seed: 2, as: Float.self)
+        let dy = randomTensor([5, 7, 12], seed: 3, as: Float.self)
+        func run(threads: Int) throws -> [[Float]] {
+            BLASThreads.set(threads)
+            XCTAssertEqual(BLASThreads.count, threads)
+            let attention = MultiHeadAttention<Float>(features: 12, heads: 3, causal: true)
+            let cross = CrossAttention<Float>(features: 12, memoryFeatures: 6, heads: 3)
+            let store = ParameterStore<Float>(specs: attention.parameterSpecs().map { $0.prefixed("a") }
+                                                  + cross.parameterSpecs().map { $0.prefixed("c") }, seed: 7)
+            attention.bind(parameters: store, buffers: BufferStore(specs: []), prefix: "a")
+            cross.bind(parameters: store, buffers: BufferStore(specs: []), prefix: "c")
+            let y = try attention.forward(x, context: context), dx = try attention.backward(dy, context: context)
+            let z = try cross.forward(x, condition: memory, context: context)
+            let (dz, dMemory) = try cross.backward(dy, context: context)
+            return [y.scalars, dx.scalars, z.scalars, dz.scalars, dMemory.scalars, store.gradients.scalars]
+        }
+        // 7 × 7 × 4 products: on 2 BLAS threads the 15 (sample, head) pairs are split in two parts.
+        let serial = try run(threads: 1), split = try run(threads: 2)
+        for (a, b) in zip(serial, split) { XCTAssertEqual(a, b) }
+    }
+}
