@@ -112,12 +112,12 @@ public final class LatentPlanner {
         weights = [Double](repeating: 0, count: s)
         evaluation = LayerContext(training: false, communicator: SingleProcessCommunicator(), needsInputGradient: false)
         incremental = settings.keyValueCache && network.transformer != nil
-            ? PredictorRollout(network: network, samples: s, horizon: k, blockWidth: w, threads: settings.threads,
+            ? try PredictorRollout(network: network, samples: s, horizon: k, blockWidth: w, threads: settings.threads,
                                context: evaluation.slot(network.historyFrames + 3)) : nil
     }
 
-    /// The threads a rollout runs on (1 without the key/value cache, with a prediction
-    /// projector, or with an action encoder other than a GELU MLP).
+    /// The threads a rollout runs on (1 without the key/value cache, or with an action
+    /// encoder other than a GELU MLP).
     public var rolloutThreads: Int { incremental?.threads ?? 1 }
 
     /// Forgets the previous plan (the next solve starts from mean 0).

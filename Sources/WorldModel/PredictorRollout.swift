@@ -1,4 +1,5 @@
 import Dispatch
+import Engine
 import Foundation
 import Layers
 import Tensor
@@ -20,8 +21,9 @@ import Tensor
 /// Every linear map is one `sgemm` over a lane's candidates; attention over at most `H` cached
 /// tokens, layer norm, modulation and GELU are SIMD loops over the rows. With `threads > 1` the
 /// candidates are split into that many lanes, each on its own thread with its own buffers (and
-/// one-threaded BLAS); a prediction projector (a network of its own, with batch norm) keeps one
-/// lane. Buffers are made once; a rollout allocates nothing.
+/// one-threaded BLAS). The prediction projector runs in each lane too, as ``ProjectorStage``s:
+/// in evaluation its batch norm is an affine map, folded into the linear map before it. Buffers
+/// are made once; a rollout allocates nothing.
 final class PredictorRollout: @unchecked Sendable {
     /// The weights, shared read-only by the lanes.
     fileprivate struct Weights {
@@ -38,6 +40,8 @@ final class PredictorRollout: @unchecked Sendable {
         let position: Tensor<Float>                                   // (H, C)
         let normWeight: Tensor<Float>, normBias: Tensor<Float>
         let headWeight: Tensor<Float>, headBias: Tensor<Float>        // (D, C)
+        /// The prediction projector (none: the head's output is the prediction).
+        let projector: [ProjectorStage]
         let features: Int, heads: Int, hidden: Int, conditionFeatures: Int, history: Int, horizon: Int, blockWidth: Int
     }
 
@@ -47,16 +51,16 @@ final class PredictorRollout: @unchecked Sendable {
     private let weights: Weights
     private let lanes: [Lane]
     private let network: WorldModelNetwork<Float>
-    private let projector: Sequential<Float>?
     private let context: LayerContext
 
     /// - Parameters:
     ///   - network: a world model with the transformer predictor.
     ///   - samples, horizon: `S` candidates of `K` action blocks of `blockWidth` values.
-    ///   - threads: lanes run in parallel (1 with a prediction projector, or an action encoder
-    ///     that is not an MLP of linear maps and GELU).
+    ///   - threads: lanes run in parallel (1 with an action encoder that is not an MLP of
+    ///     linear maps and GELU).
     ///   - context: the evaluation context whose slots the network's own layers use.
-    init(network: WorldModelNetwork<Float>, samples: Int, horizon: Int, blockWidth: Int, threads: Int, context: LayerContext) {
+    init(network: WorldModelNetwork<Float>, samples: Int, horizon: Int, blockWidth: Int, threads: Int,
+         context: LayerContext) throws {
         guard let transformer = network.transformer else { preconditionFailure("PredictorRollout: the predictor is not a transformer") }
         let c = transformer.features, h = network.historyFrames
         let parameters = network.parameters
@@ -81,17 +85,17 @@ final class PredictorRollout: @unchecked Sendable {
             position: value("predictor.pos_embed").reshaped([h, c]),
             normWeight: value("predictor.norm.weight"), normBias: value("predictor.norm.bias"),
             headWeight: value("predictor.head.weight"), headBias: value("predictor.head.bias"),
+            projector: try network.predictionProjector.map { try ProjectorStage.folding($0, context: context.slot(context.slot + 2)) } ?? [],
             features: c, heads: transformer.blocks[0].attn.heads, hidden: transformer.blocks[0].mlp.hiddenFeatures,
             conditionFeatures: transformer.conditionFeatures, history: h, horizon: horizon, blockWidth: blockWidth)
         self.samples = samples
         self.horizon = horizon
         self.network = network
-        projector = network.predictionProjector
         self.context = context
-        let count = network.predictionProjector == nil && !actionLayers.isEmpty ? max(1, min(threads, samples)) : 1
-        let shared = weights, width = network.embeddingWidth
+        let count = actionLayers.isEmpty ? 1 : max(1, min(threads, samples))
+        let shared = weights
         lanes = (0..<count).map { i in
-            Lane(weights: shared, rows: (i * samples / count)..<((i + 1) * samples / count), embeddingWidth: width)
+            Lane(weights: shared, rows: (i * samples / count)..<((i + 1) * samples / count))
         }
     }
 
@@ -105,15 +109,12 @@ final class PredictorRollout: @unchecked Sendable {
             lanes[0].embedded.copy(from: u)
         }
         guard lanes.count > 1 else {
-            try lanes[0].run(candidates: candidates, rollout: rollout, encodesActions: !weights.actionLayers.isEmpty) { output in
-                try self.projector?.forward(output, context: self.context) ?? output
-            }
+            lanes[0].run(candidates: candidates, rollout: rollout, encodesActions: !weights.actionLayers.isEmpty)
             return
         }
         nonisolated(unsafe) let (candidates, rollout) = (candidates, rollout)
         DispatchQueue.concurrentPerform(iterations: lanes.count) { i in
-            // Without a projector nothing throws.
-            try? lanes[i].run(candidates: candidates, rollout: rollout, encodesActions: true) { $0 }
+            lanes[i].run(candidates: candidates, rollout: rollout, encodesActions: true)
         }
     }
 }
@@ -130,8 +131,9 @@ private final class Lane: @unchecked Sendable {
     private let keysValues: [Tensor<Float>]                    // per block (rows, H, 2C): [k | v] per position
     private let x: Tensor<Float>, modulated: Tensor<Float>, fused: Tensor<Float>, attended: Tensor<Float>
     private let branch: Tensor<Float>, wide: Tensor<Float>, output: Tensor<Float>
+    private let projected: [Tensor<Float>]                     // per projector stage (rows, width)
 
-    init(weights: PredictorRollout.Weights, rows: Range<Int>, embeddingWidth: Int) {
+    init(weights: PredictorRollout.Weights, rows: Range<Int>) {
         let n = rows.count, k = weights.horizon, c = weights.features
         self.weights = weights
         self.rows = rows
@@ -146,15 +148,14 @@ private final class Lane: @unchecked Sendable {
         attended = Tensor(zeros: [n, c])
         branch = Tensor(zeros: [n, c])
         wide = Tensor(zeros: [n, weights.hidden])
-        output = Tensor(zeros: [n, embeddingWidth])
+        output = Tensor(zeros: [n, weights.headWeight.shape[0]])
+        projected = weights.projector.map { Tensor(zeros: [n, $0.weight.shape[0]]) }
     }
 
-    /// The rollout of this lane's candidates; `project` maps the head's output `(rows, D)` to
-    /// the predicted embeddings (the prediction projector, or the identity).
-    func run(candidates: Tensor<Float>, rollout: Tensor<Float>, encodesActions: Bool,
-             project: (Tensor<Float>) throws -> Tensor<Float>) throws {
+    /// The rollout of this lane's candidates.
+    func run(candidates: Tensor<Float>, rollout: Tensor<Float>, encodesActions: Bool) {
         let (n, k, h, c, w) = (rows.count, weights.horizon, weights.history, weights.features, weights.blockWidth)
-        let d = output.columnCount
+        let d = (projected.last ?? output).columnCount
         if encodesActions {
             // u = Linear(GELU(Linear(…)))
             var input = candidates.withUnsafeBufferPointer { UnsafePointer($0.baseAddress! + rows.lowerBound * k * w) }
@@ -163,7 +164,7 @@ private final class Lane: @unchecked Sendable {
                 let target = i < actionHidden.count ? actionHidden[i] : embedded
                 linear(input, inputWidth, layer.weight, layer.bias, into: target, rows: n * k)
                 if i < actionHidden.count {
-                    target.withUnsafeMutableBufferPointer { FastGELU.apply($0.baseAddress!, count: $0.count) }
+                    target.withUnsafeMutableBufferPointer { Float.activation(.gelu, $0.baseAddress!, into: $0.baseAddress!, count: $0.count) }
                 }
                 input = target.withUnsafeBufferPointer { UnsafePointer($0.baseAddress!) }
                 inputWidth = target.columnCount
@@ -198,7 +199,18 @@ private final class Lane: @unchecked Sendable {
             // The prediction of the newest token: head(norm(x)) (then the prediction projector).
             layerNorm(x, into: modulated, weight: weights.normWeight, bias: weights.normBias)
             linear(modulated, weights.headWeight, weights.headBias, into: output, rows: n)
-            let predicted = try project(output)
+            var predicted = output
+            for (stage, target) in zip(weights.projector, projected) {
+                linear(predicted, stage.weight, stage.bias, into: target, rows: n)
+                target.withUnsafeMutableBufferPointer { y in
+                    switch stage.activation {
+                    case .none: break
+                    case .relu: for i in y.indices { y[i] = Swift.max(y[i], 0) }
+                    case .gelu: Float.activation(.gelu, y.baseAddress!, into: y.baseAddress!, count: y.count)
+                    }
+                }
+                predicted = target
+            }
             predicted.withUnsafeBufferPointer { p in
                 rollout.withUnsafeMutableBufferPointer { e in
                     for r in 0..<n {
@@ -235,7 +247,7 @@ private final class Lane: @unchecked Sendable {
             layerNorm(x, into: modulated, weight: nil, bias: nil)
             modulate(modulated, m, chunk: 3, actionBlock: actionBlock)
             linear(modulated, block.fc1Weight, block.fc1Bias, into: wide, rows: n)
-            wide.withUnsafeMutableBufferPointer { FastGELU.apply($0.baseAddress!, count: $0.count) }
+            wide.withUnsafeMutableBufferPointer { Float.activation(.gelu, $0.baseAddress!, into: $0.baseAddress!, count: $0.count) }
             linear(wide, block.fc2Weight, block.fc2Bias, into: branch, rows: n)
             gatedResidual(branch, m, chunk: 5, actionBlock: actionBlock)
         }
@@ -392,31 +404,46 @@ enum SIMDRows {
     }
 }
 
-/// GELU with a rational approximation of `erf` (Eigen's single-precision one, |error| < 1e-7
-/// on the clamped range [−4, 4]); `Float.erf` is a libm call per element, this is 15
-/// multiply-adds and a division.
-enum FastGELU {
-    @inline(__always)
-    static func erf(_ value: Float) -> Float {
-        let x = Swift.min(4, Swift.max(-4, value)), x2 = x * x
-        var p: Float = -2.72614225801306e-10
-        p = p * x2 + 2.77068142495902e-08
-        p = p * x2 - 2.10102402082508e-06
-        p = p * x2 - 5.69250639462346e-05
-        p = p * x2 - 7.34990630326855e-04
-        p = p * x2 - 2.95459980854025e-03
-        p = p * x2 - 1.60960333262415e-02
-        var q: Float = -1.45660718464996e-05
-        q = q * x2 - 2.13374055278905e-04
-        q = q * x2 - 1.68282697438203e-03
-        q = q * x2 - 7.37332916720468e-03
-        q = q * x2 - 1.42647390514189e-02
-        return x * p / q
-    }
+/// One stage of the prediction projector in evaluation: `y = act(x Wᵀ + b)`, where `W`, `b` are
+/// a `Linear` and the batch norm after it (running statistics: `γ (z − μ) / √(σ² + ε) + β`, an
+/// affine map of each feature) in one.
+struct ProjectorStage {
+    enum Activation { case none, relu, gelu }
+    let weight: Tensor<Float>   // (out, in)
+    let bias: Tensor<Float>     // (out)
+    let activation: Activation
 
-    /// `y = y / 2 · (1 + erf(y / √2))` in place.
-    static func apply(_ y: UnsafeMutablePointer<Float>, count: Int) {
-        let inverseSqrt2: Float = 0.70710678118654752
-        for i in 0..<count { let v = y[i]; y[i] = v / 2 * (1 + erf(v * inverseSqrt2)) }
+    /// The stages of `projector` (an MLP: `Linear`, optional `BatchNorm`, then `ReLU` or `GELU`
+    /// except after the last), each folded by running its own layers in evaluation mode on the
+    /// zero vector and the unit vectors: `b` is the zero vector's output, column `i` of `W` the
+    /// `i`-th unit vector's minus it — whatever the layers' parameters and running statistics.
+    static func folding(_ projector: Sequential<Float>, context: LayerContext) throws -> [ProjectorStage] {
+        var stages: [ProjectorStage] = [], pending: [any Layer<Float>] = []
+        func close(_ activation: Activation) throws {
+            guard let linear = pending.first as? Linear<Float> else {
+                throw ConfigurationError("prediction projector: a stage must start with a linear layer, not \(pending.map { type(of: $0) })")
+            }
+            let (inputs, outputs) = (linear.inFeatures, linear.outFeatures)
+            var probe = Tensor<Float>(zeros: [inputs + 1, inputs])
+            for i in 0..<inputs { probe[flat: (i + 1) * inputs + i] = 1 }
+            for layer in pending { probe = try layer.forward(probe, context: context) }
+            let weight = Tensor<Float>(zeros: [outputs, inputs]), bias = Tensor<Float>(zeros: [outputs])
+            for o in 0..<outputs {
+                bias[flat: o] = probe[flat: o]
+                for i in 0..<inputs { weight[flat: o * inputs + i] = probe[flat: (i + 1) * outputs + o] - probe[flat: o] }
+            }
+            stages.append(ProjectorStage(weight: weight, bias: bias, activation: activation))
+            pending = []
+        }
+        for layer in projector.layers {
+            switch layer {
+            case is ReLU<Float>: try close(.relu)
+            case is GELU<Float>: try close(.gelu)
+            case is Linear<Float> where !pending.isEmpty: try close(.none); pending = [layer]
+            default: pending.append(layer)
+            }
+        }
+        if !pending.isEmpty { try close(.none) }
+        return stages
     }
 }
