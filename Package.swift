@@ -92,7 +92,8 @@ let package = Package(
                           swiftSettings: numericSettings),
 
         // MARK: Tests
-        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Objectives", "WorldModel"],
+        .target(name: "_TestSupport", dependencies: ["Tensor", "Communication", "HDF5", "Layers", "Optimizers", "Objectives",
+                                                     "WorldModel"],
                 swiftSettings: numericSettings),
         .testTarget(name: "TensorTests", dependencies: ["Tensor", "_TestSupport"]),
         .testTarget(name: "CommunicationTests", dependencies: ["Communication", "_TestSupport", "MPIHarness"]),

@@ -5,6 +5,9 @@
 ///     all-reduce of m bytes:  min( ⌈log₂P⌉·(α + m/β),                      recursive doubling (small m)
 ///                                  2⌈log₂P⌉·α + 2(P−1)/P · m/β )           reduce-scatter + all-gather (large m)
 ///     all-gather of m bytes a rank:  ⌈log₂P⌉·α + (P−1)·m/β                 recursive doubling / Bruck
+///     reduce-scatter of m bytes:     ⌈log₂P⌉·α + (P−1)/P · m/β             recursive halving
+///
+/// (a reduce-scatter of `m` and an all-gather of `m/P` a rank make the large-message all-reduce).
 ///
 /// The bandwidth term of the large-message all-reduce is a ring's, `2(P−1)/P·m` bytes through
 /// each link — so `β` is the bus bandwidth `anticollapse bench comm` fits; its latency term is
@@ -33,6 +36,14 @@ public struct CollectiveModel: Sendable, Codable, Equatable {
         let doubling = steps * (latency + bytes / bandwidth)
         let halving = 2 * steps * latency + 2 * (p - 1) / p * bytes / bandwidth
         return min(doubling, halving)
+    }
+
+    /// Seconds of a reduce-scatter of `bytes` (each rank keeps a `1/P` block of the reduction)
+    /// on `worldSize` ranks (0 on one rank).
+    public func reduceScatter(bytes: Double, worldSize: Int) -> Double {
+        guard worldSize > 1 else { return 0 }
+        let p = Double(worldSize)
+        return Double(CollectiveModel.steps(worldSize: worldSize)) * latency + (p - 1) / p * bytes / bandwidth
     }
 
     /// Seconds of an all-gather of `bytesPerRank` from every rank on `worldSize` ranks (0 on one rank).

@@ -28,6 +28,18 @@ public protocol Communicator: AnyObject, Sendable {
     /// whose count must be `size * send.count`.
     func allGather<Element: CommunicableScalar>(_ send: UnsafeBufferPointer<Element>,
                                                 into receive: UnsafeMutableBufferPointer<Element>) throws
+    /// Reduces `send` element-wise over all ranks (the same count on every rank) and writes this
+    /// rank's block of the result into `receive`: the blocks are consecutive in rank order,
+    /// block `r` of `counts[r]` elements (so `counts` sums to `send.count` and `receive.count` is
+    /// `counts[rank]`). An all-reduce is a reduce-scatter followed by ``allGather(_:counts:)``;
+    /// the sharded optimizer step keeps the two halves apart and updates its block between them.
+    func reduceScatter<Element: CommunicableScalar>(_ send: UnsafeBufferPointer<Element>,
+                                                    into receive: UnsafeMutableBufferPointer<Element>,
+                                                    counts: [Int], _ op: ReductionOp) throws
+    /// Gathers in place: on entry block `rank` of `buffer` (consecutive blocks in rank order,
+    /// block `r` of `counts[r]` elements, summing to `buffer.count`) holds this rank's part; on
+    /// return every block holds its rank's part, on every rank.
+    func allGather<Element: CommunicableScalar>(_ buffer: UnsafeMutableBufferPointer<Element>, counts: [Int]) throws
     /// Blocks until every rank has called it.
     func barrier() throws
     /// Ends the whole job with `message`. `MPICommunicator` calls `MPI_Abort` and never returns;
@@ -54,6 +66,21 @@ extension Float: CommunicableScalar { public static var kind: ScalarKind { .floa
 extension Double: CommunicableScalar { public static var kind: ScalarKind { .float64 } }
 extension Int64: CommunicableScalar { public static var kind: ScalarKind { .int64 } }
 extension UInt8: CommunicableScalar { public static var kind: ScalarKind { .uint8 } }
+
+/// The element range of each rank's block when `counts` (one a rank, in rank order) cut a
+/// buffer into consecutive blocks; checks that `counts` has one non-negative count a rank and
+/// sums to `total`.
+func blockRanges(_ counts: [Int], size: Int, total: Int, _ collective: String) throws -> [Range<Int>] {
+    guard counts.count == size, counts.allSatisfy({ $0 >= 0 }), counts.reduce(0, +) == total else {
+        throw CommunicationError.invalidArgument(
+            "\(collective): block counts \(counts) must be \(size) non-negative counts summing to \(total)")
+    }
+    var start = 0
+    return counts.map { count in
+        defer { start += count }
+        return start ..< start + count
+    }
+}
 
 /// An error raised by a collective.
 public enum CommunicationError: Error, CustomStringConvertible, Equatable {

@@ -138,6 +138,64 @@ public final class MPICommunicator: Communicator {
         }
     }
 
+    /// `MPI_Reduce_scatter` of `send` into this rank's block.
+    ///
+    /// When a block exceeds ``maximumChunkCount`` (or the buffer MPI's `int` displacements), the
+    /// reduction becomes a chunked all-reduce of a copy of `send`, of which this rank keeps its
+    /// block: the same result, at twice the traffic.
+    public func reduceScatter<Element: CommunicableScalar>(_ send: UnsafeBufferPointer<Element>,
+                                                           into receive: UnsafeMutableBufferPointer<Element>,
+                                                           counts: [Int], _ op: ReductionOp) throws {
+        let block = try blockRanges(counts, size: size, total: send.count, "reduceScatter")[rank]
+        guard receive.count == block.count else {
+            throw CommunicationError.invalidArgument(
+                "reduceScatter receives \(receive.count) elements, expected \(block.count)")
+        }
+        guard send.count > 0, let sendBase = send.baseAddress else { return }
+        if fitsOneCall(counts, total: send.count) {
+            let mpiCounts = counts.map { Int32($0) }
+            // An empty block may come with no address; MPI writes nothing there.
+            let receiveBase = receive.baseAddress ?? UnsafeMutablePointer(mutating: sendBase)
+            try MPIRuntime.shared.withMPI {
+                try check(MPI_Reduce_scatter(sendBase, receiveBase, mpiCounts, Element.kind.mpiDatatype, op.mpiOp,
+                                             shim_MPI_COMM_WORLD()), "MPI_Reduce_scatter")
+            }
+            return
+        }
+        var whole = Array(send)
+        try whole.withUnsafeMutableBufferPointer { whole in
+            try allReduce(whole, op)
+            _ = receive.update(fromContentsOf: UnsafeMutableBufferPointer(rebasing: whole[block]))
+        }
+    }
+
+    /// `MPI_Allgatherv` in place (`MPI_IN_PLACE`: this rank's block is already in `buffer`).
+    ///
+    /// When a block exceeds ``maximumChunkCount`` (or the buffer MPI's `int` displacements), the
+    /// gather becomes one chunked broadcast of each rank's block from that rank.
+    public func allGather<Element: CommunicableScalar>(_ buffer: UnsafeMutableBufferPointer<Element>,
+                                                       counts: [Int]) throws {
+        let blocks = try blockRanges(counts, size: size, total: buffer.count, "allGather")
+        guard buffer.count > 0, let base = buffer.baseAddress else { return }
+        try MPIRuntime.shared.withMPI {
+            if fitsOneCall(counts, total: buffer.count) {
+                let mpiCounts = counts.map { Int32($0) }, displacements = blocks.map { Int32($0.lowerBound) }
+                try check(MPI_Allgatherv(shim_MPI_IN_PLACE(), 0, Element.kind.mpiDatatype, base, mpiCounts, displacements,
+                                         Element.kind.mpiDatatype, shim_MPI_COMM_WORLD()), "MPI_Allgatherv")
+                return
+            }
+            for (root, block) in blocks.enumerated() where !block.isEmpty {
+                try broadcastLocked(base + block.lowerBound, count: block.count, root: Int32(root))
+            }
+        }
+    }
+
+    /// Whether blocks of `counts` in a buffer of `total` elements go in one MPI call: every
+    /// count within ``maximumChunkCount`` and every displacement within MPI's `int`.
+    private func fitsOneCall(_ counts: [Int], total: Int) -> Bool {
+        counts.allSatisfy { $0 <= maximumChunkCount } && total <= Int(Int32.max)
+    }
+
     public func barrier() throws {
         try MPIRuntime.shared.withMPI {
             try check(MPI_Barrier(shim_MPI_COMM_WORLD()), "MPI_Barrier")

@@ -24,6 +24,21 @@ public final class SingleProcessCommunicator: Communicator {
         _ = receive.initialize(from: send)
     }
 
+    public func reduceScatter<Element: CommunicableScalar>(_ send: UnsafeBufferPointer<Element>,
+                                                           into receive: UnsafeMutableBufferPointer<Element>,
+                                                           counts: [Int], _ op: ReductionOp) throws {
+        _ = try blockRanges(counts, size: 1, total: send.count, "reduceScatter")
+        guard receive.count == send.count else {
+            throw CommunicationError.invalidArgument("reduceScatter receives \(receive.count) elements, expected \(send.count)")
+        }
+        _ = receive.update(fromContentsOf: send)
+    }
+
+    public func allGather<Element: CommunicableScalar>(_ buffer: UnsafeMutableBufferPointer<Element>,
+                                                       counts: [Int]) throws {
+        _ = try blockRanges(counts, size: 1, total: buffer.count, "allGather")
+    }
+
     public func barrier() throws {}
 
     public func abort(message: String, exitCode: Int32) throws -> Never {

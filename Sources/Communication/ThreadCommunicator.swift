@@ -129,6 +129,71 @@ public final class ThreadCommunicator: Communicator {
         if let failure { throw failure }
     }
 
+    /// Reduces block `rank` of every rank's `send` in rank order `0, 1, …, N-1`, as
+    /// ``allReduce(_:_:)`` does: the block is bitwise that of an all-reduce.
+    public func reduceScatter<Element: CommunicableScalar>(_ send: UnsafeBufferPointer<Element>,
+                                                           into receive: UnsafeMutableBufferPointer<Element>,
+                                                           counts: [Int], _ op: ReductionOp) throws {
+        let mine = Deposit(operation: "reduceScatter(\(op), \(counts))", kind: Element.kind, count: send.count,
+                           address: UnsafeRawPointer(send.baseAddress))
+        let deposits = try group.exchange(mine, rank: rank)
+        var failure = agreement(of: deposits, with: mine)
+        var block = 0 ..< 0
+        if failure == nil {
+            do {
+                block = try blockRanges(counts, size: size, total: send.count, "reduceScatter")[rank]
+                if receive.count != block.count {
+                    failure = .invalidArgument("reduceScatter on rank \(rank) receives \(receive.count) elements, "
+                                                   + "expected \(block.count)")
+                }
+            } catch let error as CommunicationError {
+                failure = error
+            }
+        }
+        var scratch = [Element](repeating: .zero, count: block.count)
+        if failure == nil, !block.isEmpty {
+            scratch.withUnsafeMutableBufferPointer { scratch in
+                for source in 0 ..< deposits.count {
+                    let peer = UnsafeBufferPointer(rebasing: peerBuffer(deposits[source], as: Element.self)[block])
+                    if source == 0 {
+                        _ = scratch.update(fromContentsOf: peer)
+                    } else {
+                        combine(into: scratch, peer, op)
+                    }
+                }
+            }
+        }
+        try group.barrier(rank: rank)  // nobody reads a peer's buffer past this point
+        if let failure { throw failure }
+        _ = receive.update(fromContentsOf: scratch)
+    }
+
+    /// Copies block `r` of rank `r`'s buffer into every other rank's: each rank writes only the
+    /// blocks of the others into its own buffer, and its peers read only its own block there.
+    public func allGather<Element: CommunicableScalar>(_ buffer: UnsafeMutableBufferPointer<Element>,
+                                                       counts: [Int]) throws {
+        let mine = Deposit(operation: "allGather(\(counts))", kind: Element.kind, count: buffer.count,
+                           address: UnsafeRawPointer(buffer.baseAddress))
+        let deposits = try group.exchange(mine, rank: rank)
+        var failure = agreement(of: deposits, with: mine)
+        var blocks: [Range<Int>] = []
+        if failure == nil {
+            do {
+                blocks = try blockRanges(counts, size: size, total: buffer.count, "allGather")
+            } catch let error as CommunicationError {
+                failure = error
+            }
+        }
+        if failure == nil {
+            for (source, block) in blocks.enumerated() where source != rank && !block.isEmpty {
+                let peer = UnsafeBufferPointer(rebasing: peerBuffer(deposits[source], as: Element.self)[block])
+                _ = UnsafeMutableBufferPointer(rebasing: buffer[block]).update(fromContentsOf: peer)
+            }
+        }
+        try group.barrier(rank: rank)  // the peers' blocks may change again past this point
+        if let failure { throw failure }
+    }
+
     public func barrier() throws {
         try group.barrier(rank: rank)
     }

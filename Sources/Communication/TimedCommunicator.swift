@@ -13,8 +13,8 @@ public final class TimedCommunicator: Communicator, @unchecked Sendable {
     public private(set) var seconds = 0.0
     /// Collective calls since construction or ``reset()``.
     public private(set) var calls = 0
-    /// Bytes handed to all-reduces and broadcasts, and received by all-gathers, since
-    /// construction or ``reset()``.
+    /// Bytes handed to all-reduces, reduce-scatters and broadcasts, and received by all-gathers,
+    /// since construction or ``reset()``.
     public private(set) var bytes = 0
 
     public init(_ base: any Communicator) { self.base = base }
@@ -52,6 +52,19 @@ public final class TimedCommunicator: Communicator, @unchecked Sendable {
     public func allGather<Element: CommunicableScalar>(_ send: UnsafeBufferPointer<Element>,
                                                        into receive: UnsafeMutableBufferPointer<Element>) throws {
         try timed(bytes: receive.count * MemoryLayout<Element>.stride) { try base.allGather(send, into: receive) }
+    }
+
+    public func reduceScatter<Element: CommunicableScalar>(_ send: UnsafeBufferPointer<Element>,
+                                                           into receive: UnsafeMutableBufferPointer<Element>,
+                                                           counts: [Int], _ op: ReductionOp) throws {
+        try timed(bytes: send.count * MemoryLayout<Element>.stride) {
+            try base.reduceScatter(send, into: receive, counts: counts, op)
+        }
+    }
+
+    public func allGather<Element: CommunicableScalar>(_ buffer: UnsafeMutableBufferPointer<Element>,
+                                                       counts: [Int]) throws {
+        try timed(bytes: buffer.count * MemoryLayout<Element>.stride) { try base.allGather(buffer, counts: counts) }
     }
 
     public func barrier() throws {

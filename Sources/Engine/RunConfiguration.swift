@@ -139,6 +139,9 @@ public struct OptimizerConfiguration: Codable, Equatable, Sendable {
     public var beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8
     /// Clip gradients to this global norm (0: no clipping).
     public var clipGradientNorm = 0.0
+    /// Shard the update over the ranks (ZeRO-1: reduce-scatter the gradient, update 1/P of the
+    /// parameters, all-gather them): `automatic` on 2 ranks or more for a large enough model.
+    public var shardedUpdate = ShardedUpdate.automatic
 }
 
 /// How long to train and how the learning rate moves.

@@ -15,11 +15,19 @@ import Tensor
 ///    and clipping to ``clipGradientNorm`` when set;
 /// 6. set the learning rate and update every parameter.
 ///
+/// With a sharded update (``sharded``, ``ShardedOptimizerStep``) step 4 is a reduce-scatter,
+/// steps 5 and 6 work on this rank's share of the gradient (the norm all-reduced from the
+/// shares), and the parameters are all-gathered after the update: the same bytes as the
+/// all-reduce, 1/P of the update. Call ``gatherOptimizerState()`` on every rank before reading
+/// the optimizer's slots.
+///
 /// Nothing is allocated here: a steady step allocates only what `forwardBackward` does.
 public final class TrainStep<Scalar: LayerScalar> {
     public let parameters: ParameterStore<Scalar>
     public let optimizer: any Optimizer<Scalar>
     public let synchronizer: GradientSynchronizer<Scalar>
+    /// The sharded update, when this step shards it (nil: every rank updates everything).
+    public let sharded: ShardedOptimizerStep<Scalar>?
     /// Clip the gradients to this global norm (0: no clipping).
     public var clipGradientNorm: Double
     /// Stop on a non-finite loss or gradient norm (training); probes leave it off.
@@ -62,12 +70,17 @@ public final class TrainStep<Scalar: LayerScalar> {
     ///   - clipGradientNorm: 0 (default) for no clipping.
     ///   - checksFiniteness: stop on a non-finite loss or gradient (default true).
     ///   - measuresGradientNorm: measure the global gradient norm (default true).
+    ///   - shardedUpdate: when to shard the update over the ranks (default `.never`: the probes'
+    ///     small stores; the trainer passes its config's choice).
     public init(parameters: ParameterStore<Scalar>, optimizer: any Optimizer<Scalar>, communicator: any Communicator,
-                clipGradientNorm: Double = 0, checksFiniteness: Bool = true, measuresGradientNorm: Bool = true) {
+                clipGradientNorm: Double = 0, checksFiniteness: Bool = true, measuresGradientNorm: Bool = true,
+                shardedUpdate: ShardedUpdate = .never) {
         precondition(optimizer.parameters === parameters, "the optimizer updates another parameter store")
         self.parameters = parameters
         self.optimizer = optimizer
         synchronizer = GradientSynchronizer(parameters: parameters, communicator: communicator)
+        sharded = shardedUpdate.shards(worldSize: communicator.size, parameterCount: parameters.count)
+            ? ShardedOptimizerStep(parameters: parameters, optimizer: optimizer, communicator: communicator) : nil
         self.clipGradientNorm = clipGradientNorm
         self.checksFiniteness = checksFiniteness
         reportsGradientNorm = measuresGradientNorm
@@ -86,6 +99,17 @@ public final class TrainStep<Scalar: LayerScalar> {
         if checksFiniteness && !loss.loss.isFinite {
             throw Failure.nonFiniteLoss(loss: loss.loss, terms: loss.terms.filter { !$0.value.isFinite }.map(\.name))
         }
+        if let sharded {
+            try sharded.reduceScatterGradients()
+            let norm = try measuresGradientNorm ? sharded.gradientNorm() : .nan
+            if checksFiniteness && !norm.isFinite { throw Failure.nonFiniteGradient(norm: norm) }
+            if clipGradientNorm > 0 { sharded.clipGradients(maxNorm: clipGradientNorm, norm: norm) }
+            clock?.mark("all-reduce")
+            optimizer.learningRate = learningRate
+            try sharded.step()
+            clock?.mark("update")
+            return Outcome(loss: loss, gradientNorm: norm)
+        }
         try synchronizer.allReduceGradients()
         let norm = measuresGradientNorm ? parameters.gradientNorm() : .nan
         if checksFiniteness && !norm.isFinite { throw Failure.nonFiniteGradient(norm: norm) }
@@ -97,6 +121,13 @@ public final class TrainStep<Scalar: LayerScalar> {
         return Outcome(loss: loss, gradientNorm: norm)
     }
 
-    /// The bytes of the gradient all-reduce of one step.
-    public var gradientBytes: Int { synchronizer.bytesPerStep }
+    /// Makes the optimizer's slots whole on every rank after sharded steps (nothing to do
+    /// otherwise): every rank must call it before any reads them, e.g. to write a checkpoint.
+    public func gatherOptimizerState() throws {
+        try sharded?.gatherOptimizerState()
+    }
+
+    /// The bytes of the gradient's collective of one step: the all-reduce, or with a sharded
+    /// update the reduce-scatter (the parameters' all-gather receives as many again).
+    public var gradientBytes: Int { sharded?.bytesPerStep ?? synchronizer.bytesPerStep }
 }

@@ -85,6 +85,8 @@ public final class Trainer<R: Recipe> {
     public let totalSteps: Int
     private let schedule: LearningRateSchedule
     private let trainStep: TrainStep<Float>
+    /// Whether the steps shard the optimizer update over the ranks (`optimizer.sharded_update`).
+    public var shardsUpdate: Bool { trainStep.sharded != nil }
     /// `communicator`, timed: the training step's collectives go through it.
     private let collectives: TimedCommunicator
     private let log: (String) -> Void
@@ -128,7 +130,8 @@ public final class Trainer<R: Recipe> {
             totalSteps: totalSteps, finalFraction: schedule.finalLearningRateFraction).validated()
         collectives = TimedCommunicator(communicator)
         trainStep = TrainStep(parameters: recipe.parameters, optimizer: optimizer, communicator: collectives,
-                              clipGradientNorm: configuration.optimizer.clipGradientNorm)
+                              clipGradientNorm: configuration.optimizer.clipGradientNorm,
+                              shardedUpdate: configuration.optimizer.shardedUpdate)
         self.checkpoints = checkpoints ?? HDF5CheckpointDirectory(directory: RunDirectory.checkpointsPath(of: runDirectory))
     }
 
@@ -239,7 +242,8 @@ public final class Trainer<R: Recipe> {
 
     // MARK: Checkpoints
 
-    /// The state to save now.
+    /// The state to save now. With a sharded update (``shardsUpdate``) the optimizer's slots are
+    /// whole only after ``writeCheckpoint(final:)``, which gathers them and which every run ends with.
     public func makeCheckpoint() throws -> Checkpoint {
         let position = recipe.position(ofStep: step)
         var groups: [String: StateDict] = [:], counts: [String: Int] = [:], scalars: [String: [String: Double]] = [:]
@@ -278,6 +282,8 @@ public final class Trainer<R: Recipe> {
                                 + "(lower optimizer.learning_rate, or set optimizer.clip_gradient_norm); "
                                 + "the last good checkpoint is \(lastGoodCheckpoint ?? "none")")
         }
+        // A sharded update leaves each rank's slots current on its share only.
+        try trainStep.gatherOptimizerState()
         let path = checkpoints.path(step: step)
         try communicator.together {
             guard communicator.isRoot else { return }

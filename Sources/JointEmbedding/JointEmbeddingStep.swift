@@ -23,6 +23,8 @@ public final class JointEmbeddingStep {
     public private(set) var embeddings: [Tensor<Float>] = []
     /// The path the last evaluation took.
     public private(set) var lastReduction = StatisticsReduction.statistics
+    /// How the last evaluation combined moments over ranks (nil: none were).
+    public private(set) var lastMomentCombination: MomentCombination?
 
     public init(model: Model<Float>, objective: any Objective<Float>, seed: UInt64,
                 reduction: StatisticsReduction = .automatic, costModel: ReductionCostModel = ReductionCostModel(),
@@ -58,6 +60,7 @@ public final class JointEmbeddingStep {
                                                                       reduction: reduction, costModel: costModel,
                                                                       rowCounts: rowCounts, workspace: workspace))
         lastReduction = result.reduction
+        lastMomentCombination = result.momentCombination
         clock.mark("objective")
         guard result.loss.isFinite else { return StepLoss(loss: result.loss, terms: result.terms) }
         try passes.backward(model: model, context: context)

@@ -47,10 +47,8 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
         let plan = BarlowTwins.plan(dimension: d)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
         var statistics = FusedStatistics<Scalar>()
-        var moments = GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                            partitionCount: batch.partitionCount, in: &statistics,
-                                            workspace: context.workspace)
-        moments.accumulate(batch.statisticsViews, partition: batch.partition, into: &statistics)
+        var moments = batch.moments(viewCount: 2, dimension: d, secondMoments: secondMoments, in: &statistics)
+        try batch.accumulate(&moments, rows: batch.statisticsViews, into: &statistics)
 
         // The one all-reduce.
         try batch.allReduce(&statistics)
@@ -100,7 +98,8 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
         Tensor.gemm(centred[0], kScalar, into: gradients[1], beta: 1)
         return ObjectiveResult(loss: loss,
                                terms: [ObjectiveTerm("on_diagonal", onDiagonal), ObjectiveTerm("off_diagonal", offDiagonal)],
-                               communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+                               communicatedBytes: batch.communicatedBytes, reduction: batch.path,
+                               momentCombination: batch.momentCombination)
     }
 
     /// The second moments Barlow Twins reduces: each view's variances and the cross moment.
@@ -108,13 +107,13 @@ public struct BarlowTwins<Scalar: TensorScalar & CommunicableScalar>: Objective 
 
     /// What Barlow Twins' statistics of two views of `dimension` features cost (see
     /// ``ReductionCostModel``): the `D × D` cross moment, the `2·D` variances, and per rank its
-    /// row count and exact means. Per row: the cross moment's `2·D²` to form, and the two
+    /// row count and exact means (or, with a shared mean, one all-reduce of the count and both
+    /// views' sums before). Per row: the cross moment's `2·D²` to form, and the two
     /// gradient products `Ẑ₂c Kᵀ`, `Ẑ₁c K` of this rank's rows, `4·D²`.
     public static func plan(dimension d: Int) -> StatisticsPlan {
-        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                                      partitions: 1)
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments)
         return StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed, elementsPerRank: size.perRank,
-                              flopsPerRow: Double(2 * d * d), allReduceCount: 1, gradientFlopsPerRow: Double(4 * d * d))
+                              meanElements: size.sharedMean, flopsPerRow: Double(2 * d * d), allReduceCount: 1, gradientFlopsPerRow: Double(4 * d * d))
     }
 }
 

@@ -11,6 +11,20 @@ public enum StatisticsReduction: String, ConfigurationChoice {
     case gather
 }
 
+/// How the statistics path combines the moments of the ranks' rows (see `GlobalMoments`). Both
+/// give the moments of one process on the global batch; they differ in what they move.
+public enum MomentCombination: String, Sendable, Codable, CaseIterable {
+    /// Each rank adds its row count and exact mean in slots of its own to the one all-reduce
+    /// (`elementsPerRank` of the plan, `1 + V·D·w` elements a rank) and every rank adds the
+    /// between-rank part: no extra collective, but a buffer that grows with the world size.
+    case perRankMeans = "per_rank_means"
+    /// A first all-reduce of the counts and column sums (`1 + V·D` `Double`s, the plan's
+    /// `meanElements`) gives every rank the global mean, about which each centres its rows, so
+    /// the moments add up directly: one more small collective, a buffer independent of the
+    /// world size.
+    case sharedMean = "shared_mean"
+}
+
 /// The cost model that picks between the statistics path and the gather path.
 ///
 /// Both paths are exact; they differ in what they move and what they repeat. For a world of
@@ -40,6 +54,16 @@ public enum StatisticsReduction: String, ConfigurationChoice {
 /// (per view the Gram block of this rank's rows against all rows, and its product with the
 /// rows; the second collective is the all-reduce of the two block norms, 16 bytes). Gathering
 /// wins when `D²` is large against `N·D` and the FLOPs it repeats are cheap on the machine.
+///
+/// On the statistics path the moments are combined in the cheaper of the two exact
+/// ``MomentCombination``s (``combination(plan:worldSize:scalarBytes:)``): per-rank means add
+/// `P·perRank` elements to the all-reduce, a shared mean one all-reduce of `meanElements`
+/// `Double`s before it:
+///
+///     per-rank means: R · allReduce((fixed + P·perRank)·s / R)
+///     shared mean:    allReduce(8·meanElements) + R · allReduce(fixed·s / R)
+///
+/// so per-rank means win on few ranks and high latency, a shared mean as `P` grows.
 public struct ReductionCostModel: Sendable, Equatable {
     /// The fixed cost of one collective message step, in seconds (``CollectiveModel/latency``).
     public var latency: Double
@@ -59,13 +83,30 @@ public struct ReductionCostModel: Sendable, Equatable {
     /// The collectives of this model's latency and bandwidth.
     public var collectives: CollectiveModel { CollectiveModel(latency: latency, bandwidth: bandwidth) }
 
-    /// The estimated seconds of each path for one evaluation.
+    /// The estimated seconds of each path for one evaluation (the statistics path in the
+    /// combination ``combination(plan:worldSize:scalarBytes:)`` picks).
     public func cost(of path: StatisticsReduction, plan: StatisticsPlan, worldSize: Int,
                      globalBatchSize: Int, largestRankCount: Int, scalarBytes: Int) -> Double {
-        plan.communicationSeconds(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
-                                  largestRankCount: largestRankCount, scalarBytes: scalarBytes, collectives: collectives)
+        let combination = path == .statistics
+            ? self.combination(plan: plan, worldSize: worldSize, scalarBytes: scalarBytes) : .perRankMeans
+        return plan.communicationSeconds(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                                         largestRankCount: largestRankCount, scalarBytes: scalarBytes,
+                                         collectives: collectives, combination: combination)
             + plan.flops(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
                          largestRankCount: largestRankCount) / flopRate
+    }
+
+    /// The cheaper way to combine the moments on the statistics path: a shared mean when its
+    /// extra all-reduce costs less than the per-rank slots it saves; per-rank means on a tie,
+    /// on one rank and for a plan without means to share. It depends only on the plan and
+    /// the world size, so every rank picks the same.
+    public func combination(plan: StatisticsPlan, worldSize: Int, scalarBytes: Int) -> MomentCombination {
+        guard worldSize > 1, plan.meanElements > 0 else { return .perRankMeans }
+        func seconds(_ combination: MomentCombination) -> Double {
+            plan.communicationSeconds(on: .statistics, worldSize: worldSize, globalBatchSize: 0, largestRankCount: 0,
+                                      scalarBytes: scalarBytes, collectives: collectives, combination: combination)
+        }
+        return seconds(.sharedMean) < seconds(.perRankMeans) ? .sharedMean : .perRankMeans
     }
 
     /// The cheaper path (the statistics path on a tie, and always on one rank).
@@ -93,8 +134,13 @@ public struct StatisticsPlan: Sendable, Equatable {
     public var dimension: Int
     /// Statistics elements independent of the world size.
     public var fixedElements: Int
-    /// Statistics elements per rank (the per-rank counts and means of the exact combination).
+    /// Statistics elements per rank with per-rank means (``MomentCombination/perRankMeans``:
+    /// each rank's count and exact means in slots of its own).
     public var elementsPerRank: Int
+    /// The `Double`s of the first all-reduce with a shared mean (``MomentCombination/sharedMean``):
+    /// the row count and the column sums of every view, `1 + V·D` a set of moments; 0 when the
+    /// objective has no moments (then the statistics do not depend on the world size anyway).
+    public var meanElements: Int
     /// Floating-point operations to form the statistics of one row.
     public var flopsPerRow: Double
     /// All-reduces the statistics path takes (1, or 2 when the backward pass needs batch sums).
@@ -110,13 +156,14 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// global batch of `N < D/2` rows (see ``usesGramForm(globalBatchSize:)``).
     public var gramForm: Bool
 
-    public init(viewCount: Int, dimension: Int, fixedElements: Int, elementsPerRank: Int, flopsPerRow: Double,
-                allReduceCount: Int, gradientFlopsPerRow: Double = 0, flopsPerEvaluation: Double = 0,
+    public init(viewCount: Int, dimension: Int, fixedElements: Int, elementsPerRank: Int, meanElements: Int = 0,
+                flopsPerRow: Double, allReduceCount: Int, gradientFlopsPerRow: Double = 0, flopsPerEvaluation: Double = 0,
                 gramForm: Bool = false) {
         self.viewCount = viewCount
         self.dimension = dimension
         self.fixedElements = fixedElements
         self.elementsPerRank = elementsPerRank
+        self.meanElements = meanElements
         self.flopsPerRow = flopsPerRow
         self.allReduceCount = allReduceCount
         self.gradientFlopsPerRow = gradientFlopsPerRow
@@ -124,8 +171,23 @@ public struct StatisticsPlan: Sendable, Equatable {
         self.gramForm = gramForm
     }
 
-    /// The statistics elements for `partitions` ranks.
+    /// The statistics elements for `partitions` ranks with per-rank means.
     public func elementCount(partitions: Int) -> Int { fixedElements + elementsPerRank * partitions }
+
+    /// The statistics elements of the large all-reduce(s) for `partitions` ranks: with per-rank
+    /// means ``elementCount(partitions:)``; with a shared mean ``fixedElements``, whatever `P`
+    /// (its counts and sums go in a first all-reduce of ``meanElements`` `Double`s).
+    public func elementCount(partitions: Int, combination: MomentCombination) -> Int {
+        sharesMean(combination) ? fixedElements : elementCount(partitions: partitions)
+    }
+
+    /// Whether `combination` takes the shared-mean form: asked for, and the plan has means.
+    private func sharesMean(_ combination: MomentCombination) -> Bool {
+        combination == .sharedMean && meanElements > 0
+    }
+
+    /// The bytes of the shared mean's first all-reduce: ``meanElements`` `Double`s.
+    private var meanBytes: Int { meanElements * MemoryLayout<Double>.stride }
 
     /// Whether an objective with a Gram form uses it for a global batch of `globalBatchSize`
     /// rows it holds entirely: when `2N < D`, where the `N × N` products cost less than the
@@ -142,35 +204,40 @@ public struct StatisticsPlan: Sendable, Equatable {
     private static var gramNormBytes: Int { 2 * MemoryLayout<Double>.stride }
 
     /// The collectives one evaluation takes on `path`, the row counts being known (none on one
-    /// rank): the statistics path's ``allReduceCount``; on the gather path the all-gather of
-    /// the rows, and in the Gram form the all-reduce of the block norms.
-    public func collectiveCount(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int) -> Int {
+    /// rank): the statistics path's ``allReduceCount``, plus the means' all-reduce with a shared
+    /// mean; on the gather path the all-gather of the rows, and in the Gram form the all-reduce
+    /// of the block norms.
+    public func collectiveCount(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
+                                combination: MomentCombination = .perRankMeans) -> Int {
         guard worldSize > 1 else { return 0 }
         if path == .gather { return takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) ? 2 : 1 }
-        return allReduceCount
+        return allReduceCount + (sharesMean(combination) ? 1 : 0)
     }
 
     /// The bytes one evaluation hands to collectives on `path` — all-reduce buffers plus
     /// all-gather receive buffers, what ``ObjectiveResult/communicatedBytes`` reports when the
     /// row counts are known (``ObjectiveContext/rowCounts``): `S·s` on the statistics path;
     /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus 16 in the Gram form, on the
-    /// gather path; 0 on one rank.
+    /// gather path; 0 on one rank. With a shared mean the statistics path hands over `fixed·s`
+    /// plus the means' `8·meanElements`.
     public func communicatedBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
-                                  largestRankCount: Int, scalarBytes: Int) -> Int {
+                                  largestRankCount: Int, scalarBytes: Int,
+                                  combination: MomentCombination = .perRankMeans) -> Int {
         guard worldSize > 1 else { return 0 }
         if path == .gather {
             let rows = worldSize * largestRankCount * viewCount * dimension * scalarBytes
             return rows + (takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
                            ? StatisticsPlan.gramNormBytes : 0)
         }
-        return elementCount(partitions: worldSize) * scalarBytes
+        return elementCount(partitions: worldSize, combination: combination) * scalarBytes
+            + (sharesMean(combination) ? meanBytes : 0)
     }
 
     /// The bytes one rank sends on `path` with bandwidth-optimal collectives: `2(P−1)/P` times
     /// an all-reduce's buffer (a ring, or reduce-scatter then all-gather), and `(P−1)` times
     /// this rank's block in an all-gather; 0 on one rank.
     public func sentBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int, largestRankCount: Int,
-                          scalarBytes: Int) -> Double {
+                          scalarBytes: Int, combination: MomentCombination = .perRankMeans) -> Double {
         guard worldSize > 1 else { return 0 }
         let p = Double(worldSize), allReduceFactor = 2 * (p - 1) / p
         if path == .gather {
@@ -179,16 +246,20 @@ public struct StatisticsPlan: Sendable, Equatable {
                 ? allReduceFactor * Double(StatisticsPlan.gramNormBytes) : 0
             return (p - 1) * block + norms
         }
-        return allReduceFactor * Double(elementCount(partitions: worldSize) * scalarBytes)
+        return allReduceFactor * Double(communicatedBytes(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                                                          largestRankCount: largestRankCount, scalarBytes: scalarBytes,
+                                                          combination: combination))
     }
 
     /// The seconds of one evaluation's collectives on `path` under `collectives`: the
-    /// statistics path's ``allReduceCount`` all-reduces, as equal parts of its buffer; on the
-    /// gather path the all-gather of the rows padded to the largest rank, and in the Gram form
-    /// the all-reduce of the block norms; 0 on one rank.
+    /// statistics path's ``allReduceCount`` all-reduces, as equal parts of its buffer (after
+    /// the means' all-reduce with a shared mean); on the gather path the all-gather of the rows
+    /// padded to the largest rank, and in the Gram form the all-reduce of the block norms; 0
+    /// on one rank.
     public func communicationSeconds(on path: StatisticsReduction, worldSize p: Int, globalBatchSize n: Int,
                                      largestRankCount nMax: Int, scalarBytes s: Int,
-                                     collectives: CollectiveModel) -> Double {
+                                     collectives: CollectiveModel,
+                                     combination: MomentCombination = .perRankMeans) -> Double {
         let count = collectiveCount(on: path, worldSize: p, globalBatchSize: n)
         guard count > 0 else { return 0 }
         let bytes = Double(communicatedBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
@@ -199,7 +270,9 @@ public struct StatisticsPlan: Sendable, Equatable {
             // The Gram form's second collective: the block norms (the rest of the bytes).
             return count > 1 ? rows + collectives.allReduce(bytes: bytes - Double(p) * block, worldSize: p) : rows
         }
-        return Double(count) * collectives.allReduce(bytes: bytes / Double(count), worldSize: p)
+        let statistics = Double(elementCount(partitions: p, combination: combination) * s)
+        let means = sharesMean(combination) ? collectives.allReduce(bytes: Double(meanBytes), worldSize: p) : 0
+        return means + Double(allReduceCount) * collectives.allReduce(bytes: statistics / Double(allReduceCount), worldSize: p)
     }
 
     /// The floating-point operations of the slowest rank (the one with `largestRankCount`
@@ -295,6 +368,10 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
     let partition: Int
     /// The rows of every rank, when known (given, needed by the path, or asked for).
     let rowCounts: [Int]?
+    /// How the moments of the ranks are combined: set on the statistics path on several ranks
+    /// for a plan with means (the cost model's ``ReductionCostModel/combination(plan:worldSize:scalarBytes:)``),
+    /// nil elsewhere (one partition holds every row).
+    let momentCombination: MomentCombination?
     /// The bytes passed to collectives so far.
     private(set) var communicatedBytes = 0
 
@@ -333,6 +410,9 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
         if path == .gather || needsRowCounts { counts = try gatheredCounts() }
         self.path = path
         rowCounts = counts
+        momentCombination = path == .statistics && worldSize > 1 && plan.meanElements > 0
+            ? context.costModel.combination(plan: plan, worldSize: worldSize, scalarBytes: MemoryLayout<Scalar>.stride)
+            : nil
 
         if path == .gather, let counts {
             statisticsViews = try GlobalBatch.gatherRows(views, counts: counts, communicator: communicator,
@@ -354,10 +434,41 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
 
     /// Sums `statistics` over ranks on the statistics path; does nothing on the gather path,
     /// whose statistics are already those of the whole batch.
-    mutating func allReduce(_ statistics: inout FusedStatistics<Scalar>) throws {
+    mutating func allReduce<Element: TensorScalar & CommunicableScalar>(_ statistics: inout FusedStatistics<Element>) throws {
         guard path == .statistics, communicator.size > 1 else { return }
         try statistics.withUnsafeMutableBufferPointer { try communicator.allReduce($0, .sum) }
-        communicatedBytes += statistics.values.count * MemoryLayout<Scalar>.stride
+        communicatedBytes += statistics.values.count * MemoryLayout<Element>.stride
+    }
+
+    /// Moments of `viewCount` views in this batch's partitions and combination, reserved in
+    /// `buffer` (see ``GlobalMoments/init(viewCount:dimension:secondMoments:partitionCount:combination:in:workspace:workspaceSlot:)``).
+    func moments(viewCount: Int, dimension: Int, secondMoments: [GlobalMoments<Scalar>.SecondMoment],
+                 in buffer: inout FusedStatistics<Scalar>, workspaceSlot: Int = 0) -> GlobalMoments<Scalar> {
+        GlobalMoments(viewCount: viewCount, dimension: dimension, secondMoments: secondMoments,
+                      partitionCount: partitionCount, combination: momentCombination ?? .perRankMeans, in: &buffer,
+                      workspace: workspace, workspaceSlot: workspaceSlot)
+    }
+
+    /// Writes the local statistics of each set of moments (`moments[g]` of the statistics rows
+    /// `rows[g]`) into `statistics`; with a shared mean first all-reduces the counts and sums of
+    /// all of them at once, so that each is formed about its global mean.
+    mutating func accumulate(_ moments: inout [GlobalMoments<Scalar>], rows: [[Tensor<Scalar>]],
+                             into statistics: inout FusedStatistics<Scalar>) throws {
+        if momentCombination == .sharedMean {
+            var sums = FusedStatistics<Double>()
+            for g in moments.indices { moments[g].accumulateSums(rows[g], into: &sums) }
+            try allReduce(&sums)
+            for g in moments.indices { moments[g].readMeans(sums) }
+        }
+        for g in moments.indices { moments[g].accumulate(rows[g], partition: partition, into: &statistics) }
+    }
+
+    /// ``accumulate(_:rows:into:)`` for one set of moments.
+    mutating func accumulate(_ moments: inout GlobalMoments<Scalar>, rows: [Tensor<Scalar>],
+                             into statistics: inout FusedStatistics<Scalar>) throws {
+        var group = [moments]
+        try accumulate(&group, rows: [rows], into: &statistics)
+        moments = group[0]
     }
 
     /// Sums per-rank values that the gather path leaves local (each rank's share of a sum over

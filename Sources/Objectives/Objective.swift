@@ -82,12 +82,17 @@ public struct ObjectiveResult: Sendable {
     public var communicatedBytes: Int
     /// The path that was taken (`.statistics` or `.gather`).
     public var reduction: StatisticsReduction
+    /// How moments were combined over ranks on the statistics path (nil when no moments were:
+    /// one rank, the gather path, an objective without moments).
+    public var momentCombination: MomentCombination?
 
-    public init(loss: Double, terms: [ObjectiveTerm], communicatedBytes: Int, reduction: StatisticsReduction) {
+    public init(loss: Double, terms: [ObjectiveTerm], communicatedBytes: Int, reduction: StatisticsReduction,
+                momentCombination: MomentCombination? = nil) {
         self.loss = loss
         self.terms = terms
         self.communicatedBytes = communicatedBytes
         self.reduction = reduction
+        self.momentCombination = momentCombination
     }
 
     /// The value of the term `name`, if the objective reports one.

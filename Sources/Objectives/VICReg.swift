@@ -51,11 +51,9 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
             return try evaluateGram(&batch, gradients: gradients)
         }
         var statistics = FusedStatistics<Scalar>()
-        var moments = GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                            partitionCount: batch.partitionCount, in: &statistics,
-                                            workspace: context.workspace)
+        var moments = batch.moments(viewCount: 2, dimension: d, secondMoments: secondMoments, in: &statistics)
         let squaredDistance = statistics.reserve(1)
-        moments.accumulate(batch.statisticsViews, partition: batch.partition, into: &statistics)
+        try batch.accumulate(&moments, rows: batch.statisticsViews, into: &statistics)
         statistics[squaredDistance.lowerBound] = Scalar(VICReg.squaredDistance(batch.statisticsViews))
 
         // The one all-reduce.
@@ -99,14 +97,14 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
 
     /// What VICReg's statistics of two views of `dimension` features cost (see
     /// ``ReductionCostModel``): the packed lower triangles of both covariances, the summed
-    /// squared distance between the views, and per rank its row count and exact means. Per
+    /// squared distance between the views, and per rank its row count and exact means (or,
+    /// with a shared mean, one all-reduce of the count and both views' sums before). Per
     /// row: two covariance rows to form (syrk, `D²` each) and per view the gradient product
     /// `(x − μ) G`, `2·D²`; the Gram form when it holds every row and `2N < D`.
     public static func plan(dimension d: Int) -> StatisticsPlan {
-        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                                      partitions: 1)
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments)
         return StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 1,
-                              elementsPerRank: size.perRank, flopsPerRow: Double(2 * d * d), allReduceCount: 1,
+                              elementsPerRank: size.perRank, meanElements: size.sharedMean, flopsPerRow: Double(2 * d * d), allReduceCount: 1,
                               gradientFlopsPerRow: Double(4 * d * d), gramForm: true)
     }
 
@@ -227,7 +225,8 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         ObjectiveResult(loss: invarianceWeight * invariance + varianceWeight * variance + covarianceWeight * covariance,
                         terms: [ObjectiveTerm("invariance", invariance), ObjectiveTerm("variance", variance),
                                 ObjectiveTerm("covariance", covariance)],
-                        communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+                        communicatedBytes: batch.communicatedBytes, reduction: batch.path,
+                        momentCombination: batch.momentCombination)
     }
 
     /// Copies the strictly lower triangle of the `d × d` row-major matrix into the upper one,

@@ -69,12 +69,9 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         // Statistics: the moments of both views of every sub-batch.
         var forward = FusedStatistics<Scalar>()
         var moments = subBatches.indices.map { g in
-            GlobalMoments<Scalar>(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                  partitionCount: batch.partitionCount, in: &forward, workspace: workspace, workspaceSlot: g)
+            batch.moments(viewCount: 2, dimension: d, secondMoments: secondMoments, in: &forward, workspaceSlot: g)
         }
-        for (g, rows) in groupViews.enumerated() {
-            moments[g].accumulate(rows, partition: batch.partition, into: &forward)
-        }
+        try batch.accumulate(&moments, rows: groupViews, into: &forward)
 
         // The first all-reduce.
         try batch.allReduce(&forward)
@@ -119,7 +116,8 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
         }
         for v in 0..<2 { gradients[v].copy(from: statisticsGradients[v].rows(localRows)) }
         return ObjectiveResult(loss: loss, terms: [ObjectiveTerm("alignment", loss)],
-                               communicatedBytes: batch.communicatedBytes, reduction: batch.path)
+                               communicatedBytes: batch.communicatedBytes, reduction: batch.path,
+                               momentCombination: batch.momentCombination)
     }
 
     /// The second moments W-MSE reduces: the covariance of each view.
@@ -128,7 +126,8 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// What W-MSE's statistics of two views of `dimension` features cost (see
     /// ``ReductionCostModel``), for one whitened batch (sub-batches of `whiteningSize` repeat
     /// the moments once each): the forward moments (packed covariances, per rank the row
-    /// count and exact means), then the backward sums `Σ g x̃ᵀ`, `Σ g` of both views and the
+    /// count and exact means — or a shared mean's all-reduce of the count and sums before),
+    /// then the backward sums `Σ g x̃ᵀ`, `Σ g` of both views and the
     /// loss — two all-reduces.
     ///
     /// Per statistics row and view, all formed for every statistics row (so repeated on the
@@ -137,11 +136,10 @@ public struct WMSE<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// view, independent of the rows: the Cholesky factor and its inverse (`D³`, in `Double`)
     /// and the three `D × D × D` products of the backward pass (`6·D³`).
     public static func plan(dimension d: Int) -> StatisticsPlan {
-        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments,
-                                                      partitions: 1)
+        let size = GlobalMoments<Scalar>.elementCount(viewCount: 2, dimension: d, secondMoments: secondMoments)
         let cube = Double(d) * Double(d) * Double(d)
         return StatisticsPlan(viewCount: 2, dimension: d, fixedElements: size.fixed + 2 * (d * d + d) + 1,
-                              elementsPerRank: size.perRank, flopsPerRow: Double(18 * d * d), allReduceCount: 2,
+                              elementsPerRank: size.perRank, meanElements: size.sharedMean, flopsPerRow: Double(18 * d * d), allReduceCount: 2,
                               flopsPerEvaluation: 2 * (cube + 6 * cube))
     }
 

@@ -76,9 +76,11 @@ public final class AdamW<Scalar: TensorScalar>: Optimizer {
         self.excludeBiasAndNormalization = excludeBiasAndNormalization
         expAvg = Tensor(zeros: [parameters.count])
         expAvgSq = Tensor(zeros: [parameters.count])
-        targets = OptimizerTarget.all(of: parameters) { [expAvg, expAvgSq] view in
-            State(expAvg: view(expAvg), expAvgSq: view(expAvgSq))
-        }
+        targets = OptimizerTarget.all(of: parameters, state: self.state)
+    }
+
+    public func state(_ view: (Tensor<Scalar>) -> Tensor<Scalar>) -> State {
+        State(expAvg: view(expAvg), expAvgSq: view(expAvgSq))
     }
 
     public var slotNames: [String] { ["exp_avg", "exp_avg_sq"] }

@@ -36,9 +36,16 @@ extension ParameterStore {
     public func clipGradientNorm(maxNorm: Double) -> Double {
         precondition(maxNorm > 0, "clipGradientNorm: maxNorm \(maxNorm) must be positive")
         let total = gradientNorm()
-        guard total.isFinite else { return total }
-        let coefficient = maxNorm / (total + 1e-6)
-        if coefficient < 1 { gradients.scale(by: Scalar(coefficient)) }
+        if let coefficient = Self.clippingFactor(norm: total, maxNorm: maxNorm) { gradients.scale(by: Scalar(coefficient)) }
         return total
+    }
+
+    /// The factor ``clipGradientNorm(maxNorm:)`` scales the gradients by when their global norm
+    /// is `total`: `maxNorm / (total + 1e-6)` when below 1; nil when the gradients stay as they
+    /// are (a small or non-finite norm). The sharded step clips its share by the same factor.
+    public static func clippingFactor(norm total: Double, maxNorm: Double) -> Double? {
+        guard total.isFinite else { return nil }
+        let coefficient = maxNorm / (total + 1e-6)
+        return coefficient < 1 ? coefficient : nil
     }
 }

@@ -75,8 +75,10 @@ public final class LARS<Scalar: TensorScalar>: Optimizer {
         self.eta = eta
         self.excludedLearningRateFactor = excludedLearningRateFactor
         mu = Tensor(zeros: [parameters.count])
-        targets = OptimizerTarget.all(of: parameters) { [mu] view in view(mu) }
+        targets = OptimizerTarget.all(of: parameters, state: self.state)
     }
+
+    public func state(_ view: (Tensor<Scalar>) -> Tensor<Scalar>) -> Tensor<Scalar> { view(mu) }
 
     public var slotNames: [String] { ["mu"] }
 
@@ -89,43 +91,75 @@ public final class LARS<Scalar: TensorScalar>: Optimizer {
     /// filter, negated): weights only.
     public static func isAdapted(_ role: ParameterRole) -> Bool { role == .weight }
 
+    /// ‖p‖² and ‖g + λp‖²: the trust ratio's norms, summed piece by piece in the sharded step.
+    public var sumsPerParameter: Int { 2 }
+
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     public func applySingle(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state buffer: Tensor<Scalar>,
                             role: ParameterRole) {
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: 2) { sums in
+            sums.initialize(repeating: 0)
+            accumulateSums(gradient: gradient, parameter: parameter, role: role, into: sums)
+            applyPiece(gradient: gradient, parameter: parameter, state: buffer, role: role,
+                       sums: UnsafeBufferPointer(sums))
+        }
+    }
+
+    /// Adds `‖p‖²` and `‖g + λp‖²` of the piece to `sums[0]`, `sums[1]` (weights only: the
+    /// others are not adapted).
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    public func accumulateSums(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, role: ParameterRole,
+                               into sums: UnsafeMutableBufferPointer<Double>) {
+        guard LARS.isAdapted(role) else { return }
+        let decay = Scalar(weightDecay)
+        parameter.withUnsafeBufferPointer { p in
+            gradient.withUnsafeBufferPointer { g in
+                // ‖p‖² and ‖g + λp‖² in one pass over p and g, four lanes each (see
+                // `Tensor.laneSum`): the update is memory-bound.
+                var ps = SIMD4<Double>(), us = SIMD4<Double>()
+                var i = 0
+                while i + 4 <= p.count {
+                    let x = SIMD4<Double>(Double(p[i]), Double(p[i + 1]), Double(p[i + 2]), Double(p[i + 3]))
+                    let d = SIMD4<Double>(Double(g[i] + decay * p[i]), Double(g[i + 1] + decay * p[i + 1]),
+                                          Double(g[i + 2] + decay * p[i + 2]), Double(g[i + 3] + decay * p[i + 3]))
+                    ps += x * x
+                    us += d * d
+                    i += 4
+                }
+                var parameterSquares = ps.sum(), updateSquares = us.sum()
+                while i < p.count {
+                    let d = Double(g[i] + decay * p[i])
+                    parameterSquares += Double(p[i]) * Double(p[i])
+                    updateSquares += d * d
+                    i += 1
+                }
+                sums[0] += parameterSquares
+                sums[1] += updateSquares
+            }
+        }
+    }
+
+    /// The update of the piece with the trust ratio of the whole parameter's norms.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    public func applyPiece(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state buffer: Tensor<Scalar>,
+                           role: ParameterRole, sums: UnsafeBufferPointer<Double>) {
         let adapted = LARS.isAdapted(role)
         let decay = Scalar(adapted ? weightDecay : 0)
         let m = Scalar(momentum)
         let lr = Scalar(adapted ? learningRate : learningRate * excludedLearningRateFactor)
+        var trustRatio: Scalar = 1
+        if adapted {
+            let parameterNorm = sums[0].squareRoot(), updateNorm = sums[1].squareRoot()
+            if parameterNorm > 0 && updateNorm > 0 {
+                trustRatio = Scalar(eta * parameterNorm / updateNorm)
+            }
+        }
         parameter.withUnsafeMutableBufferPointer { p in
             gradient.withUnsafeBufferPointer { g in
                 buffer.withUnsafeMutableBufferPointer { b in
-                    var trustRatio: Scalar = 1
-                    if adapted {
-                        // ‖p‖² and ‖g + λp‖² in one pass over p and g, four lanes each (see
-                        // `Tensor.laneSum`): the update is memory-bound.
-                        var ps = SIMD4<Double>(), us = SIMD4<Double>()
-                        var i = 0
-                        while i + 4 <= p.count {
-                            let x = SIMD4<Double>(Double(p[i]), Double(p[i + 1]), Double(p[i + 2]), Double(p[i + 3]))
-                            let d = SIMD4<Double>(Double(g[i] + decay * p[i]), Double(g[i + 1] + decay * p[i + 1]),
-                                                  Double(g[i + 2] + decay * p[i + 2]), Double(g[i + 3] + decay * p[i + 3]))
-                            ps += x * x
-                            us += d * d
-                            i += 4
-                        }
-                        var parameterSquares = ps.sum(), updateSquares = us.sum()
-                        while i < p.count {
-                            let d = Double(g[i] + decay * p[i])
-                            parameterSquares += Double(p[i]) * Double(p[i])
-                            updateSquares += d * d
-                            i += 1
-                        }
-                        let parameterNorm = parameterSquares.squareRoot(), updateNorm = updateSquares.squareRoot()
-                        if parameterNorm > 0 && updateNorm > 0 {
-                            trustRatio = Scalar(eta * parameterNorm / updateNorm)
-                        }
-                    }
                     for i in 0..<p.count {
                         let d = (g[i] + decay * p[i]) * trustRatio
                         b[i] = m * b[i] + d

@@ -8,6 +8,8 @@ import Layers
 //   (momentum buffers, moment estimates) lives in flat buffers of the store's layout, one a
 //   *slot*, so a checkpoint saves `/optimizer/<parameter name>/<slot>` as views.
 // - `GradientSynchronizer` sums the gradients of the global batch over the ranks.
+// - `ShardedOptimizerStep` splits that sum into a reduce-scatter and an all-gather of the
+//   parameters, with each rank's update of its share (ZeRO-1) in between.
 // - `ParameterStore.clipGradientNorm(maxNorm:)` clips by the global norm.
 // - `LearningRateSchedule` gives the learning rate of every step.
 //
@@ -49,6 +51,9 @@ public protocol Optimizer<Scalar>: AnyObject {
     func slot(_ name: String) -> Tensor<Scalar>
     /// Every parameter with its views, cut once at construction.
     var targets: [OptimizerTarget<Scalar, State>] { get }
+    /// The state of one parameter, or of a contiguous piece of one, from its views of the
+    /// slots: `view` cuts a flat slot buffer to the parameter (or the piece).
+    func state(_ view: (Tensor<Scalar>) -> Tensor<Scalar>) -> State
 
     /// Updates one parameter in place from its gradient and state (updated in place too).
     ///
@@ -56,6 +61,33 @@ public protocol Optimizer<Scalar>: AnyObject {
     /// - Parameter role: what the parameter is; optimizers that exclude biases and
     ///   normalisation parameters from weight decay or adaptation test it.
     func applySingle(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state: State, role: ParameterRole)
+
+    // MARK: Pieces of a parameter (the sharded step)
+
+    /// The sums over a whole parameter its update needs: 0 for element-wise updates (SGD,
+    /// AdamW), which a piece of a parameter can take alone; LARS needs 2 (`‖p‖²`, `‖g + λp‖²`).
+    var sumsPerParameter: Int { get }
+    /// Adds a piece's share of the sums of its parameter to `sums` (``sumsPerParameter`` of them).
+    func accumulateSums(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, role: ParameterRole,
+                        into sums: UnsafeMutableBufferPointer<Double>)
+    /// Updates a piece of a parameter in place, given the sums of the whole parameter: what
+    /// ``applySingle(gradient:parameter:state:role:)`` does to the piece's elements.
+    func applyPiece(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state: State, role: ParameterRole,
+                    sums: UnsafeBufferPointer<Double>)
+}
+
+extension Optimizer {
+    /// Element-wise updates need no sums.
+    public var sumsPerParameter: Int { 0 }
+
+    public func accumulateSums(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, role: ParameterRole,
+                               into sums: UnsafeMutableBufferPointer<Double>) {}
+
+    /// An element-wise update of a piece is the update of its elements.
+    public func applyPiece(gradient: Tensor<Scalar>, parameter: Tensor<Scalar>, state: State, role: ParameterRole,
+                           sums: UnsafeBufferPointer<Double>) {
+        applySingle(gradient: gradient, parameter: parameter, state: state, role: role)
+    }
 }
 
 /// One parameter of a store with flat views of its value, its gradient and its optimizer state.
@@ -70,7 +102,7 @@ public struct OptimizerTarget<Scalar: TensorScalar, State> {
     public let state: State
 
     /// Cuts the views of every parameter of `store`; `makeState` cuts the state of one entry
-    /// with `flatView(slot)`.
+    /// with `flatView(slot)` (an optimizer's ``Optimizer/state(_:)``).
     static func all(of store: ParameterStore<Scalar>,
                     state makeState: (_ flatView: (Tensor<Scalar>) -> Tensor<Scalar>) -> State) -> [OptimizerTarget] {
         store.entries.map { entry in

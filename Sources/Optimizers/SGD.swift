@@ -64,8 +64,10 @@ public final class SGD<Scalar: TensorScalar>: Optimizer {
         self.nesterov = nesterov
         self.excludeBiasAndNormalization = excludeBiasAndNormalization
         momentumBuffer = Tensor(zeros: [parameters.count])
-        targets = OptimizerTarget.all(of: parameters) { [momentumBuffer] view in view(momentumBuffer) }
+        targets = OptimizerTarget.all(of: parameters, state: self.state)
     }
+
+    public func state(_ view: (Tensor<Scalar>) -> Tensor<Scalar>) -> Tensor<Scalar> { view(momentumBuffer) }
 
     public var slotNames: [String] { ["momentum_buffer"] }
 

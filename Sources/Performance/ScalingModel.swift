@@ -24,6 +24,12 @@ extension Benchmarks {
 ///     batch norm  per BN layer and view: all-reduce of (1 + 2C) Doubles forward, 2C backward
 ///     gradient    one all-reduce of every parameter's gradient (parameters × 4 bytes)
 ///
+/// With a sharded update (``Benchmarks/StepOptions/shardedUpdate`` decides, as the trainer's
+/// `optimizer.sharded_update` does) the gradient's all-reduce becomes a reduce-scatter of the
+/// gradient and an all-gather of the parameters (the same bytes), plus the all-reduces of the
+/// global norm (one `Double`) and, with LARS, of its per-parameter norms (two `Double`s a
+/// parameter tensor); and each rank takes `1/P` of the overhead (norm and update).
+///
 /// The objective's sizes and FLOPs are its ``StatisticsPlan`` (the one its evaluation builds)
 /// and the path is the one ``ReductionCostModel/choose(plan:worldSize:globalBatchSize:largestRankCount:scalarBytes:)``
 /// takes — with the trainer's cost model (``trainerCostModel``, the default
@@ -105,6 +111,8 @@ public struct ScalingModel: Sendable {
     public let parameterCount: Int
     /// The features of every synchronised batch norm of the model, in forward order.
     public let batchNormFeatures: [Int]
+    /// The model's parameter tensors (LARS all-reduces two norms of each in a sharded update).
+    public let parameterTensorCount: Int
 
     /// The scalar type of the embeddings, gradients and statistics: `Float`.
     static let scalarBytes = MemoryLayout<Float>.stride
@@ -122,7 +130,9 @@ public struct ScalingModel: Sendable {
         let parts: [Sequential<Float>] = [description.encoder.makeNetwork(Float.self),
                                           description.projector?.makeNetwork(Float.self),
                                           description.predictor?.makeNetwork(Float.self)].compactMap { $0 }
-        parameterCount = parts.flatMap { $0.parameterSpecs() }.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let specs = parts.flatMap { $0.parameterSpecs() }
+        parameterCount = specs.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        parameterTensorCount = specs.count
         batchNormFeatures = parts.flatMap { ScalingModel.batchNormFeatures(of: $0) }
     }
 
@@ -152,19 +162,28 @@ public struct ScalingModel: Sendable {
         }
     }
 
-    /// What the objective costs the slowest rank on `path`.
+    /// How the trainer combines the objective's moments on the statistics path on `worldSize`
+    /// ranks: its cost model's choice (``ReductionCostModel/combination(plan:worldSize:scalarBytes:)``).
+    public func momentCombination(worldSize p: Int) -> MomentCombination {
+        trainerCostModel.combination(plan: plan, worldSize: p, scalarBytes: ScalingModel.scalarBytes)
+    }
+
+    /// What the objective costs the slowest rank on `path` (the statistics path in the
+    /// trainer's ``momentCombination(worldSize:)``).
     public func objectiveCost(on path: StatisticsReduction, worldSize p: Int, globalBatchSize n: Int,
                               largestRankCount nMax: Int) -> ScalingPrediction.PathCost {
         let s = ScalingModel.scalarBytes
-        let count = plan.collectiveCount(on: path, worldSize: p, globalBatchSize: n)
+        let combination = path == .statistics ? momentCombination(worldSize: p) : .perRankMeans
+        let count = plan.collectiveCount(on: path, worldSize: p, globalBatchSize: n, combination: combination)
         let bytes = plan.communicatedBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
-                                           scalarBytes: s)
+                                           scalarBytes: s, combination: combination)
         let seconds = plan.communicationSeconds(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
-                                                scalarBytes: s, collectives: machine.collectives)
+                                                scalarBytes: s, collectives: machine.collectives, combination: combination)
         let flops = plan.flops(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax)
         return ScalingPrediction.PathCost(
             collectives: count, communicatedBytes: bytes,
-            sentBytes: plan.sentBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax, scalarBytes: s),
+            sentBytes: plan.sentBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax, scalarBytes: s,
+                                      combination: combination),
             communicationSeconds: seconds, flops: flops, seconds: seconds + flops / machine.objectiveFlopRate)
     }
 
@@ -202,13 +221,24 @@ public struct ScalingModel: Sendable {
         let normSeconds = Double(views) * normMessages.reduce(0) { $0 + collectives.allReduce(bytes: Double($1), worldSize: p) }
 
         let objective = path == .gather ? gather : statistics
-        let compute = modelFLOPs / machine.flopRate + machine.overhead
-        let gradientSeconds = collectives.allReduce(bytes: Double(gradientBytes), worldSize: p)
+        let sharded = options.shardedUpdate.shards(worldSize: p, parameterCount: parameterCount)
+        let compute = modelFLOPs / machine.flopRate + (sharded ? machine.overhead / Double(p) : machine.overhead)
+        let gradientSeconds: Double
+        if sharded {
+            let sums = options.optimizer == .lars ? 2 * parameterTensorCount * double : 0
+            gradientSeconds = collectives.reduceScatter(bytes: Double(gradientBytes), worldSize: p)
+                + collectives.allGather(bytesPerRank: Double(gradientBytes) / Double(p), worldSize: p)
+                + collectives.allReduce(bytes: Double(double), worldSize: p)
+                + (sums > 0 ? collectives.allReduce(bytes: Double(sums), worldSize: p) : 0)
+        } else {
+            gradientSeconds = collectives.allReduce(bytes: Double(gradientBytes), worldSize: p)
+        }
         let stepSeconds = compute + objective.seconds + normSeconds + gradientSeconds
         return ScalingPrediction(
             worldSize: p, globalBatch: n, rowsPerRank: nMax, path: path, machinePath: machinePath,
+            momentCombination: path == .statistics && p > 1 && plan.meanElements > 0 ? momentCombination(worldSize: p) : nil,
             gramForm: plan.takesGramForm(on: path, worldSize: p, globalBatchSize: n),
-            statistics: statistics, gather: gather,
+            statistics: statistics, gather: gather, shardedUpdate: sharded,
             gradientBytes: p > 1 ? gradientBytes : 0, gradientSentBytes: factor * Double(gradientBytes),
             gradientSeconds: gradientSeconds,
             batchNormAllReduces: p > 1 ? views * normMessages.count : 0,
@@ -240,19 +270,21 @@ public struct ScalingModel: Sendable {
                 + "path: the trainer's cost model (\(f(trainer.latency * 1e6)) µs, \(f(trainer.bandwidth / 1e9)) GB/s, \(f(trainer.flopRate / 1e9)) GFLOP/s), * where the machine's would take the other",
             "# MB sent: per rank and step, with bandwidth-optimal collectives",
         ]
-        let header: [(String, Int)] = [("ranks", 6), ("N", 7), ("rows", 5), ("path", 14), ("stats MB", 9), ("gather MB", 9),
-                                       ("obj ms", 8), ("BN ms", 7), ("grad MB", 8), ("grad ms", 8), ("compute ms", 10),
+        let header: [(String, Int)] = [("ranks", 6), ("N", 7), ("rows", 5), ("path", 18), ("stats MB", 9), ("gather MB", 9),
+                                       ("obj ms", 8), ("BN ms", 7), ("grad MB", 8), ("grad ms", 8), ("update", 8), ("compute ms", 10),
                                        ("step ms", 9), ("samples/s", 10), ("eff", 5)]
         lines.append(header.map { String(repeating: " ", count: max(0, $0.1 - $0.0.count)) + $0.0 }.joined(separator: " "))
         for prediction in predictions {
             let path = prediction.path.rawValue + (prediction.gramForm ? "+Gram" : "")
+                + (prediction.momentCombination == .sharedMean ? "+shared" : "")
                 + (prediction.machinePath == prediction.path ? "" : "*")
             let cells: [(String, Int)] = [
                 ("\(prediction.worldSize)", 6), ("\(prediction.globalBatch)", 7), ("\(prediction.rowsPerRank)", 5),
-                (prediction.worldSize == 1 ? "—" : path, 14),
+                (prediction.worldSize == 1 ? "—" : path, 18),
                 (f(prediction.statistics.sentBytes / 1e6, 2), 9), (f(prediction.gather.sentBytes / 1e6, 2), 9),
                 (f(prediction.objectiveSeconds * 1e3), 8), (f(prediction.batchNormSeconds * 1e3, 2), 7),
                 (f(prediction.gradientSentBytes / 1e6), 8), (f(prediction.gradientSeconds * 1e3), 8),
+                (prediction.shardedUpdate ? "sharded" : "all", 8),
                 (f(prediction.computeSeconds * 1e3), 10), (f(prediction.stepSeconds * 1e3), 9),
                 (f(prediction.samplesPerSecond, 0), 10), (f(prediction.efficiency, 2), 5),
             ]
@@ -289,11 +321,18 @@ public struct ScalingPrediction: Sendable, Codable, Equatable {
     public var path: StatisticsReduction
     /// The path a cost model of the machine's numbers would take.
     public var machinePath: StatisticsReduction
+    /// How the objective's moments are combined on ``path`` (nil when no moments are
+    /// combined over ranks: one rank, the gather path, an objective without moments).
+    public var momentCombination: MomentCombination?
     /// Whether the objective takes its Gram form on ``path``.
     public var gramForm: Bool
     /// The objective on each path.
     public var statistics: PathCost, gather: PathCost
-    /// The gradient all-reduce: bytes handed to it, bytes a rank sends, seconds.
+    /// Whether the update is sharded over the ranks (the gradient reduce-scattered, the
+    /// parameters all-gathered, `1/P` of the overhead a rank).
+    public var shardedUpdate: Bool
+    /// The gradient all-reduce (sharded: the reduce-scatter, the parameters' all-gather and the
+    /// norms' all-reduces): bytes handed to the gradient's collective, bytes a rank sends, seconds.
     public var gradientBytes: Int, gradientSentBytes: Double, gradientSeconds: Double
     /// Batch norm's all-reduces a step (forward and backward, both views), their bytes and seconds.
     public var batchNormAllReduces: Int, batchNormBytes: Int, batchNormSeconds: Double

@@ -14,7 +14,8 @@ import Tensor
 /// A step is what ``Trainer`` does between two batches: zero the gradients, forward both views
 /// (stacked into one batch of two row groups), the objective, backward, the gradient all-reduce
 /// (single process: the identity, through the same ``GradientSynchronizer``), the gradient
-/// norm, and the LARS update.
+/// norm, and the LARS update — sharded over the ranks as the trainer's `optimizer.sharded_update`
+/// decides (``StepOptions/shardedUpdate``).
 public enum Benchmarks {
     /// The objectives a benchmark can run: every registered one (``ObjectiveRegistry``).
     public typealias ObjectiveName = Objectives.ObjectiveName
@@ -59,11 +60,13 @@ public enum Benchmarks {
         /// SIGReg / LeJEPA projection directions.
         public var directions: Int
         public var seed: UInt64
+        /// When the update is sharded over the ranks (the trainer's default: `automatic`).
+        public var shardedUpdate: ShardedUpdate
 
         public init(encoder: [Int] = [784, 1024, 1024], projector: [Int] = [1024, 2048, 2048], network: NetworkDescription? = nil,
                     configuredModel: ModelDescription? = nil, batch: Int = 256,
                     objective: ObjectiveName = .vicreg, optimizer: StepOptimizer = .lars, steps: Int = 20, warmup: Int = 3,
-                    directions: Int = 1024, seed: UInt64 = 0) {
+                    directions: Int = 1024, seed: UInt64 = 0, shardedUpdate: ShardedUpdate = .automatic) {
             self.encoder = encoder
             self.projector = projector
             self.network = network
@@ -75,6 +78,7 @@ public enum Benchmarks {
             self.warmup = warmup
             self.directions = directions
             self.seed = seed
+            self.shardedUpdate = shardedUpdate
         }
 
         /// The model the trainer would build (VICReg's projector: without a last bias).
@@ -261,6 +265,12 @@ public enum Benchmarks {
         /// The encoder in a line (``StepOptions/encoderSummary``) and one input's shape.
         public var encoderSummary: String, inputShape: [Int]
         public var optimizer: String
+        /// The objective's path on the last step (`statistics`, `gather`, `gather+Gram`), with
+        /// the moments' combination over ranks when there was one (`statistics, shared mean`).
+        public var reduction: String
+        /// How the update was taken: `replicated` (every rank updates everything) or
+        /// `sharded over P ranks`.
+        public var update: String
         public var blasThreads: Int
         /// The ranks that ran the step, each on `batch` rows per view.
         public var ranks: Int
@@ -292,7 +302,7 @@ public enum Benchmarks {
         public var loss: Double
 
         enum CodingKeys: String, CodingKey {
-            case objective, encoder, projector, batch, encoderSummary, inputShape, optimizer, blasThreads, ranks, steps, medianMilliseconds, minimumMilliseconds,
+            case objective, encoder, projector, batch, encoderSummary, inputShape, optimizer, reduction, update, blasThreads, ranks, steps, medianMilliseconds, minimumMilliseconds,
                  phases, collectiveMilliseconds, collectiveBytes, collectiveFraction, samplesPerSecond, modelGFLOP, objectiveGFLOP, gflopPerStep, achievedGFLOPS, sgemmGFLOPS,
                  sgemmLargestGFLOPS, largestGEMM, fractionOfSGEMM, loss
         }
@@ -306,6 +316,8 @@ public enum Benchmarks {
             try c.encode(encoderSummary, forKey: .encoderSummary)
             try c.encode(inputShape, forKey: .inputShape)
             try c.encode(optimizer, forKey: .optimizer)
+            try c.encode(reduction, forKey: .reduction)
+            try c.encode(update, forKey: .update)
             try c.encode(blasThreads, forKey: .blasThreads)
             try c.encode(ranks, forKey: .ranks)
             try c.encode(steps, forKey: .steps)
@@ -335,6 +347,8 @@ public enum Benchmarks {
                 ("model", "encoder \(encoderSummary) projector \(projector), \(batch) rows \(inputShape) × 2 views"
                     + (ranks > 1 ? " on each of \(ranks) ranks" : "") + ", \(optimizer)"),
                 ("BLAS threads", ranks > 1 ? "\(blasThreads) per rank" : "\(blasThreads)"),
+                ("objective path", reduction),
+                ("update", update),
                 ("ms/step", "median \(f(medianMilliseconds)), min \(f(minimumMilliseconds)) over \(steps) steps"),
                 ("  phases (median ms)", "forward \(f(phases.forward)), objective \(f(phases.objective)), backward \(f(phases.backward)), all-reduce \(f(phases.allReduce)), update \(f(phases.update))"),
                 ("  layers (median ms)", LayerPhase.allCases.compactMap { phase in
@@ -385,7 +399,7 @@ public enum Benchmarks {
             optimizer = try SGD(parameters: model.parameters, learningRate: learningRate, momentum: 0.9, weightDecay: 5e-4)
         }
         let trainStep = TrainStep(parameters: model.parameters, optimizer: optimizer, communicator: communicator,
-                                  checksFiniteness: false)
+                                  checksFiniteness: false, shardedUpdate: options.shardedUpdate)
         let modelStep = JointEmbeddingStep(model: model, objective: try makeObjective(options.objective, directions: options.directions),
                                            seed: options.seed, rowCounts: [Int](repeating: options.batch, count: communicator.size))
         let inputs = (0..<2).map { v in
@@ -422,6 +436,10 @@ public enum Benchmarks {
             communicatedBytes = communicator.bytes
         }
         let path = modelStep.lastReduction
+        let plan = try statisticsPlan(options.objective, dimension: options.embeddingWidth, directions: options.directions)
+        let gram = plan.takesGramForm(on: path, worldSize: communicator.size, globalBatchSize: options.batch * communicator.size)
+        let reduction = path.rawValue + (gram ? "+Gram" : "")
+            + (modelStep.lastMomentCombination.map { $0 == .sharedMean ? ", shared mean" : ", per-rank means" } ?? "")
         let medianMs = median(totals)
         let phase = { (i: Int) in median(phases.map { $0[i] }) }
         let modelGFLOP = gemms.reduce(0) { $0 + $1.flops } / 1e9
@@ -437,7 +455,9 @@ public enum Benchmarks {
                           encoder: { if case let .mlp(d) = description.encoder { return d.widths } else { return [] } }(),
                           projector: { if case let .mlp(d)? = description.projector { return d.widths } else { return [] } }(),
                           batch: options.batch, encoderSummary: options.encoderSummary, inputShape: options.inputShape,
-                          optimizer: options.optimizer.rawValue, blasThreads: BLASThreads.count, ranks: communicator.size,
+                          optimizer: options.optimizer.rawValue, reduction: reduction,
+                          update: trainStep.sharded == nil ? "replicated" : "sharded over \(communicator.size) ranks",
+                          blasThreads: BLASThreads.count, ranks: communicator.size,
                           steps: options.steps,
                           medianMilliseconds: medianMs, minimumMilliseconds: totals.min() ?? 0,
                           phases: stepPhases,

@@ -6,7 +6,10 @@ import Communication
 /// Each rank fills its buffers from its rank with values chosen so that every result is exact
 /// in any summation order: floating-point values are small multiples of 1/8, integer sums stay
 /// in range (`UInt8` up to 4 ranks). Results are reported under keys `"<op>.<kind>"`, e.g.
-/// `"sum.float32"`, `"broadcast.int64"` (root `size - 1`), `"allGather.uint8"`.
+/// `"sum.float32"`, `"broadcast.int64"` (root `size - 1`), `"allGather.uint8"`; and, on uneven
+/// blocks (``blockCounts(size:count:)``), `"reduceScatter.<op>.<kind>"` (each rank's reduced
+/// block, gathered back in place: the whole reduction) and `"allGatherBlocks.<kind>"` (each
+/// rank's block of its own values, gathered in place).
 public enum CollectivesFixture {
     /// The input buffer of `rank` for element type `Element`.
     public static func values<Element: CommunicableScalar>(_ type: Element.Type, rank: Int, count: Int) -> [Element] {
@@ -51,9 +54,32 @@ public enum CollectivesFixture {
         return results
     }
 
+    /// The blocks of the block collectives on `size` ranks: `count`, `count − 1`, … elements
+    /// (never fewer than 0), so they are uneven and, from `count + 1` ranks on, some are empty.
+    public static func blockCounts(size: Int, count: Int) -> [Int] {
+        (0 ..< size).map { Swift.max(0, count - $0) }
+    }
+
     private static func run<Element: CommunicableScalar>(_ type: Element.Type, on communicator: any Communicator,
                                                          count: Int, into results: inout [String: JSONValue]) throws {
         let rank = communicator.rank
+        let counts = blockCounts(size: communicator.size, count: count), total = counts.reduce(0, +)
+        let block = counts[..<rank].reduce(0, +) ..< counts[...rank].reduce(0, +)
+        for op in ReductionOp.allCases {
+            let send = values(Element.self, rank: rank, count: total)
+            var mine = [Element](repeating: .zero, count: counts[rank])
+            try send.withUnsafeBufferPointer { send in
+                try mine.withUnsafeMutableBufferPointer { try communicator.reduceScatter(send, into: $0, counts: counts, op) }
+            }
+            var whole = [Element](repeating: .zero, count: total)
+            whole.replaceSubrange(block, with: mine)
+            try whole.withUnsafeMutableBufferPointer { try communicator.allGather($0, counts: counts) }
+            results["reduceScatter.\(op).\(Element.kind)"] = JSONValue(whole)
+        }
+        var blocks = [Element](repeating: .zero, count: total)
+        blocks.replaceSubrange(block, with: values(Element.self, rank: rank, count: counts[rank]))
+        try blocks.withUnsafeMutableBufferPointer { try communicator.allGather($0, counts: counts) }
+        results["allGatherBlocks.\(Element.kind)"] = JSONValue(blocks)
         for op in ReductionOp.allCases {
             var buffer = values(Element.self, rank: rank, count: count)
             try communicator.allReduce(&buffer, op)
@@ -70,18 +96,28 @@ public enum CollectivesFixture {
                                                               into results: inout [String: JSONValue]) {
         let inputs = (0 ..< size).map { values(Element.self, rank: $0, count: count) }
         for op in ReductionOp.allCases {
-            let reduced = (0 ..< count).map { i in
-                inputs.dropFirst().reduce(inputs[0][i]) { partial, input in
-                    switch op {
-                    case .sum: return partial + input[i]
-                    case .max: return Swift.max(partial, input[i])
-                    case .min: return Swift.min(partial, input[i])
-                    }
-                }
-            }
-            results["\(op).\(Element.kind)"] = JSONValue(reduced)
+            results["\(op).\(Element.kind)"] = JSONValue(reduce(inputs, op))
         }
         results["broadcast.\(Element.kind)"] = JSONValue(inputs[size - 1])
         results["allGather.\(Element.kind)"] = JSONValue(inputs.flatMap { $0 })
+        let counts = blockCounts(size: size, count: count), total = counts.reduce(0, +)
+        let wholes = (0 ..< size).map { values(Element.self, rank: $0, count: total) }
+        for op in ReductionOp.allCases {
+            results["reduceScatter.\(op).\(Element.kind)"] = JSONValue(reduce(wholes, op))
+        }
+        results["allGatherBlocks.\(Element.kind)"] = JSONValue((0 ..< size).flatMap { values(Element.self, rank: $0, count: counts[$0]) })
+    }
+
+    /// The element-wise reduction of the ranks' `inputs` (all of one count) in rank order.
+    private static func reduce<Element: CommunicableScalar>(_ inputs: [[Element]], _ op: ReductionOp) -> [Element] {
+        (0 ..< (inputs.first?.count ?? 0)).map { i in
+            inputs.dropFirst().reduce(inputs[0][i]) { partial, input in
+                switch op {
+                case .sum: return partial + input[i]
+                case .max: return Swift.max(partial, input[i])
+                case .min: return Swift.min(partial, input[i])
+                }
+            }
+        }
     }
 }

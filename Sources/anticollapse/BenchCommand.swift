@@ -9,6 +9,7 @@ import Tensor
 import Engine
 import JointEmbedding
 import Layers
+import Optimizers
 import Performance
 
 /// The benchmark suite: step, objective, comm, data and checkpoint (step and comm also run on
@@ -105,6 +106,8 @@ struct StepBench: ParsableCommand {
     @OptionGroup var objective: ObjectiveOptions
     @Option(help: "The optimizer: lars (the VICReg reference's) or sgd (momentum 0.9, weight decay 5e-4).")
     var optimizer = Benchmarks.StepOptimizer.lars
+    @Option(help: "Shard the update over the ranks (ZeRO-1): automatic (as the trainer: 2 ranks or more, a large enough model), always, never.")
+    var shardedUpdate = ShardedUpdate.automatic
     @Option(help: "Timed steps.") var steps = 20
     @Option(help: "Untimed steps first.") var warmup = 3
     @OptionGroup var threads: ThreadOptions
@@ -119,7 +122,7 @@ struct StepBench: ParsableCommand {
         BLASThreads.configure(override: threads.threads)
         var options = Benchmarks.StepOptions(projector: try model.projectorWidths, batch: batch,
                                              objective: objective.objective, optimizer: optimizer, steps: steps,
-                                             warmup: warmup, directions: objective.directions)
+                                             warmup: warmup, directions: objective.directions, shardedUpdate: shardedUpdate)
         if let config = network.config {
             options.configuredModel = try TrainingConfiguration.load(file: config).model
         } else if let description = try network.description(kind: model.encoder) {
@@ -138,6 +141,7 @@ struct StepBench: ParsableCommand {
 }
 
 extension Benchmarks.StepOptimizer: ExpressibleByArgument {}
+extension ShardedUpdate: ExpressibleByArgument {}
 
 /// The options of `bench step` that describe a convolutional or transformer encoder
 /// (`--encoder convnet|resnet|vit`); unset ones take the description's defaults.
@@ -314,6 +318,8 @@ struct ScalingBench: ParsableCommand {
     var overheadMs = 0.0
     @Flag(help: "Measure --gflops, --objective-gflops and --overhead-ms with a short one-process bench step of this shape first.")
     var calibrate = false
+    @Option(help: "Shard the update over the ranks: automatic (the trainer's default), always, never.")
+    var shardedUpdate = ShardedUpdate.automatic
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var output: JSONOptions
 
@@ -344,7 +350,7 @@ struct ScalingBench: ParsableCommand {
     func run() throws {
         var options = Benchmarks.StepOptions(encoder: try model.encoderWidths, projector: try model.projectorWidths,
                                              batch: batch ?? 256, objective: objective.objective,
-                                             directions: objective.directions)
+                                             directions: objective.directions, shardedUpdate: shardedUpdate)
         var machine = ScalingModel.Machine(latency: latencyUs * 1e-6, bandwidth: bandwidthGbs * 1e9, flopRate: gflops * 1e9,
                                            objectiveFlopRate: objectiveGflops.map { $0 * 1e9 }, overhead: overheadMs * 1e-3)
         if calibrate {

@@ -14,6 +14,23 @@ final class GoldenObjectiveTests: XCTestCase {
                                                        (4, false), (4, true)]
 
     func testEveryObjectiveMatchesTheGoldenFileOnEverySplitAndPath() throws {
+        try assertEveryObjectiveMatchesTheGoldenFile(paths: [.statistics, .gather], costModel: ReductionCostModel(),
+                                                     combination: .perRankMeans)
+    }
+
+    /// The statistics path with a shared mean (a cost model without latency takes it on every
+    /// world size): the moments formed about the global mean from a first all-reduce of the
+    /// counts and sums match the references as the per-rank form does.
+    func testEveryObjectiveMatchesTheGoldenFileWithASharedMean() throws {
+        try assertEveryObjectiveMatchesTheGoldenFile(paths: [.statistics], costModel: ReductionCostModel(latency: 0),
+                                                     combination: .sharedMean)
+    }
+
+    /// Every case and objective on every split and path of `paths`, with `costModel`; on the
+    /// statistics path on several ranks the objectives with moments must combine them by
+    /// `combination`.
+    func assertEveryObjectiveMatchesTheGoldenFile(paths: [StatisticsReduction], costModel: ReductionCostModel,
+                                                  combination: MomentCombination) throws {
         let cases = try GoldenCase.loadAll()
         XCTAssertEqual(cases.count, 6)
         var worst: [String: (loss: Double, gradient: Double, term: Double)] = [:]
@@ -25,13 +42,16 @@ final class GoldenObjectiveTests: XCTestCase {
                     ? [golden.reference["\(name)/grad_views"]!]
                     : gradientKeys.map { golden.reference["\(name)/\($0)"]! }
                 for (ranks, uneven) in Self.splits {
-                    for reduction in [StatisticsReduction.statistics, .gather] where ranks > 1 || reduction == .statistics {
+                    for reduction in paths where ranks > 1 || reduction == .statistics {
                         let counts = rowSplit(golden.batchSize, ranks: ranks, uneven: uneven)
                         let label = "\(golden.name) \(name) ranks \(counts) \(reduction)"
                         let evaluation = try evaluateSplit(objective, inputs: inputs, dimension: golden.dimension,
-                                                           counts: counts, reduction: reduction)
+                                                           counts: counts, reduction: reduction, costModel: costModel)
                         let result = evaluation.results[0]
                         XCTAssertEqual(result.reduction, reduction, label)
+                        let hasMoments = objective is VICReg<Float> || objective is BarlowTwins<Float> || objective is WMSE<Float>
+                        XCTAssertEqual(Set(evaluation.results.map(\.momentCombination)),
+                                       [ranks > 1 && reduction == .statistics && hasMoments ? combination : nil], label)
                         for other in evaluation.results.dropFirst() {
                             XCTAssertEqual(other.loss, result.loss, "every rank reports the same loss: \(label)")
                         }

@@ -101,7 +101,8 @@ struct SplitEvaluation {
 /// `counts.count` in-process ranks.
 func evaluateSplit<Scalar: TensorScalar & CommunicableScalar>(
     _ objective: any Objective<Scalar>, inputs: [[Double]], dimension: Int, counts: [Int],
-    reduction: StatisticsReduction, step: Int = 0, seed: UInt64 = 0, knownRowCounts: Bool = false
+    reduction: StatisticsReduction, step: Int = 0, seed: UInt64 = 0, knownRowCounts: Bool = false,
+    costModel: ReductionCostModel = ReductionCostModel()
 ) throws -> SplitEvaluation {
     let offsets = counts.indices.map { counts.prefix($0).reduce(0, +) }
     let perRank = try runRanks(counts.count) { communicator -> (ObjectiveResult, [[Double]]) in
@@ -112,7 +113,7 @@ func evaluateSplit<Scalar: TensorScalar & CommunicableScalar>(
         }
         let gradients = views.map { Tensor<Scalar>(shape: $0.shape, repeating: .nan) }
         let context = ObjectiveContext(communicator: communicator, step: step, seed: seed, reduction: reduction,
-                                       rowCounts: knownRowCounts ? counts : nil)
+                                       costModel: costModel, rowCounts: knownRowCounts ? counts : nil)
         let result = try objective.evaluate(views: views, gradients: gradients, context: context)
         return (result, gradients.map { $0.scalars.map { Double($0) } })
     }

@@ -4,6 +4,7 @@ import Layers
 import Objectives
 import Engine
 import JointEmbedding
+import Optimizers
 import Performance
 import XCTest
 import _TestSupport
@@ -136,6 +137,56 @@ final class ScalingModelTests: XCTestCase {
         XCTAssertEqual(prediction.stepSeconds, prediction.computeSeconds + objective.seconds + prediction.batchNormSeconds
                        + prediction.gradientSeconds, accuracy: 1e-15)
         XCTAssertEqual(prediction.samplesPerSecond, 32 / prediction.stepSeconds, accuracy: 1e-9)
+    }
+
+    /// The sharded update on two ranks by hand: a reduce-scatter of the gradient, an all-gather
+    /// of the parameters, the all-reduces of the norm and of LARS' two norms a parameter tensor,
+    /// and half the overhead; the same bytes on the wire as the all-reduce.
+    func testShardedUpdateOnTwoRanksByHand() throws {
+        let (alpha, beta, rate, overhead) = (7e-6, 2e9, 4e10, 3e-3)
+        let machine = ScalingModel.Machine(latency: alpha, bandwidth: beta, flopRate: rate, overhead: overhead)
+        var options = Benchmarks.StepOptions(encoder: [20, 32, 32], projector: [32, 64, 48], objective: .barlowTwins,
+                                             shardedUpdate: .always)
+        let sharded = try ScalingModel(options: options, machine: machine).predict(worldSize: 2, batch: .perRank(16))
+        options.shardedUpdate = .never
+        let replicated = try ScalingModel(options: options, machine: machine).predict(worldSize: 2, batch: .perRank(16))
+        let model = try ScalingModel(options: options, machine: machine)
+        XCTAssertTrue(sharded.shardedUpdate)
+        XCTAssertFalse(replicated.shardedUpdate)
+        // Weights and biases of 4 linear layers (the last without bias), γ and β of 2 batch norms.
+        XCTAssertEqual(model.parameterTensorCount, 11)
+        let bytes = Double(4 * model.parameterCount)
+        XCTAssertEqual(sharded.gradientSeconds, (alpha + bytes / 2 / beta) + (alpha + bytes / 2 / beta)
+                       + (alpha + 8 / beta) + (alpha + 2 * 11 * 8 / beta), accuracy: 1e-15)
+        XCTAssertEqual(replicated.gradientSeconds, alpha + bytes / beta, accuracy: 1e-15)
+        XCTAssertEqual(sharded.gradientSentBytes, replicated.gradientSentBytes)
+        XCTAssertEqual(replicated.computeSeconds - sharded.computeSeconds, overhead / 2, accuracy: 1e-15)
+        // The trainer's default shards from 131,072 parameters on: the reference model, not this one.
+        XCTAssertFalse(try ScalingModel(options: Benchmarks.StepOptions(encoder: [20, 32, 32], projector: [32, 64, 48]),
+                                        machine: machine).predict(worldSize: 2, batch: .perRank(16)).shardedUpdate)
+        XCTAssertTrue(try ScalingModel(options: Benchmarks.StepOptions(), machine: machine)
+            .predict(worldSize: 2, batch: .perRank(16)).shardedUpdate)
+        XCTAssertFalse(try ScalingModel(options: Benchmarks.StepOptions(), machine: machine)
+            .predict(worldSize: 1, batch: .perRank(16)).shardedUpdate)
+        let collectives = CollectiveModel(latency: alpha, bandwidth: beta)
+        XCTAssertEqual(collectives.reduceScatter(bytes: 1e6, worldSize: 4), 2 * alpha + 0.75e6 / beta, accuracy: 1e-15)
+        XCTAssertEqual(collectives.reduceScatter(bytes: 1e6, worldSize: 1), 0)
+    }
+
+    /// With the trainer's cost model the statistics of VICReg at D = 2048 take per-rank means
+    /// on few ranks and a shared mean on many, whose bytes no longer grow with the world size.
+    func testStatisticsStopGrowingWithTheWorldOnceTheMeanIsShared() throws {
+        let model = try ScalingModel(options: Benchmarks.StepOptions(),
+                                     machine: .init(latency: 20e-6, bandwidth: 10e9, flopRate: 50e9))
+        let plan = VICReg<Float>.plan(dimension: 2048)
+        let predictions = try model.predict(worldSizes: [2, 64, 256, 1024], batch: .perRank(256))
+        XCTAssertEqual(predictions[0].momentCombination, nil, "2 ranks of 256 rows gather (Gram form)")
+        let large = predictions.dropFirst()
+        XCTAssertEqual(large.map(\.path), [.statistics, .statistics, .statistics])
+        XCTAssertEqual(large.map(\.momentCombination), [.sharedMean, .sharedMean, .sharedMean])
+        XCTAssertEqual(Set(large.map(\.statistics.communicatedBytes)), [plan.fixedElements * 4 + plan.meanElements * 8])
+        XCTAssertEqual(large.map(\.statistics.collectives), [2, 2, 2])
+        XCTAssertLessThan(predictions[3].statistics.communicatedBytes, plan.elementCount(partitions: 1024) * 4 / 2)
     }
 
     func testOneRankMovesNothingAndEfficiencyFalls() throws {

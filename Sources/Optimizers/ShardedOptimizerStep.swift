@@ -1,0 +1,194 @@
+import Tensor
+import Communication
+import Layers
+
+/// The optimizer step of a data-parallel job with the update sharded over the ranks (ZeRO
+/// stage 1, Rajbhandari et al., 2020): each rank updates only its share of the parameters.
+///
+/// The gradient all-reduce is a reduce-scatter followed by an all-gather; this step puts the
+/// update between the two halves, on the summed gradient the reduce-scatter leaves:
+///
+/// 1. ``reduceScatterGradients()``: this rank's share of `g = Σ_r g_r` (the store's flat
+///    gradient cut into ``shards``, consecutive and equal to within an element) lands in
+///    ``shardGradient``;
+/// 2. ``gradientNorm()``: the share's squared norm summed over ranks (one all-reduce of a
+///    `Double`), the global norm; ``clipGradients(maxNorm:norm:)`` scales the share by
+///    ``ParameterStore/clippingFactor(norm:maxNorm:)``, as the whole store would be;
+/// 3. ``step()``: the optimizer updates the parameters and slots of the share only — a
+///    parameter cut by a share boundary is updated in pieces; the sums over a whole parameter
+///    an update needs (LARS' norms) are each rank's pieces' sums, all-reduced (a few `Double`s
+///    a parameter) — then the parameters are all-gathered in place.
+///
+/// The bytes on the wire are those of the all-reduce (a reduce-scatter and an all-gather of
+/// `|θ|` elements), while the update's work, memory-bound, is divided by the world size.
+/// Every result is that of one process up to the order of the sums.
+///
+/// The slots stay full-size on every rank, but between steps a rank's copy is current only on
+/// its share: ``gatherOptimizerState()`` makes every slot whole everywhere before anyone reads
+/// it (a checkpoint), so checkpoints hold the world-size-independent state and a run resumes on
+/// any number of ranks. The store's ``ParameterStore/gradients`` keep this rank's contributions
+/// (the summed share is ``shardGradient``).
+public final class ShardedOptimizerStep<Scalar: TensorScalar & CommunicableScalar> {
+    public let parameters: ParameterStore<Scalar>
+    public let optimizer: any Optimizer<Scalar>
+    public let communicator: any Communicator
+    /// Each rank's share of the flat buffers, in rank order: rank `r` holds
+    /// `⌊count·r/P⌋ ..< ⌊count·(r+1)/P⌋`.
+    public let shards: [Range<Int>]
+    /// This rank's share of the summed gradient, after ``reduceScatterGradients()``.
+    public let shardGradient: Tensor<Scalar>
+    /// Whether every rank's slots are whole (true until the first step; after
+    /// ``gatherOptimizerState()``).
+    public private(set) var optimizerStateIsWhole = true
+
+    private let counts: [Int]
+    private let update: OptimizerShard<Scalar>
+    /// The per-parameter sums of ``Optimizer/sumsPerParameter`` (allocated once).
+    private var sums: [Double]
+
+    /// Cuts the shares and the optimizer's views of this rank's.
+    public init(parameters: ParameterStore<Scalar>, optimizer: any Optimizer<Scalar>, communicator: any Communicator) {
+        precondition(optimizer.parameters === parameters, "the optimizer updates another parameter store")
+        self.parameters = parameters
+        self.optimizer = optimizer
+        self.communicator = communicator
+        let count = parameters.count, size = communicator.size
+        shards = (0..<size).map { r in count * r / size ..< count * (r + 1) / size }
+        counts = shards.map(\.count)
+        shardGradient = Tensor(zeros: [counts[communicator.rank]])
+        update = optimizer.shard(shards[communicator.rank], gradient: shardGradient)
+        sums = [Double](repeating: 0, count: update.sumCount)
+    }
+
+    /// The bytes handed to the gradient's reduce-scatter in a step (all of `|θ|`); the
+    /// parameters' all-gather receives as many.
+    public var bytesPerStep: Int { parameters.count * MemoryLayout<Scalar>.stride }
+
+    /// Sums the store's gradients over the ranks into this rank's share, ``shardGradient``.
+    public func reduceScatterGradients() throws {
+        try parameters.gradients.withUnsafeBufferPointer { gradients in
+            try shardGradient.withUnsafeMutableBufferPointer { share in
+                try communicator.reduceScatter(gradients, into: share, counts: counts, .sum)
+            }
+        }
+    }
+
+    /// The global L2 norm of the summed gradient, the same on every rank: the shares' squared
+    /// norms summed over ranks (in `Double`).
+    public func gradientNorm() throws -> Double {
+        try communicator.allReduce(shardGradient.squaredNorm(), .sum).squareRoot()
+    }
+
+    /// Clips this rank's share as ``ParameterStore/clipGradientNorm(maxNorm:)`` clips the whole
+    /// gradient, given its global norm (``gradientNorm()``).
+    public func clipGradients(maxNorm: Double, norm: Double) {
+        precondition(maxNorm > 0, "clipGradients: maxNorm \(maxNorm) must be positive")
+        if let coefficient = ParameterStore<Scalar>.clippingFactor(norm: norm, maxNorm: maxNorm) {
+            shardGradient.scale(by: Scalar(coefficient))
+        }
+    }
+
+    /// Increments the optimizer's step count, updates this rank's share of the parameters and
+    /// slots from ``shardGradient`` (all-reducing the per-parameter sums first when the
+    /// optimizer needs them), then all-gathers the parameters.
+    public func step() throws {
+        optimizer.stepCount += 1
+        if !sums.isEmpty {
+            sums.withUnsafeMutableBufferPointer { sums in
+                sums.update(repeating: 0)
+                update.accumulate(sums)
+            }
+            try communicator.allReduce(&sums, .sum)
+        }
+        sums.withUnsafeBufferPointer { update.apply($0) }
+        try parameters.values.withUnsafeMutableBufferPointer { try communicator.allGather($0, counts: counts) }
+        optimizerStateIsWhole = false
+    }
+
+    /// All-gathers every slot's shares, so that every rank holds the whole optimizer state (what
+    /// one process would hold). Every rank must call it; it does nothing when the state is whole.
+    public func gatherOptimizerState() throws {
+        guard !optimizerStateIsWhole else { return }
+        for name in optimizer.slotNames {
+            try optimizer.slot(name).withUnsafeMutableBufferPointer { try communicator.allGather($0, counts: counts) }
+        }
+        optimizerStateIsWhole = true
+    }
+}
+
+/// An optimizer's update of a contiguous range of the flat buffers (its pieces of the
+/// parameters that meet the range), with the optimizer's state type erased.
+public struct OptimizerShard<Scalar: TensorScalar> {
+    /// The range of the flat buffers.
+    public let range: Range<Int>
+    /// The `Double`s of the per-parameter sums: ``Optimizer/sumsPerParameter`` for every
+    /// parameter of the store, at its index (0 when the update needs none).
+    public let sumCount: Int
+    /// Adds the pieces' sums into a buffer of ``sumCount`` `Double`s.
+    let accumulate: (UnsafeMutableBufferPointer<Double>) -> Void
+    /// Updates the pieces, given the whole parameters' sums.
+    let apply: (UnsafeBufferPointer<Double>) -> Void
+}
+
+extension Optimizer {
+    /// The update of the elements `range` of the flat buffers only: for every parameter that
+    /// meets the range, the piece of its value and slots there and of `gradient` (the range's
+    /// gradient, `range.count` elements).
+    public func shard(_ range: Range<Int>, gradient: Tensor<Scalar>) -> OptimizerShard<Scalar> {
+        precondition(gradient.count == range.count, "gradient of \(gradient.count) elements for \(range)")
+        let perParameter = sumsPerParameter
+        var pieces: [(index: Int, target: OptimizerTarget<Scalar, State>)] = []
+        for (index, entry) in parameters.entries.enumerated() {
+            let start = max(entry.offset, range.lowerBound), end = min(entry.offset + entry.count, range.upperBound)
+            guard start < end else { continue }
+            let piece = start ..< end
+            let cut = { (buffer: Tensor<Scalar>) in buffer.reshaped([buffer.count]).rows(piece) }
+            let local = piece.lowerBound - range.lowerBound ..< piece.upperBound - range.lowerBound
+            pieces.append((index, OptimizerTarget(entry: entry, parameter: cut(parameters.values),
+                                                  gradient: gradient.rows(local), state: state(cut))))
+        }
+        func sumsOf(_ index: Int) -> Range<Int> { index * perParameter ..< (index + 1) * perParameter }
+        let cutPieces = pieces
+        return OptimizerShard(
+            range: range, sumCount: parameters.entries.count * perParameter,
+            accumulate: { sums in
+                for (index, target) in cutPieces {
+                    self.accumulateSums(gradient: target.gradient, parameter: target.parameter, role: target.entry.role,
+                                        into: UnsafeMutableBufferPointer(rebasing: sums[sumsOf(index)]))
+                }
+            },
+            apply: { sums in
+                for (index, target) in cutPieces {
+                    self.applyPiece(gradient: target.gradient, parameter: target.parameter, state: target.state,
+                                    role: target.entry.role, sums: UnsafeBufferPointer(rebasing: sums[sumsOf(index)]))
+                }
+            })
+    }
+}
+
+/// When a data-parallel step shards the optimizer update over the ranks
+/// (``ShardedOptimizerStep``; the config's `optimizer.sharded_update`).
+public enum ShardedUpdate: String, ConfigurationChoice {
+    /// On two ranks or more, for a store of at least ``minimumParameters`` parameters.
+    case automatic
+    /// On two ranks or more.
+    case always
+    /// Never: every rank updates every parameter after one all-reduce.
+    case never
+
+    /// The smallest store `automatic` shards. The update is memory-bound, about 1 ns a
+    /// parameter on one core here (8.2 ms for the reference model's 8.15 M, `docs/SCALING.md`),
+    /// so sharding saves about `(P−1)/P` ns a parameter; it adds the latency of a collective or
+    /// two (the all-reduce split in two halves, LARS' per-parameter sums: some 2 × 20 µs on a
+    /// cluster). Worth it from about 10⁵ parameters.
+    public static let minimumParameters = 1 << 17
+
+    /// Whether a store of `parameterCount` parameters on `worldSize` ranks is sharded.
+    public func shards(worldSize: Int, parameterCount: Int) -> Bool {
+        switch self {
+        case .never: return false
+        case .always: return worldSize > 1
+        case .automatic: return worldSize > 1 && parameterCount >= ShardedUpdate.minimumParameters
+        }
+    }
+}
