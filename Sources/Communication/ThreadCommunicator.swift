@@ -72,20 +72,8 @@ public final class ThreadCommunicator: Communicator {
         let mine = Deposit(operation: "allReduce(\(op))", kind: Element.kind, count: buffer.count,
                            address: UnsafeRawPointer(buffer.baseAddress))
         let deposits = try group.exchange(mine, rank: rank)
-        var scratch = [Element](repeating: .zero, count: buffer.count)
         let failure = agreement(of: deposits, with: mine)
-        if failure == nil, buffer.count > 0 {
-            scratch.withUnsafeMutableBufferPointer { scratch in
-                for source in 0 ..< deposits.count {
-                    let peer = peerBuffer(deposits[source], as: Element.self)
-                    if source == 0 {
-                        _ = scratch.update(fromContentsOf: peer)
-                    } else {
-                        combine(into: scratch, peer, op)
-                    }
-                }
-            }
-        }
+        let scratch: [Element] = failure == nil ? reduced(deposits, 0 ..< buffer.count, op) : []
         try group.barrier(rank: rank)  // nobody reads a peer's buffer past this point
         if let failure { throw failure }
         _ = buffer.update(fromContentsOf: scratch)
@@ -150,22 +138,29 @@ public final class ThreadCommunicator: Communicator {
                 failure = error
             }
         }
-        var scratch = [Element](repeating: .zero, count: block.count)
-        if failure == nil, !block.isEmpty {
-            scratch.withUnsafeMutableBufferPointer { scratch in
-                for source in 0 ..< deposits.count {
-                    let peer = UnsafeBufferPointer(rebasing: peerBuffer(deposits[source], as: Element.self)[block])
-                    if source == 0 {
-                        _ = scratch.update(fromContentsOf: peer)
-                    } else {
-                        combine(into: scratch, peer, op)
-                    }
-                }
-            }
-        }
+        let scratch: [Element] = failure == nil ? reduced(deposits, block, op) : []
         try group.barrier(rank: rank)  // nobody reads a peer's buffer past this point
         if let failure { throw failure }
         _ = receive.update(fromContentsOf: scratch)
+    }
+
+    /// Elements `range` of every rank's deposited buffer, reduced in rank order `0, 1, …, N-1`
+    /// (so a reduce-scatter's block is bitwise that block of an all-reduce).
+    private func reduced<Element: CommunicableScalar>(_ deposits: [Deposit], _ range: Range<Int>,
+                                                      _ op: ReductionOp) -> [Element] {
+        var scratch = [Element](repeating: .zero, count: range.count)
+        guard !range.isEmpty else { return scratch }
+        scratch.withUnsafeMutableBufferPointer { scratch in
+            for source in 0 ..< deposits.count {
+                let peer = UnsafeBufferPointer(rebasing: peerBuffer(deposits[source], as: Element.self)[range])
+                if source == 0 {
+                    _ = scratch.update(fromContentsOf: peer)
+                } else {
+                    combine(into: scratch, peer, op)
+                }
+            }
+        }
+        return scratch
     }
 
     /// Copies block `r` of rank `r`'s buffer into every other rank's: each rank writes only the
