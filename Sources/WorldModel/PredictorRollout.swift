@@ -172,9 +172,7 @@ private final class Lane: @unchecked Sendable {
         }
         // The AdaLN modulation of every (candidate, block), once: Linear(SiLU(u)).
         embedded.withUnsafeBufferPointer { u in
-            silu.withUnsafeMutableBufferPointer { y in
-                for i in 0..<u.count { let v = u[i]; y[i] = v / (1 + Foundation.exp(-v)) }
-            }
+            silu.withUnsafeMutableBufferPointer { y in Float.activation(.silu, u.baseAddress!, into: y.baseAddress!, count: u.count) }
         }
         for (block, m) in zip(weights.blocks, modulation) {
             linear(silu, block.modulationWeight, block.modulationBias, into: m, rows: n * k)
@@ -364,7 +362,7 @@ private final class Lane: @unchecked Sendable {
                                     maximum = max(maximum, p[t])
                                 }
                                 var sum: Float = 0
-                                for t in 0...slot { p[t] = Foundation.exp(p[t] - maximum); sum += p[t] }
+                                for t in 0...slot { p[t] = Float.activationExp(p[t] - maximum); sum += p[t] }
                                 let out = o.baseAddress! + r * c + head * d
                                 for j in 0..<d { out[j] = 0 }
                                 for t in 0...slot {
