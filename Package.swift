@@ -7,9 +7,16 @@ import PackageDescription
 // Numeric code is generic over Float and Double (Double for finite-difference checks).
 // Whole-program cross-module optimisation lets the trainer's Float call sites specialise
 // the generic kernels of the library modules.
+//
+// `ANTICOLLAPSE_MARCH` (a clang `-march` value, e.g. `x86-64-v3`) sets the instruction set of
+// that code; launch/setup exports `x86-64-v3` on a CPU that has it (AVX2, FMA), so our own loops
+// (activations, norms, softmax) run on 256-bit vectors. Unset or empty: the compiler's baseline
+// (SSE2 on x86-64), which runs on every x86-64 machine. The results are the same bit for bit
+// either way: Swift never fuses a multiply and an add on its own, and sums keep their order.
+let march = Context.environment["ANTICOLLAPSE_MARCH"].flatMap { $0.isEmpty ? nil : $0 }
 let numericSettings: [SwiftSetting] = [
     .unsafeFlags(["-cross-module-optimization"], .when(configuration: .release)),
-]
+] + (march.map { [.unsafeFlags(["-Xcc", "-march=\($0)"])] } ?? [])
 
 let package = Package(
     name: "AntiCollapse",

@@ -13,6 +13,7 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
     private var weight: Tensor<Scalar>?, weightGradient: Tensor<Scalar>?   // (D)
     private var bias: Tensor<Scalar>?, biasGradient: Tensor<Scalar>?       // (D)
     private var weightSums: [Double], biasSums: [Double]                   // (D) scratch
+    private var blockSums: [Double] = []                                   // (blocks, 2, D) scratch
 
     private final class Cache {
         var mean: [Double] = [], inverseStd: [Double] = []   // (R) per row
@@ -61,26 +62,37 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         let normalized = reuse(&cache.normalized, shape: input.shape)
         let output = reuse(&cache.output, shape: input.shape)
         // Raw pointers throughout: element access through the class's arrays would pay a
-        // dynamic exclusivity check per element.
+        // dynamic exclusivity check per element. Rows are independent: split over the threads.
         withAffine { gamma, beta in
             input.withUnsafeBufferPointer { x in
                 normalized.withUnsafeMutableBufferPointer { xHat in
                     output.withUnsafeMutableBufferPointer { y in
                         cache.mean.withUnsafeMutableBufferPointer { means in
                             cache.inverseStd.withUnsafeMutableBufferPointer { inverseStds in
-                                for r in 0..<R {
-                                    let base = r * D
-                                    var sum = 0.0
-                                    for i in base..<(base + D) { sum += Double(x[i]) }
-                                    let mean = sum / Double(D)
-                                    var squares = 0.0
-                                    for i in base..<(base + D) { let d = Double(x[i]) - mean; squares += d * d }
-                                    let inverseStd = 1 / (squares / Double(D) + epsilon).squareRoot()
-                                    means[r] = mean
-                                    inverseStds[r] = inverseStd
-                                    for j in 0..<D {
-                                        xHat[base + j] = Scalar((Double(x[base + j]) - mean) * inverseStd)
-                                        y[base + j] = (gamma?[j] ?? 1) * xHat[base + j] + (beta?[j] ?? 0)
+                                let (x, xHat, y) = (x.baseAddress!, xHat.baseAddress!, y.baseAddress!)
+                                let (means, inverseStds) = (means.baseAddress!, inverseStds.baseAddress!)
+                                parallelRanges(R, minimumPerPart: Self.rowsPerBlock) { rows in
+                                    for r in rows {
+                                        let row = x + r * D
+                                        let mean = rowSum(D) { Double(row[$0]) } / Double(D)
+                                        let squares = rowSum(D) { let d = Double(row[$0]) - mean; return d * d }
+                                        let inverseStd = 1 / (squares / Double(D) + epsilon).squareRoot()
+                                        means[r] = mean
+                                        inverseStds[r] = inverseStd
+                                        let (xHatRow, yRow) = (xHat + r * D, y + r * D)
+                                        if let gamma, let beta {
+                                            for j in 0..<D {
+                                                let v = Scalar((Double(row[j]) - mean) * inverseStd)
+                                                xHatRow[j] = v
+                                                yRow[j] = gamma[j] * v + beta[j]
+                                            }
+                                        } else {
+                                            for j in 0..<D {
+                                                let v = Scalar((Double(row[j]) - mean) * inverseStd)
+                                                xHatRow[j] = v
+                                                yRow[j] = v
+                                            }
+                                        }
                                     }
                                 }
                             }
@@ -102,30 +114,44 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         defer { LayerProfile.shared.add(.layerNorm, since: started) }
         let inputGradient = reuse(&cache.inputGradient, shape: normalized.shape)
         let (R, D) = (normalized.count / features, features)
-        for j in 0..<D { weightSums[j] = 0; biasSums[j] = 0 }
+        // dγ and dβ are column sums over the rows: each block of `rowsPerBlock` rows sums into
+        // its own slice of `blockSums`, and the blocks are added in order afterwards, so the
+        // result does not depend on how many threads ran the blocks.
+        let blocks = (R + Self.rowsPerBlock - 1) / Self.rowsPerBlock
+        let affine = weightGradient != nil
+        if affine && blockSums.count < blocks * 2 * D { blockSums = [Double](repeating: 0, count: blocks * 2 * D) }
         withAffine { gamma, _ in
             outputGradient.withUnsafeBufferPointer { dy in
                 normalized.withUnsafeBufferPointer { xHat in
                     inputGradient.withUnsafeMutableBufferPointer { dx in
                         cache.inverseStd.withUnsafeBufferPointer { inverseStds in
-                            weightSums.withUnsafeMutableBufferPointer { weightSums in
-                                biasSums.withUnsafeMutableBufferPointer { biasSums in
-                                    for r in 0..<R {
-                                        let base = r * D
-                                        // dx̂ = γ dy;  dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ x̂)) / √(σ² + ε)
-                                        var sumDXHat = 0.0, sumDXHatXHat = 0.0
-                                        for j in 0..<D {
-                                            let dXHat = Double(gamma?[j] ?? 1) * Double(dy[base + j])
-                                            sumDXHat += dXHat
-                                            sumDXHatXHat += dXHat * Double(xHat[base + j])
-                                            biasSums[j] += Double(dy[base + j])
-                                            weightSums[j] += Double(dy[base + j]) * Double(xHat[base + j])
+                            blockSums.withUnsafeMutableBufferPointer { blockSums in
+                                let (dy, xHat, dx) = (dy.baseAddress!, xHat.baseAddress!, dx.baseAddress!)
+                                let (inverseStds, blockSums) = (inverseStds.baseAddress!, blockSums.baseAddress)
+                                parallelRanges(blocks) { blockRange in
+                                    for block in blockRange {
+                                        let rows = block * Self.rowsPerBlock ..< min(R, (block + 1) * Self.rowsPerBlock)
+                                        if affine, let sums = blockSums.map({ $0 + block * 2 * D }) {
+                                            // dβ block += Σ dy, dγ block += Σ dy x̂ over the block's rows
+                                            for j in 0..<(2 * D) { sums[j] = 0 }
+                                            for r in rows {
+                                                let (dyRow, xHatRow) = (dy + r * D, xHat + r * D)
+                                                for j in 0..<D {
+                                                    sums[j] += Double(dyRow[j])
+                                                    sums[D + j] += Double(dyRow[j]) * Double(xHatRow[j])
+                                                }
+                                            }
                                         }
-                                        let meanDXHat = sumDXHat / Double(D), meanDXHatXHat = sumDXHatXHat / Double(D)
-                                        for j in 0..<D {
-                                            let dXHat = Double(gamma?[j] ?? 1) * Double(dy[base + j])
-                                            dx[base + j] = Scalar(inverseStds[r]
-                                                                  * (dXHat - meanDXHat - Double(xHat[base + j]) * meanDXHatXHat))
+                                        for r in rows {
+                                            let (dyRow, xHatRow, dxRow) = (dy + r * D, xHat + r * D, dx + r * D)
+                                            // dx̂ = γ dy;  dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ x̂)) / √(σ² + ε)
+                                            func dXHat(_ j: Int) -> Double { Double(gamma?[j] ?? 1) * Double(dyRow[j]) }
+                                            let meanDXHat = rowSum(D) { dXHat($0) } / Double(D)
+                                            let meanDXHatXHat = rowSum(D) { dXHat($0) * Double(xHatRow[$0]) } / Double(D)
+                                            let inverseStd = inverseStds[r]
+                                            for j in 0..<D {
+                                                dxRow[j] = Scalar(inverseStd * (dXHat(j) - meanDXHat - Double(xHatRow[j]) * meanDXHatXHat))
+                                            }
                                         }
                                     }
                                 }
@@ -135,13 +161,21 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
                 }
             }
         }
-        // dγ += Σ_rows dy x̂,  dβ += Σ_rows dy                           (D)
+        // dβ += Σ_rows dy,  dγ += Σ_rows dy x̂: the blocks' sums in block order    (D)
         if let weightGradient, let biasGradient {
+            for j in 0..<D { weightSums[j] = 0; biasSums[j] = 0 }
+            for block in 0..<blocks {
+                let base = block * 2 * D
+                for j in 0..<D { biasSums[j] += blockSums[base + j]; weightSums[j] += blockSums[base + D + j] }
+            }
             accumulate(weightSums, into: weightGradient)
             accumulate(biasSums, into: biasGradient)
         }
         return inputGradient
     }
+
+    /// Rows a thread takes at a time, and the rows of one partial sum of dγ and dβ.
+    static var rowsPerBlock: Int { 128 }
 
     /// Calls `body` with γ and β (`nil` without affine parameters).
     @inline(__always)
@@ -149,4 +183,19 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
         guard let weight, let bias else { return body(nil, nil) }
         return weight.withUnsafeBufferPointer { w in bias.withUnsafeBufferPointer { b in body(w.baseAddress!, b.baseAddress!) } }
     }
+}
+
+/// `Σ_{j < count} term(j)` in `Double` with four running sums (`j mod 4`), added pairwise at
+/// the end: the four chains run side by side instead of one add waiting for the last, and the
+/// order is fixed by `count` alone.
+@inline(__always)
+func rowSum(_ count: Int, _ term: (Int) -> Double) -> Double {
+    var (s0, s1, s2, s3) = (0.0, 0.0, 0.0, 0.0)
+    var j = 0
+    while j + 4 <= count {
+        s0 += term(j); s1 += term(j + 1); s2 += term(j + 2); s3 += term(j + 3)
+        j += 4
+    }
+    while j < count { s0 += term(j); j += 1 }
+    return (s0 + s1) + (s2 + s3)
 }

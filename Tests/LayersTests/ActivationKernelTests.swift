@@ -4,8 +4,8 @@ import _TestSupport
 
 /// The `Float` kernels of the smooth activations and of attention: the `erf` and `exp`
 /// approximations within their stated errors, the `Float` GELU and SiLU against the `Double`
-/// layers (libm), and attention's (sample, head) pairs split over threads giving the serial
-/// result bit for bit.
+/// layers (libm), and attention's (sample, head) pairs and layer norm's rows split over threads
+/// giving the serial result bit for bit.
 final class ActivationKernelTests: XCTestCase {
     func testRationalErfAndPolynomialExpStayWithinTheirStatedErrors() {
         var worstErf = 0.0, worstExp = 0.0
@@ -69,5 +69,39 @@ final class ActivationKernelTests: XCTestCase {
         // 7 × 7 × 4 products: on 2 BLAS threads the 15 (sample, head) pairs are split in two parts.
         let serial = try run(threads: 1), split = try run(threads: 2)
         for (a, b) in zip(serial, split) { XCTAssertEqual(a, b) }
+    }
+
+    func testLayerNormRowsSplitOverThreadsGiveTheSerialResult() throws {
+        let saved = BLASThreads.count
+        defer { BLASThreads.set(saved) }
+        let context = LayerContext(training: true)
+        // 1,000 rows: 8 blocks of 128 (the last one short), split in two parts on 2 threads.
+        let x = randomTensor([10, 100, 37], seed: 1, as: Float.self), dy = randomTensor([10, 100, 37], seed: 2, as: Float.self)
+        var gamma: [Float] = [], beta: [Float] = []
+        func run(threads: Int) throws -> [[Float]] {
+            BLASThreads.set(threads)
+            XCTAssertEqual(BLASThreads.count, threads)
+            let norm = LayerNorm<Float>(features: 37)
+            let store = ParameterStore<Float>(specs: norm.parameterSpecs().map { $0.prefixed("n") }, seed: 7)
+            norm.bind(parameters: store, buffers: BufferStore(specs: []), prefix: "n")
+            store.values.withUnsafeMutableBufferPointer { values in
+                for i in values.indices { values[i] = 1 + 0.01 * Float(i % 13) }   // γ and β: not 1 and 0
+            }
+            (gamma, beta) = (store.bound("n", "weight").value.scalars, store.bound("n", "bias").value.scalars)
+            let y = try norm.forward(x, context: context), dx = try norm.backward(dy, context: context)
+            return [y.scalars, dx.scalars, store.gradients.scalars]
+        }
+        let serial = try run(threads: 1), split = try run(threads: 2)
+        for (a, b) in zip(serial, split) { XCTAssertEqual(a, b) }
+        // and what both give is layer norm, computed here directly in Double for some rows
+        for row in stride(from: 0, to: 1_000, by: 97) {
+            let values = (0..<37).map { Double(x[flat: row * 37 + $0]) }
+            let mean = values.reduce(0, +) / 37
+            let variance = values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / 37
+            for j in 0..<37 {
+                let expected = Double(gamma[j]) * (values[j] - mean) / (variance + 1e-5).squareRoot() + Double(beta[j])
+                XCTAssertEqual(Double(serial[0][row * 37 + j]), expected, accuracy: 1e-5, "row \(row), feature \(j)")
+            }
+        }
     }
 }
