@@ -74,8 +74,8 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
                                 parallelRanges(R, minimumPerPart: Self.rowsPerBlock) { rows in
                                     for r in rows {
                                         let row = x + r * D
-                                        let mean = rowSum(D) { Double(row[$0]) } / Double(D)
-                                        let squares = rowSum(D) { let d = Double(row[$0]) - mean; return d * d }
+                                        let mean = Tensor<Scalar>.laneSum(D) { Double(row[$0]) } / Double(D)
+                                        let squares = Tensor<Scalar>.laneSum(D) { let d = Double(row[$0]) - mean; return d * d }
                                         let inverseStd = 1 / (squares / Double(D) + epsilon).squareRoot()
                                         means[r] = mean
                                         inverseStds[r] = inverseStd
@@ -146,8 +146,8 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
                                             let (dyRow, xHatRow, dxRow) = (dy + r * D, xHat + r * D, dx + r * D)
                                             // dx̂ = γ dy;  dx = (dx̂ − mean(dx̂) − x̂ · mean(dx̂ x̂)) / √(σ² + ε)
                                             func dXHat(_ j: Int) -> Double { Double(gamma?[j] ?? 1) * Double(dyRow[j]) }
-                                            let meanDXHat = rowSum(D) { dXHat($0) } / Double(D)
-                                            let meanDXHatXHat = rowSum(D) { dXHat($0) * Double(xHatRow[$0]) } / Double(D)
+                                            let meanDXHat = Tensor<Scalar>.laneSum(D) { dXHat($0) } / Double(D)
+                                            let meanDXHatXHat = Tensor<Scalar>.laneSum(D) { dXHat($0) * Double(xHatRow[$0]) } / Double(D)
                                             let inverseStd = inverseStds[r]
                                             for j in 0..<D {
                                                 dxRow[j] = Scalar(inverseStd * (dXHat(j) - meanDXHat - Double(xHatRow[j]) * meanDXHatXHat))
@@ -185,17 +185,3 @@ public final class LayerNorm<Scalar: LayerScalar>: Layer {
     }
 }
 
-/// `Σ_{j < count} term(j)` in `Double` with four running sums (`j mod 4`), added pairwise at
-/// the end: the four chains run side by side instead of one add waiting for the last, and the
-/// order is fixed by `count` alone.
-@inline(__always)
-func rowSum(_ count: Int, _ term: (Int) -> Double) -> Double {
-    var (s0, s1, s2, s3) = (0.0, 0.0, 0.0, 0.0)
-    var j = 0
-    while j + 4 <= count {
-        s0 += term(j); s1 += term(j + 1); s2 += term(j + 2); s3 += term(j + 3)
-        j += 4
-    }
-    while j < count { s0 += term(j); j += 1 }
-    return (s0 + s1) + (s2 + s3)
-}

@@ -46,9 +46,9 @@ final class LayerGradientTests: XCTestCase {
     func testLayerNorm() throws {
         try check(LayerNorm<Double>(features: 6), input: [3, 6], "LayerNorm")
         try check(LayerNorm<Double>(features: 6, elementwiseAffine: false), input: [3, 6], "LayerNorm(affine: false)")
-        // 300 rows: three blocks of dγ/dβ partial sums (128 rows each); 5 features: a row sum's
-        // four running sums and its tail.
-        try check(LayerNorm<Double>(features: 5), input: [300, 5], "LayerNorm over blocks of rows")
+        // 300 rows: three blocks of dγ/dβ partial sums (128 rows each); 11 features: a row sum's
+        // eight lanes and its tail (`Tensor.laneSum`).
+        try check(LayerNorm<Double>(features: 11), input: [300, 11], "LayerNorm over blocks of rows")
     }
 
     func testConv2d() throws {
