@@ -42,6 +42,9 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     /// busy, instead of one small call per image), small enough that the columns stay in the
     /// L3 cache between im2col and the product. Tests set it small to run several chunks.
     public var chunkElements = 1 << 20
+    /// The elements of each of Winograd's scratch `V` and `M` a chunk of images aims at
+    /// (default ``Winograd/chunkElements``, 2 MiB of `Float`).
+    public var winogradChunkElements = Winograd.chunkElements
     /// Whether the output, the input gradient and the weight gradient take Winograd's
     /// F(2×2, 3×3) (``Winograd``) instead of im2col: by default for 3×3 kernels with stride 1
     /// and padding 1. Tests turn it off to compare the two.
@@ -273,7 +276,7 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
         let (B, H, W) = (input.shape[0], input.shape[2], input.shape[3])
         let (C, OC) = (inChannels, outChannels)
         let (images, columns) = Winograd.chunk(batch: B, inChannels: C, outChannels: OC, height: H, width: W,
-                                               chunkElements: 4 * chunkElements)
+                                               chunkElements: winogradChunkElements)
         let v = reuse(&tileTransform, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
         let m = reuse(&tileProduct, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
         let du = reuse(&filterGradientTransform, shape: [16, OC, C])
@@ -302,7 +305,7 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
         let (B, H, W) = (input.shape[0], input.shape[2], input.shape[3])
         let filters = flipped ? reuse(&flippedFilterTransform, shape: [16, OC, C]) : reuse(&filterTransform, shape: [16, OC, C])
         let (images, columns) = Winograd.chunk(batch: B, inChannels: C, outChannels: OC, height: H, width: W,
-                                               chunkElements: 4 * chunkElements)
+                                               chunkElements: winogradChunkElements)
         let v = reuse(&tileTransform, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
         let m = reuse(&tileProduct, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
         weight.withUnsafeBufferPointer { w in

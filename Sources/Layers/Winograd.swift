@@ -54,9 +54,12 @@ enum Winograd {
         }
     }
 
-    /// The elements of the scratch `V` and `M` a chunk of images aims at (16 MiB of `Float`
-    /// each): each of the 16 products gets thousands of columns.
-    static let chunkElements = 1 << 22
+    /// The elements of the scratch `V` and `M` a chunk of images aims at (2 MiB of `Float`
+    /// each): both stay in the caches between the transforms and the 16 products, which
+    /// still get hundreds of columns. On the ResNet step of docs/PERFORMANCE.md (2 threads,
+    /// 512 KiB L2 a core) the convolutions took about 20 % less time than with 16 MiB, whose
+    /// `V` and `M` went through memory; 1 MiB and 512 KiB were slower again (short products).
+    static let chunkElements = 1 << 19
 
     /// The scratch of one transform of planes `W` wide: zero row, four padded rows, `O`, `E`
     /// (or the output transform's eight rows of `TW`).

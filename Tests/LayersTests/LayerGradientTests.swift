@@ -64,15 +64,21 @@ final class LayerGradientTests: XCTestCase {
     /// Winograd path (3×3, stride 1, padding 1; even and odd sizes: clipped edge tiles), each
     /// against finite differences.
     func testConv2dChunksAndWinograd() throws {
-        for (chunkElements, label) in [(1, "1 image a chunk"), (2 * 18 * 25, "2 images a chunk"), (1 << 20, "one chunk")] {
+        // im2col's chunk (C·K·K × OH·OW = 18 × 25 an image) and Winograd's (16 · max(C, OC) ·
+        // tiles: 16 · 3 · 9 an image of 5×5, 16 · 3 · 6 of 4×6).
+        for (chunkElements, winogradElements, label) in [(1, 1, "1 image a chunk"),
+                                                         (2 * 18 * 25, 2 * 16 * 3 * 9, "2 images a chunk"),
+                                                         (1 << 20, 1 << 20, "one chunk")] {
             for winograd in [false, true] {
                 let conv = Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 1, padding: 1)
                 conv.chunkElements = chunkElements
+                conv.winogradChunkElements = winogradElements
                 XCTAssertTrue(conv.usesWinograd, "3×3 stride 1 padding 1 takes Winograd by default")
                 conv.usesWinograd = winograd
                 try check(conv, input: [3, 2, 5, 5], "Conv2d(k3 s1 p1) \(winograd ? "Winograd" : "im2col"), \(label)")
                 let even = Conv2d<Double>(inChannels: 3, outChannels: 2, kernelSize: 3, stride: 1, padding: 1, bias: false)
                 even.chunkElements = chunkElements
+                even.winogradChunkElements = winogradElements
                 even.usesWinograd = winograd
                 try check(even, input: [3, 3, 4, 6], "Conv2d(k3 s1 p1, 4×6) \(winograd ? "Winograd" : "im2col"), \(label)")
             }
@@ -93,6 +99,7 @@ final class LayerGradientTests: XCTestCase {
             let conv = Conv2d<Float>(inChannels: 16, outChannels: 24, kernelSize: 3, stride: 1, padding: 1)
             conv.usesWinograd = winograd
             conv.chunkElements = 4000
+            conv.winogradChunkElements = 16_000  // 2 of the 5 images a chunk (16 · 24 · 20 each)
             let parameters = ParameterStore<Float>(specs: conv.parameterSpecs(), seed: 5)
             conv.bind(parameters: parameters, buffers: BufferStore<Float>(specs: [], seed: 0), prefix: "")
             let output = try conv.forward(input, context: training)
