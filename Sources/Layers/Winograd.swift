@@ -61,11 +61,13 @@ enum Winograd {
     /// `V` and `M` went through memory; 1 MiB and 512 KiB were slower again (short products).
     static let chunkElements = 1 << 19
 
-    /// The scratch of one transform of planes `W` wide: zero row, four padded rows, `O`, `E`
-    /// (or the output transform's eight rows of `TW`).
+    /// The scratch of one transform of planes `W` wide: the input transform's padded row, O,
+    /// E and five rows of four `c` (``inputTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``),
+    /// the gradient transform's (``gradientTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``)
+    /// or the output transform's eight rows of `TW`.
     static func scratchElements(width W: Int) -> Int {
-        let TW = (W + 1) / 2
-        return max(W + 4 * (W + 3) + 2 * (TW + 1), 8 * TW) + 16
+        let TW = (W + 1) / 2, span = splitSpan(tileColumns: TW)
+        return max(4 * span + 20 * TW, 6 * span + 2 * TW, 8 * TW) + 16
     }
 
     /// Elements between the 16 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``).
@@ -206,38 +208,55 @@ enum Winograd {
 
     /// `A e Aᵀ` of every 2×2 output-gradient tile `e` of one plane (zero beyond the plane's
     /// edge), position `ξ = 4i + k` of tile `t` to `target[ξ · positionStride + t]`; with
-    /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`. Vectorised along rows: per tile row,
-    /// `r_i = (A e)_i` over whole rows, then each split into even and odd columns.
-    /// `scratch` holds ``scratchElements(width:)``.
+    /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`. Vectorised along rows: per tile row, both
+    /// input rows split into even and odd columns (``deinterleave(_:blocks:even:odd:)``), the
+    /// rows of `A e` (`e0`, `e0 + e1`, `e0 − e1`, `−e1`) formed on those halves, and each one's
+    /// columns `E`, `E + O`, `E − O`, `−O` written to `target`. `scratch` holds
+    /// ``scratchElements(width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func gradientTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
                                                        tileRows TH: Int, tileColumns TW: Int,
                                                        into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
                                                        scratch: UnsafeMutablePointer<Scalar>) {
-        // (W) zeros; 4 rows of A e, W + 3 apart with a zero after each; E and O, TW + 1 each.
-        let zero = scratch, rowStride = W + 3, rows = scratch + W + 1
-        let even = scratch + W + 4 * rowStride, odd = even + (TW + 1)
-        zero.update(repeating: 0, count: W)
-        for i in 0..<4 { rows[i * rowStride + W] = 0 }
+        // The row with zeros after it up to `2 · span`; E and O of both rows (`span` each);
+        // E and O of a row of `A e` (TW each).
+        let span = splitSpan(tileColumns: TW)
+        let padded = scratch, even0 = scratch + 2 * span, odd0 = even0 + span, even1 = odd0 + span, odd1 = even1 + span
+        let (rowEven, rowOdd) = (odd1 + span, odd1 + span + TW)
+        (padded + W).update(repeating: 0, count: 2 * span - W)
         for a in 0..<TH {
-            let e0 = plane + 2 * a * W
-            let e1 = 2 * a + 1 < H ? e0 + W : UnsafePointer(zero)
-            let (r0, r1, r2, r3) = (rows, rows + rowStride, rows + 2 * rowStride, rows + 3 * rowStride)
-            r0.update(from: e0, count: W)
-            for j in 0..<W { r1[j] = e0[j] + e1[j] }
-            for j in 0..<W { r2[j] = e0[j] - e1[j] }
-            for j in 0..<W { r3[j] = -e1[j] }
+            padded.update(from: plane + 2 * a * W, count: W)
+            deinterleave(UnsafePointer(padded), blocks: span / 8, even: even0, odd: odd0)
+            if 2 * a + 1 < H {
+                padded.update(from: plane + (2 * a + 1) * W, count: W)
+                deinterleave(UnsafePointer(padded), blocks: span / 8, even: even1, odd: odd1)
+            } else {
+                even1.update(repeating: 0, count: TW)
+                odd1.update(repeating: 0, count: TW)
+            }
             for i in 0..<4 {
-                let r = rows + i * rowStride
-                for b in 0..<TW { even[b] = r[2 * b] }
-                for b in 0..<TW { odd[b] = r[2 * b + 1] }
+                // row i of A e, split: e0, e0 + e1, e0 − e1, −e1
+                switch i {
+                case 0:
+                    rowEven.update(from: even0, count: TW)
+                    rowOdd.update(from: odd0, count: TW)
+                case 1:
+                    for b in 0..<TW { rowEven[b] = even0[b] + even1[b] }
+                    for b in 0..<TW { rowOdd[b] = odd0[b] + odd1[b] }
+                case 2:
+                    for b in 0..<TW { rowEven[b] = even0[b] - even1[b] }
+                    for b in 0..<TW { rowOdd[b] = odd0[b] - odd1[b] }
+                default:
+                    for b in 0..<TW { rowEven[b] = -even1[b] }
+                    for b in 0..<TW { rowOdd[b] = -odd1[b] }
+                }
                 let v0 = target + (4 * i) * positionStride + a * TW
                 let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
-                v0.update(from: even, count: TW)
-                for b in 0..<TW { v1[b] = even[b] + odd[b] }
-                for b in 0..<TW { v2[b] = even[b] - odd[b] }
-                for b in 0..<TW { v3[b] = -odd[b] }
+                v0.update(from: rowEven, count: TW)
+                for b in 0..<TW { v1[b] = rowEven[b] + rowOdd[b] }
+                for b in 0..<TW { v2[b] = rowEven[b] - rowOdd[b] }
+                for b in 0..<TW { v3[b] = -rowOdd[b] }
             }
         }
     }
@@ -246,51 +265,85 @@ enum Winograd {
     /// starts at input row `2a − 1`, column `2b − 1`); position `ξ = 4i + k` of tile
     /// `t = a · TW + b` goes to `target[ξ · positionStride + t]`.
     ///
-    /// Separable and vectorised along rows: per tile row, `t_i = (Bᵀ d)_i` over whole input
-    /// rows, then each `t_i` split into its odd and even columns `O`, `E` (zero outside), so
-    /// that `(t_i B)_k` of consecutive tiles are contiguous: `O[b] − O[b+1]`, `E[b] + O[b+1]`,
-    /// `O[b+1] − E[b]`, `E[b] − E[b+1]`. `scratch` holds ``scratchElements(width:)``.
+    /// Separable: `d B` first, once per input row (each row belongs to two tile rows): the row
+    /// split into its odd and even columns `O[b] = d[2b − 1]`, `E[b] = d[2b]` (zero outside the
+    /// plane) by ``deinterleave(_:blocks:even:odd:)``, so that the four columns `c_k` of
+    /// consecutive tiles are contiguous: `O[b] − O[b+1]`, `E[b] + O[b+1]`, `O[b+1] − E[b]`,
+    /// `E[b] − E[b+1]`. Then `Bᵀ (d B)` of each tile row from its four input rows `r0 … r3`:
+    /// `c(r0) − c(r2)`, `c(r1) + c(r2)`, `c(r2) − c(r1)`, `c(r1) − c(r3)`, each straight to
+    /// `target`. `scratch` holds ``scratchElements(width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func inputTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
                                                     tileRows TH: Int, tileColumns TW: Int,
                                                     into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
                                                     scratch: UnsafeMutablePointer<Scalar>) {
-        // (W) zeros; 4 t rows of W with a zero before and two after (row i at
-        // `rows + i (W + 3)`); O and E, TW + 1 each.
-        let zero = scratch, rowStride = W + 3, rows = scratch + W + 1
-        let odd = scratch + W + 4 * rowStride, even = odd + (TW + 1)
-        zero.update(repeating: 0, count: W)
-        for i in 0..<4 {
-            rows[i * rowStride - 1] = 0
-            rows[i * rowStride + W] = 0
-            rows[i * rowStride + W + 1] = 0
+        // The row with a zero before it and zeros after it up to `2 · span − 1`; O and E
+        // (`span` each); four rows' `c` (4 TW each, row r in slot (r + 1) mod 4); a zero `c`.
+        let span = splitSpan(tileColumns: TW)
+        let padded = scratch + 1, odd = scratch + 2 * span, even = odd + span
+        let slots = even + span, zero = slots + 16 * TW
+        padded[-1] = 0
+        (padded + W).update(repeating: 0, count: 2 * span - 1 - W)
+        zero.update(repeating: 0, count: 4 * TW)
+        @inline(__always) func columns(_ r: Int) -> UnsafeMutablePointer<Scalar> {
+            r >= 0 && r < H ? slots + ((r + 1) & 3) * 4 * TW : zero
         }
+        // c_k of input row r, k = 0 … 3, TW apart
+        @inline(__always) func transformRow(_ r: Int) {
+            guard r >= 0 && r < H else { return }
+            padded.update(from: plane + r * W, count: W)
+            deinterleave(UnsafePointer(padded - 1), blocks: span / 8, even: odd, odd: even)
+            let c0 = columns(r)
+            let (c1, c2, c3) = (c0 + TW, c0 + 2 * TW, c0 + 3 * TW)
+            for b in 0..<TW { c0[b] = odd[b] - odd[b + 1] }
+            for b in 0..<TW { c1[b] = even[b] + odd[b + 1] }
+            for b in 0..<TW { c2[b] = odd[b + 1] - even[b] }
+            for b in 0..<TW { c3[b] = even[b] - even[b + 1] }
+        }
+        transformRow(0)
         for a in 0..<TH {
-            let top = 2 * a - 1
-            @inline(__always) func input(_ r: Int) -> UnsafePointer<Scalar> {
-                top + r >= 0 && top + r < H ? plane + (top + r) * W : UnsafePointer(zero)
+            transformRow(2 * a + 1)
+            transformRow(2 * a + 2)
+            let (r0, r1, r2, r3) = (UnsafePointer(columns(2 * a - 1)), UnsafePointer(columns(2 * a)),
+                                    UnsafePointer(columns(2 * a + 1)), UnsafePointer(columns(2 * a + 2)))
+            let tileRow = target + a * TW
+            for k in 0..<4 {
+                let (d0, d1, d2, d3) = (r0 + k * TW, r1 + k * TW, r2 + k * TW, r3 + k * TW)
+                // One output a loop: two loads and a store each, which the compiler vectorises
+                // (four outputs in one loop need more run-time alias checks than it makes).
+                let v0 = tileRow + k * positionStride
+                let (v1, v2, v3) = (v0 + 4 * positionStride, v0 + 8 * positionStride, v0 + 12 * positionStride)
+                for b in 0..<TW { v0[b] = d0[b] - d2[b] }
+                for b in 0..<TW { v1[b] = d1[b] + d2[b] }
+                for b in 0..<TW { v2[b] = d2[b] - d1[b] }
+                for b in 0..<TW { v3[b] = d1[b] - d3[b] }
             }
-            let (r0, r1, r2, r3) = (input(0), input(1), input(2), input(3))
-            let (t0, t1, t2, t3) = (rows, rows + rowStride, rows + 2 * rowStride, rows + 3 * rowStride)
-            // t = Bᵀ d: rows d0 − d2, d1 + d2, d2 − d1, d1 − d3
-            // One output a loop: two loads and a store each, which the compiler vectorises (four
-            // outputs in one loop need more run-time alias checks than it makes).
-            for j in 0..<W { t0[j] = r0[j] - r2[j] }
-            for j in 0..<W { t1[j] = r1[j] + r2[j] }
-            for j in 0..<W { t2[j] = r2[j] - r1[j] }
-            for j in 0..<W { t3[j] = r1[j] - r3[j] }
-            for i in 0..<4 {
-                let t = rows + i * rowStride
-                // O[b] = t[2b − 1], E[b] = t[2b] (the zeros around the row: 0 outside 0 ..< W)
-                for b in 0...TW { odd[b] = t[2 * b - 1] }
-                for b in 0...TW { even[b] = t[2 * b] }
-                let v0 = target + (4 * i) * positionStride + a * TW
-                let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
-                for b in 0..<TW { v0[b] = odd[b] - odd[b + 1] }
-                for b in 0..<TW { v1[b] = even[b] + odd[b + 1] }
-                for b in 0..<TW { v2[b] = odd[b + 1] - even[b] }
-                for b in 0..<TW { v3[b] = even[b] - even[b + 1] }
+        }
+    }
+
+    /// The elements ``deinterleave(_:blocks:even:odd:)`` writes of each half for a row of
+    /// `TW` tiles: `TW + 1` rounded up to whole blocks of 8.
+    static func splitSpan(tileColumns TW: Int) -> Int { (TW + 1 + 7) / 8 * 8 }
+
+    /// `even[b] = p[2b]`, `odd[b] = p[2b + 1]` for `b < 8 · blocks` (reads `p[0 ..< 16 · blocks]`).
+    /// In `Float`, sixteen elements a load, split by two shuffles each half (SIMD16's
+    /// `evenHalf`, `oddHalf`).
+    @inline(__always)
+    static func deinterleave<Scalar: LayerScalar>(_ p: UnsafePointer<Scalar>, blocks: Int,
+                                                  even: UnsafeMutablePointer<Scalar>, odd: UnsafeMutablePointer<Scalar>) {
+        if Scalar.self == Float.self {
+            let source = UnsafeRawPointer(p)
+            let (evenBytes, oddBytes) = (UnsafeMutableRawPointer(even), UnsafeMutableRawPointer(odd))
+            for block in 0..<blocks {
+                let v = source.loadUnaligned(fromByteOffset: 64 * block, as: SIMD16<Float>.self)
+                evenBytes.storeBytes(of: v.evenHalf, toByteOffset: 32 * block, as: SIMD8<Float>.self)
+                oddBytes.storeBytes(of: v.oddHalf, toByteOffset: 32 * block, as: SIMD8<Float>.self)
+            }
+        } else {
+            for b in 0..<8 * blocks {
+                even[b] = p[2 * b]
+                odd[b] = p[2 * b + 1]
             }
         }
     }

@@ -90,16 +90,24 @@ final class LayerGradientTests: XCTestCase {
     }
 
     /// In `Float`, Winograd's output and input gradient are im2col's up to rounding, on a
-    /// ResNet-sized layer over several chunks.
+    /// ResNet-sized layer over several chunks; planes of 8 and 35 columns (the transforms'
+    /// `Float` split of rows into even and odd columns, one block of sixteen or three and a
+    /// ragged end).
     func testWinogradMatchesIm2colInFloat() throws {
-        let input = randomTensor([5, 16, 9, 8], seed: 11, as: Float.self)
-        let outputGradient = randomTensor([5, 24, 9, 8], seed: 12, as: Float.self)
+        for (height, width) in [(9, 8), (6, 35)] {
+            try checkWinogradMatchesIm2col(height: height, width: width)
+        }
+    }
+
+    private func checkWinogradMatchesIm2col(height: Int, width: Int) throws {
+        let input = randomTensor([5, 16, height, width], seed: 11, as: Float.self)
+        let outputGradient = randomTensor([5, 24, height, width], seed: 12, as: Float.self)
         var results: [(output: [Float], inputGradient: [Float], weightGradient: [Float])] = []
         for winograd in [false, true] {
             let conv = Conv2d<Float>(inChannels: 16, outChannels: 24, kernelSize: 3, stride: 1, padding: 1)
             conv.usesWinograd = winograd
             conv.chunkElements = 4000
-            conv.winogradChunkElements = 16_000  // 2 of the 5 images a chunk (16 · 24 · 20 each)
+            conv.winogradChunkElements = 2 * 16 * 24 * ((height + 1) / 2) * ((width + 1) / 2)  // 2 images a chunk
             let parameters = ParameterStore<Float>(specs: conv.parameterSpecs(), seed: 5)
             conv.bind(parameters: parameters, buffers: BufferStore<Float>(specs: [], seed: 0), prefix: "")
             let output = try conv.forward(input, context: training)
@@ -112,7 +120,7 @@ final class LayerGradientTests: XCTestCase {
                              ("weight gradient", results[0].weightGradient, results[1].weightGradient)] {
             let scale = a.map { abs($0) }.max() ?? 1
             let error = zip(a, b).map { abs($0 - $1) }.max() ?? 0
-            XCTAssertLessThan(error, 1e-5 * scale, "Winograd vs im2col, \(name): max error \(error), max value \(scale)")
+            XCTAssertLessThan(error, 1e-5 * scale, "Winograd vs im2col, \(height)×\(width) \(name): max error \(error), max value \(scale)")
         }
     }
 
