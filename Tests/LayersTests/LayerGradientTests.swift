@@ -64,10 +64,10 @@ final class LayerGradientTests: XCTestCase {
     /// Winograd path (3×3, stride 1, padding 1; even and odd sizes: clipped edge tiles), each
     /// against finite differences.
     func testConv2dChunksAndWinograd() throws {
-        // im2col's chunk (C·K·K × OH·OW = 18 × 25 an image) and Winograd's (36 positions ·
-        // max(C, OC) · 4×4 tiles: 36 · 3 · 4 an image of 5×5, 36 · 3 · 2 of 4×6).
+        // im2col's chunk (C·K·K × OH·OW = 18 × 25 an image) and Winograd's (16 · max(C, OC) ·
+        // tiles: 16 · 3 · 9 an image of 5×5, 16 · 3 · 6 of 4×6).
         for (chunkElements, winogradElements, label) in [(1, 1, "1 image a chunk"),
-                                                         (2 * 18 * 25, 2 * 36 * 3 * 4, "2 images a chunk"),
+                                                         (2 * 18 * 25, 2 * 16 * 3 * 9, "2 images a chunk"),
                                                          (1 << 20, 1 << 20, "one chunk")] {
             for winograd in [false, true] {
                 let conv = Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 1, padding: 1)
@@ -107,7 +107,7 @@ final class LayerGradientTests: XCTestCase {
             let conv = Conv2d<Float>(inChannels: 16, outChannels: 24, kernelSize: 3, stride: 1, padding: 1)
             conv.usesWinograd = winograd
             conv.chunkElements = 4000
-            conv.winogradChunkElements = 2 * 36 * 24 * ((height + 3) / 4) * ((width + 3) / 4)  // 2 images a chunk
+            conv.winogradChunkElements = 2 * 16 * 24 * ((height + 1) / 2) * ((width + 1) / 2)  // 2 images a chunk
             let parameters = ParameterStore<Float>(specs: conv.parameterSpecs(), seed: 5)
             conv.bind(parameters: parameters, buffers: BufferStore<Float>(specs: [], seed: 0), prefix: "")
             let output = try conv.forward(input, context: training)
