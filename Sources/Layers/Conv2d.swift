@@ -3,7 +3,7 @@ import Tensor
 /// A 2-D convolution of NCHW images (PyTorch's `nn.Conv2d` with square kernel, stride and
 /// zero padding, no dilation or groups), computed as im2col and one BLAS gemm per chunk of
 /// images (see ``forward(_:context:)``), or — for 3×3 kernels with stride 1 and padding 1 — by
-/// Winograd's F(2×2, 3×3) (``Winograd``, ``usesWinograd``) for the output and both gradients.
+/// Winograd's F(4×4, 3×3) (``Winograd``, ``usesWinograd``) for the output and both gradients.
 ///
 /// Parameters: `weight` `(OC, C, K, K)`, `bias` `(OC)` (optional; off before batch norm). The
 /// default initialisation is PyTorch's (uniform in ±1/√(C·K·K)); ResNets use Kaiming normal in
@@ -30,11 +30,11 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     /// Scratch shared by the slots: one chunk of images' im2col `(C·K·K, n)` and their output
     /// (or output gradient) `(OC, n)`, `n = images · OH·OW`, image after image along the columns.
     private var columns: Tensor<Scalar>?, product: Tensor<Scalar>?
-    /// Winograd scratch: transformed filters `(16, OC, C)` (forward) and `(16, C, OC)` (input
+    /// Winograd scratch: transformed filters `(36, OC, C)` (forward) and `(36, C, OC)` (input
     /// gradient), transformed tiles `V` and products `M` of a chunk.
     private var filterTransform: Tensor<Scalar>?, flippedFilterTransform: Tensor<Scalar>?
     private var tileTransform: Tensor<Scalar>?, tileProduct: Tensor<Scalar>?
-    /// The filter gradient in the Winograd domain `(16, OC, C)`.
+    /// The filter gradient in the Winograd domain `(36, OC, C)`.
     private var filterGradientTransform: Tensor<Scalar>?
 
     /// The elements of im2col a chunk of images aims at (default 2²⁰, 4 MiB of `Float`): large
@@ -46,7 +46,7 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     /// (default ``Winograd/chunkElements``, 2 MiB of `Float`).
     public var winogradChunkElements = Winograd.chunkElements
     /// Whether the output, the input gradient and the weight gradient take Winograd's
-    /// F(2×2, 3×3) (``Winograd``) instead of im2col: by default for 3×3 kernels with stride 1
+    /// F(4×4, 3×3) (``Winograd``) instead of im2col: by default for 3×3 kernels with stride 1
     /// and padding 1. Tests turn it off to compare the two.
     public var usesWinograd: Bool
 
@@ -279,7 +279,7 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
                                                chunkElements: winogradChunkElements)
         let v = reuse(&tileTransform, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
         let m = reuse(&tileProduct, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])
-        let du = reuse(&filterGradientTransform, shape: [16, OC, C])
+        let du = reuse(&filterGradientTransform, shape: [Winograd.positions, OC, C])
         input.withUnsafeBufferPointer { x in
             outputGradient.withUnsafeBufferPointer { dy in
                 weightGradient.withUnsafeMutableBufferPointer { dw in
@@ -303,7 +303,7 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     private func winograd(_ input: Tensor<Scalar>, filters weight: Tensor<Scalar>, flipped: Bool, inChannels C: Int,
                           outChannels OC: Int, into output: Tensor<Scalar>) {
         let (B, H, W) = (input.shape[0], input.shape[2], input.shape[3])
-        let filters = flipped ? reuse(&flippedFilterTransform, shape: [16, OC, C]) : reuse(&filterTransform, shape: [16, OC, C])
+        let filters = flipped ? reuse(&flippedFilterTransform, shape: [Winograd.positions, OC, C]) : reuse(&filterTransform, shape: [Winograd.positions, OC, C])
         let (images, columns) = Winograd.chunk(batch: B, inChannels: C, outChannels: OC, height: H, width: W,
                                                chunkElements: winogradChunkElements)
         let v = reuse(&tileTransform, shape: [Winograd.scratchCount(channels: max(C, OC), columns: columns)])

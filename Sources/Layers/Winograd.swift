@@ -1,53 +1,82 @@
 import Tensor
 
-/// Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional
-/// Neural Networks", 2016): a 3×3, stride 1, padding 1 convolution of NCHW images as 16
-/// matrix products on transformed 4×4 tiles, each tile giving 2×2 outputs with 16 products
-/// instead of 36 (2.25× fewer multiplications than im2col's product).
+/// Winograd's minimal filtering F(4×4, 3×3) (Lavin & Gray, "Fast Algorithms for Convolutional
+/// Neural Networks", 2016; interpolation points 0, ±1, ±2, ∞): a 3×3, stride 1, padding 1
+/// convolution of NCHW images as 36 matrix products on transformed 6×6 tiles, each tile giving
+/// 4×4 outputs with 36 products instead of 144 (4× fewer multiplications than im2col's
+/// product; F(2×2, 3×3) saves 2.25× and moves 4 transformed values an output instead of 2.25).
 ///
-/// For each tile `d` (4×4 input, overlapping by 2) and filter `g` (3×3):
+/// For each tile `d` (6×6 input, overlapping by 2) and filter `g` (3×3):
 /// `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, summed over input channels as a matrix product per
-/// transformed position `ξ` (16 of them):
-/// `M[ξ] (OC, tiles) = U[ξ] (OC, C) · V[ξ] (C, tiles)`.
+/// transformed position `ξ` (36 of them):
+/// `M[ξ] (OC, tiles) = U[ξ] (OC, C) · V[ξ] (C, tiles)`, with
+///
+///     Bᵀ = [4  0 −5  0  1  0]     G = [ 1/4     0     0]     Aᵀ = [1  1  1  1  1  0]
+///          [0 −4 −4  1  1  0]         [−1/6  −1/6  −1/6]          [0  1 −1  2 −2  0]
+///          [0  4 −4 −1  1  0]         [−1/6   1/6  −1/6]          [0  1  1  4  4  0]
+///          [0 −2 −1  2  1  0]         [1/24  1/12   1/6]          [0  1 −1  8 −8  1]
+///          [0  2 −1 −2  1  0]         [1/24 −1/12   1/6]
+///          [0  4  0 −5  0  1]         [   0     0     1]
 ///
 /// The same kernel gives a convolution's input gradient: `dX` is the stride-1, padding-1
 /// correlation of `dY` with the filters rotated by 180° and the channels swapped (`flipped`).
 /// Exact in exact arithmetic (the finite-difference checks in `Double` hold to 1e-6); in
-/// `Float` the result differs from im2col's by rounding only.
+/// `Float` the result differs from im2col's by rounding only (a few times F(2×2, 3×3)'s: the
+/// transforms' coefficients reach 8 and 1/24).
 enum Winograd {
-    /// `U[ξ][r][s]` `(16, R, S)` from the filters `w` `(OC, C, 3, 3)`: `R = OC, S = C`, or with
+    /// Transformed positions `ξ = 6i + k` of a tile.
+    static let positions = 36
+
+    /// Output tiles of a plane `H × W`: `(⌈H/4⌉, ⌈W/4⌉)`.
+    static func tileGrid(height H: Int, width W: Int) -> (rows: Int, columns: Int) { ((H + 3) / 4, (W + 3) / 4) }
+
+    /// `(G x)_0 … (G x)_5` of a column `x` of three.
+    @inline(__always)
+    static func filterColumn<Scalar: LayerScalar>(_ x0: Scalar, _ x1: Scalar, _ x2: Scalar)
+        -> (Scalar, Scalar, Scalar, Scalar, Scalar, Scalar) {
+        let sum = x0 + x2
+        return (x0 / 4, -(sum + x1) / 6, -(sum - x1) / 6,
+                x0 / 24 + x1 / 12 + x2 / 6, x0 / 24 - x1 / 12 + x2 / 6, x2)
+    }
+
+    /// `(Gᵀ u)_0 … (Gᵀ u)_2` of a column `u` of six (the adjoint of ``filterColumn(_:_:_:)``).
+    @inline(__always)
+    static func filterColumnAdjoint<Scalar: LayerScalar>(_ u0: Scalar, _ u1: Scalar, _ u2: Scalar, _ u3: Scalar,
+                                                         _ u4: Scalar, _ u5: Scalar) -> (Scalar, Scalar, Scalar) {
+        (u0 / 4 - (u1 + u2) / 6 + (u3 + u4) / 24,
+         (u2 - u1) / 6 + (u3 - u4) / 12,
+         -(u1 + u2) / 6 + (u3 + u4) / 6 + u5)
+    }
+
+    /// `U[ξ][r][s]` `(36, R, S)` from the filters `w` `(OC, C, 3, 3)`: `R = OC, S = C`, or with
     /// `flipped` `R = C, S = OC` and each filter rotated by 180° (the input gradient's filters).
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func transformFilters<Scalar: LayerScalar>(_ w: UnsafePointer<Scalar>, outChannels OC: Int, inChannels C: Int,
                                                       flipped: Bool, into u: UnsafeMutablePointer<Scalar>) {
         let (R, S) = flipped ? (C, OC) : (OC, C)
-        let half: Scalar = 0.5
-        for o in 0..<OC {
-            for c in 0..<C {
-                let f = w + (o * C + c) * 9
-                // g[i][j], rotated by 180° when flipped
-                @inline(__always) func tap(_ i: Int, _ j: Int) -> Scalar { flipped ? f[(2 - i) * 3 + (2 - j)] : f[i * 3 + j] }
-                // s = G g  (4×3)
-                var s: (Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar, Scalar) =
-                    (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-                withUnsafeMutableBytes(of: &s) { raw in
-                    let s = raw.baseAddress!.assumingMemoryBound(to: Scalar.self)
+        withUnsafeTemporaryAllocation(of: Scalar.self, capacity: 18) { buffer in
+            let s = buffer.baseAddress!  // G g, 6×3
+            for o in 0..<OC {
+                for c in 0..<C {
+                    let f = w + (o * C + c) * 9
+                    // g[i][j], rotated by 180° when flipped
+                    @inline(__always) func tap(_ i: Int, _ j: Int) -> Scalar { flipped ? f[(2 - i) * 3 + (2 - j)] : f[i * 3 + j] }
                     for j in 0..<3 {
-                        let (g0, g1, g2) = (tap(0, j), tap(1, j), tap(2, j))
-                        s[0 * 3 + j] = g0
-                        s[1 * 3 + j] = (g0 + g1 + g2) * half
-                        s[2 * 3 + j] = (g0 - g1 + g2) * half
-                        s[3 * 3 + j] = g2
+                        let column = filterColumn(tap(0, j), tap(1, j), tap(2, j))
+                        (s[j], s[3 + j], s[6 + j], s[9 + j], s[12 + j], s[15 + j]) = column
                     }
-                    // U = s Gᵀ  (4×4), stored at position ξ = 4i + j of matrix (r, s)
+                    // U = (G g) Gᵀ, row i at positions 6i … 6i + 5 of matrix (r, col)
                     let (r, col) = flipped ? (c, o) : (o, c)
-                    for i in 0..<4 {
-                        let (a0, a1, a2) = (s[i * 3], s[i * 3 + 1], s[i * 3 + 2])
-                        u[((i * 4 + 0) * R + r) * S + col] = a0
-                        u[((i * 4 + 1) * R + r) * S + col] = (a0 + a1 + a2) * half
-                        u[((i * 4 + 2) * R + r) * S + col] = (a0 - a1 + a2) * half
-                        u[((i * 4 + 3) * R + r) * S + col] = a2
+                    for i in 0..<6 {
+                        let row = filterColumn(s[3 * i], s[3 * i + 1], s[3 * i + 2])
+                        let target = u + (6 * i * R + r) * S + col, step = R * S
+                        target[0] = row.0
+                        target[step] = row.1
+                        target[2 * step] = row.2
+                        target[3 * step] = row.3
+                        target[4 * step] = row.4
+                        target[5 * step] = row.5
                     }
                 }
             }
@@ -55,37 +84,41 @@ enum Winograd {
     }
 
     /// The elements of the scratch `V` and `M` a chunk of images aims at (2 MiB of `Float`
-    /// each): both stay in the caches between the transforms and the 16 products, which
-    /// still get hundreds of columns. On the ResNet step of docs/PERFORMANCE.md (2 threads,
-    /// 512 KiB L2 a core) the convolutions took about 20 % less time than with 16 MiB, whose
-    /// `V` and `M` went through memory; 1 MiB and 512 KiB were slower again (short products).
+    /// each): both stay in the caches between the transforms and the 36 products, which
+    /// still get hundreds of columns.
     static let chunkElements = 1 << 19
 
-    /// The scratch of one transform of planes `W` wide: the input transform's padded row, O,
-    /// E and five rows of four `c` (``inputTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``),
-    /// the gradient transform's (``gradientTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``)
-    /// or the output transform's eight rows of `TW`.
-    static func scratchElements(width W: Int) -> Int {
-        let TW = (W + 1) / 2, span = splitSpan(tileColumns: TW)
-        return max(4 * span + 20 * TW, 6 * span + 2 * TW, 8 * TW) + 16
+    /// Tile rows a transform takes at once: its loops run over `rows · TW` tiles (at least 256
+    /// tiles' worth, a whole plane of a ResNet's maps), not over one tile row of `TW`.
+    static func tileRowsPerGroup(tileRows TH: Int, tileColumns TW: Int) -> Int { max(1, min(TH, 256 / max(TW, 1))) }
+
+    /// The scratch of one transform of planes `H × W` (the largest of the input transform's,
+    /// the gradient transform's and the output transform's, for a group of tile rows).
+    static func scratchElements(height H: Int, width W: Int) -> Int {
+        let (TH, TW) = tileGrid(height: H, width: W)
+        let (span, g) = (splitSpan(tileColumns: TW), tileRowsPerGroup(tileRows: TH, tileColumns: TW))
+        // input: padded row and four phases (8 span), 6 × 4 × (g + 1) rows of `c`;
+        // gradient: 8 span and 6 × 4 × g; output: 24 + 16 rows of g · TW
+        return 8 * span + 40 * (g + 1) * TW + 16
     }
 
-    /// Elements between the 16 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``).
+    /// Elements between the 36 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``).
     static let positionPadding = 64
 
-    /// The elements `V` `(16, C, n)` or `M` `(16, OC, n)` takes with `channels` = C or OC.
-    static func scratchCount(channels: Int, columns: Int) -> Int { 16 * (channels * columns + positionPadding) }
+    /// The elements `V` `(36, C, n)` or `M` `(36, OC, n)` takes with `channels` = C or OC.
+    static func scratchCount(channels: Int, columns: Int) -> Int { positions * (channels * columns + positionPadding) }
 
-    /// Images per chunk and the scratch each of `V` `(16, C, n)` and `M` `(16, OC, n)` needs.
+    /// Images per chunk and the columns `n = images · tiles` of `V` `(36, C, n)` and `M` `(36, OC, n)`.
     static func chunk(batch: Int, inChannels C: Int, outChannels OC: Int, height H: Int, width W: Int,
                       chunkElements: Int = chunkElements) -> (images: Int, columns: Int) {
-        let tiles = ((H + 1) / 2) * ((W + 1) / 2)
-        let images = max(1, min(batch, chunkElements / max(16 * max(C, OC) * tiles, 1)))
+        let (TH, TW) = tileGrid(height: H, width: W)
+        let tiles = TH * TW
+        let images = max(1, min(batch, chunkElements / max(positions * max(C, OC) * tiles, 1)))
         return (images, images * tiles)
     }
 
     /// `y (B, OC, H, W) = conv3×3(x (B, C, H, W))`, stride 1, padding 1, with the transformed
-    /// filters `u` `(16, OC, C)`; overwrites `y`. `v` and `m` are scratch of at least
+    /// filters `u` `(36, OC, C)`; overwrites `y`. `v` and `m` are scratch of at least
     /// ``scratchCount(channels:columns:)`` elements (of C and OC), `n = images · tiles` (``chunk(batch:inChannels:outChannels:height:width:chunkElements:)``).
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
@@ -94,13 +127,13 @@ enum Winograd {
                                               filters u: UnsafePointer<Scalar>, output y: UnsafeMutablePointer<Scalar>,
                                               v: UnsafeMutablePointer<Scalar>, m: UnsafeMutablePointer<Scalar>,
                                               imagesPerChunk: Int) {
-        let (TH, TW) = ((H + 1) / 2, (W + 1) / 2)
+        let (TH, TW) = tileGrid(height: H, width: W)
         let tiles = TH * TW, n = imagesPerChunk * tiles
-        // The 16 positions' matrices sit `C·n + 64` (`OC·n + 64`) elements apart, not a
-        // multiple of a large power of two: the transforms read or write all 16 at once, and
-        // 16 streams 2^k bytes apart would share one set of the L1 and L2 caches.
+        // The 36 positions' matrices sit `C·n + 64` (`OC·n + 64`) elements apart, not a
+        // multiple of a large power of two: the transforms read or write all 36 at once, and
+        // streams 2^k bytes apart would share one set of the L1 and L2 caches.
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = scratchElements(width: W)
+        let scratchCount = scratchElements(height: H, width: W)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
             // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ] of tile t of channel c of image first + j
@@ -114,7 +147,7 @@ enum Winograd {
                 }
             }
             // M[ξ] = U[ξ] · V[ξ]                 (OC, columns) = (OC, C) (C, columns)
-            for xi in 0..<16 {
+            for xi in 0..<positions {
                 Scalar.gemm(transposeA: false, transposeB: false, m: OC, n: columns, k: C,
                             alpha: 1, a: u + xi * OC * C, lda: C, b: UnsafePointer(v + xi * vStride), ldb: n,
                             beta: 0, c: m + xi * mStride, ldc: n)
@@ -137,8 +170,8 @@ enum Winograd {
     /// Accumulates the filter gradient `dW (OC, C, 3, 3) += ∂/∂W ⟨dY, conv3×3(x)⟩` (stride 1,
     /// padding 1), the adjoint of ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``
     /// in the filters: per position `ξ`, `dU[ξ] (OC, C) = Σ_tiles (A dY Aᵀ)[ξ] (Bᵀ d B)[ξ]ᵀ`
-    /// (one product over every tile of the chunk), then `dW += Gᵀ dU G`. 16 products of
-    /// `OC × C × tiles` instead of im2col's `OC × 9C × 4·tiles`. `du` is scratch of `16·OC·C`.
+    /// (one product over every tile of the chunk), then `dW += Gᵀ dU G`. 36 products of
+    /// `OC × C × tiles` instead of im2col's `OC × 9C × 16·tiles`. `du` is scratch of `36·OC·C`.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func filterGradient<Scalar: LayerScalar>(_ x: UnsafePointer<Scalar>, outputGradient dy: UnsafePointer<Scalar>,
@@ -146,11 +179,11 @@ enum Winograd {
                                                     height H: Int, width W: Int, adding dw: UnsafeMutablePointer<Scalar>,
                                                     v: UnsafeMutablePointer<Scalar>, m: UnsafeMutablePointer<Scalar>,
                                                     du: UnsafeMutablePointer<Scalar>, imagesPerChunk: Int) {
-        let (TH, TW) = ((H + 1) / 2, (W + 1) / 2)
+        let (TH, TW) = tileGrid(height: H, width: W)
         let tiles = TH * TW, n = imagesPerChunk * tiles
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = scratchElements(width: W)
-        du.update(repeating: 0, count: 16 * OC * C)
+        let scratchCount = scratchElements(height: H, width: W)
+        du.update(repeating: 0, count: positions * OC * C)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
             // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ];  M[ξ][o][j·tiles + t] = (A dY Aᵀ)[ξ]
@@ -172,218 +205,268 @@ enum Winograd {
                 }
             }
             // dU[ξ] += M[ξ] · V[ξ]ᵀ              (OC, C) += (OC, columns) (C, columns)ᵀ
-            for xi in 0..<16 {
+            for xi in 0..<positions {
                 Scalar.gemm(transposeA: false, transposeB: true, m: OC, n: C, k: columns,
                             alpha: 1, a: UnsafePointer(m + xi * mStride), lda: n, b: UnsafePointer(v + xi * vStride), ldb: n,
                             beta: 1, c: du + xi * OC * C, ldc: C)
             }
         }
         // dW[o][c] += Gᵀ dU[o][c] G
-        let half: Scalar = 0.5
-        for o in 0..<OC {
-            for c in 0..<C {
-                @inline(__always) func u(_ i: Int, _ k: Int) -> Scalar { du[((i * 4 + k) * OC + o) * C + c] }
-                let f = dw + (o * C + c) * 9
-                // s = Gᵀ dU (3×4), then dW = s G (3×3)
-                var s = (Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0),
-                         Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0), Scalar(0))
-                withUnsafeMutableBytes(of: &s) { raw in
-                    let s = raw.baseAddress!.assumingMemoryBound(to: Scalar.self)
-                    for k in 0..<4 {
-                        let (u0, u1, u2, u3) = (u(0, k), u(1, k), u(2, k), u(3, k))
-                        s[0 * 4 + k] = u0 + (u1 + u2) * half
-                        s[1 * 4 + k] = (u1 - u2) * half
-                        s[2 * 4 + k] = (u1 + u2) * half + u3
+        withUnsafeTemporaryAllocation(of: Scalar.self, capacity: 18) { buffer in
+            let s = buffer.baseAddress!  // Gᵀ dU, 3×6
+            for o in 0..<OC {
+                for c in 0..<C {
+                    @inline(__always) func u(_ i: Int, _ k: Int) -> Scalar { du[((6 * i + k) * OC + o) * C + c] }
+                    for k in 0..<6 {
+                        (s[k], s[6 + k], s[12 + k]) = filterColumnAdjoint(u(0, k), u(1, k), u(2, k), u(3, k), u(4, k), u(5, k))
                     }
+                    let f = dw + (o * C + c) * 9
                     for i in 0..<3 {
-                        let (a0, a1, a2, a3) = (s[i * 4], s[i * 4 + 1], s[i * 4 + 2], s[i * 4 + 3])
-                        f[i * 3 + 0] += a0 + (a1 + a2) * half
-                        f[i * 3 + 1] += (a1 - a2) * half
-                        f[i * 3 + 2] += (a1 + a2) * half + a3
+                        let row = s + 6 * i
+                        let (a0, a1, a2) = filterColumnAdjoint(row[0], row[1], row[2], row[3], row[4], row[5])
+                        f[3 * i] += a0
+                        f[3 * i + 1] += a1
+                        f[3 * i + 2] += a2
                     }
                 }
             }
         }
     }
 
-    /// `A e Aᵀ` of every 2×2 output-gradient tile `e` of one plane (zero beyond the plane's
-    /// edge), position `ξ = 4i + k` of tile `t` to `target[ξ · positionStride + t]`; with
-    /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`. Vectorised along rows: per tile row, both
-    /// input rows split into even and odd columns (``deinterleave(_:blocks:even:odd:)``), the
-    /// rows of `A e` (`e0`, `e0 + e1`, `e0 − e1`, `−e1`) formed on those halves, and each one's
-    /// columns `E`, `E + O`, `E − O`, `−O` written to `target`. `scratch` holds
-    /// ``scratchElements(width:)``.
-    @_specialize(where Scalar == Float)
-    @_specialize(where Scalar == Double)
-    static func gradientTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
-                                                       tileRows TH: Int, tileColumns TW: Int,
-                                                       into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
-                                                       scratch: UnsafeMutablePointer<Scalar>) {
-        // The row with zeros after it up to `2 · span`; E and O of both rows (`span` each);
-        // E and O of a row of `A e` (TW each).
-        let span = splitSpan(tileColumns: TW)
-        let padded = scratch, even0 = scratch + 2 * span, odd0 = even0 + span, even1 = odd0 + span, odd1 = even1 + span
-        let (rowEven, rowOdd) = (odd1 + span, odd1 + span + TW)
-        (padded + W).update(repeating: 0, count: 2 * span - W)
-        for a in 0..<TH {
-            padded.update(from: plane + 2 * a * W, count: W)
-            deinterleave(UnsafePointer(padded), blocks: span / 8, even: even0, odd: odd0)
-            if 2 * a + 1 < H {
-                padded.update(from: plane + (2 * a + 1) * W, count: W)
-                deinterleave(UnsafePointer(padded), blocks: span / 8, even: even1, odd: odd1)
-            } else {
-                even1.update(repeating: 0, count: TW)
-                odd1.update(repeating: 0, count: TW)
+    /// The elements ``deinterleave4(_:blocks:into:stride:)`` writes of each phase for a row
+    /// of `TW` tiles: `TW + 1` rounded up to whole blocks of 4.
+    static func splitSpan(tileColumns TW: Int) -> Int { (TW + 1 + 3) / 4 * 4 }
+
+    /// `phases[q · stride + b] = p[4b + q]`, `q = 0 … 3`, for `b < 4 · blocks` (reads
+    /// `p[0 ..< 16 · blocks]`). In `Float`, sixteen elements a load, split by SIMD16's and
+    /// SIMD8's `evenHalf` / `oddHalf` (shuffles).
+    @inline(__always)
+    static func deinterleave4<Scalar: LayerScalar>(_ p: UnsafePointer<Scalar>, blocks: Int,
+                                                   into phases: UnsafeMutablePointer<Scalar>, stride: Int) {
+        if Scalar.self == Float.self {
+            let source = UnsafeRawPointer(p), target = UnsafeMutableRawPointer(phases)
+            let rowBytes = stride * MemoryLayout<Float>.stride
+            for block in 0..<blocks {
+                let v = source.loadUnaligned(fromByteOffset: 64 * block, as: SIMD16<Float>.self)
+                let (even, odd) = (v.evenHalf, v.oddHalf)
+                target.storeBytes(of: even.evenHalf, toByteOffset: 16 * block, as: SIMD4<Float>.self)
+                target.storeBytes(of: odd.evenHalf, toByteOffset: rowBytes + 16 * block, as: SIMD4<Float>.self)
+                target.storeBytes(of: even.oddHalf, toByteOffset: 2 * rowBytes + 16 * block, as: SIMD4<Float>.self)
+                target.storeBytes(of: odd.oddHalf, toByteOffset: 3 * rowBytes + 16 * block, as: SIMD4<Float>.self)
             }
-            for i in 0..<4 {
-                // row i of A e, split: e0, e0 + e1, e0 − e1, −e1
-                switch i {
-                case 0:
-                    rowEven.update(from: even0, count: TW)
-                    rowOdd.update(from: odd0, count: TW)
-                case 1:
-                    for b in 0..<TW { rowEven[b] = even0[b] + even1[b] }
-                    for b in 0..<TW { rowOdd[b] = odd0[b] + odd1[b] }
-                case 2:
-                    for b in 0..<TW { rowEven[b] = even0[b] - even1[b] }
-                    for b in 0..<TW { rowOdd[b] = odd0[b] - odd1[b] }
-                default:
-                    for b in 0..<TW { rowEven[b] = -even1[b] }
-                    for b in 0..<TW { rowOdd[b] = -odd1[b] }
-                }
-                let v0 = target + (4 * i) * positionStride + a * TW
-                let (v1, v2, v3) = (v0 + positionStride, v0 + 2 * positionStride, v0 + 3 * positionStride)
-                v0.update(from: rowEven, count: TW)
-                for b in 0..<TW { v1[b] = rowEven[b] + rowOdd[b] }
-                for b in 0..<TW { v2[b] = rowEven[b] - rowOdd[b] }
-                for b in 0..<TW { v3[b] = -rowOdd[b] }
+        } else {
+            for b in 0..<4 * blocks {
+                for q in 0..<4 { phases[q * stride + b] = p[4 * b + q] }
             }
         }
     }
 
-    /// `Bᵀ d B` of every 4×4 tile of one plane (padding 1: the tile of output tile `(a, b)`
-    /// starts at input row `2a − 1`, column `2b − 1`); position `ξ = 4i + k` of tile
+    /// `Bᵀ d B` of every 6×6 tile of one plane (padding 1: the tile of output tile `(a, b)`
+    /// starts at input row `4a − 1`, column `4b − 1`); position `ξ = 6i + k` of tile
     /// `t = a · TW + b` goes to `target[ξ · positionStride + t]`.
     ///
-    /// Separable: `d B` first, once per input row (each row belongs to two tile rows): the row
-    /// split into its odd and even columns `O[b] = d[2b − 1]`, `E[b] = d[2b]` (zero outside the
-    /// plane) by ``deinterleave(_:blocks:even:odd:)``, so that the four columns `c_k` of
-    /// consecutive tiles are contiguous: `O[b] − O[b+1]`, `E[b] + O[b+1]`, `O[b+1] − E[b]`,
-    /// `E[b] − E[b+1]`. Then `Bᵀ (d B)` of each tile row from its four input rows `r0 … r3`:
-    /// `c(r0) − c(r2)`, `c(r1) + c(r2)`, `c(r2) − c(r1)`, `c(r1) − c(r3)`, each straight to
-    /// `target`. `scratch` holds ``scratchElements(width:)``.
+    /// Separable, a group of tile rows at a time (``tileRowsPerGroup(tileRows:tileColumns:)``):
+    /// `d B` once per input row, the row split into four phases `P_q[b] = d[4b − 1 + q]` (zero
+    /// outside the plane) by ``deinterleave4(_:blocks:into:stride:)``, so that a tile's six
+    /// taps are `P_0 … P_3[b]`, `P_0[b+1]`, `P_1[b+1]`; its six columns `c_k = (Bᵀ taps)_k`
+    /// go to `c[k][R mod 4][R / 4]` (`R` the row's index from the group's first input row), so
+    /// that input row `j` of every tile row of the group is one contiguous run of `g · TW`.
+    /// Then each position `Bᵀ (d B)` over the whole group in one loop, straight to `target`.
+    /// `scratch` holds ``scratchElements(height:width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func inputTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
                                                     tileRows TH: Int, tileColumns TW: Int,
                                                     into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
                                                     scratch: UnsafeMutablePointer<Scalar>) {
-        // The row with a zero before it and zeros after it up to `2 · span − 1`; O and E
-        // (`span` each); four rows' `c` (4 TW each, row r in slot (r + 1) mod 4); a zero `c`.
-        let span = splitSpan(tileColumns: TW)
-        let padded = scratch + 1, odd = scratch + 2 * span, even = odd + span
-        let slots = even + span, zero = slots + 16 * TW
+        // The row with a zero before it and zeros after it up to `4 · span − 1`; the four
+        // phases (`span` each); c[k][phase][block][TW], blocks 0 … g.
+        let span = splitSpan(tileColumns: TW), group = tileRowsPerGroup(tileRows: TH, tileColumns: TW)
+        let padded = scratch + 1, phases = scratch + 4 * span, c = phases + 4 * span
+        let phaseStride = (group + 1) * TW, kStride = 4 * phaseStride
         padded[-1] = 0
-        (padded + W).update(repeating: 0, count: 2 * span - 1 - W)
-        zero.update(repeating: 0, count: 4 * TW)
-        @inline(__always) func columns(_ r: Int) -> UnsafeMutablePointer<Scalar> {
-            r >= 0 && r < H ? slots + ((r + 1) & 3) * 4 * TW : zero
-        }
-        // c_k of input row r, k = 0 … 3, TW apart
-        @inline(__always) func transformRow(_ r: Int) {
-            guard r >= 0 && r < H else { return }
-            padded.update(from: plane + r * W, count: W)
-            deinterleave(UnsafePointer(padded - 1), blocks: span / 8, even: odd, odd: even)
-            let c0 = columns(r)
-            let (c1, c2, c3) = (c0 + TW, c0 + 2 * TW, c0 + 3 * TW)
-            for b in 0..<TW { c0[b] = odd[b] - odd[b + 1] }
-            for b in 0..<TW { c1[b] = even[b] + odd[b + 1] }
-            for b in 0..<TW { c2[b] = odd[b + 1] - even[b] }
-            for b in 0..<TW { c3[b] = even[b] - even[b + 1] }
-        }
-        transformRow(0)
-        for a in 0..<TH {
-            transformRow(2 * a + 1)
-            transformRow(2 * a + 2)
-            let (r0, r1, r2, r3) = (UnsafePointer(columns(2 * a - 1)), UnsafePointer(columns(2 * a)),
-                                    UnsafePointer(columns(2 * a + 1)), UnsafePointer(columns(2 * a + 2)))
-            let tileRow = target + a * TW
-            for k in 0..<4 {
-                let (d0, d1, d2, d3) = (r0 + k * TW, r1 + k * TW, r2 + k * TW, r3 + k * TW)
-                // One output a loop: two loads and a store each, which the compiler vectorises
-                // (four outputs in one loop need more run-time alias checks than it makes).
-                let v0 = tileRow + k * positionStride
-                let (v1, v2, v3) = (v0 + 4 * positionStride, v0 + 8 * positionStride, v0 + 12 * positionStride)
-                for b in 0..<TW { v0[b] = d0[b] - d2[b] }
-                for b in 0..<TW { v1[b] = d1[b] + d2[b] }
-                for b in 0..<TW { v2[b] = d2[b] - d1[b] }
-                for b in 0..<TW { v3[b] = d1[b] - d3[b] }
+        (padded + W).update(repeating: 0, count: 4 * span - 1 - W)
+        let (p0, p1, p2, p3) = (UnsafePointer(phases), UnsafePointer(phases + span),
+                                UnsafePointer(phases + 2 * span), UnsafePointer(phases + 3 * span))
+        for firstRow in Swift.stride(from: 0, to: TH, by: group) {
+            let rows = min(group, TH - firstRow), top = 4 * firstRow - 1
+            // c_k of input row top + R, R = 0 … 4 rows + 1: Bᵀ of the taps
+            for R in 0 ..< 4 * rows + 2 {
+                let r = top + R
+                let c0 = c + (R & 3) * phaseStride + (R >> 2) * TW
+                let (c1, c2, c3, c4, c5) = (c0 + kStride, c0 + 2 * kStride, c0 + 3 * kStride, c0 + 4 * kStride, c0 + 5 * kStride)
+                guard r >= 0 && r < H else {
+                    for k in 0..<6 { (c0 + k * kStride).update(repeating: 0, count: TW) }
+                    continue
+                }
+                padded.update(from: plane + r * W, count: W)
+                deinterleave4(UnsafePointer(padded - 1), blocks: span / 4, into: phases, stride: span)
+                for b in 0..<TW { c0[b] = 4 * p0[b] - 5 * p2[b] + p0[b + 1] }
+                for b in 0..<TW { c1[b] = p3[b] + p0[b + 1] - 4 * (p1[b] + p2[b]) }
+                for b in 0..<TW { c2[b] = p0[b + 1] - p3[b] + 4 * (p1[b] - p2[b]) }
+                for b in 0..<TW { c3[b] = p0[b + 1] - p2[b] + 2 * (p3[b] - p1[b]) }
+                for b in 0..<TW { c4[b] = p0[b + 1] - p2[b] + 2 * (p1[b] - p3[b]) }
+                for b in 0..<TW { c5[b] = 4 * p1[b] - 5 * p3[b] + p1[b + 1] }
+            }
+            let count = rows * TW, groupTarget = target + firstRow * TW
+            for k in 0..<6 {
+                // input row j of tile row a' at c[k][j mod 4][a' + j / 4]
+                let base = UnsafePointer(c + k * kStride)
+                let (d0, d1, d2, d3) = (base, base + phaseStride, base + 2 * phaseStride, base + 3 * phaseStride)
+                let (d4, d5) = (base + TW, base + phaseStride + TW)
+                // (Bᵀ rows) position 6i + k; one output a loop, which the compiler vectorises
+                let v0 = groupTarget + k * positionStride, step = 6 * positionStride
+                let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
+                for f in 0..<count { v0[f] = 4 * d0[f] - 5 * d2[f] + d4[f] }
+                for f in 0..<count { v1[f] = d3[f] + d4[f] - 4 * (d1[f] + d2[f]) }
+                for f in 0..<count { v2[f] = d4[f] - d3[f] + 4 * (d1[f] - d2[f]) }
+                for f in 0..<count { v3[f] = d4[f] - d2[f] + 2 * (d3[f] - d1[f]) }
+                for f in 0..<count { v4[f] = d4[f] - d2[f] + 2 * (d1[f] - d3[f]) }
+                for f in 0..<count { v5[f] = 4 * d1[f] - 5 * d3[f] + d5[f] }
             }
         }
     }
 
-    /// The elements ``deinterleave(_:blocks:even:odd:)`` writes of each half for a row of
-    /// `TW` tiles: `TW + 1` rounded up to whole blocks of 8.
-    static func splitSpan(tileColumns TW: Int) -> Int { (TW + 1 + 7) / 8 * 8 }
-
-    /// `even[b] = p[2b]`, `odd[b] = p[2b + 1]` for `b < 8 · blocks` (reads `p[0 ..< 16 · blocks]`).
-    /// In `Float`, sixteen elements a load, split by two shuffles each half (SIMD16's
-    /// `evenHalf`, `oddHalf`).
-    @inline(__always)
-    static func deinterleave<Scalar: LayerScalar>(_ p: UnsafePointer<Scalar>, blocks: Int,
-                                                  even: UnsafeMutablePointer<Scalar>, odd: UnsafeMutablePointer<Scalar>) {
-        if Scalar.self == Float.self {
-            let source = UnsafeRawPointer(p)
-            let (evenBytes, oddBytes) = (UnsafeMutableRawPointer(even), UnsafeMutableRawPointer(odd))
-            for block in 0..<blocks {
-                let v = source.loadUnaligned(fromByteOffset: 64 * block, as: SIMD16<Float>.self)
-                evenBytes.storeBytes(of: v.evenHalf, toByteOffset: 32 * block, as: SIMD8<Float>.self)
-                oddBytes.storeBytes(of: v.oddHalf, toByteOffset: 32 * block, as: SIMD8<Float>.self)
+    /// `A e Aᵀ` of every 4×4 output-gradient tile `e` of one plane (zero beyond the plane's
+    /// edge), position `ξ = 6i + k` of tile `t` to `target[ξ · positionStride + t]`; `A` is
+    /// `Aᵀ` transposed (6×4): `(A e)` = `e0`, `e0+e1+e2+e3`, `e0−e1+e2−e3`, `e0+2e1+4e2+8e3`,
+    /// `e0−2e1+4e2−8e3`, `e3`. Separable and a group of tile rows at a time like
+    /// ``inputTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``:
+    /// each input row split into its four phases `Q_l[b] = e[4b + l]` and its six columns
+    /// formed into `c[k][l][a']`, then each position over the whole group in one loop.
+    /// `scratch` holds ``scratchElements(height:width:)``.
+    @_specialize(where Scalar == Float)
+    @_specialize(where Scalar == Double)
+    static func gradientTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
+                                                       tileRows TH: Int, tileColumns TW: Int,
+                                                       into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
+                                                       scratch: UnsafeMutablePointer<Scalar>) {
+        // The row with zeros after it up to `4 · span`; the four phases; c[k][l][a'][TW].
+        let span = splitSpan(tileColumns: TW), group = tileRowsPerGroup(tileRows: TH, tileColumns: TW)
+        let padded = scratch, phases = scratch + 4 * span, c = phases + 4 * span
+        let phaseStride = group * TW, kStride = 4 * phaseStride
+        (padded + W).update(repeating: 0, count: 4 * span - W)
+        let (q0, q1, q2, q3) = (UnsafePointer(phases), UnsafePointer(phases + span),
+                                UnsafePointer(phases + 2 * span), UnsafePointer(phases + 3 * span))
+        for firstRow in Swift.stride(from: 0, to: TH, by: group) {
+            let rows = min(group, TH - firstRow)
+            for R in 0 ..< 4 * rows {
+                let r = 4 * firstRow + R
+                let c0 = c + (R & 3) * phaseStride + (R >> 2) * TW
+                let (c1, c2, c3, c4, c5) = (c0 + kStride, c0 + 2 * kStride, c0 + 3 * kStride, c0 + 4 * kStride, c0 + 5 * kStride)
+                guard r < H else {
+                    for k in 0..<6 { (c0 + k * kStride).update(repeating: 0, count: TW) }
+                    continue
+                }
+                padded.update(from: plane + r * W, count: W)
+                deinterleave4(UnsafePointer(padded), blocks: span / 4, into: phases, stride: span)
+                c0.update(from: q0, count: TW)
+                for b in 0..<TW { c1[b] = (q0[b] + q2[b]) + (q1[b] + q3[b]) }
+                for b in 0..<TW { c2[b] = (q0[b] + q2[b]) - (q1[b] + q3[b]) }
+                for b in 0..<TW { c3[b] = (q0[b] + 4 * q2[b]) + 2 * (q1[b] + 4 * q3[b]) }
+                for b in 0..<TW { c4[b] = (q0[b] + 4 * q2[b]) - 2 * (q1[b] + 4 * q3[b]) }
+                c5.update(from: q3, count: TW)
             }
-        } else {
-            for b in 0..<8 * blocks {
-                even[b] = p[2 * b]
-                odd[b] = p[2 * b + 1]
+            let count = rows * TW, groupTarget = target + firstRow * TW
+            for k in 0..<6 {
+                let base = UnsafePointer(c + k * kStride)
+                let (e0, e1, e2, e3) = (base, base + phaseStride, base + 2 * phaseStride, base + 3 * phaseStride)
+                let v0 = groupTarget + k * positionStride, step = 6 * positionStride
+                let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
+                v0.update(from: e0, count: count)
+                for f in 0..<count { v1[f] = (e0[f] + e2[f]) + (e1[f] + e3[f]) }
+                for f in 0..<count { v2[f] = (e0[f] + e2[f]) - (e1[f] + e3[f]) }
+                for f in 0..<count { v3[f] = (e0[f] + 4 * e2[f]) + 2 * (e1[f] + 4 * e3[f]) }
+                for f in 0..<count { v4[f] = (e0[f] + 4 * e2[f]) - 2 * (e1[f] + 4 * e3[f]) }
+                v5.update(from: e3, count: count)
             }
         }
     }
 
-    /// `Aᵀ m A` of every tile of one output plane: `m[ξ · positionStride + t]` → the 2×2
-    /// outputs at row `2a`, column `2b` (clipped at the plane's edge). Vectorised along tile
-    /// rows like ``inputTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``;
-    /// `scratch` holds `8 TW` elements.
+    /// `Aᵀ m A` of every tile of one output plane: `m[ξ · positionStride + t]` → the 4×4
+    /// outputs at row `4a`, column `4b` (clipped at the plane's edge). A group of tile rows
+    /// at a time (``tileRowsPerGroup(tileRows:tileColumns:)``), each step one loop over the
+    /// group's tiles: the six rows `i` of the tiles' `m` reduced to four columns
+    /// `p_il = (m_i A)_l`, the four output rows `q_rl = (Aᵀ p_l)_r`, then each output row
+    /// interleaved from its four column phases. `scratch` holds ``scratchElements(height:width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func outputTransform<Scalar: LayerScalar>(_ m: UnsafePointer<Scalar>, positionStride: Int,
                                                      tileRows TH: Int, tileColumns TW: Int,
                                                      into plane: UnsafeMutablePointer<Scalar>, height H: Int, width W: Int,
-                                                     scratch p: UnsafeMutablePointer<Scalar>) {
-        for a in 0..<TH {
-            // p[i][0] = m_i0 + m_i1 + m_i2, p[i][1] = m_i1 − m_i2 − m_i3 (m A, row i of each tile)
-            for i in 0..<4 {
-                let q0 = m + (4 * i) * positionStride + a * TW
-                let (q1, q2, q3) = (q0 + positionStride, q0 + 2 * positionStride, q0 + 3 * positionStride)
-                let (p0, p1) = (p + (2 * i) * TW, p + (2 * i + 1) * TW)
-                for b in 0..<TW { p0[b] = q0[b] + q1[b] + q2[b] }
-                for b in 0..<TW { p1[b] = q1[b] - q2[b] - q3[b] }
+                                                     scratch: UnsafeMutablePointer<Scalar>) {
+        let group = tileRowsPerGroup(tileRows: TH, tileColumns: TW), stride = group * TW
+        // p[i][l] (24 runs of `stride`); q[r][l] (16)
+        let p = scratch, q = scratch + 24 * stride
+        let fullQuads = W / 4
+        for firstRow in Swift.stride(from: 0, to: TH, by: group) {
+            let rows = min(group, TH - firstRow), count = rows * TW
+            for i in 0..<6 {
+                // p_il = m0+m1+m2+m3+m4, m1−m2+2(m3−m4), m1+m2+4(m3+m4), m1−m2+8(m3−m4)+m5
+                let m0 = m + (6 * i) * positionStride + firstRow * TW
+                let (m1, m2, m3, m4, m5) = (m0 + positionStride, m0 + 2 * positionStride, m0 + 3 * positionStride,
+                                            m0 + 4 * positionStride, m0 + 5 * positionStride)
+                let t0 = p + (4 * i) * stride
+                let (t1, t2, t3) = (t0 + stride, t0 + 2 * stride, t0 + 3 * stride)
+                for f in 0..<count { t0[f] = m0[f] + (m1[f] + m2[f]) + (m3[f] + m4[f]) }
+                for f in 0..<count { t1[f] = (m1[f] - m2[f]) + 2 * (m3[f] - m4[f]) }
+                for f in 0..<count { t2[f] = (m1[f] + m2[f]) + 4 * (m3[f] + m4[f]) }
+                for f in 0..<count { t3[f] = (m1[f] - m2[f]) + 8 * (m3[f] - m4[f]) + m5[f] }
             }
-            // y = Aᵀ (m A): row 2a = p0 + p1 + p2, row 2a + 1 = p1 − p2 − p3 (per output column)
-            let (p00, p01, p10, p11) = (p, p + TW, p + 2 * TW, p + 3 * TW)
-            let (p20, p21, p30, p31) = (p + 4 * TW, p + 5 * TW, p + 6 * TW, p + 7 * TW)
-            let row0 = plane + 2 * a * W
-            let fullPairs = W / 2
-            for b in 0..<fullPairs {
-                row0[2 * b] = p00[b] + p10[b] + p20[b]
-                row0[2 * b + 1] = p01[b] + p11[b] + p21[b]
+            for l in 0..<4 {
+                // q_rl = (Aᵀ p_l)_r over i
+                let s0 = UnsafePointer(p + l * stride), rowStep = 4 * stride
+                let (s1, s2, s3, s4, s5) = (s0 + rowStep, s0 + 2 * rowStep, s0 + 3 * rowStep, s0 + 4 * rowStep, s0 + 5 * rowStep)
+                let t0 = q + l * stride
+                let (t1, t2, t3) = (t0 + 4 * stride, t0 + 8 * stride, t0 + 12 * stride)
+                for f in 0..<count { t0[f] = s0[f] + (s1[f] + s2[f]) + (s3[f] + s4[f]) }
+                for f in 0..<count { t1[f] = (s1[f] - s2[f]) + 2 * (s3[f] - s4[f]) }
+                for f in 0..<count { t2[f] = (s1[f] + s2[f]) + 4 * (s3[f] + s4[f]) }
+                for f in 0..<count { t3[f] = (s1[f] - s2[f]) + 8 * (s3[f] - s4[f]) + s5[f] }
             }
-            if W % 2 == 1 { row0[W - 1] = p00[TW - 1] + p10[TW - 1] + p20[TW - 1] }
-            guard 2 * a + 1 < H else { continue }
-            let row1 = row0 + W
-            for b in 0..<fullPairs {
-                row1[2 * b] = p10[b] - p20[b] - p30[b]
-                row1[2 * b + 1] = p11[b] - p21[b] - p31[b]
+            for a in 0..<rows {
+                for r in 0..<4 where 4 * (firstRow + a) + r < H {
+                    let row = plane + (4 * (firstRow + a) + r) * W
+                    let y0 = UnsafePointer(q + (4 * r) * stride + a * TW)
+                    let (y1, y2, y3) = (y0 + stride, y0 + 2 * stride, y0 + 3 * stride)
+                    interleave4(y0, y1, y2, y3, quads: fullQuads, into: row)
+                    for column in 4 * fullQuads ..< W {
+                        row[column] = y0[(column - 4 * fullQuads) * stride + fullQuads]
+                    }
+                }
             }
-            if W % 2 == 1 { row1[W - 1] = p10[TW - 1] - p20[TW - 1] - p30[TW - 1] }
+        }
+    }
+
+    /// `row[4b + l] = y_l[b]` for `b < quads`. In `Float`, four at a time through SIMD16's and
+    /// SIMD8's `evenHalf` / `oddHalf` (shuffles).
+    @inline(__always)
+    static func interleave4<Scalar: LayerScalar>(_ y0: UnsafePointer<Scalar>, _ y1: UnsafePointer<Scalar>,
+                                                 _ y2: UnsafePointer<Scalar>, _ y3: UnsafePointer<Scalar>,
+                                                 quads: Int, into row: UnsafeMutablePointer<Scalar>) {
+        var b = 0
+        if Scalar.self == Float.self {
+            let target = UnsafeMutableRawPointer(row)
+            let sources = (UnsafeRawPointer(y0), UnsafeRawPointer(y1), UnsafeRawPointer(y2), UnsafeRawPointer(y3))
+            while b + 4 <= quads {
+                var even = SIMD8<Float>(), odd = SIMD8<Float>()
+                even.evenHalf = sources.0.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
+                even.oddHalf = sources.2.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
+                odd.evenHalf = sources.1.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
+                odd.oddHalf = sources.3.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
+                var v = SIMD16<Float>()
+                v.evenHalf = even
+                v.oddHalf = odd
+                target.storeBytes(of: v, toByteOffset: 16 * b, as: SIMD16<Float>.self)
+                b += 4
+            }
+        }
+        while b < quads {
+            row[4 * b] = y0[b]
+            row[4 * b + 1] = y1[b]
+            row[4 * b + 2] = y2[b]
+            row[4 * b + 3] = y3[b]
+            b += 1
         }
     }
 }

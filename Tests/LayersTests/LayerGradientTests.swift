@@ -64,10 +64,10 @@ final class LayerGradientTests: XCTestCase {
     /// Winograd path (3×3, stride 1, padding 1; even and odd sizes: clipped edge tiles), each
     /// against finite differences.
     func testConv2dChunksAndWinograd() throws {
-        // im2col's chunk (C·K·K × OH·OW = 18 × 25 an image) and Winograd's (16 · max(C, OC) ·
-        // tiles: 16 · 3 · 9 an image of 5×5, 16 · 3 · 6 of 4×6).
+        // im2col's chunk (C·K·K × OH·OW = 18 × 25 an image) and Winograd's (36 positions ·
+        // max(C, OC) · 4×4 tiles: 36 · 3 · 4 an image of 5×5, 36 · 3 · 2 of 4×6).
         for (chunkElements, winogradElements, label) in [(1, 1, "1 image a chunk"),
-                                                         (2 * 18 * 25, 2 * 16 * 3 * 9, "2 images a chunk"),
+                                                         (2 * 18 * 25, 2 * 36 * 3 * 4, "2 images a chunk"),
                                                          (1 << 20, 1 << 20, "one chunk")] {
             for winograd in [false, true] {
                 let conv = Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 1, padding: 1)
@@ -90,11 +90,11 @@ final class LayerGradientTests: XCTestCase {
     }
 
     /// In `Float`, Winograd's output and input gradient are im2col's up to rounding, on a
-    /// ResNet-sized layer over several chunks; planes of 8 and 35 columns (the transforms'
-    /// `Float` split of rows into even and odd columns, one block of sixteen or three and a
-    /// ragged end).
+    /// ResNet-sized layer over several chunks; planes of 8, 35 and 70 columns (the transforms'
+    /// `Float` split of rows into four phases and interleave back, one block of sixteen or
+    /// several and a ragged end), and 15 × 18 tiles (two groups of tile rows).
     func testWinogradMatchesIm2colInFloat() throws {
-        for (height, width) in [(9, 8), (6, 35)] {
+        for (height, width) in [(9, 8), (6, 35), (60, 70)] {
             try checkWinogradMatchesIm2col(height: height, width: width)
         }
     }
@@ -107,7 +107,7 @@ final class LayerGradientTests: XCTestCase {
             let conv = Conv2d<Float>(inChannels: 16, outChannels: 24, kernelSize: 3, stride: 1, padding: 1)
             conv.usesWinograd = winograd
             conv.chunkElements = 4000
-            conv.winogradChunkElements = 2 * 16 * 24 * ((height + 1) / 2) * ((width + 1) / 2)  // 2 images a chunk
+            conv.winogradChunkElements = 2 * 36 * 24 * ((height + 3) / 4) * ((width + 3) / 4)  // 2 images a chunk
             let parameters = ParameterStore<Float>(specs: conv.parameterSpecs(), seed: 5)
             conv.bind(parameters: parameters, buffers: BufferStore<Float>(specs: [], seed: 0), prefix: "")
             let output = try conv.forward(input, context: training)
