@@ -43,7 +43,7 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
     /// L3 cache between im2col and the product. Tests set it small to run several chunks.
     public var chunkElements = 1 << 20
     /// The elements of each of Winograd's scratch `V` and `M` a chunk of images aims at
-    /// (default ``Winograd/chunkElements``, 2 MiB of `Float`).
+    /// (default ``Winograd/chunkElements``, 4 MiB of `Float`).
     public var winogradChunkElements = Winograd.chunkElements
     /// Whether the output, the input gradient and the weight gradient take Winograd's
     /// F(4×4, 3×3) (``Winograd``) instead of im2col: by default for 3×3 kernels with stride 1

@@ -83,10 +83,13 @@ enum Winograd {
         }
     }
 
-    /// The elements of the scratch `V` and `M` a chunk of images aims at (2 MiB of `Float`
+    /// The elements of the scratch `V` and `M` a chunk of images aims at (4 MiB of `Float`
     /// each): both stay in the caches between the transforms and the 36 products, which
-    /// still get hundreds of columns.
-    static let chunkElements = 1 << 19
+    /// still get hundreds of columns. On the ResNet step of docs/PERFORMANCE.md (2 threads,
+    /// 512 KiB L2 a core, 32 MiB L3) 2²⁰ gave the shortest step in alternating runs (1,666 and
+    /// 1,556 ms against 1,730 and 1,799 at 2¹⁹ and 1,965 and 1,674 at 2²¹); F(2×2, 3×3)'s
+    /// 16 MiB went through memory and was ~20 % slower than 2 MiB.
+    static let chunkElements = 1 << 20
 
     /// Tile rows a transform takes at once: its loops run over `rows · TW` tiles (at least 256
     /// tiles' worth, a whole plane of a ResNet's maps), not over one tile row of `TW`.
