@@ -91,18 +91,45 @@ enum Winograd {
     /// 16 MiB went through memory and was ~20 % slower than 2 MiB.
     static let chunkElements = 1 << 20
 
-    /// Tile rows a transform takes at once: its loops run over `rows · TW` tiles (at least 256
-    /// tiles' worth, a whole plane of a ResNet's maps), not over one tile row of `TW`.
-    static func tileRowsPerGroup(tileRows TH: Int, tileColumns TW: Int) -> Int { max(1, min(TH, 256 / max(TW, 1))) }
+    /// The tiles a transform aims to take at once: its loops run over a segment of this many
+    /// tiles, not over one tile row of `TW` (8 at a ResNet's first stage, 1 at its last).
+    static let segmentTiles = 256
 
-    /// The scratch of one transform of planes `H × W` (the largest of the input transform's,
-    /// the gradient transform's and the output transform's, for a group of tile rows).
-    static func scratchElements(height H: Int, width W: Int) -> Int {
-        let (TH, TW) = tileGrid(height: H, width: W)
-        let (span, g) = (splitSpan(tileColumns: TW), tileRowsPerGroup(tileRows: TH, tileColumns: TW))
-        // input: padded row and four phases (8 span), 6 × 4 × (g + 1) rows of `c`;
-        // gradient: 8 span and 6 × 4 × g; output: 24 + 16 rows of g · TW
-        return 8 * span + 40 * (g + 1) * TW + 16
+    /// A transform's unit of work, a *segment*: `images` planes (the same channel of
+    /// consecutive images, whose tiles are consecutive columns of `V` and `M`) of `rows` tile
+    /// rows each. Small planes go several to a segment (all their tile rows); a plane of more
+    /// than ``segmentTiles`` tiles goes in groups of tile rows.
+    static func segmentShape(tileRows TH: Int, tileColumns TW: Int, images: Int) -> (images: Int, rows: Int) {
+        let tiles = TH * TW
+        if tiles >= segmentTiles { return (1, max(1, min(TH, segmentTiles / max(TW, 1)))) }
+        return (max(1, min(images, segmentTiles / max(tiles, 1))), TH)
+    }
+
+    /// The scratch of one transform of a segment of planes `W` wide (the largest of the input
+    /// transform's, the gradient transform's and the output transform's).
+    static func scratchElements(width W: Int) -> Int {
+        let TW = (W + 3) / 4, span = splitSpan(tileColumns: TW)
+        // a segment has at most max(segmentTiles, TW) tiles; input: padded row and four
+        // phases (8 span), 6 × 6 runs of `c`; gradient: 8 span and 6 × 4; output: 24 + 16
+        return 8 * span + 40 * max(segmentTiles, TW) + 16
+    }
+
+    /// Runs `body(channel, firstImage, images, firstTileRow, tileRows)` for every segment
+    /// (``segmentShape(tileRows:tileColumns:images:)``) of `channels` channels of `images`
+    /// images, over the threads.
+    @inline(__always)
+    static func forEachSegment(channels: Int, images: Int, tileRows TH: Int, tileColumns TW: Int,
+                               _ body: (_ channel: Int, _ firstImage: Int, _ images: Int, _ firstTileRow: Int, _ tileRows: Int) -> Void) {
+        let shape = segmentShape(tileRows: TH, tileColumns: TW, images: images)
+        let imageGroups = (images + shape.images - 1) / shape.images, rowGroups = (TH + shape.rows - 1) / shape.rows
+        parallelRanges(channels * imageGroups * rowGroups, minimumPerPart: 1) { segments in
+            for segment in segments {
+                let (channel, rest) = segment.quotientAndRemainder(dividingBy: imageGroups * rowGroups)
+                let (imageGroup, rowGroup) = rest.quotientAndRemainder(dividingBy: rowGroups)
+                let (firstImage, firstRow) = (imageGroup * shape.images, rowGroup * shape.rows)
+                body(channel, firstImage, min(shape.images, images - firstImage), firstRow, min(shape.rows, TH - firstRow))
+            }
+        }
     }
 
     /// Elements between the 36 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``).
@@ -136,17 +163,15 @@ enum Winograd {
         // multiple of a large power of two: the transforms read or write all 36 at once, and
         // streams 2^k bytes apart would share one set of the L1 and L2 caches.
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = scratchElements(height: H, width: W)
+        let scratchCount = scratchElements(width: W)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
             // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ] of tile t of channel c of image first + j
-            parallelRanges(images * C, minimumPerPart: 4) { planes in
+            forEachSegment(channels: C, images: images, tileRows: TH, tileColumns: TW) { c, j, count, a, rows in
                 withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
-                    for plane in planes {
-                        let (j, c) = plane.quotientAndRemainder(dividingBy: C)
-                        inputTransform(x + ((first + j) * C + c) * H * W, height: H, width: W, tileRows: TH, tileColumns: TW,
-                                       into: v + c * n + j * tiles, positionStride: vStride, scratch: scratch.baseAddress!)
-                    }
+                    inputTransform(x + ((first + j) * C + c) * H * W, planeStride: C * H * W, planes: count,
+                                   height: H, width: W, tileColumns: TW, firstTileRow: a, tileRows: rows,
+                                   into: v + c * n + j * tiles + a * TW, positionStride: vStride, scratch: scratch.baseAddress!)
                 }
             }
             // M[ξ] = U[ξ] · V[ξ]                 (OC, columns) = (OC, C) (C, columns)
@@ -156,15 +181,12 @@ enum Winograd {
                             beta: 0, c: m + xi * mStride, ldc: n)
             }
             // y[first + j][o] = Aᵀ M A of each tile
-            parallelRanges(images * OC, minimumPerPart: 4) { planes in
+            forEachSegment(channels: OC, images: images, tileRows: TH, tileColumns: TW) { o, j, count, a, rows in
                 withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
-                    for plane in planes {
-                        let (j, o) = plane.quotientAndRemainder(dividingBy: OC)
-                        outputTransform(UnsafePointer(m + o * n + j * tiles), positionStride: mStride,
-                                        tileRows: TH, tileColumns: TW,
-                                        into: y + ((first + j) * OC + o) * H * W, height: H, width: W,
-                                        scratch: scratch.baseAddress!)
-                    }
+                    outputTransform(UnsafePointer(m + o * n + j * tiles + a * TW), positionStride: mStride,
+                                    tileColumns: TW, firstTileRow: a, tileRows: rows,
+                                    into: y + ((first + j) * OC + o) * H * W, planeStride: OC * H * W, planes: count,
+                                    height: H, width: W, scratch: scratch.baseAddress!)
                 }
             }
         }
@@ -185,25 +207,24 @@ enum Winograd {
         let (TH, TW) = tileGrid(height: H, width: W)
         let tiles = TH * TW, n = imagesPerChunk * tiles
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = scratchElements(height: H, width: W)
+        let scratchCount = scratchElements(width: W)
         du.update(repeating: 0, count: positions * OC * C)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
             // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ];  M[ξ][o][j·tiles + t] = (A dY Aᵀ)[ξ]
-            parallelRanges(images * (C + OC), minimumPerPart: 4) { planes in
+            forEachSegment(channels: C + OC, images: images, tileRows: TH, tileColumns: TW) { channel, j, count, a, rows in
                 withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
-                    for plane in planes {
-                        let (j, channel) = plane.quotientAndRemainder(dividingBy: C + OC)
-                        if channel < C {
-                            inputTransform(x + ((first + j) * C + channel) * H * W, height: H, width: W, tileRows: TH,
-                                           tileColumns: TW, into: v + channel * n + j * tiles, positionStride: vStride,
-                                           scratch: scratch.baseAddress!)
-                        } else {
-                            let o = channel - C
-                            gradientTransform(dy + ((first + j) * OC + o) * H * W, height: H, width: W, tileRows: TH,
-                                              tileColumns: TW, into: m + o * n + j * tiles, positionStride: mStride,
-                                              scratch: scratch.baseAddress!)
-                        }
+                    if channel < C {
+                        inputTransform(x + ((first + j) * C + channel) * H * W, planeStride: C * H * W, planes: count,
+                                       height: H, width: W, tileColumns: TW, firstTileRow: a, tileRows: rows,
+                                       into: v + channel * n + j * tiles + a * TW, positionStride: vStride,
+                                       scratch: scratch.baseAddress!)
+                    } else {
+                        let o = channel - C
+                        gradientTransform(dy + ((first + j) * OC + o) * H * W, planeStride: OC * H * W, planes: count,
+                                          height: H, width: W, tileColumns: TW, firstTileRow: a, tileRows: rows,
+                                          into: m + o * n + j * tiles + a * TW, positionStride: mStride,
+                                          scratch: scratch.baseAddress!)
                     }
                 }
             }
@@ -264,98 +285,103 @@ enum Winograd {
         }
     }
 
-    /// `Bᵀ d B` of every 6×6 tile of one plane (padding 1: the tile of output tile `(a, b)`
-    /// starts at input row `4a − 1`, column `4b − 1`); position `ξ = 6i + k` of tile
-    /// `t = a · TW + b` goes to `target[ξ · positionStride + t]`.
+    /// `Bᵀ d B` of every 6×6 tile of a segment: tile rows `firstTileRow ..< firstTileRow + rows`
+    /// of `planes` planes `planeStride` apart (padding 1: the tile of output tile `(a, b)`
+    /// starts at input row `4a − 1`, column `4b − 1`); position `ξ = 6i + k` of the segment's
+    /// tile `f = (j · rows + a') · TW + b` goes to `target[ξ · positionStride + f]`.
     ///
-    /// Separable, a group of tile rows at a time (``tileRowsPerGroup(tileRows:tileColumns:)``):
-    /// `d B` once per input row, the row split into four phases `P_q[b] = d[4b − 1 + q]` (zero
-    /// outside the plane) by ``deinterleave4(_:blocks:into:stride:)``, so that a tile's six
-    /// taps are `P_0 … P_3[b]`, `P_0[b+1]`, `P_1[b+1]`; its six columns `c_k = (Bᵀ taps)_k`
-    /// go to `c[k][R mod 4][R / 4]` (`R` the row's index from the group's first input row), so
-    /// that input row `j` of every tile row of the group is one contiguous run of `g · TW`.
-    /// Then each position `Bᵀ (d B)` over the whole group in one loop, straight to `target`.
-    /// `scratch` holds ``scratchElements(height:width:)``.
+    /// Separable: `d B` once per input row, the row split into four phases
+    /// `P_q[b] = d[4b − 1 + q]` (zero outside the plane) by ``deinterleave4(_:blocks:into:stride:)``,
+    /// so that a tile's six taps are `P_0 … P_3[b]`, `P_0[b+1]`, `P_1[b+1]`; its six columns
+    /// `c_k = (Bᵀ taps)_k` go to run `s` of `c[k]` at the segment's tile row, for each tile
+    /// row whose input row `s` it is (rows `4a + 3` and `4a + 4` are rows 0 and 1 of the next
+    /// tile row too). Then each position `Bᵀ (d B)` over the whole segment in one loop (every
+    /// tile row's input row `s` is one run), straight to `target`. `scratch` holds
+    /// ``scratchElements(width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    static func inputTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
-                                                    tileRows TH: Int, tileColumns TW: Int,
+    static func inputTransform<Scalar: LayerScalar>(_ planes: UnsafePointer<Scalar>, planeStride: Int, planes J: Int,
+                                                    height H: Int, width W: Int, tileColumns TW: Int,
+                                                    firstTileRow: Int, tileRows rows: Int,
                                                     into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
                                                     scratch: UnsafeMutablePointer<Scalar>) {
         // The row with a zero before it and zeros after it up to `4 · span − 1`; the four
-        // phases (`span` each); c[k][phase][block][TW], blocks 0 … g.
-        let span = splitSpan(tileColumns: TW), group = tileRowsPerGroup(tileRows: TH, tileColumns: TW)
+        // phases (`span` each); c[k][s][j · rows + a'][TW], s = 0 … 5.
+        let span = splitSpan(tileColumns: TW), L = J * rows * TW
         let padded = scratch + 1, phases = scratch + 4 * span, c = phases + 4 * span
-        let phaseStride = (group + 1) * TW, kStride = 4 * phaseStride
         padded[-1] = 0
         (padded + W).update(repeating: 0, count: 4 * span - 1 - W)
         let (p0, p1, p2, p3) = (UnsafePointer(phases), UnsafePointer(phases + span),
                                 UnsafePointer(phases + 2 * span), UnsafePointer(phases + 3 * span))
-        for firstRow in Swift.stride(from: 0, to: TH, by: group) {
-            let rows = min(group, TH - firstRow), top = 4 * firstRow - 1
-            // c_k of input row top + R, R = 0 … 4 rows + 1: Bᵀ of the taps
+        for j in 0..<J {
+            let plane = planes + j * planeStride
+            // input row r = 4 · firstTileRow − 1 + R: run q of tile row a', and run 4 + q of a' − 1
             for R in 0 ..< 4 * rows + 2 {
-                let r = top + R
-                let c0 = c + (R & 3) * phaseStride + (R >> 2) * TW
-                let (c1, c2, c3, c4, c5) = (c0 + kStride, c0 + 2 * kStride, c0 + 3 * kStride, c0 + 4 * kStride, c0 + 5 * kStride)
-                guard r >= 0 && r < H else {
-                    for k in 0..<6 { (c0 + k * kStride).update(repeating: 0, count: TW) }
-                    continue
+                let r = 4 * firstTileRow - 1 + R
+                let (q, a) = (R & 3, R >> 2)
+                let primary = a < rows ? c + q * L + (j * rows + a) * TW : nil
+                let secondary = q < 2 && a >= 1 ? c + (4 + q) * L + (j * rows + a - 1) * TW : nil
+                let c0 = primary ?? secondary!
+                if r >= 0 && r < H {
+                    padded.update(from: plane + r * W, count: W)
+                    deinterleave4(UnsafePointer(padded - 1), blocks: span / 4, into: phases, stride: span)
+                    let kStride = 6 * L
+                    let (c1, c2, c3, c4, c5) = (c0 + kStride, c0 + 2 * kStride, c0 + 3 * kStride, c0 + 4 * kStride, c0 + 5 * kStride)
+                    for b in 0..<TW { c0[b] = 4 * p0[b] - 5 * p2[b] + p0[b + 1] }
+                    for b in 0..<TW { c1[b] = p3[b] + p0[b + 1] - 4 * (p1[b] + p2[b]) }
+                    for b in 0..<TW { c2[b] = p0[b + 1] - p3[b] + 4 * (p1[b] - p2[b]) }
+                    for b in 0..<TW { c3[b] = p0[b + 1] - p2[b] + 2 * (p3[b] - p1[b]) }
+                    for b in 0..<TW { c4[b] = p0[b + 1] - p2[b] + 2 * (p1[b] - p3[b]) }
+                    for b in 0..<TW { c5[b] = 4 * p1[b] - 5 * p3[b] + p1[b + 1] }
+                } else {
+                    for k in 0..<6 { (c0 + k * 6 * L).update(repeating: 0, count: TW) }
                 }
-                padded.update(from: plane + r * W, count: W)
-                deinterleave4(UnsafePointer(padded - 1), blocks: span / 4, into: phases, stride: span)
-                for b in 0..<TW { c0[b] = 4 * p0[b] - 5 * p2[b] + p0[b + 1] }
-                for b in 0..<TW { c1[b] = p3[b] + p0[b + 1] - 4 * (p1[b] + p2[b]) }
-                for b in 0..<TW { c2[b] = p0[b + 1] - p3[b] + 4 * (p1[b] - p2[b]) }
-                for b in 0..<TW { c3[b] = p0[b + 1] - p2[b] + 2 * (p3[b] - p1[b]) }
-                for b in 0..<TW { c4[b] = p0[b + 1] - p2[b] + 2 * (p1[b] - p3[b]) }
-                for b in 0..<TW { c5[b] = 4 * p1[b] - 5 * p3[b] + p1[b + 1] }
+                if let primary, let secondary {
+                    for k in 0..<6 { (secondary + k * 6 * L).update(from: primary + k * 6 * L, count: TW) }
+                }
             }
-            let count = rows * TW, groupTarget = target + firstRow * TW
-            for k in 0..<6 {
-                // input row j of tile row a' at c[k][j mod 4][a' + j / 4]
-                let base = UnsafePointer(c + k * kStride)
-                let (d0, d1, d2, d3) = (base, base + phaseStride, base + 2 * phaseStride, base + 3 * phaseStride)
-                let (d4, d5) = (base + TW, base + phaseStride + TW)
-                // (Bᵀ rows) position 6i + k; one output a loop, which the compiler vectorises
-                let v0 = groupTarget + k * positionStride, step = 6 * positionStride
-                let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
-                for f in 0..<count { v0[f] = 4 * d0[f] - 5 * d2[f] + d4[f] }
-                for f in 0..<count { v1[f] = d3[f] + d4[f] - 4 * (d1[f] + d2[f]) }
-                for f in 0..<count { v2[f] = d4[f] - d3[f] + 4 * (d1[f] - d2[f]) }
-                for f in 0..<count { v3[f] = d4[f] - d2[f] + 2 * (d3[f] - d1[f]) }
-                for f in 0..<count { v4[f] = d4[f] - d2[f] + 2 * (d1[f] - d3[f]) }
-                for f in 0..<count { v5[f] = 4 * d1[f] - 5 * d3[f] + d5[f] }
-            }
+        }
+        for k in 0..<6 {
+            let base = UnsafePointer(c + k * 6 * L)
+            let (d0, d1, d2, d3, d4, d5) = (base, base + L, base + 2 * L, base + 3 * L, base + 4 * L, base + 5 * L)
+            // (Bᵀ rows) position 6i + k; one output a loop, which the compiler vectorises
+            let v0 = target + k * positionStride, step = 6 * positionStride
+            let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
+            for f in 0..<L { v0[f] = 4 * d0[f] - 5 * d2[f] + d4[f] }
+            for f in 0..<L { v1[f] = d3[f] + d4[f] - 4 * (d1[f] + d2[f]) }
+            for f in 0..<L { v2[f] = d4[f] - d3[f] + 4 * (d1[f] - d2[f]) }
+            for f in 0..<L { v3[f] = d4[f] - d2[f] + 2 * (d3[f] - d1[f]) }
+            for f in 0..<L { v4[f] = d4[f] - d2[f] + 2 * (d1[f] - d3[f]) }
+            for f in 0..<L { v5[f] = 4 * d1[f] - 5 * d3[f] + d5[f] }
         }
     }
 
-    /// `A e Aᵀ` of every 4×4 output-gradient tile `e` of one plane (zero beyond the plane's
-    /// edge), position `ξ = 6i + k` of tile `t` to `target[ξ · positionStride + t]`; `A` is
-    /// `Aᵀ` transposed (6×4): `(A e)` = `e0`, `e0+e1+e2+e3`, `e0−e1+e2−e3`, `e0+2e1+4e2+8e3`,
-    /// `e0−2e1+4e2−8e3`, `e3`. Separable and a group of tile rows at a time like
-    /// ``inputTransform(_:height:width:tileRows:tileColumns:into:positionStride:scratch:)``:
-    /// each input row split into its four phases `Q_l[b] = e[4b + l]` and its six columns
-    /// formed into `c[k][l][a']`, then each position over the whole group in one loop.
-    /// `scratch` holds ``scratchElements(height:width:)``.
+    /// `A e Aᵀ` of every 4×4 output-gradient tile `e` of a segment (as in
+    /// ``inputTransform(_:planeStride:planes:height:width:tileColumns:firstTileRow:tileRows:into:positionStride:scratch:)``;
+    /// zero beyond the plane's edge), position `ξ = 6i + k` of tile `f` to
+    /// `target[ξ · positionStride + f]`; `A` is `Aᵀ` transposed (6×4): `(A e)` = `e0`,
+    /// `e0+e1+e2+e3`, `e0−e1+e2−e3`, `e0+2e1+4e2+8e3`, `e0−2e1+4e2−8e3`, `e3`. Each input row
+    /// split into its four phases `Q_l[b] = e[4b + l]` and its six columns formed into run `l`
+    /// of `c[k]`, then each position over the whole segment in one loop. `scratch` holds
+    /// ``scratchElements(width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    static func gradientTransform<Scalar: LayerScalar>(_ plane: UnsafePointer<Scalar>, height H: Int, width W: Int,
-                                                       tileRows TH: Int, tileColumns TW: Int,
+    static func gradientTransform<Scalar: LayerScalar>(_ planes: UnsafePointer<Scalar>, planeStride: Int, planes J: Int,
+                                                       height H: Int, width W: Int, tileColumns TW: Int,
+                                                       firstTileRow: Int, tileRows rows: Int,
                                                        into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
                                                        scratch: UnsafeMutablePointer<Scalar>) {
-        // The row with zeros after it up to `4 · span`; the four phases; c[k][l][a'][TW].
-        let span = splitSpan(tileColumns: TW), group = tileRowsPerGroup(tileRows: TH, tileColumns: TW)
+        // The row with zeros after it up to `4 · span`; the four phases; c[k][l][j · rows + a'][TW].
+        let span = splitSpan(tileColumns: TW), L = J * rows * TW
         let padded = scratch, phases = scratch + 4 * span, c = phases + 4 * span
-        let phaseStride = group * TW, kStride = 4 * phaseStride
         (padded + W).update(repeating: 0, count: 4 * span - W)
         let (q0, q1, q2, q3) = (UnsafePointer(phases), UnsafePointer(phases + span),
                                 UnsafePointer(phases + 2 * span), UnsafePointer(phases + 3 * span))
-        for firstRow in Swift.stride(from: 0, to: TH, by: group) {
-            let rows = min(group, TH - firstRow)
+        for j in 0..<J {
+            let plane = planes + j * planeStride
             for R in 0 ..< 4 * rows {
-                let r = 4 * firstRow + R
-                let c0 = c + (R & 3) * phaseStride + (R >> 2) * TW
+                let r = 4 * firstTileRow + R
+                let c0 = c + (R & 3) * L + (j * rows + (R >> 2)) * TW, kStride = 4 * L
                 let (c1, c2, c3, c4, c5) = (c0 + kStride, c0 + 2 * kStride, c0 + 3 * kStride, c0 + 4 * kStride, c0 + 5 * kStride)
                 guard r < H else {
                     for k in 0..<6 { (c0 + k * kStride).update(repeating: 0, count: TW) }
@@ -370,71 +396,70 @@ enum Winograd {
                 for b in 0..<TW { c4[b] = (q0[b] + 4 * q2[b]) - 2 * (q1[b] + 4 * q3[b]) }
                 c5.update(from: q3, count: TW)
             }
-            let count = rows * TW, groupTarget = target + firstRow * TW
-            for k in 0..<6 {
-                let base = UnsafePointer(c + k * kStride)
-                let (e0, e1, e2, e3) = (base, base + phaseStride, base + 2 * phaseStride, base + 3 * phaseStride)
-                let v0 = groupTarget + k * positionStride, step = 6 * positionStride
-                let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
-                v0.update(from: e0, count: count)
-                for f in 0..<count { v1[f] = (e0[f] + e2[f]) + (e1[f] + e3[f]) }
-                for f in 0..<count { v2[f] = (e0[f] + e2[f]) - (e1[f] + e3[f]) }
-                for f in 0..<count { v3[f] = (e0[f] + 4 * e2[f]) + 2 * (e1[f] + 4 * e3[f]) }
-                for f in 0..<count { v4[f] = (e0[f] + 4 * e2[f]) - 2 * (e1[f] + 4 * e3[f]) }
-                v5.update(from: e3, count: count)
-            }
+        }
+        for k in 0..<6 {
+            let base = UnsafePointer(c + k * 4 * L)
+            let (e0, e1, e2, e3) = (base, base + L, base + 2 * L, base + 3 * L)
+            let v0 = target + k * positionStride, step = 6 * positionStride
+            let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
+            v0.update(from: e0, count: L)
+            for f in 0..<L { v1[f] = (e0[f] + e2[f]) + (e1[f] + e3[f]) }
+            for f in 0..<L { v2[f] = (e0[f] + e2[f]) - (e1[f] + e3[f]) }
+            for f in 0..<L { v3[f] = (e0[f] + 4 * e2[f]) + 2 * (e1[f] + 4 * e3[f]) }
+            for f in 0..<L { v4[f] = (e0[f] + 4 * e2[f]) - 2 * (e1[f] + 4 * e3[f]) }
+            v5.update(from: e3, count: L)
         }
     }
 
-    /// `Aᵀ m A` of every tile of one output plane: `m[ξ · positionStride + t]` → the 4×4
-    /// outputs at row `4a`, column `4b` (clipped at the plane's edge). A group of tile rows
-    /// at a time (``tileRowsPerGroup(tileRows:tileColumns:)``), each step one loop over the
-    /// group's tiles: the six rows `i` of the tiles' `m` reduced to four columns
-    /// `p_il = (m_i A)_l`, the four output rows `q_rl = (Aᵀ p_l)_r`, then each output row
-    /// interleaved from its four column phases. `scratch` holds ``scratchElements(height:width:)``.
+    /// `Aᵀ m A` of every tile of a segment (as in ``inputTransform(_:planeStride:planes:height:width:tileColumns:firstTileRow:tileRows:into:positionStride:scratch:)``):
+    /// `m[ξ · positionStride + f]` → the 4×4 outputs at row `4a`, column `4b` of its plane
+    /// (clipped at the plane's edge). Each step one loop over the segment's tiles: the six rows
+    /// `i` of the tiles' `m` reduced to four columns `p_il = (m_i A)_l`, the four output rows
+    /// `q_rl = (Aᵀ p_l)_r`, then each output row interleaved from its four column phases.
+    /// `scratch` holds ``scratchElements(width:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    static func outputTransform<Scalar: LayerScalar>(_ m: UnsafePointer<Scalar>, positionStride: Int,
-                                                     tileRows TH: Int, tileColumns TW: Int,
-                                                     into plane: UnsafeMutablePointer<Scalar>, height H: Int, width W: Int,
-                                                     scratch: UnsafeMutablePointer<Scalar>) {
-        let group = tileRowsPerGroup(tileRows: TH, tileColumns: TW), stride = group * TW
-        // p[i][l] (24 runs of `stride`); q[r][l] (16)
-        let p = scratch, q = scratch + 24 * stride
+    static func outputTransform<Scalar: LayerScalar>(_ m: UnsafePointer<Scalar>, positionStride: Int, tileColumns TW: Int,
+                                                     firstTileRow: Int, tileRows rows: Int,
+                                                     into planes: UnsafeMutablePointer<Scalar>, planeStride: Int, planes J: Int,
+                                                     height H: Int, width W: Int, scratch: UnsafeMutablePointer<Scalar>) {
+        let L = J * rows * TW
+        // p[i][l] (24 runs of L); q[r][l] (16)
+        let p = scratch, q = scratch + 24 * L
         let fullQuads = W / 4
-        for firstRow in Swift.stride(from: 0, to: TH, by: group) {
-            let rows = min(group, TH - firstRow), count = rows * TW
-            for i in 0..<6 {
-                // p_il = m0+m1+m2+m3+m4, m1−m2+2(m3−m4), m1+m2+4(m3+m4), m1−m2+8(m3−m4)+m5
-                let m0 = m + (6 * i) * positionStride + firstRow * TW
-                let (m1, m2, m3, m4, m5) = (m0 + positionStride, m0 + 2 * positionStride, m0 + 3 * positionStride,
-                                            m0 + 4 * positionStride, m0 + 5 * positionStride)
-                let t0 = p + (4 * i) * stride
-                let (t1, t2, t3) = (t0 + stride, t0 + 2 * stride, t0 + 3 * stride)
-                for f in 0..<count { t0[f] = m0[f] + (m1[f] + m2[f]) + (m3[f] + m4[f]) }
-                for f in 0..<count { t1[f] = (m1[f] - m2[f]) + 2 * (m3[f] - m4[f]) }
-                for f in 0..<count { t2[f] = (m1[f] + m2[f]) + 4 * (m3[f] + m4[f]) }
-                for f in 0..<count { t3[f] = (m1[f] - m2[f]) + 8 * (m3[f] - m4[f]) + m5[f] }
-            }
-            for l in 0..<4 {
-                // q_rl = (Aᵀ p_l)_r over i
-                let s0 = UnsafePointer(p + l * stride), rowStep = 4 * stride
-                let (s1, s2, s3, s4, s5) = (s0 + rowStep, s0 + 2 * rowStep, s0 + 3 * rowStep, s0 + 4 * rowStep, s0 + 5 * rowStep)
-                let t0 = q + l * stride
-                let (t1, t2, t3) = (t0 + 4 * stride, t0 + 8 * stride, t0 + 12 * stride)
-                for f in 0..<count { t0[f] = s0[f] + (s1[f] + s2[f]) + (s3[f] + s4[f]) }
-                for f in 0..<count { t1[f] = (s1[f] - s2[f]) + 2 * (s3[f] - s4[f]) }
-                for f in 0..<count { t2[f] = (s1[f] + s2[f]) + 4 * (s3[f] + s4[f]) }
-                for f in 0..<count { t3[f] = (s1[f] - s2[f]) + 8 * (s3[f] - s4[f]) + s5[f] }
-            }
+        for i in 0..<6 {
+            // p_il = m0+m1+m2+m3+m4, m1−m2+2(m3−m4), m1+m2+4(m3+m4), m1−m2+8(m3−m4)+m5
+            let m0 = m + (6 * i) * positionStride
+            let (m1, m2, m3, m4, m5) = (m0 + positionStride, m0 + 2 * positionStride, m0 + 3 * positionStride,
+                                        m0 + 4 * positionStride, m0 + 5 * positionStride)
+            let t0 = p + (4 * i) * L
+            let (t1, t2, t3) = (t0 + L, t0 + 2 * L, t0 + 3 * L)
+            for f in 0..<L { t0[f] = m0[f] + (m1[f] + m2[f]) + (m3[f] + m4[f]) }
+            for f in 0..<L { t1[f] = (m1[f] - m2[f]) + 2 * (m3[f] - m4[f]) }
+            for f in 0..<L { t2[f] = (m1[f] + m2[f]) + 4 * (m3[f] + m4[f]) }
+            for f in 0..<L { t3[f] = (m1[f] - m2[f]) + 8 * (m3[f] - m4[f]) + m5[f] }
+        }
+        for l in 0..<4 {
+            // q_rl = (Aᵀ p_l)_r over i
+            let s0 = UnsafePointer(p + l * L), rowStep = 4 * L
+            let (s1, s2, s3, s4, s5) = (s0 + rowStep, s0 + 2 * rowStep, s0 + 3 * rowStep, s0 + 4 * rowStep, s0 + 5 * rowStep)
+            let t0 = q + l * L
+            let (t1, t2, t3) = (t0 + 4 * L, t0 + 8 * L, t0 + 12 * L)
+            for f in 0..<L { t0[f] = s0[f] + (s1[f] + s2[f]) + (s3[f] + s4[f]) }
+            for f in 0..<L { t1[f] = (s1[f] - s2[f]) + 2 * (s3[f] - s4[f]) }
+            for f in 0..<L { t2[f] = (s1[f] + s2[f]) + 4 * (s3[f] + s4[f]) }
+            for f in 0..<L { t3[f] = (s1[f] - s2[f]) + 8 * (s3[f] - s4[f]) + s5[f] }
+        }
+        for j in 0..<J {
+            let plane = planes + j * planeStride
             for a in 0..<rows {
-                for r in 0..<4 where 4 * (firstRow + a) + r < H {
-                    let row = plane + (4 * (firstRow + a) + r) * W
-                    let y0 = UnsafePointer(q + (4 * r) * stride + a * TW)
-                    let (y1, y2, y3) = (y0 + stride, y0 + 2 * stride, y0 + 3 * stride)
+                for r in 0..<4 where 4 * (firstTileRow + a) + r < H {
+                    let row = plane + (4 * (firstTileRow + a) + r) * W
+                    let y0 = UnsafePointer(q + (4 * r) * L + (j * rows + a) * TW)
+                    let (y1, y2, y3) = (y0 + L, y0 + 2 * L, y0 + 3 * L)
                     interleave4(y0, y1, y2, y3, quads: fullQuads, into: row)
                     for column in 4 * fullQuads ..< W {
-                        row[column] = y0[(column - 4 * fullQuads) * stride + fullQuads]
+                        row[column] = y0[(column - 4 * fullQuads) * L + fullQuads]
                     }
                 }
             }
