@@ -326,14 +326,7 @@ enum Winograd {
                 if r >= 0 && r < H {
                     padded.update(from: plane + r * W, count: W)
                     deinterleave4(UnsafePointer(padded - 1), blocks: span / 4, into: phases, stride: span)
-                    let kStride = 6 * L
-                    let (c1, c2, c3, c4, c5) = (c0 + kStride, c0 + 2 * kStride, c0 + 3 * kStride, c0 + 4 * kStride, c0 + 5 * kStride)
-                    for b in 0..<TW { c0[b] = 4 * p0[b] - 5 * p2[b] + p0[b + 1] }
-                    for b in 0..<TW { c1[b] = p3[b] + p0[b + 1] - 4 * (p1[b] + p2[b]) }
-                    for b in 0..<TW { c2[b] = p0[b + 1] - p3[b] + 4 * (p1[b] - p2[b]) }
-                    for b in 0..<TW { c3[b] = p0[b + 1] - p2[b] + 2 * (p3[b] - p1[b]) }
-                    for b in 0..<TW { c4[b] = p0[b + 1] - p2[b] + 2 * (p1[b] - p3[b]) }
-                    for b in 0..<TW { c5[b] = 4 * p1[b] - 5 * p3[b] + p1[b + 1] }
+                    applyBT(p0, p1, p2, p3, p0 + 1, p1 + 1, count: TW, into: c0, stride: 6 * L)
                 } else {
                     for k in 0..<6 { (c0 + k * 6 * L).update(repeating: 0, count: TW) }
                 }
@@ -345,15 +338,8 @@ enum Winograd {
         for k in 0..<6 {
             let base = UnsafePointer(c + k * 6 * L)
             let (d0, d1, d2, d3, d4, d5) = (base, base + L, base + 2 * L, base + 3 * L, base + 4 * L, base + 5 * L)
-            // (Bᵀ rows) position 6i + k; one output a loop, which the compiler vectorises
-            let v0 = target + k * positionStride, step = 6 * positionStride
-            let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
-            for f in 0..<L { v0[f] = 4 * d0[f] - 5 * d2[f] + d4[f] }
-            for f in 0..<L { v1[f] = d3[f] + d4[f] - 4 * (d1[f] + d2[f]) }
-            for f in 0..<L { v2[f] = d4[f] - d3[f] + 4 * (d1[f] - d2[f]) }
-            for f in 0..<L { v3[f] = d4[f] - d2[f] + 2 * (d3[f] - d1[f]) }
-            for f in 0..<L { v4[f] = d4[f] - d2[f] + 2 * (d1[f] - d3[f]) }
-            for f in 0..<L { v5[f] = 4 * d1[f] - 5 * d3[f] + d5[f] }
+            // (Bᵀ rows) position 6i + k
+            applyBT(d0, d1, d2, d3, d4, d5, count: L, into: target + k * positionStride, stride: 6 * positionStride)
         }
     }
 
@@ -383,32 +369,19 @@ enum Winograd {
             for R in 0 ..< 4 * rows {
                 let r = 4 * firstTileRow + R
                 let c0 = c + (R & 3) * L + (j * rows + (R >> 2)) * TW, kStride = 4 * L
-                let (c1, c2, c3, c4, c5) = (c0 + kStride, c0 + 2 * kStride, c0 + 3 * kStride, c0 + 4 * kStride, c0 + 5 * kStride)
                 guard r < H else {
                     for k in 0..<6 { (c0 + k * kStride).update(repeating: 0, count: TW) }
                     continue
                 }
                 padded.update(from: plane + r * W, count: W)
                 deinterleave4(UnsafePointer(padded), blocks: span / 4, into: phases, stride: span)
-                c0.update(from: q0, count: TW)
-                for b in 0..<TW { c1[b] = (q0[b] + q2[b]) + (q1[b] + q3[b]) }
-                for b in 0..<TW { c2[b] = (q0[b] + q2[b]) - (q1[b] + q3[b]) }
-                for b in 0..<TW { c3[b] = (q0[b] + 4 * q2[b]) + 2 * (q1[b] + 4 * q3[b]) }
-                for b in 0..<TW { c4[b] = (q0[b] + 4 * q2[b]) - 2 * (q1[b] + 4 * q3[b]) }
-                c5.update(from: q3, count: TW)
+                applyA(q0, q1, q2, q3, count: TW, into: c0, stride: kStride)
             }
         }
         for k in 0..<6 {
             let base = UnsafePointer(c + k * 4 * L)
             let (e0, e1, e2, e3) = (base, base + L, base + 2 * L, base + 3 * L)
-            let v0 = target + k * positionStride, step = 6 * positionStride
-            let (v1, v2, v3, v4, v5) = (v0 + step, v0 + 2 * step, v0 + 3 * step, v0 + 4 * step, v0 + 5 * step)
-            v0.update(from: e0, count: L)
-            for f in 0..<L { v1[f] = (e0[f] + e2[f]) + (e1[f] + e3[f]) }
-            for f in 0..<L { v2[f] = (e0[f] + e2[f]) - (e1[f] + e3[f]) }
-            for f in 0..<L { v3[f] = (e0[f] + 4 * e2[f]) + 2 * (e1[f] + 4 * e3[f]) }
-            for f in 0..<L { v4[f] = (e0[f] + 4 * e2[f]) - 2 * (e1[f] + 4 * e3[f]) }
-            v5.update(from: e3, count: L)
+            applyA(e0, e1, e2, e3, count: L, into: target + k * positionStride, stride: 6 * positionStride)
         }
     }
 
@@ -429,27 +402,17 @@ enum Winograd {
         let p = scratch, q = scratch + 24 * L
         let fullQuads = W / 4
         for i in 0..<6 {
-            // p_il = m0+m1+m2+m3+m4, m1−m2+2(m3−m4), m1+m2+4(m3+m4), m1−m2+8(m3−m4)+m5
+            // p_il = (m_i A)_l
             let m0 = m + (6 * i) * positionStride
             let (m1, m2, m3, m4, m5) = (m0 + positionStride, m0 + 2 * positionStride, m0 + 3 * positionStride,
                                         m0 + 4 * positionStride, m0 + 5 * positionStride)
-            let t0 = p + (4 * i) * L
-            let (t1, t2, t3) = (t0 + L, t0 + 2 * L, t0 + 3 * L)
-            for f in 0..<L { t0[f] = m0[f] + (m1[f] + m2[f]) + (m3[f] + m4[f]) }
-            for f in 0..<L { t1[f] = (m1[f] - m2[f]) + 2 * (m3[f] - m4[f]) }
-            for f in 0..<L { t2[f] = (m1[f] + m2[f]) + 4 * (m3[f] + m4[f]) }
-            for f in 0..<L { t3[f] = (m1[f] - m2[f]) + 8 * (m3[f] - m4[f]) + m5[f] }
+            applyAT(m0, m1, m2, m3, m4, m5, count: L, into: p + (4 * i) * L, stride: L)
         }
         for l in 0..<4 {
             // q_rl = (Aᵀ p_l)_r over i
             let s0 = UnsafePointer(p + l * L), rowStep = 4 * L
             let (s1, s2, s3, s4, s5) = (s0 + rowStep, s0 + 2 * rowStep, s0 + 3 * rowStep, s0 + 4 * rowStep, s0 + 5 * rowStep)
-            let t0 = q + l * L
-            let (t1, t2, t3) = (t0 + 4 * L, t0 + 8 * L, t0 + 12 * L)
-            for f in 0..<L { t0[f] = s0[f] + (s1[f] + s2[f]) + (s3[f] + s4[f]) }
-            for f in 0..<L { t1[f] = (s1[f] - s2[f]) + 2 * (s3[f] - s4[f]) }
-            for f in 0..<L { t2[f] = (s1[f] + s2[f]) + 4 * (s3[f] + s4[f]) }
-            for f in 0..<L { t3[f] = (s1[f] - s2[f]) + 8 * (s3[f] - s4[f]) + s5[f] }
+            applyAT(s0, s1, s2, s3, s4, s5, count: L, into: q + l * L, stride: 4 * L)
         }
         for j in 0..<J {
             let plane = planes + j * planeStride
@@ -465,6 +428,52 @@ enum Winograd {
                 }
             }
         }
+    }
+
+    /// `y_k[f] = (Bᵀ x[f])_k`, `k = 0 … 5`, for `f < count`, `y_k` at `y + k · stride`: the input
+    /// transform's 1-D step, on a row's taps (columns) and on a tile row's six input rows.
+    /// One output a loop, which the compiler vectorises (six outputs in one loop need more
+    /// run-time alias checks than it makes).
+    @inline(__always)
+    static func applyBT<Scalar: LayerScalar>(_ x0: UnsafePointer<Scalar>, _ x1: UnsafePointer<Scalar>, _ x2: UnsafePointer<Scalar>,
+                                             _ x3: UnsafePointer<Scalar>, _ x4: UnsafePointer<Scalar>, _ x5: UnsafePointer<Scalar>,
+                                             count: Int, into y: UnsafeMutablePointer<Scalar>, stride: Int) {
+        let (y0, y1, y2, y3, y4, y5) = (y, y + stride, y + 2 * stride, y + 3 * stride, y + 4 * stride, y + 5 * stride)
+        for f in 0..<count { y0[f] = 4 * x0[f] - 5 * x2[f] + x4[f] }
+        for f in 0..<count { y1[f] = x3[f] + x4[f] - 4 * (x1[f] + x2[f]) }
+        for f in 0..<count { y2[f] = x4[f] - x3[f] + 4 * (x1[f] - x2[f]) }
+        for f in 0..<count { y3[f] = x4[f] - x2[f] + 2 * (x3[f] - x1[f]) }
+        for f in 0..<count { y4[f] = x4[f] - x2[f] + 2 * (x1[f] - x3[f]) }
+        for f in 0..<count { y5[f] = 4 * x1[f] - 5 * x3[f] + x5[f] }
+    }
+
+    /// `y_k[f] = (A e[f])_k`, `k = 0 … 5`, for `f < count`, `y_k` at `y + k · stride`: the
+    /// gradient transform's 1-D step (`e0`, `e0+e1+e2+e3`, `e0−e1+e2−e3`, `e0+2e1+4e2+8e3`,
+    /// `e0−2e1+4e2−8e3`, `e3`), on a row's phases and on a tile row's four rows.
+    @inline(__always)
+    static func applyA<Scalar: LayerScalar>(_ e0: UnsafePointer<Scalar>, _ e1: UnsafePointer<Scalar>, _ e2: UnsafePointer<Scalar>,
+                                            _ e3: UnsafePointer<Scalar>, count: Int, into y: UnsafeMutablePointer<Scalar>, stride: Int) {
+        let (y0, y1, y2, y3, y4, y5) = (y, y + stride, y + 2 * stride, y + 3 * stride, y + 4 * stride, y + 5 * stride)
+        y0.update(from: e0, count: count)
+        for f in 0..<count { y1[f] = (e0[f] + e2[f]) + (e1[f] + e3[f]) }
+        for f in 0..<count { y2[f] = (e0[f] + e2[f]) - (e1[f] + e3[f]) }
+        for f in 0..<count { y3[f] = (e0[f] + 4 * e2[f]) + 2 * (e1[f] + 4 * e3[f]) }
+        for f in 0..<count { y4[f] = (e0[f] + 4 * e2[f]) - 2 * (e1[f] + 4 * e3[f]) }
+        y5.update(from: e3, count: count)
+    }
+
+    /// `y_l[f] = (Aᵀ m[f])_l`, `l = 0 … 3`, for `f < count`, `y_l` at `y + l · stride`: the
+    /// output transform's 1-D step (`m0+m1+m2+m3+m4`, `m1−m2+2(m3−m4)`, `m1+m2+4(m3+m4)`,
+    /// `m1−m2+8(m3−m4)+m5`), on each tile row's six `M` rows and then on their columns.
+    @inline(__always)
+    static func applyAT<Scalar: LayerScalar>(_ m0: UnsafePointer<Scalar>, _ m1: UnsafePointer<Scalar>, _ m2: UnsafePointer<Scalar>,
+                                             _ m3: UnsafePointer<Scalar>, _ m4: UnsafePointer<Scalar>, _ m5: UnsafePointer<Scalar>,
+                                             count: Int, into y: UnsafeMutablePointer<Scalar>, stride: Int) {
+        let (y0, y1, y2, y3) = (y, y + stride, y + 2 * stride, y + 3 * stride)
+        for f in 0..<count { y0[f] = m0[f] + (m1[f] + m2[f]) + (m3[f] + m4[f]) }
+        for f in 0..<count { y1[f] = (m1[f] - m2[f]) + 2 * (m3[f] - m4[f]) }
+        for f in 0..<count { y2[f] = (m1[f] + m2[f]) + 4 * (m3[f] + m4[f]) }
+        for f in 0..<count { y3[f] = (m1[f] - m2[f]) + 8 * (m3[f] - m4[f]) + m5[f] }
     }
 
     /// `row[4b + l] = y_l[b]` for `b < quads`. In `Float`, four at a time through SIMD16's and
