@@ -5,7 +5,7 @@ import Tensor
 
 /// The scalar of a network: a tensor scalar that collectives can carry. `Float` for training,
 /// `Double` for the finite-difference checks.
-public protocol LayerScalar: TensorScalar, CommunicableScalar {
+public protocol LayerScalar: TensorScalar, CommunicableScalar, SIMDScalar {
     /// `erf` as the activations (GELU) compute it: libm's for `Double`, what the
     /// finite-difference checks and float64 references use, and for `Float` a rational
     /// approximation the compiler vectorises (``Float/rationalErf(_:)``).

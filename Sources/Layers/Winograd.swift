@@ -92,65 +92,77 @@ enum Winograd {
     /// 16 MiB went through memory and was ~20 % slower than 2 MiB.
     static let chunkElements = 1 << 20
 
-    /// The tiles a transform aims to take at once: its loops run over a segment of this many
-    /// tiles, not over one tile row of `TW` (8 at a ResNet's first stage, 1 at its last).
-    static let segmentTiles = 256
+    /// The images a transform takes at once, one in each lane of a `SIMD8`: every step of a
+    /// transform is the same arithmetic for eight images' tiles, so the transforms run in
+    /// 8-wide vectors whatever the plane's size (a ResNet's last stage has one tile a plane).
+    static let lanes = 8
 
-    /// A transform's unit of work, a *segment*: `images` planes (the same channel of
-    /// consecutive images, whose tiles are consecutive columns of `V` and `M`) of `rows` tile
-    /// rows each. Small planes go several to a segment (all their tile rows); a plane of more
-    /// than ``segmentTiles`` tiles goes in groups of tile rows.
-    static func segmentShape(tileRows TH: Int, tileColumns TW: Int, images: Int) -> (images: Int, rows: Int) {
-        let tiles = TH * TW
-        if tiles >= segmentTiles { return (1, max(1, min(TH, segmentTiles / max(TW, 1)))) }
-        return (max(1, min(images, segmentTiles / max(tiles, 1))), TH)
+    /// The elements of a transform's lane-interleaved copy of its band of rows it aims at
+    /// (64 KiB of `Float`: in the L1 and L2 caches while the band's tiles are transformed).
+    static let bandElements = 1 << 14
+
+    /// Tile rows a transform takes at once: all of the plane's when its band fits
+    /// ``bandElements``, else as many as fit (at least one).
+    static func bandRows(tileRows TH: Int, tileColumns TW: Int) -> Int {
+        let rowElements = (4 * TW + 2) * lanes
+        return max(1, min(TH, (bandElements / rowElements - 2) / 4))
     }
 
-    /// The scratch of one transform of a segment of planes `W` wide (the largest of the input
-    /// transform's, the gradient transform's and the output transform's).
-    static func scratchElements(width W: Int) -> Int {
-        let TW = (W + 3) / 4, span = splitSpan(tileColumns: TW)
-        // a segment has at most max(segmentTiles, TW) tiles; input: padded row and four
-        // phases (8 span), 6 × 6 runs of `c`; gradient: 8 span and 6 × 4; output: 24 + 16
-        return 8 * span + 40 * max(segmentTiles, TW) + 16
+    /// The scratch of one transform of a band of `rows` tile rows of `TW` tiles (the largest of
+    /// the input, gradient and output transforms'): the band's rows lane-interleaved, and one
+    /// tile's 36 intermediate vectors.
+    static func scratchElements(tileRows rows: Int, tileColumns TW: Int) -> Int {
+        (4 * rows + 2) * (4 * TW + 2) * lanes + positions * lanes
     }
 
-    /// Runs `body(channel, firstImage, images, firstTileRow, tileRows)` for every segment
-    /// (``segmentShape(tileRows:tileColumns:images:)``) of `channels` channels of `images`
-    /// images, over the threads.
+    /// Runs `body(channel, firstImage, lanes, firstTileRow, tileRows, scratch)` for every
+    /// segment of a transform, over the threads: a channel of up to ``lanes`` consecutive
+    /// images (`lanes` of them), a band of ``bandRows(tileRows:tileColumns:)`` tile rows.
     @inline(__always)
-    static func forEachSegment(channels: Int, images: Int, tileRows TH: Int, tileColumns TW: Int,
-                               _ body: (_ channel: Int, _ firstImage: Int, _ images: Int, _ firstTileRow: Int, _ tileRows: Int) -> Void) {
-        let shape = segmentShape(tileRows: TH, tileColumns: TW, images: images)
-        let imageGroups = (images + shape.images - 1) / shape.images, rowGroups = (TH + shape.rows - 1) / shape.rows
-        parallelRanges(channels * imageGroups * rowGroups, minimumPerPart: 1) { segments in
-            for segment in segments {
-                let (channel, rest) = segment.quotientAndRemainder(dividingBy: imageGroups * rowGroups)
-                let (imageGroup, rowGroup) = rest.quotientAndRemainder(dividingBy: rowGroups)
-                let (firstImage, firstRow) = (imageGroup * shape.images, rowGroup * shape.rows)
-                body(channel, firstImage, min(shape.images, images - firstImage), firstRow, min(shape.rows, TH - firstRow))
+    static func forEachSegment<Scalar: LayerScalar>(
+        channels: Int, images: Int, tileRows TH: Int, tileColumns TW: Int, of _: Scalar.Type,
+        _ body: (_ channel: Int, _ firstImage: Int, _ lanes: Int, _ firstTileRow: Int, _ tileRows: Int,
+                 _ scratch: UnsafeMutablePointer<Scalar>) -> Void) {
+        let rows = bandRows(tileRows: TH, tileColumns: TW)
+        let groups = (images + lanes - 1) / lanes, bands = (TH + rows - 1) / rows
+        let scratchCount = scratchElements(tileRows: rows, tileColumns: TW)
+        parallelRanges(channels * groups * bands, minimumPerPart: 1) { segments in
+            withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
+                for segment in segments {
+                    let (channel, rest) = segment.quotientAndRemainder(dividingBy: groups * bands)
+                    let (group, band) = rest.quotientAndRemainder(dividingBy: bands)
+                    let (firstImage, firstRow) = (group * lanes, band * rows)
+                    body(channel, firstImage, min(lanes, images - firstImage), firstRow, min(rows, TH - firstRow),
+                         scratch.baseAddress!)
+                }
             }
         }
     }
 
-    /// Elements between the 36 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``).
+    /// Elements between the 36 positions' matrices beyond `C · n` (see ``convolve(_:batch:inChannels:outChannels:height:width:filters:output:v:m:imagesPerChunk:)``);
+    /// also the room an 8-wide load of a chunk's last columns may read past them.
     static let positionPadding = 64
 
     /// The elements `V` `(36, C, n)` or `M` `(36, OC, n)` takes with `channels` = C or OC.
     static func scratchCount(channels: Int, columns: Int) -> Int { positions * (channels * columns + positionPadding) }
 
-    /// Images per chunk and the columns `n = images · tiles` of `V` `(36, C, n)` and `M` `(36, OC, n)`.
+    /// Images per chunk (a multiple of ``lanes`` when more than one group fits) and the
+    /// columns `n = images · tiles` of `V` `(36, C, n)` and `M` `(36, OC, n)`.
     static func chunk(batch: Int, inChannels C: Int, outChannels OC: Int, height H: Int, width W: Int,
                       chunkElements: Int = chunkElements) -> (images: Int, columns: Int) {
         let (TH, TW) = tileGrid(height: H, width: W)
         let tiles = TH * TW
-        let images = max(1, min(batch, chunkElements / max(positions * max(C, OC) * tiles, 1)))
+        var images = max(1, min(batch, chunkElements / max(positions * max(C, OC) * tiles, 1)))
+        if images > lanes && images < batch { images -= images % lanes }
         return (images, images * tiles)
     }
 
     /// `y (B, OC, H, W) = conv3×3(x (B, C, H, W))`, stride 1, padding 1, with the transformed
     /// filters `u` `(36, OC, C)`; overwrites `y`. `v` and `m` are scratch of at least
     /// ``scratchCount(channels:columns:)`` elements (of C and OC), `n = images · tiles` (``chunk(batch:inChannels:outChannels:height:width:chunkElements:)``).
+    ///
+    /// A chunk's columns are tile-major: tile `t` of image `j` of the chunk is column
+    /// `t · images + j`, so the eight images of a transform's lanes are eight adjacent columns.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func convolve<Scalar: LayerScalar>(_ x: UnsafePointer<Scalar>, batch B: Int, inChannels C: Int,
@@ -164,16 +176,13 @@ enum Winograd {
         // multiple of a large power of two: the transforms read or write all 36 at once, and
         // streams 2^k bytes apart would share one set of the L1 and L2 caches.
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = scratchElements(width: W)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
-            // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ] of tile t of channel c of image first + j
-            forEachSegment(channels: C, images: images, tileRows: TH, tileColumns: TW) { c, j, count, a, rows in
-                withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
-                    inputTransform(x + ((first + j) * C + c) * H * W, planeStride: C * H * W, planes: count,
-                                   height: H, width: W, tileColumns: TW, firstTileRow: a, tileRows: rows,
-                                   into: v + c * n + j * tiles + a * TW, positionStride: vStride, scratch: scratch.baseAddress!)
-                }
+            // V[ξ][c][t · images + j] = (Bᵀ d B)[ξ] of tile t of channel c of image first + j
+            forEachSegment(channels: C, images: images, tileRows: TH, tileColumns: TW, of: Scalar.self) { c, j, lanes, a, rows, scratch in
+                inputTransform(x + ((first + j) * C + c) * H * W, planeStride: C * H * W, lanes: lanes,
+                               height: H, width: W, firstTileRow: a, tileRows: rows,
+                               into: v + c * n + j, tileStride: images, positionStride: vStride, scratch: scratch)
             }
             // M[ξ] = U[ξ] · V[ξ]                 (OC, columns) = (OC, C) (C, columns)
             for xi in 0..<positions {
@@ -182,13 +191,10 @@ enum Winograd {
                             beta: 0, c: m + xi * mStride, ldc: n)
             }
             // y[first + j][o] = Aᵀ M A of each tile
-            forEachSegment(channels: OC, images: images, tileRows: TH, tileColumns: TW) { o, j, count, a, rows in
-                withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
-                    outputTransform(UnsafePointer(m + o * n + j * tiles + a * TW), positionStride: mStride,
-                                    tileColumns: TW, firstTileRow: a, tileRows: rows,
-                                    into: y + ((first + j) * OC + o) * H * W, planeStride: OC * H * W, planes: count,
-                                    height: H, width: W, scratch: scratch.baseAddress!)
-                }
+            forEachSegment(channels: OC, images: images, tileRows: TH, tileColumns: TW, of: Scalar.self) { o, j, lanes, a, rows, scratch in
+                outputTransform(UnsafePointer(m + o * n + j), tileStride: images, positionStride: mStride,
+                                firstTileRow: a, tileRows: rows, into: y + ((first + j) * OC + o) * H * W,
+                                planeStride: OC * H * W, lanes: lanes, height: H, width: W, scratch: scratch)
             }
         }
     }
@@ -208,25 +214,20 @@ enum Winograd {
         let (TH, TW) = tileGrid(height: H, width: W)
         let tiles = TH * TW, n = imagesPerChunk * tiles
         let (vStride, mStride) = (C * n + positionPadding, OC * n + positionPadding)
-        let scratchCount = scratchElements(width: W)
         du.update(repeating: 0, count: positions * OC * C)
         for first in Swift.stride(from: 0, to: B, by: imagesPerChunk) {
             let images = min(imagesPerChunk, B - first), columns = images * tiles
-            // V[ξ][c][j·tiles + t] = (Bᵀ d B)[ξ];  M[ξ][o][j·tiles + t] = (A dY Aᵀ)[ξ]
-            forEachSegment(channels: C + OC, images: images, tileRows: TH, tileColumns: TW) { channel, j, count, a, rows in
-                withUnsafeTemporaryAllocation(of: Scalar.self, capacity: scratchCount) { scratch in
-                    if channel < C {
-                        inputTransform(x + ((first + j) * C + channel) * H * W, planeStride: C * H * W, planes: count,
-                                       height: H, width: W, tileColumns: TW, firstTileRow: a, tileRows: rows,
-                                       into: v + channel * n + j * tiles + a * TW, positionStride: vStride,
-                                       scratch: scratch.baseAddress!)
-                    } else {
-                        let o = channel - C
-                        gradientTransform(dy + ((first + j) * OC + o) * H * W, planeStride: OC * H * W, planes: count,
-                                          height: H, width: W, tileColumns: TW, firstTileRow: a, tileRows: rows,
-                                          into: m + o * n + j * tiles + a * TW, positionStride: mStride,
-                                          scratch: scratch.baseAddress!)
-                    }
+            // V[ξ][c][t · images + j] = (Bᵀ d B)[ξ];  M[ξ][o][t · images + j] = (A dY Aᵀ)[ξ]
+            forEachSegment(channels: C + OC, images: images, tileRows: TH, tileColumns: TW, of: Scalar.self) { channel, j, lanes, a, rows, scratch in
+                if channel < C {
+                    inputTransform(x + ((first + j) * C + channel) * H * W, planeStride: C * H * W, lanes: lanes,
+                                   height: H, width: W, firstTileRow: a, tileRows: rows,
+                                   into: v + channel * n + j, tileStride: images, positionStride: vStride, scratch: scratch)
+                } else {
+                    let o = channel - C
+                    gradientTransform(dy + ((first + j) * OC + o) * H * W, planeStride: OC * H * W, lanes: lanes,
+                                      height: H, width: W, firstTileRow: a, tileRows: rows,
+                                      into: m + o * n + j, tileStride: images, positionStride: mStride, scratch: scratch)
                 }
             }
             // dU[ξ] += M[ξ] · V[ξ]ᵀ              (OC, C) += (OC, columns) (C, columns)ᵀ
@@ -258,253 +259,260 @@ enum Winograd {
         }
     }
 
-    /// The elements ``deinterleave4(_:blocks:into:stride:)`` writes of each phase for a row
-    /// of `TW` tiles: `TW + 1` rounded up to whole blocks of 4.
-    static func splitSpan(tileColumns TW: Int) -> Int { (TW + 1 + 3) / 4 * 4 }
+    // MARK: Transforms, eight images a vector
 
-    /// `phases[q · stride + b] = p[4b + q]`, `q = 0 … 3`, for `b < 4 · blocks` (reads
-    /// `p[0 ..< 16 · blocks]`). In `Float`, sixteen elements a load, split by SIMD16's and
-    /// SIMD8's `evenHalf` / `oddHalf` (shuffles).
+    typealias Lanes<Scalar: LayerScalar> = SIMD8<Scalar>
+
     @inline(__always)
-    static func deinterleave4<Scalar: LayerScalar>(_ p: UnsafePointer<Scalar>, blocks: Int,
-                                                   into phases: UnsafeMutablePointer<Scalar>, stride: Int) {
-        if Scalar.self == Float.self {
-            let source = UnsafeRawPointer(p), target = UnsafeMutableRawPointer(phases)
-            let rowBytes = stride * MemoryLayout<Float>.stride
-            for block in 0..<blocks {
-                let v = source.loadUnaligned(fromByteOffset: 64 * block, as: SIMD16<Float>.self)
-                let (even, odd) = (v.evenHalf, v.oddHalf)
-                target.storeBytes(of: even.evenHalf, toByteOffset: 16 * block, as: SIMD4<Float>.self)
-                target.storeBytes(of: odd.evenHalf, toByteOffset: rowBytes + 16 * block, as: SIMD4<Float>.self)
-                target.storeBytes(of: even.oddHalf, toByteOffset: 2 * rowBytes + 16 * block, as: SIMD4<Float>.self)
-                target.storeBytes(of: odd.oddHalf, toByteOffset: 3 * rowBytes + 16 * block, as: SIMD4<Float>.self)
+    static func load<Scalar: LayerScalar>(_ p: UnsafePointer<Scalar>) -> Lanes<Scalar> {
+        UnsafeRawPointer(p).loadUnaligned(as: Lanes<Scalar>.self)
+    }
+
+    @inline(__always)
+    static func store<Scalar: LayerScalar>(_ value: Lanes<Scalar>, _ p: UnsafeMutablePointer<Scalar>) {
+        UnsafeMutableRawPointer(p).storeBytes(of: value, as: Lanes<Scalar>.self)
+    }
+
+    /// Stores the first `lanes` lanes of `value` (all eight with one store when `lanes` is 8).
+    @inline(__always)
+    static func store<Scalar: LayerScalar>(_ value: Lanes<Scalar>, _ p: UnsafeMutablePointer<Scalar>, lanes J: Int) {
+        if J == lanes { store(value, p) } else { for j in 0..<J { p[j] = value[j] } }
+    }
+
+    /// `Bᵀ x` of a column `x` of six: `4x0 − 5x2 + x4`, `x3 + x4 − 4(x1 + x2)`,
+    /// `x4 − x3 + 4(x1 − x2)`, `x4 − x2 + 2(x3 − x1)`, `x4 − x2 + 2(x1 − x3)`, `4x1 − 5x3 + x5`.
+    @inline(__always)
+    static func bt<Scalar: LayerScalar>(_ x0: Lanes<Scalar>, _ x1: Lanes<Scalar>, _ x2: Lanes<Scalar>,
+                                        _ x3: Lanes<Scalar>, _ x4: Lanes<Scalar>, _ x5: Lanes<Scalar>)
+        -> (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>) {
+        let four: Scalar = 4, five: Scalar = 5, two: Scalar = 2
+        let s12 = x1 + x2, d12 = x1 - x2, s42 = x4 - x2, d31 = two * (x3 - x1)
+        let y0 = four * x0 - five * x2 + x4
+        let y1 = (x3 + x4) - four * s12
+        let y2 = (x4 - x3) + four * d12
+        let y5 = four * x1 - five * x3 + x5
+        return (y0, y1, y2, s42 + d31, s42 - d31, y5)
+    }
+
+    /// `A e` of a column `e` of four: `e0`, `e0+e1+e2+e3`, `e0−e1+e2−e3`, `e0+2e1+4e2+8e3`,
+    /// `e0−2e1+4e2−8e3`, `e3`.
+    @inline(__always)
+    static func a<Scalar: LayerScalar>(_ e0: Lanes<Scalar>, _ e1: Lanes<Scalar>, _ e2: Lanes<Scalar>, _ e3: Lanes<Scalar>)
+        -> (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>) {
+        let four: Scalar = 4, two: Scalar = 2
+        let s02 = e0 + e2, s13 = e1 + e3, t02 = e0 + four * e2, t13 = two * (e1 + four * e3)
+        return (e0, s02 + s13, s02 - s13, t02 + t13, t02 - t13, e3)
+    }
+
+    /// `Aᵀ m` of a column `m` of six: `m0+m1+m2+m3+m4`, `m1−m2+2(m3−m4)`, `m1+m2+4(m3+m4)`,
+    /// `m1−m2+8(m3−m4)+m5`.
+    @inline(__always)
+    static func at<Scalar: LayerScalar>(_ m0: Lanes<Scalar>, _ m1: Lanes<Scalar>, _ m2: Lanes<Scalar>,
+                                        _ m3: Lanes<Scalar>, _ m4: Lanes<Scalar>, _ m5: Lanes<Scalar>)
+        -> (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>) {
+        let two: Scalar = 2, four: Scalar = 4, eight: Scalar = 8
+        let s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4
+        let y0 = m0 + s12 + s34
+        let y3 = d12 + eight * d34 + m5
+        return (y0, d12 + two * d34, s12 + four * s34, y3)
+    }
+
+    /// The 8×8 transpose of `v` (row `i` = `v.i`): three perfect unshuffles of the 64
+    /// elements (each moves an index's lowest bit to its top, so three swap row and column).
+    @inline(__always)
+    static func transpose<Scalar: LayerScalar>(
+        _ v: (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>)
+    ) -> (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>) {
+        @inline(__always)
+        func unshuffle(_ v: (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>))
+            -> (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>) {
+            let (p0, p1) = (SIMD16(lowHalf: v.0, highHalf: v.1), SIMD16(lowHalf: v.2, highHalf: v.3))
+            let (p2, p3) = (SIMD16(lowHalf: v.4, highHalf: v.5), SIMD16(lowHalf: v.6, highHalf: v.7))
+            return (p0.evenHalf, p1.evenHalf, p2.evenHalf, p3.evenHalf, p0.oddHalf, p1.oddHalf, p2.oddHalf, p3.oddHalf)
+        }
+        return unshuffle(unshuffle(unshuffle(v)))
+    }
+
+    /// `target[8c + j] = row_j[c]` for `c < count`, `row_j = source + j · laneStride` for the
+    /// first `lanes` lanes, zero in the others: rows of `lanes` planes interleaved into lanes
+    /// (eight columns at a time by ``transpose(_:)`` when all eight lanes are planes).
+    @inline(__always)
+    static func interleave<Scalar: LayerScalar>(_ source: UnsafePointer<Scalar>, laneStride: Int, lanes J: Int, count: Int,
+                                                into target: UnsafeMutablePointer<Scalar>) {
+        var c = 0
+        if J == lanes {
+            while c + 8 <= count {
+                let s = source + c
+                let rows = (load(s), load(s + laneStride), load(s + 2 * laneStride), load(s + 3 * laneStride),
+                            load(s + 4 * laneStride), load(s + 5 * laneStride), load(s + 6 * laneStride), load(s + 7 * laneStride))
+                let columns = transpose(rows)
+                let t = target + 8 * c
+                store(columns.0, t); store(columns.1, t + 8); store(columns.2, t + 16); store(columns.3, t + 24)
+                store(columns.4, t + 32); store(columns.5, t + 40); store(columns.6, t + 48); store(columns.7, t + 56)
+                c += 8
             }
-        } else {
-            for b in 0..<4 * blocks {
-                for q in 0..<4 { phases[q * stride + b] = p[4 * b + q] }
-            }
+        }
+        while c < count {
+            var column = Lanes<Scalar>()
+            for j in 0..<J { column[j] = source[j * laneStride + c] }
+            store(column, target + 8 * c)
+            c += 1
         }
     }
 
-    /// `Bᵀ d B` of every 6×6 tile of a segment: tile rows `firstTileRow ..< firstTileRow + rows`
-    /// of `planes` planes `planeStride` apart (padding 1: the tile of output tile `(a, b)`
-    /// starts at input row `4a − 1`, column `4b − 1`); position `ξ = 6i + k` of the segment's
-    /// tile `f = (j · rows + a') · TW + b` goes to `target[ξ · positionStride + f]`.
+    /// `row_j[c] = source[8c + j]` for `c < count` and the first `lanes` lanes, `row_j = target +
+    /// j · laneStride`: the inverse of ``interleave(_:laneStride:lanes:count:into:)``.
+    @inline(__always)
+    static func deinterleave<Scalar: LayerScalar>(_ source: UnsafePointer<Scalar>, count: Int, lanes J: Int,
+                                                  into target: UnsafeMutablePointer<Scalar>, laneStride: Int) {
+        var c = 0
+        if J == lanes {
+            while c + 8 <= count {
+                let s = source + 8 * c
+                let columns = (load(s), load(s + 8), load(s + 16), load(s + 24), load(s + 32), load(s + 40), load(s + 48), load(s + 56))
+                let rows = transpose(columns)
+                let t = target + c
+                store(rows.0, t); store(rows.1, t + laneStride); store(rows.2, t + 2 * laneStride)
+                store(rows.3, t + 3 * laneStride); store(rows.4, t + 4 * laneStride); store(rows.5, t + 5 * laneStride)
+                store(rows.6, t + 6 * laneStride); store(rows.7, t + 7 * laneStride)
+                c += 8
+            }
+        }
+        while c < count {
+            for j in 0..<J { target[j * laneStride + c] = source[8 * c + j] }
+            c += 1
+        }
+    }
+
+    /// `Bᵀ d B` of every 6×6 tile of tile rows `firstTileRow ..< firstTileRow + rows` of `lanes`
+    /// planes `planeStride` apart, one plane a lane (padding 1: the tile of output tile `(a, b)`
+    /// starts at input row `4a − 1`, column `4b − 1`): position `ξ` of tile `t` of plane `j` goes
+    /// to `target[ξ · positionStride + t · tileStride + j]`.
     ///
-    /// Separable: `d B` once per input row, the row split into four phases
-    /// `P_q[b] = d[4b − 1 + q]` (zero outside the plane) by ``deinterleave4(_:blocks:into:stride:)``,
-    /// so that a tile's six taps are `P_0 … P_3[b]`, `P_0[b+1]`, `P_1[b+1]`; its six columns
-    /// `c_k = (Bᵀ taps)_k` go to run `s` of `c[k]` at the segment's tile row, for each tile
-    /// row whose input row `s` it is (rows `4a + 3` and `4a + 4` are rows 0 and 1 of the next
-    /// tile row too). Then each position `Bᵀ (d B)` over the whole segment in one loop (every
-    /// tile row's input row `s` is one run), straight to `target`. `scratch` holds
-    /// ``scratchElements(width:)``.
+    /// The band's input rows, zero-padded, are interleaved into `scratch` (`T[R][cc][lane]`,
+    /// `4 · rows + 2` rows of `4 · TW + 2` columns); then per tile `d B` row by row and `Bᵀ (d B)`
+    /// column by column, each step one `SIMD8` expression. `scratch` holds
+    /// ``scratchElements(tileRows:tileColumns:)``.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    static func inputTransform<Scalar: LayerScalar>(_ planes: UnsafePointer<Scalar>, planeStride: Int, planes J: Int,
-                                                    height H: Int, width W: Int, tileColumns TW: Int,
-                                                    firstTileRow: Int, tileRows rows: Int,
-                                                    into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
-                                                    scratch: UnsafeMutablePointer<Scalar>) {
-        // The row with a zero before it and zeros after it up to `4 · span − 1`; the four
-        // phases (`span` each); c[k][s][j · rows + a'][TW], s = 0 … 5.
-        let span = splitSpan(tileColumns: TW), L = J * rows * TW
-        let padded = scratch + 1, phases = scratch + 4 * span, c = phases + 4 * span
-        padded[-1] = 0
-        (padded + W).update(repeating: 0, count: 4 * span - 1 - W)
-        let (p0, p1, p2, p3) = (UnsafePointer(phases), UnsafePointer(phases + span),
-                                UnsafePointer(phases + 2 * span), UnsafePointer(phases + 3 * span))
-        for j in 0..<J {
-            let plane = planes + j * planeStride
-            // input row r = 4 · firstTileRow − 1 + R: run q of tile row a', and run 4 + q of a' − 1
-            for R in 0 ..< 4 * rows + 2 {
-                let r = 4 * firstTileRow - 1 + R
-                let (q, a) = (R & 3, R >> 2)
-                let primary = a < rows ? c + q * L + (j * rows + a) * TW : nil
-                let secondary = q < 2 && a >= 1 ? c + (4 + q) * L + (j * rows + a - 1) * TW : nil
-                let c0 = primary ?? secondary!
-                if r >= 0 && r < H {
-                    padded.update(from: plane + r * W, count: W)
-                    deinterleave4(UnsafePointer(padded - 1), blocks: span / 4, into: phases, stride: span)
-                    applyBT(p0, p1, p2, p3, p0 + 1, p1 + 1, count: TW, into: c0, stride: 6 * L)
-                } else {
-                    for k in 0..<6 { (c0 + k * 6 * L).update(repeating: 0, count: TW) }
+    static func inputTransform<Scalar: LayerScalar>(_ planes: UnsafePointer<Scalar>, planeStride: Int, lanes J: Int,
+                                                    height H: Int, width W: Int, firstTileRow: Int, tileRows rows: Int,
+                                                    into target: UnsafeMutablePointer<Scalar>, tileStride: Int,
+                                                    positionStride: Int, scratch: UnsafeMutablePointer<Scalar>) {
+        let TW = (W + 3) / 4, rowLength = (4 * TW + 2) * lanes
+        let band = scratch, tile = scratch + (4 * rows + 2) * rowLength
+        for R in 0 ..< 4 * rows + 2 {
+            let r = 4 * firstTileRow - 1 + R, row = band + R * rowLength
+            guard r >= 0 && r < H else {
+                row.update(repeating: 0, count: rowLength)
+                continue
+            }
+            row.update(repeating: 0, count: lanes)
+            interleave(planes + r * W, laneStride: planeStride, lanes: J, count: W, into: row + lanes)
+            (row + (W + 1) * lanes).update(repeating: 0, count: rowLength - (W + 1) * lanes)
+        }
+        for a in 0..<rows {
+            for b in 0..<TW {
+                // (d B) of the tile's six rows
+                for s in 0..<6 {
+                    let x = UnsafePointer(band + (4 * a + s) * rowLength + 4 * b * lanes)
+                    let y = bt(load(x), load(x + 8), load(x + 16), load(x + 24), load(x + 32), load(x + 40))
+                    let t = tile + 6 * s * lanes
+                    store(y.0, t); store(y.1, t + 8); store(y.2, t + 16); store(y.3, t + 24); store(y.4, t + 32); store(y.5, t + 40)
                 }
-                if let primary, let secondary {
-                    for k in 0..<6 { (secondary + k * 6 * L).update(from: primary + k * 6 * L, count: TW) }
+                // Bᵀ (d B), column k: position 6i + k
+                let column = target + ((firstTileRow + a) * TW + b) * tileStride
+                for k in 0..<6 {
+                    let x = UnsafePointer(tile + k * lanes)
+                    let y = bt(load(x), load(x + 48), load(x + 96), load(x + 144), load(x + 192), load(x + 240))
+                    let t = column + k * positionStride, step = 6 * positionStride
+                    store(y.0, t, lanes: J); store(y.1, t + step, lanes: J); store(y.2, t + 2 * step, lanes: J)
+                    store(y.3, t + 3 * step, lanes: J); store(y.4, t + 4 * step, lanes: J); store(y.5, t + 5 * step, lanes: J)
                 }
             }
         }
-        for k in 0..<6 {
-            let base = UnsafePointer(c + k * 6 * L)
-            let (d0, d1, d2, d3, d4, d5) = (base, base + L, base + 2 * L, base + 3 * L, base + 4 * L, base + 5 * L)
-            // (Bᵀ rows) position 6i + k
-            applyBT(d0, d1, d2, d3, d4, d5, count: L, into: target + k * positionStride, stride: 6 * positionStride)
-        }
     }
 
-    /// `A e Aᵀ` of every 4×4 output-gradient tile `e` of a segment (as in
-    /// ``inputTransform(_:planeStride:planes:height:width:tileColumns:firstTileRow:tileRows:into:positionStride:scratch:)``;
-    /// zero beyond the plane's edge), position `ξ = 6i + k` of tile `f` to
-    /// `target[ξ · positionStride + f]`; `A` is `Aᵀ` transposed (6×4): `(A e)` = `e0`,
-    /// `e0+e1+e2+e3`, `e0−e1+e2−e3`, `e0+2e1+4e2+8e3`, `e0−2e1+4e2−8e3`, `e3`. Each input row
-    /// split into its four phases `Q_l[b] = e[4b + l]` and its six columns formed into run `l`
-    /// of `c[k]`, then each position over the whole segment in one loop. `scratch` holds
-    /// ``scratchElements(width:)``.
+    /// `A e Aᵀ` of every 4×4 output-gradient tile `e` of a band (as in
+    /// ``inputTransform(_:planeStride:lanes:height:width:firstTileRow:tileRows:into:tileStride:positionStride:scratch:)``;
+    /// zero beyond the plane's edge): position `ξ = 6i + k` of tile `t` of plane `j` to
+    /// `target[ξ · positionStride + t · tileStride + j]`.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    static func gradientTransform<Scalar: LayerScalar>(_ planes: UnsafePointer<Scalar>, planeStride: Int, planes J: Int,
-                                                       height H: Int, width W: Int, tileColumns TW: Int,
-                                                       firstTileRow: Int, tileRows rows: Int,
-                                                       into target: UnsafeMutablePointer<Scalar>, positionStride: Int,
-                                                       scratch: UnsafeMutablePointer<Scalar>) {
-        // The row with zeros after it up to `4 · span`; the four phases; c[k][l][j · rows + a'][TW].
-        let span = splitSpan(tileColumns: TW), L = J * rows * TW
-        let padded = scratch, phases = scratch + 4 * span, c = phases + 4 * span
-        (padded + W).update(repeating: 0, count: 4 * span - W)
-        let (q0, q1, q2, q3) = (UnsafePointer(phases), UnsafePointer(phases + span),
-                                UnsafePointer(phases + 2 * span), UnsafePointer(phases + 3 * span))
-        for j in 0..<J {
-            let plane = planes + j * planeStride
-            for R in 0 ..< 4 * rows {
-                let r = 4 * firstTileRow + R
-                let c0 = c + (R & 3) * L + (j * rows + (R >> 2)) * TW, kStride = 4 * L
-                guard r < H else {
-                    for k in 0..<6 { (c0 + k * kStride).update(repeating: 0, count: TW) }
-                    continue
+    static func gradientTransform<Scalar: LayerScalar>(_ planes: UnsafePointer<Scalar>, planeStride: Int, lanes J: Int,
+                                                       height H: Int, width W: Int, firstTileRow: Int, tileRows rows: Int,
+                                                       into target: UnsafeMutablePointer<Scalar>, tileStride: Int,
+                                                       positionStride: Int, scratch: UnsafeMutablePointer<Scalar>) {
+        let TW = (W + 3) / 4, rowLength = 4 * TW * lanes
+        let band = scratch, tile = scratch + 4 * rows * rowLength
+        for R in 0 ..< 4 * rows {
+            let r = 4 * firstTileRow + R, row = band + R * rowLength
+            guard r < H else {
+                row.update(repeating: 0, count: rowLength)
+                continue
+            }
+            interleave(planes + r * W, laneStride: planeStride, lanes: J, count: W, into: row)
+            (row + W * lanes).update(repeating: 0, count: rowLength - W * lanes)
+        }
+        for a in 0..<rows {
+            for b in 0..<TW {
+                // (e Aᵀ) of the tile's four rows
+                for s in 0..<4 {
+                    let x = UnsafePointer(band + (4 * a + s) * rowLength + 4 * b * lanes)
+                    let y = Winograd.a(load(x), load(x + 8), load(x + 16), load(x + 24))
+                    let t = tile + 6 * s * lanes
+                    store(y.0, t); store(y.1, t + 8); store(y.2, t + 16); store(y.3, t + 24); store(y.4, t + 32); store(y.5, t + 40)
                 }
-                padded.update(from: plane + r * W, count: W)
-                deinterleave4(UnsafePointer(padded), blocks: span / 4, into: phases, stride: span)
-                applyA(q0, q1, q2, q3, count: TW, into: c0, stride: kStride)
+                // A (e Aᵀ), column k: position 6i + k
+                let column = target + ((firstTileRow + a) * TW + b) * tileStride
+                for k in 0..<6 {
+                    let x = UnsafePointer(tile + k * lanes)
+                    let y = Winograd.a(load(x), load(x + 48), load(x + 96), load(x + 144))
+                    let t = column + k * positionStride, step = 6 * positionStride
+                    store(y.0, t, lanes: J); store(y.1, t + step, lanes: J); store(y.2, t + 2 * step, lanes: J)
+                    store(y.3, t + 3 * step, lanes: J); store(y.4, t + 4 * step, lanes: J); store(y.5, t + 5 * step, lanes: J)
+                }
             }
         }
-        for k in 0..<6 {
-            let base = UnsafePointer(c + k * 4 * L)
-            let (e0, e1, e2, e3) = (base, base + L, base + 2 * L, base + 3 * L)
-            applyA(e0, e1, e2, e3, count: L, into: target + k * positionStride, stride: 6 * positionStride)
-        }
     }
 
-    /// `Aᵀ m A` of every tile of a segment (as in ``inputTransform(_:planeStride:planes:height:width:tileColumns:firstTileRow:tileRows:into:positionStride:scratch:)``):
-    /// `m[ξ · positionStride + f]` → the 4×4 outputs at row `4a`, column `4b` of its plane
-    /// (clipped at the plane's edge). Each step one loop over the segment's tiles: the six rows
-    /// `i` of the tiles' `m` reduced to four columns `p_il = (m_i A)_l`, the four output rows
-    /// `q_rl = (Aᵀ p_l)_r`, then each output row interleaved from its four column phases.
-    /// `scratch` holds ``scratchElements(width:)``.
+    /// `Aᵀ m A` of every tile of a band: `m[ξ · positionStride + t · tileStride + j]` → the 4×4
+    /// outputs at row `4a`, column `4b` of plane `j` (clipped at the plane's edge). Per tile
+    /// `m A` row by row and `Aᵀ (m A)` column by column into `scratch` (the band's outputs,
+    /// lane-interleaved), then each output row back to its `lanes` planes. `m` may be read up
+    /// to seven elements past a segment's last column (``positionPadding``); those lanes are
+    /// never stored.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    static func outputTransform<Scalar: LayerScalar>(_ m: UnsafePointer<Scalar>, positionStride: Int, tileColumns TW: Int,
+    static func outputTransform<Scalar: LayerScalar>(_ m: UnsafePointer<Scalar>, tileStride: Int, positionStride: Int,
                                                      firstTileRow: Int, tileRows rows: Int,
-                                                     into planes: UnsafeMutablePointer<Scalar>, planeStride: Int, planes J: Int,
+                                                     into planes: UnsafeMutablePointer<Scalar>, planeStride: Int, lanes J: Int,
                                                      height H: Int, width W: Int, scratch: UnsafeMutablePointer<Scalar>) {
-        let L = J * rows * TW
-        // p[i][l] (24 runs of L); q[r][l] (16)
-        let p = scratch, q = scratch + 24 * L
-        let fullQuads = W / 4
-        for i in 0..<6 {
-            // p_il = (m_i A)_l
-            let m0 = m + (6 * i) * positionStride
-            let (m1, m2, m3, m4, m5) = (m0 + positionStride, m0 + 2 * positionStride, m0 + 3 * positionStride,
-                                        m0 + 4 * positionStride, m0 + 5 * positionStride)
-            applyAT(m0, m1, m2, m3, m4, m5, count: L, into: p + (4 * i) * L, stride: L)
-        }
-        for l in 0..<4 {
-            // q_rl = (Aᵀ p_l)_r over i
-            let s0 = UnsafePointer(p + l * L), rowStep = 4 * L
-            let (s1, s2, s3, s4, s5) = (s0 + rowStep, s0 + 2 * rowStep, s0 + 3 * rowStep, s0 + 4 * rowStep, s0 + 5 * rowStep)
-            applyAT(s0, s1, s2, s3, s4, s5, count: L, into: q + l * L, stride: 4 * L)
-        }
-        for j in 0..<J {
-            let plane = planes + j * planeStride
-            for a in 0..<rows {
-                for r in 0..<4 where 4 * (firstTileRow + a) + r < H {
-                    let row = plane + (4 * (firstTileRow + a) + r) * W
-                    let y0 = UnsafePointer(q + (4 * r) * L + (j * rows + a) * TW)
-                    let (y1, y2, y3) = (y0 + L, y0 + 2 * L, y0 + 3 * L)
-                    interleave4(y0, y1, y2, y3, quads: fullQuads, into: row)
-                    for column in 4 * fullQuads ..< W {
-                        row[column] = y0[(column - 4 * fullQuads) * L + fullQuads]
-                    }
+        let TW = (W + 3) / 4, rowLength = 4 * TW * lanes
+        let band = scratch, tile = scratch + 4 * rows * rowLength
+        for a in 0..<rows {
+            for b in 0..<TW {
+                // (m A) of the tile's six rows: tile[i][l]
+                let column = m + ((firstTileRow + a) * TW + b) * tileStride
+                for i in 0..<6 {
+                    let x = column + 6 * i * positionStride
+                    let y = at(load(x), load(x + positionStride), load(x + 2 * positionStride), load(x + 3 * positionStride),
+                               load(x + 4 * positionStride), load(x + 5 * positionStride))
+                    let t = tile + 4 * i * lanes
+                    store(y.0, t); store(y.1, t + 8); store(y.2, t + 16); store(y.3, t + 24)
+                }
+                // Aᵀ (m A), column l: output row r, column l of the tile
+                for l in 0..<4 {
+                    let x = UnsafePointer(tile + l * lanes)
+                    let y = at(load(x), load(x + 32), load(x + 64), load(x + 96), load(x + 128), load(x + 160))
+                    let t = band + (4 * a * rowLength) + (4 * b + l) * lanes
+                    store(y.0, t); store(y.1, t + rowLength); store(y.2, t + 2 * rowLength); store(y.3, t + 3 * rowLength)
                 }
             }
         }
-    }
-
-    /// `y_k[f] = (Bᵀ x[f])_k`, `k = 0 … 5`, for `f < count`, `y_k` at `y + k · stride`: the input
-    /// transform's 1-D step, on a row's taps (columns) and on a tile row's six input rows.
-    /// One output a loop, which the compiler vectorises (six outputs in one loop need more
-    /// run-time alias checks than it makes).
-    @inline(__always)
-    static func applyBT<Scalar: LayerScalar>(_ x0: UnsafePointer<Scalar>, _ x1: UnsafePointer<Scalar>, _ x2: UnsafePointer<Scalar>,
-                                             _ x3: UnsafePointer<Scalar>, _ x4: UnsafePointer<Scalar>, _ x5: UnsafePointer<Scalar>,
-                                             count: Int, into y: UnsafeMutablePointer<Scalar>, stride: Int) {
-        let (y0, y1, y2, y3, y4, y5) = (y, y + stride, y + 2 * stride, y + 3 * stride, y + 4 * stride, y + 5 * stride)
-        for f in 0..<count { y0[f] = 4 * x0[f] - 5 * x2[f] + x4[f] }
-        for f in 0..<count { y1[f] = x3[f] + x4[f] - 4 * (x1[f] + x2[f]) }
-        for f in 0..<count { y2[f] = x4[f] - x3[f] + 4 * (x1[f] - x2[f]) }
-        for f in 0..<count { y3[f] = x4[f] - x2[f] + 2 * (x3[f] - x1[f]) }
-        for f in 0..<count { y4[f] = x4[f] - x2[f] + 2 * (x1[f] - x3[f]) }
-        for f in 0..<count { y5[f] = 4 * x1[f] - 5 * x3[f] + x5[f] }
-    }
-
-    /// `y_k[f] = (A e[f])_k`, `k = 0 … 5`, for `f < count`, `y_k` at `y + k · stride`: the
-    /// gradient transform's 1-D step (`e0`, `e0+e1+e2+e3`, `e0−e1+e2−e3`, `e0+2e1+4e2+8e3`,
-    /// `e0−2e1+4e2−8e3`, `e3`), on a row's phases and on a tile row's four rows.
-    @inline(__always)
-    static func applyA<Scalar: LayerScalar>(_ e0: UnsafePointer<Scalar>, _ e1: UnsafePointer<Scalar>, _ e2: UnsafePointer<Scalar>,
-                                            _ e3: UnsafePointer<Scalar>, count: Int, into y: UnsafeMutablePointer<Scalar>, stride: Int) {
-        let (y0, y1, y2, y3, y4, y5) = (y, y + stride, y + 2 * stride, y + 3 * stride, y + 4 * stride, y + 5 * stride)
-        y0.update(from: e0, count: count)
-        for f in 0..<count { y1[f] = (e0[f] + e2[f]) + (e1[f] + e3[f]) }
-        for f in 0..<count { y2[f] = (e0[f] + e2[f]) - (e1[f] + e3[f]) }
-        for f in 0..<count { y3[f] = (e0[f] + 4 * e2[f]) + 2 * (e1[f] + 4 * e3[f]) }
-        for f in 0..<count { y4[f] = (e0[f] + 4 * e2[f]) - 2 * (e1[f] + 4 * e3[f]) }
-        y5.update(from: e3, count: count)
-    }
-
-    /// `y_l[f] = (Aᵀ m[f])_l`, `l = 0 … 3`, for `f < count`, `y_l` at `y + l · stride`: the
-    /// output transform's 1-D step (`m0+m1+m2+m3+m4`, `m1−m2+2(m3−m4)`, `m1+m2+4(m3+m4)`,
-    /// `m1−m2+8(m3−m4)+m5`), on each tile row's six `M` rows and then on their columns.
-    @inline(__always)
-    static func applyAT<Scalar: LayerScalar>(_ m0: UnsafePointer<Scalar>, _ m1: UnsafePointer<Scalar>, _ m2: UnsafePointer<Scalar>,
-                                             _ m3: UnsafePointer<Scalar>, _ m4: UnsafePointer<Scalar>, _ m5: UnsafePointer<Scalar>,
-                                             count: Int, into y: UnsafeMutablePointer<Scalar>, stride: Int) {
-        let (y0, y1, y2, y3) = (y, y + stride, y + 2 * stride, y + 3 * stride)
-        for f in 0..<count { y0[f] = m0[f] + (m1[f] + m2[f]) + (m3[f] + m4[f]) }
-        for f in 0..<count { y1[f] = (m1[f] - m2[f]) + 2 * (m3[f] - m4[f]) }
-        for f in 0..<count { y2[f] = (m1[f] + m2[f]) + 4 * (m3[f] + m4[f]) }
-        for f in 0..<count { y3[f] = (m1[f] - m2[f]) + 8 * (m3[f] - m4[f]) + m5[f] }
-    }
-
-    /// `row[4b + l] = y_l[b]` for `b < quads`. In `Float`, four at a time through SIMD16's and
-    /// SIMD8's `evenHalf` / `oddHalf` (shuffles).
-    @inline(__always)
-    static func interleave4<Scalar: LayerScalar>(_ y0: UnsafePointer<Scalar>, _ y1: UnsafePointer<Scalar>,
-                                                 _ y2: UnsafePointer<Scalar>, _ y3: UnsafePointer<Scalar>,
-                                                 quads: Int, into row: UnsafeMutablePointer<Scalar>) {
-        var b = 0
-        if Scalar.self == Float.self {
-            let target = UnsafeMutableRawPointer(row)
-            let sources = (UnsafeRawPointer(y0), UnsafeRawPointer(y1), UnsafeRawPointer(y2), UnsafeRawPointer(y3))
-            while b + 4 <= quads {
-                var even = SIMD8<Float>(), odd = SIMD8<Float>()
-                even.evenHalf = sources.0.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
-                even.oddHalf = sources.2.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
-                odd.evenHalf = sources.1.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
-                odd.oddHalf = sources.3.loadUnaligned(fromByteOffset: 4 * b, as: SIMD4<Float>.self)
-                var v = SIMD16<Float>()
-                v.evenHalf = even
-                v.oddHalf = odd
-                target.storeBytes(of: v, toByteOffset: 16 * b, as: SIMD16<Float>.self)
-                b += 4
-            }
-        }
-        while b < quads {
-            row[4 * b] = y0[b]
-            row[4 * b + 1] = y1[b]
-            row[4 * b + 2] = y2[b]
-            row[4 * b + 3] = y3[b]
-            b += 1
+        for R in 0 ..< 4 * rows where 4 * firstTileRow + R < H {
+            deinterleave(UnsafePointer(band + R * rowLength), count: W, lanes: J,
+                         into: planes + (4 * firstTileRow + R) * W, laneStride: planeStride)
         }
     }
 }

@@ -62,12 +62,14 @@ final class LayerGradientTests: XCTestCase {
 
     /// The im2col path over several chunks of images (one image, or two, a chunk) and the
     /// Winograd path (3×3, stride 1, padding 1; even and odd sizes: clipped edge tiles), each
-    /// against finite differences.
+    /// against finite differences. Ten images: Winograd's transforms take eight images a
+    /// vector, so chunks of 8 + 2 and 10 images give full and partial groups of lanes.
     func testConv2dChunksAndWinograd() throws {
         // im2col's chunk (C·K·K × OH·OW = 18 × 25 an image) and Winograd's (36 positions ·
         // max(C, OC) · 4×4 tiles: 36 · 3 · 4 an image of 5×5, 36 · 3 · 2 of 4×6).
         for (chunkElements, winogradElements, label) in [(1, 1, "1 image a chunk"),
                                                          (2 * 18 * 25, 2 * 36 * 3 * 4, "2 images a chunk"),
+                                                         (9 * 18 * 25, 9 * 36 * 3 * 4, "9 images asked (Winograd: 8) a chunk"),
                                                          (1 << 20, 1 << 20, "one chunk")] {
             for winograd in [false, true] {
                 let conv = Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 1, padding: 1)
@@ -75,12 +77,12 @@ final class LayerGradientTests: XCTestCase {
                 conv.winogradChunkElements = winogradElements
                 XCTAssertTrue(conv.usesWinograd, "3×3 stride 1 padding 1 takes Winograd by default")
                 conv.usesWinograd = winograd
-                try check(conv, input: [3, 2, 5, 5], "Conv2d(k3 s1 p1) \(winograd ? "Winograd" : "im2col"), \(label)")
+                try check(conv, input: [10, 2, 5, 5], "Conv2d(k3 s1 p1) \(winograd ? "Winograd" : "im2col"), \(label)")
                 let even = Conv2d<Double>(inChannels: 3, outChannels: 2, kernelSize: 3, stride: 1, padding: 1, bias: false)
                 even.chunkElements = chunkElements
                 even.winogradChunkElements = winogradElements
                 even.usesWinograd = winograd
-                try check(even, input: [3, 3, 4, 6], "Conv2d(k3 s1 p1, 4×6) \(winograd ? "Winograd" : "im2col"), \(label)")
+                try check(even, input: [10, 3, 4, 6], "Conv2d(k3 s1 p1, 4×6) \(winograd ? "Winograd" : "im2col"), \(label)")
             }
             let strided = Conv2d<Double>(inChannels: 2, outChannels: 3, kernelSize: 3, stride: 2, padding: 1)
             strided.chunkElements = chunkElements
@@ -90,24 +92,24 @@ final class LayerGradientTests: XCTestCase {
     }
 
     /// In `Float`, Winograd's output and input gradient are im2col's up to rounding, on a
-    /// ResNet-sized layer over several chunks; planes of 8, 35 and 70 columns (the transforms'
-    /// `Float` split of rows into four phases and interleave back, one block of sixteen or
-    /// several and a ragged end), and 15 × 18 tiles (two groups of tile rows).
+    /// ResNet-sized layer over chunks of 16 + 3 images (lane groups of 8, 8 and 3); planes of
+    /// 4, 8, 35 and 70 columns (rows moved into and out of lanes by 8×8 transposes: none, one
+    /// block, several and a ragged end), and 15 × 18 tiles (three bands of tile rows).
     func testWinogradMatchesIm2colInFloat() throws {
-        for (height, width) in [(9, 8), (6, 35), (60, 70)] {
+        for (height, width) in [(4, 4), (9, 8), (6, 35), (60, 70)] {
             try checkWinogradMatchesIm2col(height: height, width: width)
         }
     }
 
     private func checkWinogradMatchesIm2col(height: Int, width: Int) throws {
-        let input = randomTensor([5, 16, height, width], seed: 11, as: Float.self)
-        let outputGradient = randomTensor([5, 24, height, width], seed: 12, as: Float.self)
+        let input = randomTensor([19, 16, height, width], seed: 11, as: Float.self)
+        let outputGradient = randomTensor([19, 24, height, width], seed: 12, as: Float.self)
         var results: [(output: [Float], inputGradient: [Float], weightGradient: [Float])] = []
         for winograd in [false, true] {
             let conv = Conv2d<Float>(inChannels: 16, outChannels: 24, kernelSize: 3, stride: 1, padding: 1)
             conv.usesWinograd = winograd
             conv.chunkElements = 4000
-            conv.winogradChunkElements = 2 * 36 * 24 * ((height + 3) / 4) * ((width + 3) / 4)  // 2 images a chunk
+            conv.winogradChunkElements = 16 * 36 * 24 * ((height + 3) / 4) * ((width + 3) / 4)  // 16 images a chunk
             let parameters = ParameterStore<Float>(specs: conv.parameterSpecs(), seed: 5)
             conv.bind(parameters: parameters, buffers: BufferStore<Float>(specs: [], seed: 0), prefix: "")
             let output = try conv.forward(input, context: training)
