@@ -31,15 +31,6 @@ enum Winograd {
     /// Output tiles of a plane `H × W`: `(⌈H/4⌉, ⌈W/4⌉)`.
     static func tileGrid(height H: Int, width W: Int) -> (rows: Int, columns: Int) { ((H + 3) / 4, (W + 3) / 4) }
 
-    /// `(G x)_0 … (G x)_5` of a column `x` of three.
-    @inline(__always)
-    static func filterColumn<Scalar: LayerScalar>(_ x0: Scalar, _ x1: Scalar, _ x2: Scalar)
-        -> (Scalar, Scalar, Scalar, Scalar, Scalar, Scalar) {
-        let sum = x0 + x2
-        return (x0 / 4, -(sum + x1) / 6, -(sum - x1) / 6,
-                x0 / 24 + x1 / 12 + x2 / 6, x0 / 24 - x1 / 12 + x2 / 6, x2)
-    }
-
     /// `(Gᵀ u)_0 … (Gᵀ u)_2` of a column `u` of six (the adjoint of ``filterColumn(_:_:_:)``).
     @inline(__always)
     static func filterColumnAdjoint<Scalar: LayerScalar>(_ u0: Scalar, _ u1: Scalar, _ u2: Scalar, _ u3: Scalar,
@@ -51,37 +42,58 @@ enum Winograd {
 
     /// `U[ξ][r][s]` `(36, R, S)` from the filters `w` `(OC, C, 3, 3)`: `R = OC, S = C`, or with
     /// `flipped` `R = C, S = OC` and each filter rotated by 180° (the input gradient's filters).
+    /// Eight filters `(r, s … s + 7)` a vector, so that each position's eight results are one
+    /// store into `U[ξ][r]` (the scalar loop stored 36 values `R · S` apart per filter, and took
+    /// 4 % of the ResNet step).
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     static func transformFilters<Scalar: LayerScalar>(_ w: UnsafePointer<Scalar>, outChannels OC: Int, inChannels C: Int,
                                                       flipped: Bool, into u: UnsafeMutablePointer<Scalar>) {
         let (R, S) = flipped ? (C, OC) : (OC, C)
-        withUnsafeTemporaryAllocation(of: Scalar.self, capacity: 18) { buffer in
-            let s = buffer.baseAddress!  // G g, 6×3
-            for o in 0..<OC {
-                for c in 0..<C {
-                    let f = w + (o * C + c) * 9
-                    // g[i][j], rotated by 180° when flipped
-                    @inline(__always) func tap(_ i: Int, _ j: Int) -> Scalar { flipped ? f[(2 - i) * 3 + (2 - j)] : f[i * 3 + j] }
-                    for j in 0..<3 {
-                        let column = filterColumn(tap(0, j), tap(1, j), tap(2, j))
-                        (s[j], s[3 + j], s[6 + j], s[9 + j], s[12 + j], s[15 + j]) = column
-                    }
-                    // U = (G g) Gᵀ, row i at positions 6i … 6i + 5 of matrix (r, col)
-                    let (r, col) = flipped ? (c, o) : (o, c)
-                    for i in 0..<6 {
-                        let row = filterColumn(s[3 * i], s[3 * i + 1], s[3 * i + 2])
-                        let target = u + (6 * i * R + r) * S + col, step = R * S
-                        target[0] = row.0
-                        target[step] = row.1
-                        target[2 * step] = row.2
-                        target[3 * step] = row.3
-                        target[4 * step] = row.4
-                        target[5 * step] = row.5
+        // filter (r, s) at w + (r · C + s) · 9, or flipped (s · C + r) · 9
+        let laneStride = flipped ? 9 * C : 9
+        parallelRanges(R, minimumPerPart: 16) { rows in
+            withUnsafeTemporaryAllocation(of: Scalar.self, capacity: 2 * positions * lanes) { buffer in
+                let taps = buffer.baseAddress!, staging = taps + positions * lanes
+                for r in rows {
+                    let filters = w + (flipped ? r : r * C) * 9
+                    for s in Swift.stride(from: 0, to: S, by: lanes) {
+                        let J = min(lanes, S - s)
+                        // taps[3i + j][lane] = g[i][j] of filter (r, s + lane), rotated when flipped
+                        for lane in 0..<lanes {
+                            let f = filters + (s + min(lane, J - 1)) * laneStride
+                            for tap in 0..<9 { taps[tap * lanes + lane] = f[flipped ? 8 - tap : tap] }
+                        }
+                        @inline(__always) func g(_ i: Int, _ j: Int) -> Lanes<Scalar> { load(taps + (3 * i + j) * lanes) }
+                        // (G g) column j, then U = (G g) Gᵀ row i: position 6i + k
+                        let c0 = filterColumn(g(0, 0), g(1, 0), g(2, 0))
+                        let c1 = filterColumn(g(0, 1), g(1, 1), g(2, 1))
+                        let c2 = filterColumn(g(0, 2), g(1, 2), g(2, 2))
+                        storePositions(lanes: J, into: u + r * S + s, positionStride: R * S, staging: staging) { target, step in
+                            @inline(__always) func row(_ i: Int, _ a: Lanes<Scalar>, _ b: Lanes<Scalar>, _ c: Lanes<Scalar>) {
+                                let y = filterColumn(a, b, c), t = target + 6 * i * step
+                                store(y.0, t); store(y.1, t + step); store(y.2, t + 2 * step)
+                                store(y.3, t + 3 * step); store(y.4, t + 4 * step); store(y.5, t + 5 * step)
+                            }
+                            row(0, c0.0, c1.0, c2.0); row(1, c0.1, c1.1, c2.1); row(2, c0.2, c1.2, c2.2)
+                            row(3, c0.3, c1.3, c2.3); row(4, c0.4, c1.4, c2.4); row(5, c0.5, c1.5, c2.5)
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// `(G x)_0 … (G x)_5` of eight columns `x` of three, one a lane: `x0/4`, `−(x0+x1+x2)/6`,
+    /// `−(x0−x1+x2)/6`, `x0/24 + x1/12 + x2/6`, `x0/24 − x1/12 + x2/6`, `x2`.
+    @inline(__always)
+    static func filterColumn<Scalar: LayerScalar>(_ x0: Lanes<Scalar>, _ x1: Lanes<Scalar>, _ x2: Lanes<Scalar>)
+        -> (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>) {
+        let four: Scalar = 4, six: Scalar = 6, twelve: Scalar = 12, twentyFour: Scalar = 24
+        let sum = x0 + x2
+        let y1 = -(sum + x1) / six, y2 = -(sum - x1) / six
+        let (p0, p1, p2) = (x0 / twentyFour, x1 / twelve, x2 / six)
+        return (x0 / four, y1, y2, p0 + p1 + p2, p0 - p1 + p2, x2)
     }
 
     /// The elements of the scratch `V` and `M` a chunk of images aims at (4 MiB of `Float`
@@ -112,7 +124,7 @@ enum Winograd {
     /// the input, gradient and output transforms'): the band's rows lane-interleaved, and one
     /// tile's 36 intermediate vectors.
     static func scratchElements(tileRows rows: Int, tileColumns TW: Int) -> Int {
-        (4 * rows + 2) * (4 * TW + 2) * lanes + positions * lanes
+        (4 * rows + 2) * (4 * TW + 2) * lanes + 2 * positions * lanes
     }
 
     /// Runs `body(channel, firstImage, lanes, firstTileRow, tileRows, scratch)` for every
@@ -185,7 +197,7 @@ enum Winograd {
                                into: v + c * n + j, tileStride: images, positionStride: vStride, scratch: scratch)
             }
             // M[ξ] = U[ξ] · V[ξ]                 (OC, columns) = (OC, C) (C, columns)
-            for xi in 0..<positions {
+            parallelProducts(positions) { xi in
                 Scalar.gemm(transposeA: false, transposeB: false, m: OC, n: columns, k: C,
                             alpha: 1, a: u + xi * OC * C, lda: C, b: UnsafePointer(v + xi * vStride), ldb: n,
                             beta: 0, c: m + xi * mStride, ldc: n)
@@ -231,7 +243,7 @@ enum Winograd {
                 }
             }
             // dU[ξ] += M[ξ] · V[ξ]ᵀ              (OC, C) += (OC, columns) (C, columns)ᵀ
-            for xi in 0..<positions {
+            parallelProducts(positions) { xi in
                 Scalar.gemm(transposeA: false, transposeB: true, m: OC, n: C, k: columns,
                             alpha: 1, a: UnsafePointer(m + xi * mStride), lda: n, b: UnsafePointer(v + xi * vStride), ldb: n,
                             beta: 1, c: du + xi * OC * C, ldc: C)
@@ -273,10 +285,22 @@ enum Winograd {
         UnsafeMutableRawPointer(p).storeBytes(of: value, as: Lanes<Scalar>.self)
     }
 
-    /// Stores the first `lanes` lanes of `value` (all eight with one store when `lanes` is 8).
+    /// Runs `columns(target, positionStride)`, which writes position `ξ` of a tile's eight
+    /// lanes to `target + ξ · positionStride` with whole-vector stores, straight into `target`
+    /// when all `lanes` lanes are images, else into `staging` (`36 · 8`) and then the first
+    /// `lanes` lanes of each position to `target` (no lane of another tile overwritten).
     @inline(__always)
-    static func store<Scalar: LayerScalar>(_ value: Lanes<Scalar>, _ p: UnsafeMutablePointer<Scalar>, lanes J: Int) {
-        if J == lanes { store(value, p) } else { for j in 0..<J { p[j] = value[j] } }
+    static func storePositions<Scalar: LayerScalar>(lanes J: Int, into target: UnsafeMutablePointer<Scalar>,
+                                                    positionStride: Int, staging: UnsafeMutablePointer<Scalar>,
+                                                    _ columns: (UnsafeMutablePointer<Scalar>, Int) -> Void) {
+        if J == lanes {
+            columns(target, positionStride)
+            return
+        }
+        columns(staging, lanes)
+        for xi in 0..<positions {
+            (target + xi * positionStride).update(from: staging + xi * lanes, count: J)
+        }
     }
 
     /// `Bᵀ x` of a column `x` of six: `4x0 − 5x2 + x4`, `x3 + x4 − 4(x1 + x2)`,
@@ -400,7 +424,7 @@ enum Winograd {
                                                     into target: UnsafeMutablePointer<Scalar>, tileStride: Int,
                                                     positionStride: Int, scratch: UnsafeMutablePointer<Scalar>) {
         let TW = (W + 3) / 4, rowLength = (4 * TW + 2) * lanes
-        let band = scratch, tile = scratch + (4 * rows + 2) * rowLength
+        let band = scratch, tile = scratch + (4 * rows + 2) * rowLength, staging = tile + positions * lanes
         for R in 0 ..< 4 * rows + 2 {
             let r = 4 * firstTileRow - 1 + R, row = band + R * rowLength
             guard r >= 0 && r < H else {
@@ -422,12 +446,14 @@ enum Winograd {
                 }
                 // Bᵀ (d B), column k: position 6i + k
                 let column = target + ((firstTileRow + a) * TW + b) * tileStride
-                for k in 0..<6 {
-                    let x = UnsafePointer(tile + k * lanes)
-                    let y = bt(load(x), load(x + 48), load(x + 96), load(x + 144), load(x + 192), load(x + 240))
-                    let t = column + k * positionStride, step = 6 * positionStride
-                    store(y.0, t, lanes: J); store(y.1, t + step, lanes: J); store(y.2, t + 2 * step, lanes: J)
-                    store(y.3, t + 3 * step, lanes: J); store(y.4, t + 4 * step, lanes: J); store(y.5, t + 5 * step, lanes: J)
+                storePositions(lanes: J, into: column, positionStride: positionStride, staging: staging) { column, positionStride in
+                    for k in 0..<6 {
+                        let x = UnsafePointer(tile + k * lanes)
+                        let y = bt(load(x), load(x + 48), load(x + 96), load(x + 144), load(x + 192), load(x + 240))
+                        let t = column + k * positionStride, step = 6 * positionStride
+                        store(y.0, t); store(y.1, t + step); store(y.2, t + 2 * step)
+                        store(y.3, t + 3 * step); store(y.4, t + 4 * step); store(y.5, t + 5 * step)
+                    }
                 }
             }
         }
@@ -444,7 +470,7 @@ enum Winograd {
                                                        into target: UnsafeMutablePointer<Scalar>, tileStride: Int,
                                                        positionStride: Int, scratch: UnsafeMutablePointer<Scalar>) {
         let TW = (W + 3) / 4, rowLength = 4 * TW * lanes
-        let band = scratch, tile = scratch + 4 * rows * rowLength
+        let band = scratch, tile = scratch + 4 * rows * rowLength, staging = tile + positions * lanes
         for R in 0 ..< 4 * rows {
             let r = 4 * firstTileRow + R, row = band + R * rowLength
             guard r < H else {
@@ -465,12 +491,14 @@ enum Winograd {
                 }
                 // A (e Aᵀ), column k: position 6i + k
                 let column = target + ((firstTileRow + a) * TW + b) * tileStride
-                for k in 0..<6 {
-                    let x = UnsafePointer(tile + k * lanes)
-                    let y = Winograd.a(load(x), load(x + 48), load(x + 96), load(x + 144))
-                    let t = column + k * positionStride, step = 6 * positionStride
-                    store(y.0, t, lanes: J); store(y.1, t + step, lanes: J); store(y.2, t + 2 * step, lanes: J)
-                    store(y.3, t + 3 * step, lanes: J); store(y.4, t + 4 * step, lanes: J); store(y.5, t + 5 * step, lanes: J)
+                storePositions(lanes: J, into: column, positionStride: positionStride, staging: staging) { column, positionStride in
+                    for k in 0..<6 {
+                        let x = UnsafePointer(tile + k * lanes)
+                        let y = Winograd.a(load(x), load(x + 48), load(x + 96), load(x + 144))
+                        let t = column + k * positionStride, step = 6 * positionStride
+                        store(y.0, t); store(y.1, t + step); store(y.2, t + 2 * step)
+                        store(y.3, t + 3 * step); store(y.4, t + 4 * step); store(y.5, t + 5 * step)
+                    }
                 }
             }
         }
