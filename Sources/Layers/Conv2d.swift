@@ -361,6 +361,16 @@ public final class Conv2d<Scalar: LayerScalar>: Layer {
                         if valid.lowerBound > 0 { target.update(repeating: 0, count: valid.lowerBound) }
                         if S == 1 {
                             (target + valid.lowerBound).update(from: source, count: valid.count)
+                        } else if S == 2 {
+                            // eight at a time: the even half of sixteen loaded, while they lie in the row
+                            let (t, available) = (target + valid.lowerBound, W - (valid.lowerBound * S + kj - P))
+                            var i = 0
+                            while i + 8 <= valid.count && 2 * i + 16 <= available {
+                                let pair = UnsafeRawPointer(source + 2 * i).loadUnaligned(as: SIMD16<Scalar>.self)
+                                UnsafeMutableRawPointer(t + i).storeBytes(of: pair.evenHalf, as: SIMD8<Scalar>.self)
+                                i += 8
+                            }
+                            while i < valid.count { t[i] = source[2 * i]; i += 1 }
                         } else {
                             for i in 0..<valid.count { target[valid.lowerBound + i] = source[i * S] }
                         }

@@ -88,6 +88,8 @@ final class LayerGradientTests: XCTestCase {
             strided.chunkElements = chunkElements
             XCTAssertFalse(strided.usesWinograd)
             try check(strided, input: [3, 2, 7, 6], "Conv2d(k3 s2 p1), \(label)")
+            // rows wide enough for stride 2's eight-at-a-time gather (and a ragged end)
+            try check(strided, input: [2, 2, 5, 37], "Conv2d(k3 s2 p1, 5×37), \(label)")
         }
     }
 
