@@ -71,9 +71,7 @@ enum Winograd {
                         let c2 = filterColumn(g(0, 2), g(1, 2), g(2, 2))
                         storePositions(lanes: J, into: u + r * S + s, positionStride: R * S, staging: staging) { target, step in
                             @inline(__always) func row(_ i: Int, _ a: Lanes<Scalar>, _ b: Lanes<Scalar>, _ c: Lanes<Scalar>) {
-                                let y = filterColumn(a, b, c), t = target + 6 * i * step
-                                store(y.0, t); store(y.1, t + step); store(y.2, t + 2 * step)
-                                store(y.3, t + 3 * step); store(y.4, t + 4 * step); store(y.5, t + 5 * step)
+                                store(filterColumn(a, b, c), target + 6 * i * step, step: step)
                             }
                             row(0, c0.0, c1.0, c2.0); row(1, c0.1, c1.1, c2.1); row(2, c0.2, c1.2, c2.2)
                             row(3, c0.3, c1.3, c2.3); row(4, c0.4, c1.4, c2.4); row(5, c0.5, c1.5, c2.5)
@@ -285,6 +283,15 @@ enum Winograd {
         UnsafeMutableRawPointer(p).storeBytes(of: value, as: Lanes<Scalar>.self)
     }
 
+    /// Stores the six vectors of `y` at `p`, `p + step`, … `p + 5 · step`.
+    @inline(__always)
+    static func store<Scalar: LayerScalar>(
+        _ y: (Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>, Lanes<Scalar>),
+        _ p: UnsafeMutablePointer<Scalar>, step: Int) {
+        store(y.0, p); store(y.1, p + step); store(y.2, p + 2 * step)
+        store(y.3, p + 3 * step); store(y.4, p + 4 * step); store(y.5, p + 5 * step)
+    }
+
     /// Runs `columns(target, positionStride)`, which writes position `ξ` of a tile's eight
     /// lanes to `target + ξ · positionStride` with whole-vector stores, straight into `target`
     /// when all `lanes` lanes are images, else into `staging` (`36 · 8`) and then the first
@@ -440,19 +447,16 @@ enum Winograd {
                 // (d B) of the tile's six rows
                 for s in 0..<6 {
                     let x = UnsafePointer(band + (4 * a + s) * rowLength + 4 * b * lanes)
-                    let y = bt(load(x), load(x + 8), load(x + 16), load(x + 24), load(x + 32), load(x + 40))
-                    let t = tile + 6 * s * lanes
-                    store(y.0, t); store(y.1, t + 8); store(y.2, t + 16); store(y.3, t + 24); store(y.4, t + 32); store(y.5, t + 40)
+                    store(bt(load(x), load(x + 8), load(x + 16), load(x + 24), load(x + 32), load(x + 40)),
+                          tile + 6 * s * lanes, step: lanes)
                 }
                 // Bᵀ (d B), column k: position 6i + k
                 let column = target + ((firstTileRow + a) * TW + b) * tileStride
                 storePositions(lanes: J, into: column, positionStride: positionStride, staging: staging) { column, positionStride in
                     for k in 0..<6 {
                         let x = UnsafePointer(tile + k * lanes)
-                        let y = bt(load(x), load(x + 48), load(x + 96), load(x + 144), load(x + 192), load(x + 240))
-                        let t = column + k * positionStride, step = 6 * positionStride
-                        store(y.0, t); store(y.1, t + step); store(y.2, t + 2 * step)
-                        store(y.3, t + 3 * step); store(y.4, t + 4 * step); store(y.5, t + 5 * step)
+                        store(bt(load(x), load(x + 48), load(x + 96), load(x + 144), load(x + 192), load(x + 240)),
+                              column + k * positionStride, step: 6 * positionStride)
                     }
                 }
             }
@@ -485,19 +489,15 @@ enum Winograd {
                 // (e Aᵀ) of the tile's four rows
                 for s in 0..<4 {
                     let x = UnsafePointer(band + (4 * a + s) * rowLength + 4 * b * lanes)
-                    let y = Winograd.a(load(x), load(x + 8), load(x + 16), load(x + 24))
-                    let t = tile + 6 * s * lanes
-                    store(y.0, t); store(y.1, t + 8); store(y.2, t + 16); store(y.3, t + 24); store(y.4, t + 32); store(y.5, t + 40)
+                    store(Winograd.a(load(x), load(x + 8), load(x + 16), load(x + 24)), tile + 6 * s * lanes, step: lanes)
                 }
                 // A (e Aᵀ), column k: position 6i + k
                 let column = target + ((firstTileRow + a) * TW + b) * tileStride
                 storePositions(lanes: J, into: column, positionStride: positionStride, staging: staging) { column, positionStride in
                     for k in 0..<6 {
                         let x = UnsafePointer(tile + k * lanes)
-                        let y = Winograd.a(load(x), load(x + 48), load(x + 96), load(x + 144))
-                        let t = column + k * positionStride, step = 6 * positionStride
-                        store(y.0, t); store(y.1, t + step); store(y.2, t + 2 * step)
-                        store(y.3, t + 3 * step); store(y.4, t + 4 * step); store(y.5, t + 5 * step)
+                        store(Winograd.a(load(x), load(x + 48), load(x + 96), load(x + 144)),
+                              column + k * positionStride, step: 6 * positionStride)
                     }
                 }
             }
