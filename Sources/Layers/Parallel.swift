@@ -24,7 +24,13 @@ func parallelPartCount(_ count: Int, minimumPerPart: Int = 1) -> Int {
 /// (`0 ..< parallelPartCount(count, minimumPerPart:)`), for per-part scratch buffers.
 @inline(__always)
 func parallelParts(_ count: Int, minimumPerPart: Int = 1, _ body: (Int, Range<Int>) -> Void) {
-    let parts = parallelPartCount(count, minimumPerPart: minimumPerPart)
+    runParts(parallelPartCount(count, minimumPerPart: minimumPerPart), of: count, body)
+}
+
+/// `body(part, range)` for `parts` contiguous ranges of `0 ..< count`, each on its own thread
+/// (inline when `parts` ≤ 1).
+@inline(__always)
+private func runParts(_ parts: Int, of count: Int, _ body: (Int, Range<Int>) -> Void) {
     if parts <= 1 {
         body(0, 0 ..< count)
         return
@@ -38,7 +44,7 @@ func parallelParts(_ count: Int, minimumPerPart: Int = 1, _ body: (Int, Range<In
     }
 }
 
-/// A closure handed to the threads of one ``parallelParts(_:minimumPerPart:_:)`` call.
+/// A closure handed to the threads of one ``runParts(_:of:_:)`` call.
 private struct UncheckedBody: @unchecked Sendable {
     let body: (Int, Range<Int>) -> Void
     init(_ body: @escaping (Int, Range<Int>) -> Void) { self.body = body }
@@ -51,25 +57,14 @@ private struct UncheckedBody: @unchecked Sendable {
 /// stage). Each product writes its own output and OpenBLAS splits none along its inner
 /// dimension, so the results do not depend on the split.
 func parallelProducts(_ count: Int, _ body: (Int) -> Void) {
-    let threads = BLASThreads.count
-    let parts = min(threads, count)
+    let threads = BLASThreads.count, parts = min(threads, count)
     guard parts > 1 else {
         for i in 0..<count { body(i) }
         return
     }
     BLASThreads.set(1)
     defer { BLASThreads.set(threads) }
-    withoutActuallyEscaping(body) { body in
-        // Unchecked: the indices are disjoint and the call returns only when all are done.
-        let shared = UncheckedIndexBody(body)
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
-            for i in part * count / parts ..< (part + 1) * count / parts { shared.body(i) }
-        }
+    runParts(parts, of: count) { _, range in
+        for i in range { body(i) }
     }
-}
-
-/// A closure handed to the threads of one ``parallelProducts(_:_:)`` call.
-private struct UncheckedIndexBody: @unchecked Sendable {
-    let body: (Int) -> Void
-    init(_ body: @escaping (Int) -> Void) { self.body = body }
 }

@@ -119,8 +119,8 @@ enum Winograd {
     }
 
     /// The scratch of one transform of a band of `rows` tile rows of `TW` tiles (the largest of
-    /// the input, gradient and output transforms'): the band's rows lane-interleaved, and one
-    /// tile's 36 intermediate vectors.
+    /// the input, gradient and output transforms'): the band's rows lane-interleaved, one
+    /// tile's 36 intermediate vectors, and the 36 vectors of ``storePositions(lanes:into:positionStride:staging:_:)``'s staging.
     static func scratchElements(tileRows rows: Int, tileColumns TW: Int) -> Int {
         (4 * rows + 2) * (4 * TW + 2) * lanes + 2 * positions * lanes
     }
