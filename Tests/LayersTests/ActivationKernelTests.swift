@@ -46,6 +46,28 @@ final class ActivationKernelTests: XCTestCase {
         }
     }
 
+    /// The `Float` loops run eight elements a vector and the rest one by one: both paths give
+    /// every element the same bits (each value below goes through both), clamps and NaN included.
+    func testVectorLanesAndScalarTailGiveTheSameBits() {
+        var values: [Float] = [0, -0.0, 1e-30, -3.3, 3.9, 4, 4.5, -4, -4.5, 30, -30, 87.5, 88, 90, -86, -87, -100, .nan, .infinity, -.infinity]
+        values += (0..<45).map { Float($0) * 0.37 - 8 }
+        let count = values.count
+        let dy = (0..<count).map { Float($0 % 7) - 3.25 }
+        for kind in [SmoothActivation.gelu, .silu] {
+            var vector = [Float](repeating: 0, count: count), vectorGradient = vector
+            Float.activation(kind, values, into: &vector, count: count)
+            Float.activationGradient(kind, values, dy, into: &vectorGradient, count: count)
+            XCTAssertGreaterThan(count % 8, 0, "some elements take the scalar tail")
+            for i in 0..<count {
+                var one: Float = 0, oneGradient: Float = 0
+                Float.activation(kind, [values[i]], into: &one, count: 1)
+                Float.activationGradient(kind, [values[i]], [dy[i]], into: &oneGradient, count: 1)
+                XCTAssertEqual(one.bitPattern, vector[i].bitPattern, "\(kind)(\(values[i]))")
+                XCTAssertEqual(oneGradient.bitPattern, vectorGradient[i].bitPattern, "\(kind)′(\(values[i]))")
+            }
+        }
+    }
+
     func testAttentionPairsSplitOverThreadsGiveTheSerialResult() throws {
         let saved = BLASThreads.count
         defer { BLASThreads.set(saved) }
