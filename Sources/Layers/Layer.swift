@@ -23,7 +23,7 @@ public protocol LayerScalar: TensorScalar, CommunicableScalar, SIMDScalar {
 
 extension Float: LayerScalar {
     @inline(__always) public static func activationErf(_ x: Float) -> Float { rationalErf(x) }
-    @inline(__always) public static func activationExp(_ x: Float) -> Float { polynomialExp(x) }
+    @inlinable @inline(__always) public static func activationExp(_ x: Float) -> Float { polynomialExp(x) }
 
     // The loops of `SmoothActivation.forward` and `.backward` again, on `Float` itself: the
     // generic ones, even specialised, kept protocol-witness calls for `*` and the `erf`/`exp`
@@ -119,7 +119,7 @@ extension Float: LayerScalar {
     /// `rounded(.down)` and `Int32(_:)`: baseline x86-64 has no vector `floor` (a libm call per
     /// element) and the checked conversion branches, and either keeps the loop scalar — the GELU
     /// derivative ran 5× slower that way (408 against 79 ms on 19.7 M elements, one thread).
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func polynomialExp(_ value: Float) -> Float {
         let x = Swift.min(88, Swift.max(-87, value))
         let shifted = x * 1.44269504088896341 + 12_582_912

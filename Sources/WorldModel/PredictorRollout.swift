@@ -228,8 +228,7 @@ private final class Lane: @unchecked Sendable {
         for (index, block) in weights.blocks.enumerated() {
             let (m, cache) = (modulation[index], keysValues[index])
             // u = norm1(x) ⊙ (1 + scale₁) + shift₁
-            layerNorm(x, into: modulated, weight: nil, bias: nil)
-            modulate(modulated, m, chunk: 0, actionBlock: actionBlock)
+            normalizeAndModulate(m, chunk: 0, actionBlock: actionBlock)
             if index == weights.blocks.count - 1 && !needsOutput {
                 // Only this token's keys and values: the rows C…3C of the fused projection.
                 linear(modulated, block.qkvWeight, block.qkvBias, into: fused, rows: n, outputOffset: c, outputs: 2 * c)
@@ -242,8 +241,7 @@ private final class Lane: @unchecked Sendable {
             linear(attended, block.projWeight, block.projBias, into: branch, rows: n)
             gatedResidual(branch, m, chunk: 2, actionBlock: actionBlock)
             // x += gate₂ ⊙ mlp(norm2(x) ⊙ (1 + scale₂) + shift₂)
-            layerNorm(x, into: modulated, weight: nil, bias: nil)
-            modulate(modulated, m, chunk: 3, actionBlock: actionBlock)
+            normalizeAndModulate(m, chunk: 3, actionBlock: actionBlock)
             linear(modulated, block.fc1Weight, block.fc1Bias, into: wide, rows: n)
             wide.withUnsafeMutableBufferPointer { Float.activation(.gelu, $0.baseAddress!, into: $0.baseAddress!, count: $0.count) }
             linear(wide, block.fc2Weight, block.fc2Bias, into: branch, rows: n)
@@ -276,39 +274,41 @@ private final class Lane: @unchecked Sendable {
         }
     }
 
-    /// Row-wise layer norm of `x` (biased variance, ε = 1e-6 as the predictor's) into `y`,
-    /// with an optional affine map.
-    private func layerNorm(_ x: Tensor<Float>, into y: Tensor<Float>, weight: Tensor<Float>?, bias: Tensor<Float>?) {
+    /// Row-wise layer norm of `x` (biased variance, ε = 1e-6 as the predictor's) with its affine
+    /// map into `y`.
+    private func layerNorm(_ x: Tensor<Float>, into y: Tensor<Float>, weight: Tensor<Float>, bias: Tensor<Float>) {
         let c = weights.features
         x.withUnsafeBufferPointer { x in
             y.withUnsafeMutableBufferPointer { y in
-                for r in 0..<rows.count {
-                    let row = x.baseAddress! + r * c, out = y.baseAddress! + r * c
-                    let mean = SIMDRows.sum(row, c) / Float(c)
-                    let inverse = 1 / (SIMDRows.squaredDeviations(row, c, mean) / Float(c) + 1e-6).squareRoot()
-                    for j in 0..<c { out[j] = (row[j] - mean) * inverse }
-                }
-            }
-        }
-        guard let weight, let bias else { return }
-        weight.withUnsafeBufferPointer { g in
-            bias.withUnsafeBufferPointer { b in
-                y.withUnsafeMutableBufferPointer { y in
-                    for r in 0..<rows.count { for j in 0..<c { y[r * c + j] = y[r * c + j] * g[j] + b[j] } }
+                weight.withUnsafeBufferPointer { g in
+                    bias.withUnsafeBufferPointer { b in
+                        for r in 0..<rows.count {
+                            let row = x.baseAddress! + r * c, out = y.baseAddress! + r * c
+                            let mean = SIMDRows.sum(row, c) / Float(c)
+                            let inverse = 1 / (SIMDRows.squaredDeviations(row, c, mean) / Float(c) + 1e-6).squareRoot()
+                            for j in 0..<c { out[j] = (row[j] - mean) * inverse * g[j] + b[j] }
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// `u = u ⊙ (1 + scale) + shift` with shift, scale the chunks `chunk`, `chunk + 1` of each
+    /// `modulated = norm(x) ⊙ (1 + scale) + shift` in one pass over the rows (layer norm without
+    /// affine map, as in the blocks), with shift, scale the chunks `chunk`, `chunk + 1` of each
     /// candidate's modulation row of `actionBlock`.
-    private func modulate(_ u: Tensor<Float>, _ modulation: Tensor<Float>, chunk: Int, actionBlock: Int) {
+    private func normalizeAndModulate(_ modulation: Tensor<Float>, chunk: Int, actionBlock: Int) {
         let c = weights.features, k = weights.horizon
         modulation.withUnsafeBufferPointer { m in
-            u.withUnsafeMutableBufferPointer { u in
-                for r in 0..<rows.count {
-                    let shift = m.baseAddress! + (r * k + actionBlock) * 6 * c + chunk * c, scale = shift + c
-                    for j in 0..<c { u[r * c + j] = u[r * c + j] * (1 + scale[j]) + shift[j] }
+            x.withUnsafeBufferPointer { x in
+                modulated.withUnsafeMutableBufferPointer { u in
+                    for r in 0..<rows.count {
+                        let row = x.baseAddress! + r * c, out = u.baseAddress! + r * c
+                        let mean = SIMDRows.sum(row, c) / Float(c)
+                        let inverse = 1 / (SIMDRows.squaredDeviations(row, c, mean) / Float(c) + 1e-6).squareRoot()
+                        let shift = m.baseAddress! + (r * k + actionBlock) * 6 * c + chunk * c, scale = shift + c
+                        for j in 0..<c { out[j] = (row[j] - mean) * inverse * (1 + scale[j]) + shift[j] }
+                    }
                 }
             }
         }
@@ -355,10 +355,7 @@ private final class Lane: @unchecked Sendable {
                             for head in 0..<heads {
                                 var maximum = -Float.infinity
                                 for t in 0...slot {
-                                    var dot: Float = 0
-                                    let key = keys + t * 2 * c + head * d
-                                    for j in 0..<d { dot += q[head * d + j] * key[j] }
-                                    p[t] = dot * scale
+                                    p[t] = SIMDRows.dot(q + head * d, keys + t * 2 * c + head * d, d) * scale
                                     maximum = max(maximum, p[t])
                                 }
                                 var sum: Float = 0
@@ -386,6 +383,18 @@ enum SIMDRows {
         while j + 8 <= count { accumulator += UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self); j += 8 }
         var total = accumulator.sum()
         while j < count { total += row[j]; j += 1 }
+        return total
+    }
+
+    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ count: Int) -> Float {
+        var accumulator = SIMD8<Float>(), j = 0
+        while j + 8 <= count {
+            accumulator += UnsafeRawPointer(a + j).loadUnaligned(as: SIMD8<Float>.self)
+                * UnsafeRawPointer(b + j).loadUnaligned(as: SIMD8<Float>.self)
+            j += 8
+        }
+        var total = accumulator.sum()
+        while j < count { total += a[j] * b[j]; j += 1 }
         return total
     }
 
