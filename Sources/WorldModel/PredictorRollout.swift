@@ -112,7 +112,6 @@ final class PredictorRollout: @unchecked Sendable {
             lanes[0].run(candidates: candidates, rollout: rollout, encodesActions: !weights.actionLayers.isEmpty)
             return
         }
-        nonisolated(unsafe) let (candidates, rollout) = (candidates, rollout)
         DispatchQueue.concurrentPerform(iterations: lanes.count) { i in
             lanes[i].run(candidates: candidates, rollout: rollout, encodesActions: true)
         }
@@ -378,7 +377,7 @@ private final class Lane: @unchecked Sendable {
 /// Reductions over a row in 8-wide SIMD (a scalar `Float` sum is not reassociated, so not
 /// vectorised).
 enum SIMDRows {
-    static func sum(_ row: UnsafePointer<Float>, _ count: Int) -> Float {
+    @inline(__always) static func sum(_ row: UnsafePointer<Float>, _ count: Int) -> Float {
         var accumulator = SIMD8<Float>(), j = 0
         while j + 8 <= count { accumulator += UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self); j += 8 }
         var total = accumulator.sum()
@@ -386,7 +385,7 @@ enum SIMDRows {
         return total
     }
 
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ count: Int) -> Float {
+    @inline(__always) static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ count: Int) -> Float {
         var accumulator = SIMD8<Float>(), j = 0
         while j + 8 <= count {
             accumulator += UnsafeRawPointer(a + j).loadUnaligned(as: SIMD8<Float>.self)
@@ -398,7 +397,7 @@ enum SIMDRows {
         return total
     }
 
-    static func squaredDeviations(_ row: UnsafePointer<Float>, _ count: Int, _ mean: Float) -> Float {
+    @inline(__always) static func squaredDeviations(_ row: UnsafePointer<Float>, _ count: Int, _ mean: Float) -> Float {
         var accumulator = SIMD8<Float>(), j = 0
         while j + 8 <= count {
             let v = UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mean

@@ -59,12 +59,14 @@ final class PlannerTests: XCTestCase {
     /// (steps < H) and sliding windows, 1 and 2 blocks, with and without a prediction projector,
     /// on random weights (the AdaLN modulation is not left at its zero start).
     func testCachedRolloutMatchesFullRecompute() throws {
-        for (depth, projector) in [(1, false), (2, true)] {
+        // Width 8 and 16 in 2 heads: 4 and 8 values a head (the shipped model's 32 in 4 heads: 8).
+        for (depth, projector, width) in [(1, false, 8), (2, true, 8), (2, true, 16)] {
             var transformer = TransformerPredictorDescription()
             transformer.depth = depth; transformer.heads = 2
             let network = WorldModelNetwork<Float>(WorldModelDescription(
-                encoder: .mlp(widths: [4, 8]), projector: nil, actionEncoder: .mlp(widths: [10, 8], batchNorm: false, activation: .gelu),
-                predictor: .transformer(transformer), predictionProjector: projector ? .mlp(widths: [8, 16, 8]) : nil),
+                encoder: .mlp(widths: [4, width]), projector: nil,
+                actionEncoder: .mlp(widths: [10, width], batchNorm: false, activation: .gelu),
+                predictor: .transformer(transformer), predictionProjector: projector ? .mlp(widths: [width, 16, width]) : nil),
                 historyFrames: 3, predictedFrames: 1, seed: 4)
             CounterRandom(seed: 5, stream: UInt64(depth)).fillNormal(network.parameters.values, standardDeviation: 0.5)
             var settings = PlannerSettings()
@@ -77,7 +79,7 @@ final class PlannerTests: XCTestCase {
             }
             var random = CounterRandom(seed: 6, streamName: "rollout").sequence()
             func uniform() -> Float { Float(Double(random.next() >> 11) * 0x1p-53) * 2 - 1 }
-            let start = (0..<8).map { _ in uniform() }, goal = (0..<8).map { _ in uniform() }
+            let start = (0..<width).map { _ in uniform() }, goal = (0..<width).map { _ in uniform() }
             for _ in 0..<3 {
                 let actions = (0..<50).map { _ in uniform() }
                 let full = try planners[2].predictedEmbeddings(current: start, actions: actions)
@@ -85,7 +87,8 @@ final class PlannerTests: XCTestCase {
                 for planner in planners.prefix(2) {
                     let cached = try planner.predictedEmbeddings(current: start, actions: actions)
                     for step in 0...5 {
-                        assertClose(cached[step], full[step], rtol: 1e-5, atol: 1e-5, "depth \(depth), \(planner.settings.threads) thread(s), step \(step)")
+                        assertClose(cached[step], full[step], rtol: 1e-5, atol: 1e-5,
+                                    "width \(width), depth \(depth), \(planner.settings.threads) thread(s), step \(step)")
                     }
                 }
             }
