@@ -283,8 +283,7 @@ private final class Lane: @unchecked Sendable {
                     bias.withUnsafeBufferPointer { b in
                         for r in 0..<rows.count {
                             let row = x.baseAddress! + r * c, out = y.baseAddress! + r * c
-                            let mean = SIMDRows.sum(row, c) / Float(c)
-                            let inverse = 1 / (SIMDRows.squaredDeviations(row, c, mean) / Float(c) + 1e-6).squareRoot()
+                            let (mean, inverse) = SIMDRows.meanAndInverseDeviation(row, c)
                             for j in 0..<c { out[j] = (row[j] - mean) * inverse * g[j] + b[j] }
                         }
                     }
@@ -303,8 +302,7 @@ private final class Lane: @unchecked Sendable {
                 modulated.withUnsafeMutableBufferPointer { u in
                     for r in 0..<rows.count {
                         let row = x.baseAddress! + r * c, out = u.baseAddress! + r * c
-                        let mean = SIMDRows.sum(row, c) / Float(c)
-                        let inverse = 1 / (SIMDRows.squaredDeviations(row, c, mean) / Float(c) + 1e-6).squareRoot()
+                        let (mean, inverse) = SIMDRows.meanAndInverseDeviation(row, c)
                         let shift = m.baseAddress! + (r * k + actionBlock) * 6 * c + chunk * c, scale = shift + c
                         for j in 0..<c { out[j] = (row[j] - mean) * inverse * (1 + scale[j]) + shift[j] }
                     }
@@ -383,6 +381,12 @@ enum SIMDRows {
         var total = accumulator.sum()
         while j < count { total += row[j]; j += 1 }
         return total
+    }
+
+    /// A row's mean and `1/√(σ² + ε)` (biased variance, ε = 1e-6 as the predictor's layer norms).
+    @inline(__always) static func meanAndInverseDeviation(_ row: UnsafePointer<Float>, _ count: Int) -> (mean: Float, inverse: Float) {
+        let mean = sum(row, count) / Float(count)
+        return (mean, 1 / (squaredDeviations(row, count, mean) / Float(count) + 1e-6).squareRoot())
     }
 
     @inline(__always) static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ count: Int) -> Float {
