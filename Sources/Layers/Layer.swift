@@ -135,7 +135,9 @@ extension Float: LayerScalar {
         return y * Float(bitPattern: (shifted.bitPattern &- 0x4B40_0000 &+ 127) &<< 23)
     }
 
-    /// ``rationalErf(_:)`` on eight lanes: the same operations in the same order.
+    /// ``rationalErf(_:)`` on eight lanes: the same operations in the same order. (Written out
+    /// again rather than generic over `Float` and `SIMD8<Float>`: the operators a shared
+    /// protocol adds to `SIMD8` made the type checker give up on `Winograd`'s expressions.)
     @inline(__always)
     public static func rationalErf(_ value: SIMD8<Float>) -> SIMD8<Float> {
         // `Swift.min(4, Swift.max(-4, value))` lane by lane (NaN included).
