@@ -39,14 +39,14 @@ extension Float: LayerScalar {
         switch kind {
         case .gelu:
             for i in stride(from: 0, to: vectors, by: 8) {
-                let v = loadLanes(x + i)
-                storeLanes(v * 0.5 * (1 + rationalErf(v * 0.70710678118654752)), y + i)
+                let v = Winograd.load(x + i)
+                Winograd.store(v * 0.5 * (1 + rationalErf(v * 0.70710678118654752)), y + i)
             }
             for i in vectors..<count { let v = x[i]; y[i] = v * 0.5 * (1 + rationalErf(v * 0.70710678118654752)) }
         case .silu:
             for i in stride(from: 0, to: vectors, by: 8) {
-                let v = loadLanes(x + i)
-                storeLanes(v / (1 + polynomialExp(-v)), y + i)
+                let v = Winograd.load(x + i)
+                Winograd.store(v / (1 + polynomialExp(-v)), y + i)
             }
             for i in vectors..<count { let v = x[i]; y[i] = v / (1 + polynomialExp(-v)) }
         }
@@ -58,8 +58,8 @@ extension Float: LayerScalar {
         switch kind {
         case .gelu:
             for i in stride(from: 0, to: vectors, by: 8) {
-                let v = loadLanes(x + i)
-                storeLanes(loadLanes(dy + i) * ((1 + rationalErf(v * 0.70710678118654752)) * 0.5
+                let v = Winograd.load(x + i)
+                Winograd.store(Winograd.load(dy + i) * ((1 + rationalErf(v * 0.70710678118654752)) * 0.5
                                                 + v * polynomialExp(-0.5 * v * v) * 0.39894228040143268), dx + i)
             }
             for i in vectors..<count {
@@ -69,22 +69,14 @@ extension Float: LayerScalar {
             }
         case .silu:
             for i in stride(from: 0, to: vectors, by: 8) {
-                let v = loadLanes(x + i), sigmoid = 1 / (1 + polynomialExp(-v))
-                storeLanes(loadLanes(dy + i) * (sigmoid * (1 + v * (1 - sigmoid))), dx + i)
+                let v = Winograd.load(x + i), sigmoid = 1 / (1 + polynomialExp(-v))
+                Winograd.store(Winograd.load(dy + i) * (sigmoid * (1 + v * (1 - sigmoid))), dx + i)
             }
             for i in vectors..<count {
                 let v = x[i], sigmoid = 1 / (1 + polynomialExp(-v))
                 dx[i] = dy[i] * (sigmoid * (1 + v * (1 - sigmoid)))
             }
         }
-    }
-
-    @inline(__always) private static func loadLanes(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
-        UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-    }
-
-    @inline(__always) private static func storeLanes(_ value: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(p).storeBytes(of: value, as: SIMD8<Float>.self)
     }
 
     /// `erf(x)` in single precision by Eigen's rational approximation (`generic_fast_erf_float`):

@@ -273,6 +273,7 @@ enum Winograd {
 
     typealias Lanes<Scalar: LayerScalar> = SIMD8<Scalar>
 
+    /// Eight consecutive values, unaligned (also the `Float` activations' loads and stores).
     @inline(__always)
     static func load<Scalar: LayerScalar>(_ p: UnsafePointer<Scalar>) -> Lanes<Scalar> {
         UnsafeRawPointer(p).loadUnaligned(as: Lanes<Scalar>.self)
