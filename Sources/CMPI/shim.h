@@ -22,5 +22,7 @@ static inline MPI_Errhandler shim_MPI_ERRORS_RETURN(void) { return MPI_ERRORS_RE
 static inline MPI_Comm shim_MPI_COMM_NULL(void) { return MPI_COMM_NULL; }
 static inline MPI_Info shim_MPI_INFO_NULL(void) { return MPI_INFO_NULL; }
 static inline int shim_MPI_COMM_TYPE_SHARED(void) { return MPI_COMM_TYPE_SHARED; }
+static inline MPI_Win shim_MPI_WIN_NULL(void) { return MPI_WIN_NULL; }
+static inline int shim_MPI_MODE_NOCHECK(void) { return MPI_MODE_NOCHECK; }
 
 #endif

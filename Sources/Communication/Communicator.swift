@@ -42,6 +42,11 @@ public protocol Communicator: AnyObject, Sendable {
     func allGather<Element: CommunicableScalar>(_ buffer: UnsafeMutableBufferPointer<Element>, counts: [Int]) throws
     /// Blocks until every rank has called it.
     func barrier() throws
+    /// Maps a segment of `byteCount` bytes for this rank (each rank asks for its own size) that
+    /// every rank reads and writes directly (see ``SharedSegments``), or returns nil when the
+    /// ranks share no memory (they span several nodes) or the implementation offers none. A
+    /// collective: every rank calls it, and either every rank gets segments or every rank nil.
+    func sharedSegments(byteCount: Int) throws -> SharedSegments?
     /// Ends the whole job with `message`. `MPICommunicator` calls `MPI_Abort` and never returns;
     /// the in-process implementations wake every waiting rank with an error and throw.
     func abort(message: String, exitCode: Int32) throws -> Never

@@ -196,6 +196,50 @@ public final class MPICommunicator: Communicator {
         counts.allSatisfy { $0 <= maximumChunkCount } && total <= Int(Int32.max)
     }
 
+    /// An MPI-3 shared-memory window over `MPI_COMM_WORLD` when every rank is on this node
+    /// (`localSize == size`), else nil. The window stays in a passive-target epoch of every
+    /// rank (`MPI_Win_lock_all`); ``SharedSegments/synchronize()`` is `MPI_Win_sync`,
+    /// `MPI_Barrier`, `MPI_Win_sync` (the separate-memory-model idiom of MPI-3 §11.7). The window
+    /// is freed when MPI is finalised.
+    public func sharedSegments(byteCount: Int) throws -> SharedSegments? {
+        guard localSize == size, byteCount >= 0 else { return nil }
+        return try MPIRuntime.shared.withMPI {
+            let world = shim_MPI_COMM_WORLD()
+            var info = shim_MPI_INFO_NULL()
+            try check(MPI_Info_create(&info), "MPI_Info_create")
+            defer { _ = MPI_Info_free(&info) }
+            // Each segment page-aligned on its own rank's pages rather than one block cut in pieces.
+            try check(MPI_Info_set(info, "alloc_shared_noncontig", "true"), "MPI_Info_set")
+            var base: UnsafeMutableRawPointer?
+            var window = shim_MPI_WIN_NULL()
+            // 64 spare bytes so that each segment can start on a cache line.
+            try check(MPI_Win_allocate_shared(byteCount + 64, 1, info, world, &base, &window),
+                      "MPI_Win_allocate_shared (\(byteCount) bytes a rank of shared memory; is /dev/shm large enough?)")
+            try check(MPI_Win_set_errhandler(window, shim_MPI_ERRORS_RETURN()), "MPI_Win_set_errhandler")
+            var bases: [UnsafeMutableRawPointer] = [], byteCounts: [Int] = []
+            for peer in 0 ..< Int32(size) {
+                var bytes = 0, unit: Int32 = 0
+                var peerBase: UnsafeMutableRawPointer?
+                try check(MPI_Win_shared_query(window, peer, &bytes, &unit, &peerBase), "MPI_Win_shared_query")
+                guard let peerBase else {
+                    throw CommunicationError.invalidArgument("MPI_Win_shared_query gave no address for rank \(peer)")
+                }
+                let aligned = peerBase.alignedUp(toMultipleOf: 64)
+                bases.append(aligned)
+                byteCounts.append(bytes - (aligned - peerBase))
+            }
+            try check(MPI_Win_lock_all(shim_MPI_MODE_NOCHECK(), window), "MPI_Win_lock_all")
+            MPIRuntime.shared.keep(window)
+            return SharedSegments(byteCounts: byteCounts, bases: bases) {
+                try MPIRuntime.shared.withMPI {
+                    try check(MPI_Win_sync(window), "MPI_Win_sync")
+                    try check(MPI_Barrier(world), "MPI_Barrier")
+                    try check(MPI_Win_sync(window), "MPI_Win_sync")
+                }
+            }
+        }
+    }
+
     public func barrier() throws {
         try MPIRuntime.shared.withMPI {
             try check(MPI_Barrier(shim_MPI_COMM_WORLD()), "MPI_Barrier")
@@ -266,6 +310,12 @@ private final class MPIRuntime: @unchecked Sendable {
 
     private let lock = NSLock()
     private var state = State.uninitialized
+    /// The shared-memory windows of ``MPICommunicator/sharedSegments(byteCount:)``, freed (a
+    /// collective) just before `MPI_Finalize`, which every rank reaches.
+    private var windows: [MPI_Win?] = []
+
+    /// Keeps `window` until finalisation. Called with the lock held.
+    func keep(_ window: MPI_Win?) { windows.append(window) }
 
     /// Runs `body` with the MPI lock held, after checking (or with `initializing`, establishing)
     /// that MPI is initialised and not yet finalised.
@@ -294,6 +344,11 @@ private final class MPIRuntime: @unchecked Sendable {
         defer { lock.unlock() }
         guard state == .initialized else { return }
         state = .finalized
+        for var window in windows {
+            try check(MPI_Win_unlock_all(window), "MPI_Win_unlock_all")
+            try check(MPI_Win_free(&window), "MPI_Win_free")
+        }
+        windows = []
         try check(MPI_Finalize(), "MPI_Finalize")
     }
 

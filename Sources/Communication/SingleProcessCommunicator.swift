@@ -41,6 +41,9 @@ public final class SingleProcessCommunicator: Communicator {
 
     public func barrier() throws {}
 
+    /// Nil: one rank has nobody to share with.
+    public func sharedSegments(byteCount: Int) throws -> SharedSegments? { nil }
+
     public func abort(message: String, exitCode: Int32) throws -> Never {
         throw CommunicationError.aborted(rank: 0, message: message)
     }

@@ -193,6 +193,29 @@ public final class ThreadCommunicator: Communicator {
         try group.barrier(rank: rank)
     }
 
+    /// Segments of plain memory, one allocated by each rank; ``SharedSegments/synchronize()`` is
+    /// the group's barrier, whose lock hand-off orders the memory.
+    public func sharedSegments(byteCount: Int) throws -> SharedSegments? {
+        let allocation = SharedAllocation(byteCount: byteCount)
+        // Each rank's allocation lives until the second barrier; its peers take a reference before.
+        let (owners, failure) = try withExtendedLifetime(allocation) {
+            let mine = Deposit(operation: "sharedSegments", kind: .uint8, count: byteCount,
+                               address: UnsafeRawPointer(Unmanaged.passUnretained(allocation).toOpaque()))
+            let deposits = try group.exchange(mine, rank: rank)
+            // The sizes may differ; the operation may not.
+            let failure = agreement(of: deposits.map { Deposit(operation: $0.operation, kind: $0.kind, count: 0, address: nil) },
+                                    with: Deposit(operation: mine.operation, kind: mine.kind, count: 0, address: nil))
+            let owners = failure == nil
+                ? deposits.map { Unmanaged<SharedAllocation>.fromOpaque($0.address!).takeUnretainedValue() } : []
+            try group.barrier(rank: rank)
+            return (zip(owners, deposits.map(\.count)).map { $0 }, failure)
+        }
+        if let failure { throw failure }
+        return SharedSegments(byteCounts: owners.map(\.1), bases: owners.map(\.0.base), owners: owners.map(\.0)) { [group, rank] in
+            try group.barrier(rank: rank)
+        }
+    }
+
     /// Marks the group aborted, which wakes every rank waiting in a collective, and throws
     /// ``CommunicationError/aborted(rank:message:)``. `exitCode` is ignored: the process goes on.
     public func abort(message: String, exitCode: Int32) throws -> Never {

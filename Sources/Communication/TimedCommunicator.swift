@@ -71,6 +71,13 @@ public final class TimedCommunicator: Communicator, @unchecked Sendable {
         try timed(bytes: 0) { try base.barrier() }
     }
 
+    /// The base's segments, whose ``SharedSegments/synchronize()`` is timed as a barrier.
+    public func sharedSegments(byteCount: Int) throws -> SharedSegments? {
+        try timed(bytes: 0) { try base.sharedSegments(byteCount: byteCount) }.map { segments in
+            segments.withFence { [unowned self] in try self.timed(bytes: 0) { try segments.synchronize() } }
+        }
+    }
+
     public func abort(message: String, exitCode: Int32) throws -> Never {
         try base.abort(message: message, exitCode: exitCode)
     }

@@ -30,7 +30,7 @@ let scenarios: [Scenario] = [
              usage: "batchnorm  synchronised BatchNorm1d/2d on an uneven split of 7 rows (BatchNormFixture)",
              run: batchNormScenario),
     Scenario(name: "sharded",
-             usage: "sharded  sharded optimizer steps (LARS, AdamW, SGD, clipping) on this rank's share (ShardedUpdateFixture)",
+             usage: "sharded [--collectives]  sharded optimizer steps (LARS, AdamW, SGD, clipping) on this rank's share (ShardedUpdateFixture), through the node's shared memory or MPI's collectives",
              run: shardedUpdateScenario),
     Scenario(name: "objectives",
              usage: "objectives --fixture PATH  every objective on every golden case, on this rank's rows, both reduction paths",
@@ -57,6 +57,9 @@ struct ScenarioArguments: Sendable {
         }
         return value
     }
+
+    /// Whether the flag `--name` (without a value) is given.
+    func flag(_ name: String) -> Bool { raw.contains("--\(name)") }
 
     /// The value of `--name`, or `defaultValue` when absent.
     /// - Throws: ``HarnessError/badArgument(_:)`` when the value is missing.

@@ -23,12 +23,18 @@ public enum TensorAllocations {
 /// Tensors are views into storage, so a layer can keep parameters, gradients and activations
 /// in a few large buffers and hand out named views of them (llm.c style), and a collective can
 /// reduce all gradients in one call.
+///
+/// The elements can move once the views exist (``move(to:owner:)``): into memory the ranks of
+/// a node share, say, where the peers read a gradient without a copy. Every view follows.
 public final class TensorStorage<Scalar: TensorScalar>: @unchecked Sendable {
     // Unchecked Sendable: the storage is shared like a PyTorch tensor's; callers order writes
     // (a training step is single-threaded per rank).
-    @usableFromInline let base: UnsafeMutablePointer<Scalar>
+    @usableFromInline private(set) var base: UnsafeMutablePointer<Scalar>
     /// The number of elements allocated.
     public let capacity: Int
+    /// What keeps `base` alive when the storage has moved into memory it does not own; nil while
+    /// `base` is its own allocation.
+    private var owner: AnyObject?
 
     /// Allocates `capacity` zeros.
     public init(capacity: Int) {
@@ -41,7 +47,27 @@ public final class TensorStorage<Scalar: TensorScalar>: @unchecked Sendable {
         base.initialize(repeating: 0, count: max(capacity, 1))
     }
 
-    deinit { base.deallocate() }
+    /// Copies the elements into `memory` (room for ``capacity`` elements, 64-byte aligned, kept
+    /// alive by `owner`) and uses it from now on, freeing its own allocation; every view of the
+    /// storage reads and writes there. Nobody may hold a pointer into the storage meanwhile.
+    public func move(to memory: UnsafeMutablePointer<Scalar>, owner: AnyObject) {
+        precondition(Int(bitPattern: memory) % 64 == 0, "TensorStorage.move: memory must be 64-byte aligned")
+        memory.update(from: base, count: capacity)
+        if self.owner == nil { base.deallocate() }
+        base = memory
+        self.owner = owner
+    }
+
+    /// Uses `memory`, which already holds this storage's elements (another rank's copy of the
+    /// same values, on the node's shared memory), from now on, kept alive by `owner`; frees its
+    /// own allocation. Every view of the storage reads and writes there.
+    public func adopt(_ memory: UnsafeMutablePointer<Scalar>, owner: AnyObject) {
+        if self.owner == nil { base.deallocate() }
+        base = memory
+        self.owner = owner
+    }
+
+    deinit { if owner == nil { base.deallocate() } }
 }
 
 /// A dense row-major tensor of `Float` or `Double`: a shape and a view into shared storage.
@@ -81,6 +107,23 @@ public struct Tensor<Scalar: TensorScalar>: @unchecked Sendable {
         scalars.withUnsafeBufferPointer { source in
             storage.base.update(from: source.baseAddress!, count: scalars.count)
         }
+    }
+
+    /// Whether this tensor views all of its storage (then ``moveStorage(to:owner:)`` may move it).
+    public var spansStorage: Bool { offset == 0 && count == storage.capacity }
+
+    /// Moves the storage this tensor spans, and with it every view of it, into `memory` (see
+    /// ``TensorStorage/move(to:owner:)``).
+    public func moveStorage(to memory: UnsafeMutablePointer<Scalar>, owner: AnyObject) {
+        precondition(spansStorage, "moveStorage: the tensor views \(count) of \(storage.capacity) elements at \(offset)")
+        storage.move(to: memory, owner: owner)
+    }
+
+    /// Points the storage this tensor spans, and every view of it, at `memory`, which already
+    /// holds the same elements (see ``TensorStorage/adopt(_:owner:)``).
+    public func adoptStorage(_ memory: UnsafeMutablePointer<Scalar>, owner: AnyObject) {
+        precondition(spansStorage, "adoptStorage: the tensor views \(count) of \(storage.capacity) elements at \(offset)")
+        storage.adopt(memory, owner: owner)
     }
 
     /// A view of `shape` into `storage` starting at element `offset`.

@@ -14,11 +14,14 @@ import Optimizers
 /// reference is one process stepping on the sum of the contributions of as many ranks, in rank
 /// order. Reported per optimizer `o`: `o.values` (the parameters), `o.<slot>` (every slot,
 /// gathered), `o.norms` (the global norm before clipping, a step each), `o.stepCount`; every rank
-/// must report one process's values.
+/// must report one process's values. The sharded runs also report ``transportKey``: 1 when the
+/// steps went through shared memory (``ShardedOptimizerStep/usesSharedMemory``), else 0.
 public enum ShardedUpdateFixture {
     public static let optimizers = ["lars", "adamw", "sgd"]
     public static let steps = 3
     public static let maxNorm = 1.5
+    /// The key of the transport the sharded steps took (not a value to compare with one process).
+    public static let transportKey = "sharedMemory"
 
     /// The store, the same on every rank (initialised from a seed).
     public static func makeStore() -> ParameterStore<Double> {
@@ -50,14 +53,18 @@ public enum ShardedUpdateFixture {
 
     /// Runs the check on this rank, sharded over `communicator`'s ranks; or, with
     /// `referenceRanks`, the reference: one process, unsharded, on the summed contributions of
-    /// that many ranks.
-    public static func run(on communicator: any Communicator, referenceRanks: Int? = nil) throws -> [String: JSONValue] {
+    /// that many ranks. With `sharedMemory` false the sharded steps keep to the communicator's
+    /// collectives.
+    public static func run(on communicator: any Communicator, referenceRanks: Int? = nil,
+                           sharedMemory: Bool = true) throws -> [String: JSONValue] {
         var results: [String: JSONValue] = [:]
+        var transports: Set<Bool> = []
         for name in optimizers {
             let store = makeStore()
             let optimizer = try makeOptimizer(name, store)
             let sharded = referenceRanks == nil
-                ? ShardedOptimizerStep(parameters: store, optimizer: optimizer, communicator: communicator) : nil
+                ? ShardedOptimizerStep(parameters: store, optimizer: optimizer, communicator: communicator,
+                                       sharedMemory: sharedMemory) : nil
             var norms: [Double] = []
             for step in 0..<steps {
                 optimizer.learningRate *= 0.9
@@ -80,11 +87,13 @@ public enum ShardedUpdateFixture {
                 }
             }
             try sharded?.gatherOptimizerState()
+            if let sharded { transports.insert(sharded.usesSharedMemory) }
             results["\(name).values"] = JSONValue(store.values.scalars)
             for slot in optimizer.slotNames { results["\(name).\(slot)"] = JSONValue(optimizer.slot(slot).scalars) }
             results["\(name).norms"] = JSONValue(norms)
             results["\(name).stepCount"] = JSONValue([Int64(optimizer.stepCount)])
         }
+        if transports.count == 1 { results[transportKey] = JSONValue([Int64(transports.first! ? 1 : 0)]) }
         return results
     }
 }

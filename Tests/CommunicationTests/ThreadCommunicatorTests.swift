@@ -214,6 +214,56 @@ final class ThreadCommunicatorTests: XCTestCase {
         }
     }
 
+    /// Every rank writes its own segment (each of its own size); after
+    /// ``SharedSegments/synchronize()`` every rank reads every segment, through its own mapping;
+    /// then the ranks overwrite their segments again.
+    func testSharedSegmentsAreSeenByEveryRankAfterSynchronize() throws {
+        let size = 3, count = 1000
+        let seen = try runRanks(size) { comm -> [Int64] in
+            guard let segments = try comm.sharedSegments(byteCount: (count + comm.rank) * 8) else { return [] }
+            XCTAssertEqual(segments.count, size)
+            XCTAssertEqual(segments.byteCounts, (0 ..< size).map { (count + $0) * 8 })
+            var sums: [Int64] = []
+            for round in 0 ..< 2 {
+                let mine = segments.segment(comm.rank, as: Int64.self)
+                for i in mine.indices { mine[i] = Int64(1000 * comm.rank + i + 7 * round) }
+                try segments.synchronize()
+                sums += (0 ..< size).map { peer in segments.segment(peer, as: Int64.self).reduce(0, +) }
+                try segments.synchronize()   // nobody reads past this point
+            }
+            return sums
+        }
+        var expected: [Int64] = []
+        for round in 0 ..< 2 {
+            for peer in 0 ..< size {
+                var sum: Int64 = 0
+                for i in 0 ..< count + peer { sum += Int64(1000 * peer + i + 7 * round) }
+                expected.append(sum)
+            }
+        }
+        XCTAssertEqual(seen, [[Int64]](repeating: expected, count: size))
+    }
+
+    /// Segments asked for on one rank while another calls a collective are a mismatch on both;
+    /// one rank has no segments to share.
+    func testSharedSegmentsAgainstAnotherCollectiveThrowOnEveryRank() throws {
+        let messages = try runRanks(2) { comm -> String in
+            do {
+                if comm.rank == 0 {
+                    _ = try comm.sharedSegments(byteCount: 8)
+                } else {
+                    var bytes = [UInt8](repeating: 0, count: 8)
+                    try comm.allReduce(&bytes, .max)
+                }
+                return "no error"
+            } catch let CommunicationError.invalidArgument(text) {
+                return text
+            }
+        }
+        for message in messages { XCTAssertTrue(message.contains("do not match"), message) }
+        XCTAssertNil(try SingleProcessCommunicator().sharedSegments(byteCount: 64))
+    }
+
     func testWorldSizeMustBePositive() {
         XCTAssertThrowsError(try runRanks(0) { _ in 0 })
     }

@@ -22,6 +22,16 @@ final class TimedCommunicatorTests: XCTestCase {
             XCTAssertEqual(timed.seconds, 0)
             return (values, gathered, counted.0, counted.1, counted.2)
         }
+        // The segments' fence is timed like a barrier.
+        let fences = try runRanks(2) { base -> Int in
+            let timed = TimedCommunicator(base)
+            let segments = try XCTUnwrap(timed.sharedSegments(byteCount: 8))
+            timed.reset()
+            try segments.synchronize()
+            try segments.synchronize()
+            return timed.calls
+        }
+        XCTAssertEqual(fences, [2, 2])
         for (values, gathered, calls, bytes, spent) in results {
             XCTAssertEqual(values, [6, 30])
             XCTAssertEqual(gathered, [0, 1, 2])

@@ -12,9 +12,15 @@ final class ShardedOptimizerTests: XCTestCase {
     }
 
     /// Checks every rank's report (in rank order) against one process on the sum of as many
-    /// ranks' contributions: each rank's parameters, gathered slots, norms and step count.
-    private func assertMatchesOneProcess(_ reports: [[String: [Double]]], _ label: String,
+    /// ranks' contributions: each rank's parameters, gathered slots, norms and step count; and
+    /// that the steps went through shared memory or not, as `sharedMemory` says.
+    private func assertMatchesOneProcess(_ reports: [[String: [Double]]], _ label: String, sharedMemory: Bool,
                                          file: StaticString = #filePath, line: UInt = #line) throws {
+        var reports = reports
+        for rank in reports.indices {
+            let transport = reports[rank].removeValue(forKey: ShardedUpdateFixture.transportKey)
+            XCTAssertEqual(transport, [sharedMemory ? 1 : 0], "\(label), rank \(rank): the transport", file: file, line: line)
+        }
         let reference = try doubles(ShardedUpdateFixture.run(on: SingleProcessCommunicator(), referenceRanks: reports.count))
         XCTAssertEqual(Set(reference.keys).count, 3 * 4 + 1, "values, norms, step count and slots of 3 optimizers",
                        file: file, line: line)
@@ -32,18 +38,34 @@ final class ShardedOptimizerTests: XCTestCase {
         }
     }
 
+    /// Through the ranks' shared memory (in-process ranks share their address space) and
+    /// through the collectives: both match one process, and bitwise each other (both sum in
+    /// rank order). One rank has no peers and never shares memory.
     func testInProcessRanksMatchOneProcess() throws {
         for worldSize in [1, 2, 3] {
-            let reports = try runRanks(worldSize) { try ShardedUpdateFixture.run(on: $0) }
-            try assertMatchesOneProcess(try reports.map(doubles), "\(worldSize) in-process ranks")
+            var byTransport: [[[String: [Double]]]] = []
+            for sharedMemory in [true, false] {
+                let reports = try runRanks(worldSize) { try ShardedUpdateFixture.run(on: $0, sharedMemory: sharedMemory) }
+                let label = "\(worldSize) in-process ranks, shared memory \(sharedMemory)"
+                try assertMatchesOneProcess(try reports.map(doubles), label, sharedMemory: sharedMemory && worldSize > 1)
+                byTransport.append(try reports.map(doubles).map { $0.filter { $0.key != ShardedUpdateFixture.transportKey } })
+            }
+            XCTAssertEqual(byTransport[0], byTransport[1], "\(worldSize) ranks: shared memory against collectives")
         }
     }
 
+    /// `mpirun` on this node: the steps go through an MPI shared-memory window, or with
+    /// `--collectives` through `MPI_Reduce_scatter` and `MPI_Allgatherv`.
     func testMPIRanksMatchOneProcess() throws {
         try MPIRun.requireAvailable()
         for ranks in [2, 3] {
-            let reports = try MPIRun.launch(executable: "MPIHarness", ranks: ranks, arguments: ["sharded"], timeout: 120)
-            try assertMatchesOneProcess(try reports.map { try $0.doublesByKey() }, "mpirun -np \(ranks)")
+            for collectives in [false, true] {
+                let reports = try MPIRun.launch(executable: "MPIHarness", ranks: ranks,
+                                                arguments: ["sharded"] + (collectives ? ["--collectives"] : []), timeout: 120)
+                try assertMatchesOneProcess(try reports.map { try $0.doublesByKey() },
+                                            "mpirun -np \(ranks)\(collectives ? " --collectives" : "")",
+                                            sharedMemory: !collectives)
+            }
         }
     }
 

@@ -3,6 +3,33 @@ import Tensor
 import _TestSupport
 
 final class TensorTests: XCTestCase {
+    /// A storage moved into other memory keeps its elements, and every view of it (made before)
+    /// reads and writes there; adopting memory takes it as it is, without a copy.
+    func testMovedStorageCarriesItsViews() {
+        final class Owner {
+            let memory = UnsafeMutableRawPointer.allocate(byteCount: 64 * 4, alignment: 64)
+            deinit { memory.deallocate() }
+        }
+        let owner = Owner(), other = Owner()
+        let memory = owner.memory.bindMemory(to: Float.self, capacity: 64)
+        let whole = Tensor<Float>(shape: [3, 2], scalars: [1, 2, 3, 4, 5, 6])
+        let middle = whole.rows(1 ..< 2)
+        XCTAssertTrue(whole.spansStorage)
+        XCTAssertFalse(middle.spansStorage)
+        whole.moveStorage(to: memory, owner: owner)
+        XCTAssertEqual(whole.scalars, [1, 2, 3, 4, 5, 6])
+        middle[0, 0] = 30
+        XCTAssertEqual(memory[2], 30)
+        memory[5] = 60
+        XCTAssertEqual(whole[2, 1], 60)
+
+        let shared = other.memory.bindMemory(to: Float.self, capacity: 64)
+        for i in 0 ..< 6 { shared[i] = Float(-i) }
+        whole.adoptStorage(shared, owner: other)
+        XCTAssertEqual(middle.scalars, [-2, -3])
+        XCTAssertEqual(memory[2], 30, "the memory left behind is not written")
+    }
+
     func testViewsShareStorage() {
         let t = Tensor<Float>(shape: [3, 2], scalars: [1, 2, 3, 4, 5, 6])
         let middle = t.rows(1..<2)
