@@ -49,10 +49,12 @@ public enum MomentCombination: String, Sendable, Codable, CaseIterable {
 /// An objective with a Gram form (``StatisticsPlan/gramForm``; VICReg) replaces, when it holds
 /// every row and `2N < D`, the `D × D` statistics and gradient products by `N × N` ones:
 ///
-///     gather (Gram form): allGather(n_max·V·D·s) + allReduce(16) + 4·V·n_max·N·D / flopRate
+///     gather (Gram form): allGather(n_max·V·D·s) + V·reduceScatter(N²·s) + allReduce(16)
+///                         + V·(N²·D/P + 2·n_max·N·D) / flopRate
 ///
-/// (per view the Gram block of this rank's rows against all rows, and its product with the
-/// rows; the second collective is the all-reduce of the two block norms, 16 bytes). Gathering
+/// (per view the Gram matrix of this rank's share of the features, reduce-scattered into each
+/// rank's rows of the whole, and their product with the rows; the last collective is the
+/// all-reduce of the two block norms, 16 bytes). Gathering
 /// wins when `D²` is large against `N·D` and the FLOPs it repeats are cheap on the machine.
 ///
 /// On the statistics path the moments are combined in the cheaper of the two exact
@@ -203,22 +205,28 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// The bytes of the Gram form's all-reduce: the squared norms of both views' blocks, two `Double`s.
     private static var gramNormBytes: Int { 2 * MemoryLayout<Double>.stride }
 
+    /// The bytes of the Gram form's reduce-scatters on several ranks: each view's `N × N`
+    /// partial Gram matrices.
+    private func gramBlockBytes(globalBatchSize n: Int, scalarBytes: Int) -> Int { viewCount * n * n * scalarBytes }
+
     /// The collectives one evaluation takes on `path`, the row counts being known (none on one
     /// rank): the statistics path's ``allReduceCount``, plus the means' all-reduce with a shared
-    /// mean; on the gather path the all-gather of the rows, and in the Gram form the all-reduce
-    /// of the block norms.
+    /// mean; on the gather path the all-gather of the rows, and in the Gram form a reduce-scatter
+    /// of each view's Gram matrix and the all-reduce of the block norms.
     public func collectiveCount(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
                                 combination: MomentCombination = .perRankMeans) -> Int {
         guard worldSize > 1 else { return 0 }
-        if path == .gather { return takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) ? 2 : 1 }
+        if path == .gather {
+            return takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) ? 2 + viewCount : 1
+        }
         return allReduceCount + (sharesMean(combination) ? 1 : 0)
     }
 
     /// The bytes one evaluation hands to collectives on `path` — all-reduce buffers plus
     /// all-gather receive buffers, what ``ObjectiveResult/communicatedBytes`` reports when the
     /// row counts are known (``ObjectiveContext/rowCounts``): `S·s` on the statistics path;
-    /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus 16 in the Gram form, on the
-    /// gather path; 0 on one rank. With a shared mean the statistics path hands over `fixed·s`
+    /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus `V·N²·s + 16` in the Gram
+    /// form, on the gather path; 0 on one rank. With a shared mean the statistics path hands over `fixed·s`
     /// plus the means' `8·meanElements`.
     public func communicatedBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
                                   largestRankCount: Int, scalarBytes: Int,
@@ -227,24 +235,26 @@ public struct StatisticsPlan: Sendable, Equatable {
         if path == .gather {
             let rows = worldSize * largestRankCount * viewCount * dimension * scalarBytes
             return rows + (takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
-                           ? StatisticsPlan.gramNormBytes : 0)
+                           ? gramBlockBytes(globalBatchSize: globalBatchSize, scalarBytes: scalarBytes)
+                               + StatisticsPlan.gramNormBytes : 0)
         }
         return elementCount(partitions: worldSize, combination: combination) * scalarBytes
             + (sharesMean(combination) ? meanBytes : 0)
     }
 
     /// The bytes one rank sends on `path` with bandwidth-optimal collectives: `2(P−1)/P` times
-    /// an all-reduce's buffer (a ring, or reduce-scatter then all-gather), and `(P−1)` times
-    /// this rank's block in an all-gather; 0 on one rank.
+    /// an all-reduce's buffer (a ring, or reduce-scatter then all-gather), `(P−1)/P` times a
+    /// reduce-scatter's, and `(P−1)` times this rank's block in an all-gather; 0 on one rank.
     public func sentBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int, largestRankCount: Int,
                           scalarBytes: Int, combination: MomentCombination = .perRankMeans) -> Double {
         guard worldSize > 1 else { return 0 }
         let p = Double(worldSize), allReduceFactor = 2 * (p - 1) / p
         if path == .gather {
             let block = Double(largestRankCount * viewCount * dimension * scalarBytes)
-            let norms = takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
-                ? allReduceFactor * Double(StatisticsPlan.gramNormBytes) : 0
-            return (p - 1) * block + norms
+            let gram = takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
+                ? allReduceFactor * Double(StatisticsPlan.gramNormBytes)
+                    + (p - 1) / p * Double(gramBlockBytes(globalBatchSize: globalBatchSize, scalarBytes: scalarBytes)) : 0
+            return (p - 1) * block + gram
         }
         return allReduceFactor * Double(communicatedBytes(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
                                                           largestRankCount: largestRankCount, scalarBytes: scalarBytes,
@@ -254,8 +264,8 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// The seconds of one evaluation's collectives on `path` under `collectives`: the
     /// statistics path's ``allReduceCount`` all-reduces, as equal parts of its buffer (after
     /// the means' all-reduce with a shared mean); on the gather path the all-gather of the rows
-    /// padded to the largest rank, and in the Gram form the all-reduce of the block norms; 0
-    /// on one rank.
+    /// padded to the largest rank, and in the Gram form the reduce-scatter of each view's Gram
+    /// matrix and the all-reduce of the block norms; 0 on one rank.
     public func communicationSeconds(on path: StatisticsReduction, worldSize p: Int, globalBatchSize n: Int,
                                      largestRankCount nMax: Int, scalarBytes s: Int,
                                      collectives: CollectiveModel,
@@ -267,8 +277,10 @@ public struct StatisticsPlan: Sendable, Equatable {
         if path == .gather {
             let block = Double(nMax * viewCount * dimension * s)
             let rows = collectives.allGather(bytesPerRank: block, worldSize: p)
-            // The Gram form's second collective: the block norms (the rest of the bytes).
-            return count > 1 ? rows + collectives.allReduce(bytes: bytes - Double(p) * block, worldSize: p) : rows
+            guard count > 1 else { return rows }
+            let gram = Double(gramBlockBytes(globalBatchSize: n, scalarBytes: s))
+            return rows + Double(viewCount) * collectives.reduceScatter(bytes: gram / Double(viewCount), worldSize: p)
+                + collectives.allReduce(bytes: bytes - Double(p) * block - gram, worldSize: p)
         }
         let statistics = Double(elementCount(partitions: p, combination: combination) * s)
         let means = sharesMean(combination) ? collectives.allReduce(bytes: Double(meanBytes), worldSize: p) : 0
@@ -279,14 +291,15 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// rows) in one evaluation on `path`:
     /// - statistics path: `n_max·(F + F_g)`;
     /// - gather path: `N·F + n_max·F_g` (every rank forms the whole batch's statistics);
-    /// - Gram form (holding every row, `2N < D`): `4·V·n_max·N·D`, or `3·V·N²·D` on one rank;
+    /// - Gram form (holding every row, `2N < D`): `V·(N²·D/P + 2·n_max·N·D)` (each rank forms
+    ///   the Gram matrix of its share of the features), or `3·V·N²·D` on one rank;
     /// plus ``flopsPerEvaluation`` on every path.
     public func flops(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
                       largestRankCount: Int) -> Double {
         let n = Double(globalBatchSize), nMax = Double(largestRankCount), v = Double(viewCount), d = Double(dimension)
         let rows: Double
         if takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) {
-            rows = worldSize == 1 ? 3 * v * n * n * d : 4 * v * nMax * n * d
+            rows = worldSize == 1 ? 3 * v * n * n * d : v * (n * n * d / Double(worldSize) + 2 * nMax * n * d)
         } else if path == .gather && worldSize > 1 {
             rows = n * flopsPerRow + nMax * gradientFlopsPerRow
         } else {
@@ -478,6 +491,20 @@ struct GlobalBatch<Scalar: TensorScalar & CommunicableScalar> {
         guard communicator.size > 1 else { return }
         try communicator.allReduce(&values, .sum)
         communicatedBytes += values.count * MemoryLayout<Double>.stride
+    }
+
+    /// Sums the `N × C` matrices `rows` (one row per row of the global batch, in rank order) over
+    /// ranks and writes this rank's rows of the sum into `block` (`n × C`): a reduce-scatter,
+    /// for the gather path. The row counts must be known (they are on the gather path).
+    mutating func reduceScatterRows(_ rows: Tensor<Scalar>, into block: Tensor<Scalar>) throws {
+        guard let rowCounts else { preconditionFailure("reduceScatterRows needs the row counts") }
+        let width = rows.columnCount
+        try rows.withUnsafeBufferPointer { send in
+            try block.withUnsafeMutableBufferPointer { receive in
+                try communicator.reduceScatter(send, into: receive, counts: rowCounts.map { $0 * width }, .sum)
+            }
+        }
+        communicatedBytes += rows.count * MemoryLayout<Scalar>.stride
     }
 
     /// All ranks' rows of every view, in rank order, with one all-gather of the rows padded to

@@ -115,13 +115,19 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// With `X` the globally centred rows (`N × D`), `S = XᵀX` and `K = XXᵀ`:
     /// - `Σ_jk S_jk² = ‖K‖²_F` (both are `Σ σ⁴`), so the off-diagonal sum of squares of
     ///   `C = S/(N−1)` is `(‖K‖²_F − Σ_j S_jj²)/(N−1)²`, with `S_jj = Σ_i X_ij²`; each rank
-    ///   forms the block `K_r = X_r Xᵀ` of its own rows, and the blocks' squared norms are
+    ///   holds the block `K_r = X_r Xᵀ` of its own rows, and the blocks' squared norms are
     ///   summed over ranks (one all-reduce of two `Double`s).
     /// - With `G = a·C + diag(h)`, `a = 2ν/D`, `h_j = G_jj − a·C_jj`, the covariance part of
     ///   the gradient of row `i` is `2/(N−1)·(x_i − μ) G = 2/(N−1)·[a/(N−1)·K_{i,:} X + x_i ∘ h]`.
     ///
-    /// Work per view: `4·n·N·D` (or `3·N²·D` on one rank, where `K` comes from `syrk`) instead
-    /// of `6·n·D²`.
+    /// On `P` ranks the ranks share the work of the symmetric `K`: rank `r` forms, with `syrk`, the
+    /// whole `N × N` Gram matrix of its share `c_r` of the `D` features, and one reduce-scatter
+    /// of those sums `K = Σ_r X_{:,c_r} X_{:,c_r}ᵀ` leaves each rank its rows `K_r` — `N²·D/P`
+    /// operations a rank instead of the `2·n·N·D` of `X_r Xᵀ` (half), for `N²` elements a view
+    /// on the wire. The gradient product `K_r X` is `2·n·N·D` either way.
+    ///
+    /// Work per view and rank: `N²·D/P + 2·n·N·D` (`3·N²·D` on one rank) instead of the
+    /// statistics form's `6·n·D²`.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
     func evaluateGram(_ batch: inout GlobalBatch<Scalar>, gradients: [Tensor<Scalar>]) throws -> ObjectiveResult {
@@ -129,6 +135,7 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let n = all[0].rowCount, d = all[0].columnCount, local = views[0].rowCount
         guard n >= 2 else { throw ObjectiveError("vicreg needs a global batch of at least 2 rows, given \(n)") }
         let offset = local == n ? 0 : (batch.rowOffset ?? 0)
+        let size = batch.communicator.size, rank = batch.communicator.rank
         let invariance = VICReg.squaredDistance(all) / Double(n * d)
         let a = 2 * covarianceWeight / Double(d)
 
@@ -136,12 +143,15 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         var blockNorms = [Double](repeating: 0, count: 2)
         for v in 0..<2 {
             let (x, squares) = VICReg.centreWithColumnSquares(all[v], into: batch.workspace.tensor("vicreg.centred", index: v, all[v].shape, zeroed: false))
-            let mine = x.rows(offset ..< offset + local)
             let block: Tensor<Scalar> = batch.workspace.tensor("vicreg.gram", index: v, [local, n])
-            if local == n {
+            if size == 1 {
                 Tensor.syrk(x, transpose: false, into: block)
-            } else if local > 0 {
-                Tensor.gemm(mine, x, transposeB: true, into: block)
+            } else {
+                // K over this rank's share of the features (half a gemm of the share, by
+                // symmetry), summed over ranks into each rank's rows: K = Σ_r X_{:,c_r} X_{:,c_r}ᵀ.
+                let partial: Tensor<Scalar> = batch.workspace.tensor("vicreg.partialGram", index: v, [n, n], zeroed: false)
+                Tensor.syrk(x, transpose: false, columns: d * rank / size ..< d * (rank + 1) / size, into: partial)
+                try batch.reduceScatterRows(partial, into: block)
             }
             blockNorms[v] = block.squaredNorm()
             centred.append(x)

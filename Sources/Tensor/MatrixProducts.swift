@@ -51,13 +51,19 @@ extension Tensor {
     /// `c = alpha · aᵀa + beta · c` (`transpose`, the default: `a` is `k × n`, `c` is `n × n`,
     /// a covariance of columns) or `c = alpha · a aᵀ + beta · c` (`a` is `n × k`).
     ///
-    /// - Parameter fillUpper: mirror the computed lower triangle into the upper one (default
-    ///   true). With false the upper triangle of `c` keeps what it held, scaled by nothing.
+    /// - Parameters:
+    ///   - columns: without `transpose`, the Gram matrix of these columns of `a` only (a rank's
+    ///     share of the features, say: the shares' results add up to the whole); nil for all.
+    ///   - fillUpper: mirror the computed lower triangle into the upper one (default true). With
+    ///     false the upper triangle of `c` keeps what it held, scaled by nothing.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    public static func syrk(_ a: Tensor, transpose: Bool = true, into c: Tensor,
+    public static func syrk(_ a: Tensor, transpose: Bool = true, columns: Range<Int>? = nil, into c: Tensor,
                             alpha: Scalar = 1, beta: Scalar = 0, fillUpper: Bool = true) {
-        let (n, k) = transpose ? (a.columnCount, a.rowCount) : (a.rowCount, a.columnCount)
+        precondition(columns == nil || !transpose, "syrk: a column range needs transpose: false")
+        let columns = columns ?? 0 ..< a.columnCount
+        precondition(columns.clamped(to: 0 ..< a.columnCount) == columns, "syrk: columns \(columns) of \(a.shape)")
+        let (n, k) = transpose ? (a.columnCount, a.rowCount) : (a.rowCount, columns.count)
         precondition(c.rowCount == n && c.columnCount == n, "syrk: result \(c.shape), expected [\(n), \(n)]")
         guard n > 0 else { return }
         a.withUnsafeBufferPointer { pa in
@@ -65,7 +71,7 @@ extension Tensor {
                 if k == 0 {
                     for i in 0..<n { for j in 0...i { pc[i * n + j] = beta == 0 ? 0 : beta * pc[i * n + j] } }
                 } else {
-                    Scalar.syrkLower(transpose: transpose, n: n, k: k, alpha: alpha, a: pa.baseAddress!,
+                    Scalar.syrkLower(transpose: transpose, n: n, k: k, alpha: alpha, a: pa.baseAddress! + columns.lowerBound,
                                      lda: a.columnCount, beta: beta, c: pc.baseAddress!, ldc: n)
                 }
                 if fillUpper {

@@ -73,6 +73,28 @@ final class MatrixProductTests: XCTestCase {
         }
     }
 
+    /// The Gram matrix of a range of columns is the product of those columns alone, and the
+    /// ranges of a partition add up to the whole (what VICReg's ranks reduce).
+    func testSyrkOfColumnRangesAddsUpToTheWhole() {
+        let a: Tensor<Double> = randomTensor([6, 10], seed: 8)
+        let whole = Tensor<Double>(zeros: [6, 6])
+        Tensor.syrk(a, transpose: false, into: whole)
+        var sum = [Double](repeating: 0, count: 36)
+        for columns in [0 ..< 3, 3 ..< 3, 3 ..< 7, 7 ..< 10] {
+            let part = Tensor<Double>(zeros: [6, 6])
+            Tensor.syrk(a, transpose: false, columns: columns, into: part)
+            let ad = a.scalars
+            for i in 0 ..< 6 {
+                for j in 0 ..< 6 {
+                    let expected = columns.reduce(0.0) { $0 + ad[i * 10 + $1] * ad[j * 10 + $1] }
+                    XCTAssertEqual(part[i, j], expected, accuracy: 1e-12, "columns \(columns) (\(i), \(j))")
+                }
+            }
+            for (k, value) in part.scalars.enumerated() { sum[k] += value }
+        }
+        assertClose(sum, whole.scalars, rtol: 1e-12, atol: 1e-12, "the parts against the whole")
+    }
+
     func testSyrkFloat() { checkSyrk(Float.self, rtol: 1e-5) }
     func testSyrkDouble() { checkSyrk(Double.self, rtol: 1e-12) }
 
