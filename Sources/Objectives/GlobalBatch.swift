@@ -49,12 +49,12 @@ public enum MomentCombination: String, Sendable, Codable, CaseIterable {
 /// An objective with a Gram form (``StatisticsPlan/gramForm``; VICReg) replaces, when it holds
 /// every row and `2N < D`, the `D × D` statistics and gradient products by `N × N` ones:
 ///
-///     gather (Gram form): allGather(n_max·V·D·s) + V·reduceScatter(N²·s) + allReduce(16)
+///     gather (Gram form): allGather(n_max·V·D·s) + V·reduceScatter(N²·s) + allReduce(24)
 ///                         + V·(N²·D/P + 2·n_max·N·D) / flopRate
 ///
 /// (per view the Gram matrix of this rank's share of the features, reduce-scattered into each
 /// rank's rows of the whole, and their product with the rows; the last collective is the
-/// all-reduce of the two block norms, 16 bytes). Gathering
+/// all-reduce of the two block norms and the invariance's sum, 24 bytes). Gathering
 /// wins when `D²` is large against `N·D` and the FLOPs it repeats are cheap on the machine.
 ///
 /// On the statistics path the moments are combined in the cheaper of the two exact
@@ -202,8 +202,9 @@ public struct StatisticsPlan: Sendable, Equatable {
         (worldSize == 1 || path == .gather) && usesGramForm(globalBatchSize: globalBatchSize)
     }
 
-    /// The bytes of the Gram form's all-reduce: the squared norms of both views' blocks, two `Double`s.
-    private static var gramNormBytes: Int { 2 * MemoryLayout<Double>.stride }
+    /// The bytes of the Gram form's all-reduce: the squared norms of both views' blocks and the
+    /// invariance's squared distances, three `Double`s.
+    private static var gramNormBytes: Int { 3 * MemoryLayout<Double>.stride }
 
     /// The bytes of the Gram form's reduce-scatters on several ranks: each view's `N × N`
     /// partial Gram matrices.
@@ -225,7 +226,7 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// The bytes one evaluation hands to collectives on `path` — all-reduce buffers plus
     /// all-gather receive buffers, what ``ObjectiveResult/communicatedBytes`` reports when the
     /// row counts are known (``ObjectiveContext/rowCounts``): `S·s` on the statistics path;
-    /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus `V·N²·s + 16` in the Gram
+    /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus `V·N²·s + 24` in the Gram
     /// form, on the gather path; 0 on one rank. With a shared mean the statistics path hands over `fixed·s`
     /// plus the means' `8·meanElements`.
     public func communicatedBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,

@@ -116,7 +116,8 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// - `Σ_jk S_jk² = ‖K‖²_F` (both are `Σ σ⁴`), so the off-diagonal sum of squares of
     ///   `C = S/(N−1)` is `(‖K‖²_F − Σ_j S_jj²)/(N−1)²`, with `S_jj = Σ_i X_ij²`; each rank
     ///   holds the block `K_r = X_r Xᵀ` of its own rows, and the blocks' squared norms are
-    ///   summed over ranks (one all-reduce of two `Double`s).
+    ///   summed over ranks (one all-reduce of three `Double`s, with the invariance's squared
+    ///   distances of each rank's rows).
     /// - With `G = a·C + diag(h)`, `a = 2ν/D`, `h_j = G_jj − a·C_jj`, the covariance part of
     ///   the gradient of row `i` is `2/(N−1)·(x_i − μ) G = 2/(N−1)·[a/(N−1)·K_{i,:} X + x_i ∘ h]`.
     ///
@@ -136,11 +137,12 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         guard n >= 2 else { throw ObjectiveError("vicreg needs a global batch of at least 2 rows, given \(n)") }
         let offset = local == n ? 0 : (batch.rowOffset ?? 0)
         let size = batch.communicator.size, rank = batch.communicator.rank
-        let invariance = VICReg.squaredDistance(all) / Double(n * d)
         let a = 2 * covarianceWeight / Double(d)
 
         var centred: [Tensor<Scalar>] = [], blocks: [Tensor<Scalar>] = [], columnSquares: [[Double]] = []
-        var blockNorms = [Double](repeating: 0, count: 2)
+        // The blocks' squared norms, and the squared distances of this rank's rows.
+        var blockNorms = [Double](repeating: 0, count: 3)
+        blockNorms[2] = VICReg.squaredDistance(views)
         for v in 0..<2 {
             let (x, squares) = VICReg.centreWithColumnSquares(all[v], into: batch.workspace.tensor("vicreg.centred", index: v, all[v].shape, zeroed: false))
             let block: Tensor<Scalar> = batch.workspace.tensor("vicreg.gram", index: v, [local, n])
@@ -159,6 +161,7 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
             columnSquares.append(squares)
         }
         try batch.sumOverRanks(&blockNorms)
+        let invariance = blockNorms[2] / Double(n * d)
 
         var variance = 0.0, covariance = 0.0
         let covarianceScale = 1 / Double(n - 1)

@@ -61,6 +61,8 @@ public final class ShardedOptimizerStep<Scalar: TensorScalar & CommunicableScala
     private var sums: [Double]
     /// How the gradient and the parameters move between the ranks.
     private var transport: Transport
+    /// The squared norm of ``shardGradient``, when the reduction summed it on the way.
+    private var shardSquaredNorm: Double?
 
     private enum Transport {
         /// Not decided yet: the shared segments are asked for at the first step (a collective).
@@ -106,12 +108,22 @@ public final class ShardedOptimizerStep<Scalar: TensorScalar & CommunicableScala
         if case let .shared(segments) = transport {
             let shard = shards[communicator.rank]
             try segments.synchronize()
-            shardGradient.withUnsafeMutableBufferPointer { share in
-                guard let out = share.baseAddress else { return }
-                out.update(from: segments.segment(0, as: Scalar.self).baseAddress! + shard.lowerBound, count: shard.count)
-                for peer in 1 ..< segments.count {
-                    let source = segments.segment(peer, as: Scalar.self).baseAddress! + shard.lowerBound
+            shardSquaredNorm = shardGradient.withUnsafeMutableBufferPointer { share -> Double in
+                guard let out = share.baseAddress else { return 0 }
+                func peer(_ rank: Int) -> UnsafeMutablePointer<Scalar> {
+                    segments.segment(rank, as: Scalar.self).baseAddress! + shard.lowerBound
+                }
+                out.update(from: peer(0), count: shard.count)
+                for rank in 1 ..< segments.count - 1 {
+                    let source = peer(rank)
                     for i in 0 ..< shard.count { out[i] += source[i] }
+                }
+                // The last peer's pass also sums the squares, in `squaredNorm()`'s order.
+                let last = peer(segments.count - 1)
+                return Tensor<Scalar>.laneSum(shard.count) { i in
+                    out[i] += last[i]
+                    let x = Double(out[i])
+                    return x * x
                 }
             }
             return
@@ -156,7 +168,8 @@ public final class ShardedOptimizerStep<Scalar: TensorScalar & CommunicableScala
     /// The global L2 norm of the summed gradient, the same on every rank: the shares' squared
     /// norms summed over ranks (in `Double`).
     public func gradientNorm() throws -> Double {
-        try communicator.allReduce(shardGradient.squaredNorm(), .sum).squareRoot()
+        defer { shardSquaredNorm = nil }
+        return try communicator.allReduce(shardSquaredNorm ?? shardGradient.squaredNorm(), .sum).squareRoot()
     }
 
     /// Clips this rank's share as ``ParameterStore/clipGradientNorm(maxNorm:)`` clips the whole

@@ -128,10 +128,20 @@ extension Benchmarks {
     /// - Returns: nil on one rank (an all-reduce moves nothing, β is undefined), with fewer
     ///   than two distinct sizes, or when the times do not grow with the size.
     public static func fitAllReduce(_ rows: [AllReduceRow], worldSize: Int) -> AllReduceFit? {
+        guard worldSize > 1, let line = fitLatencyAndSlope(rows) else { return nil }
+        let p = Double(worldSize)
+        return AllReduceFit(latency: line.latency, bandwidth: 2 * (p - 1) / p / line.slope, worldSize: worldSize,
+                            relativeResidual: line.residual)
+    }
+
+    /// `t(bytes) = α + s·bytes` fitted to the rows' mean times by least squares on the relative
+    /// residuals (α clamped at 0), with the rms relative residual; nil with fewer than two
+    /// distinct sizes or when the times do not grow with the size.
+    static func fitLatencyAndSlope(_ rows: [AllReduceRow]) -> (latency: Double, slope: Double, residual: Double)? {
         let points = rows.filter { $0.meanMicroseconds > 0 }.map { (x: Double($0.bytes), t: $0.meanMicroseconds * 1e-6) }
-        guard worldSize > 1, Set(points.map(\.x)).count >= 2 else { return nil }
-        // Residual r_i = 1 − α·u_i − s·x_i·u_i with u_i = 1/t_i and s = 1/β_eff: linear least
-        // squares in (α, s) through the normal equations.
+        guard Set(points.map(\.x)).count >= 2 else { return nil }
+        // Residual r_i = 1 − α·u_i − s·x_i·u_i with u_i = 1/t_i: linear least squares in (α, s)
+        // through the normal equations.
         var suu = 0.0, sxuu = 0.0, sxxuu = 0.0, su = 0.0, sxu = 0.0
         for (x, t) in points {
             let u = 1 / t
@@ -149,9 +159,66 @@ extension Benchmarks {
             let r = (point.t - latency - slope * point.x) / point.t
             return total + r * r
         } / Double(points.count)).squareRoot()
-        let p = Double(worldSize)
-        return AllReduceFit(latency: latency, bandwidth: 2 * (p - 1) / p / slope, worldSize: worldSize,
-                            relativeResidual: residual)
+        return (latency, slope, residual)
+    }
+
+    // MARK: Shared memory
+
+    /// Times the sharded update's reduction through the node's shared memory
+    /// (``ShardedOptimizerStep`` on one node): every rank's gradient of `bytes` lies in its
+    /// segment; a call is a barrier, then this rank's sum of its `1/P` share from every segment.
+    /// Rows as ``allReduce(communicator:sizes:iterations:)``'s, but the bandwidth columns are
+    /// the bytes a rank reads and writes, `(1 + 1/P)·bytes`, a second (both columns alike).
+    /// - Returns: nil when the communicator has no shared segments (ranks on several nodes, or
+    ///   one process).
+    public static func sharedMemoryReduction(communicator: any Communicator, sizes: [Int], iterations: Int = 100) throws
+        -> [AllReduceRow]? {
+        precondition(iterations >= 1, "the benchmark needs at least one timed call")
+        let largest = max(1, (sizes.max() ?? 0) / MemoryLayout<Float>.stride)
+        guard communicator.size > 1,
+              let segments = try communicator.sharedSegments(byteCount: largest * MemoryLayout<Float>.stride) else { return nil }
+        let size = communicator.size, rank = communicator.rank
+        let mine = segments.segment(rank, as: Float.self)
+        for i in mine.indices { mine[i] = Float(i % 7) }
+        var rows: [AllReduceRow] = []
+        for bytesAsked in sizes {
+            let count = max(1, bytesAsked / MemoryLayout<Float>.stride), bytes = count * MemoryLayout<Float>.stride
+            let share = count * rank / size ..< count * (rank + 1) / size
+            var sum = [Float](repeating: 0, count: share.count)
+            let timed = allReduceIterations(bytes: bytes, iterations: iterations)
+            var seconds: [Double] = []
+            try segments.synchronize()
+            try sum.withUnsafeMutableBufferPointer { out in
+                for call in 0..<(max(1, timed / 10) + timed) {
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    try segments.synchronize()
+                    out.baseAddress!.update(from: segments.segment(0, as: Float.self).baseAddress! + share.lowerBound,
+                                            count: share.count)
+                    for peer in 1 ..< size {
+                        let source = segments.segment(peer, as: Float.self).baseAddress! + share.lowerBound
+                        for i in 0 ..< share.count { out[i] += source[i] }
+                    }
+                    let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                    if call >= max(1, timed / 10) { seconds.append(elapsed) }
+                }
+            }
+            try segments.synchronize()
+            var slowest = [seconds.reduce(0, +) / Double(timed), seconds.min() ?? 0]
+            try communicator.allReduce(&slowest, .max)
+            let moved = Double(bytes) * (1 + 1 / Double(size)) / max(slowest[0], 1e-12) / 1e9
+            rows.append(AllReduceRow(bytes: bytes, iterations: timed, meanMicroseconds: slowest[0] * 1e6,
+                                     minimumMicroseconds: slowest[1] * 1e6, algorithmBandwidth: moved, busBandwidth: moved))
+        }
+        return rows
+    }
+
+    /// The fit `t = α + (1 + 1/P)·bytes/β_mem` of ``sharedMemoryReduction(communicator:sizes:iterations:)``'s
+    /// rows: α the barrier, β_mem the bytes a rank reads and writes a second (what
+    /// `bench scaling --memory-gbs` takes).
+    public static func fitSharedMemoryReduction(_ rows: [AllReduceRow], worldSize: Int)
+        -> (latency: Double, bandwidth: Double, residual: Double)? {
+        guard worldSize > 1, let line = fitLatencyAndSlope(rows) else { return nil }
+        return (line.latency, (1 + 1 / Double(worldSize)) / line.slope, line.residual)
     }
 
     /// What `anticollapse bench comm --json` prints: the rows and their fit.
@@ -182,6 +249,25 @@ extension Benchmarks {
         for row in rows {
             lines.append(String(format: "%12d %8d %12.2f %12.2f %10.3f %10.3f", row.bytes, row.iterations,
                                 row.meanMicroseconds, row.minimumMicroseconds, row.algorithmBandwidth, row.busBandwidth))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// ``sharedMemoryReduction(communicator:sizes:iterations:)``'s rows as a table, then their fit;
+    /// or why there are none.
+    public static func sharedMemoryTable(_ rows: [AllReduceRow]?, worldSize: Int) -> String {
+        guard let rows else { return "# shared memory: none (one process, or ranks on several nodes)" }
+        var lines = ["# sharded reduction through shared memory on \(worldSize) ranks: a barrier + this rank's sum of its share; "
+                        + "GB/s = (1 + 1/P)·bytes read and written a second",
+                     [("bytes", 12), ("iters", 8), ("mean µs", 12), ("min µs", 12), ("GB/s", 10)]
+                        .map { String(repeating: " ", count: max(0, $0.1 - $0.0.count)) + $0.0 }.joined(separator: " ")]
+        for row in rows {
+            lines.append(String(format: "%12d %8d %12.2f %12.2f %10.3f", row.bytes, row.iterations,
+                                row.meanMicroseconds, row.minimumMicroseconds, row.algorithmBandwidth))
+        }
+        if let fit = fitSharedMemoryReduction(rows, worldSize: worldSize) {
+            lines.append(String(format: "# fit t = α + (1 + 1/p)·bytes/β_mem: α = %.2f µs, β_mem = %.2f GB/s, rms residual %.0f %%",
+                                fit.latency * 1e6, fit.bandwidth / 1e9, fit.residual * 100))
         }
         return lines.joined(separator: "\n")
     }

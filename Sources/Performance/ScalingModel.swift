@@ -28,7 +28,10 @@ extension Benchmarks {
 /// `optimizer.sharded_update` does) the gradient's all-reduce becomes a reduce-scatter of the
 /// gradient and an all-gather of the parameters (the same bytes), plus the all-reduces of the
 /// global norm (one `Double`) and, with LARS, of its per-parameter norms (two `Double`s a
-/// parameter tensor); and each rank takes `1/P` of the overhead (norm and update).
+/// parameter tensor); and each rank takes `1/P` of the overhead (norm and update). When the
+/// whole world fits on one node (``Machine/ranksPerNode``) the sharded step goes through shared
+/// memory instead: two barriers and this rank's sum of its share from every rank's segment,
+/// `(1 + 1/P)·4|θ|` bytes read and written at ``Machine/memoryBandwidth``.
 ///
 /// The objective's sizes and FLOPs are its ``StatisticsPlan`` (the one its evaluation builds)
 /// and the path is the one ``ReductionCostModel/choose(plan:worldSize:globalBatchSize:largestRankCount:scalarBytes:)``
@@ -52,15 +55,23 @@ public struct ScalingModel: Sendable {
         /// Seconds a step of each rank that do not depend on the batch (the optimizer update,
         /// the gradient norm).
         public var overhead: Double
+        /// β_mem, bytes a second one rank reads and writes summing its share of the gradient from
+        /// the node's shared memory (the fit of `bench comm --shared-memory`).
+        public var memoryBandwidth: Double
+        /// Ranks on a node: a world of at most this many ranks takes the shared-memory sharded
+        /// update (1, the default, never does).
+        public var ranksPerNode: Int
 
         /// - Parameter objectiveFlopRate: `flopRate` when nil.
         public init(latency: Double, bandwidth: Double, flopRate: Double, objectiveFlopRate: Double? = nil,
-                    overhead: Double = 0) {
+                    overhead: Double = 0, memoryBandwidth: Double = 16e9, ranksPerNode: Int = 1) {
             self.latency = latency
             self.bandwidth = bandwidth
             self.flopRate = flopRate
             self.objectiveFlopRate = objectiveFlopRate ?? flopRate
             self.overhead = overhead
+            self.memoryBandwidth = memoryBandwidth
+            self.ranksPerNode = ranksPerNode
         }
 
         /// The collective model of `latency` and `bandwidth`.
@@ -74,15 +85,16 @@ public struct ScalingModel: Sendable {
         /// The compute numbers of a one-process `bench step` report: the rate of its model
         /// products over the forward and backward phases; the rate of `plan`'s FLOPs on one
         /// rank with the report's batch over the objective phase; and the gradient-norm and
-        /// update phases as the overhead. `latency` and `bandwidth` as given.
+        /// update phases as the overhead. The other numbers as given.
         public static func calibrated(from report: Benchmarks.StepReport, plan: StatisticsPlan, latency: Double,
-                                      bandwidth: Double) -> Machine {
+                                      bandwidth: Double, memoryBandwidth: Double = 16e9, ranksPerNode: Int = 1) -> Machine {
             let passes = (report.phases.forward + report.phases.backward) / 1e3
             let objectiveFLOPs = plan.flops(on: .statistics, worldSize: 1, globalBatchSize: report.batch,
                                             largestRankCount: report.batch)
             return Machine(latency: latency, bandwidth: bandwidth, flopRate: report.modelGFLOP * 1e9 / max(passes, 1e-9),
                            objectiveFlopRate: objectiveFLOPs / max(report.phases.objective / 1e3, 1e-9),
-                           overhead: (report.phases.allReduce + report.phases.update) / 1e3)
+                           overhead: (report.phases.allReduce + report.phases.update) / 1e3,
+                           memoryBandwidth: memoryBandwidth, ranksPerNode: ranksPerNode)
         }
     }
 
@@ -224,12 +236,20 @@ public struct ScalingModel: Sendable {
         let sharded = options.shardedUpdate.shards(worldSize: p, parameterCount: parameterCount)
         let compute = modelFLOPs / machine.flopRate + (sharded ? machine.overhead / Double(p) : machine.overhead)
         let gradientSeconds: Double
+        let sharedMemory = sharded && p <= machine.ranksPerNode
         if sharded {
             let sums = options.optimizer == .lars ? 2 * parameterTensorCount * double : 0
-            gradientSeconds = collectives.reduceScatter(bytes: Double(gradientBytes), worldSize: p)
-                + collectives.allGather(bytesPerRank: Double(gradientBytes) / Double(p), worldSize: p)
-                + collectives.allReduce(bytes: Double(double), worldSize: p)
+            let norms = collectives.allReduce(bytes: Double(double), worldSize: p)
                 + (sums > 0 ? collectives.allReduce(bytes: Double(sums), worldSize: p) : 0)
+            if sharedMemory {
+                // Two barriers (each taken as long as the all-reduce of one Double) and the sum of
+                // this rank's share from every segment.
+                let barrier = collectives.allReduce(bytes: Double(double), worldSize: p)
+                gradientSeconds = 2 * barrier + Double(gradientBytes) * (1 + 1 / Double(p)) / machine.memoryBandwidth + norms
+            } else {
+                gradientSeconds = collectives.reduceScatter(bytes: Double(gradientBytes), worldSize: p)
+                    + collectives.allGather(bytesPerRank: Double(gradientBytes) / Double(p), worldSize: p) + norms
+            }
         } else {
             gradientSeconds = collectives.allReduce(bytes: Double(gradientBytes), worldSize: p)
         }
@@ -238,8 +258,8 @@ public struct ScalingModel: Sendable {
             worldSize: p, globalBatch: n, rowsPerRank: nMax, path: path, machinePath: machinePath,
             momentCombination: path == .statistics && p > 1 && plan.meanElements > 0 ? momentCombination(worldSize: p) : nil,
             gramForm: plan.takesGramForm(on: path, worldSize: p, globalBatchSize: n),
-            statistics: statistics, gather: gather, shardedUpdate: sharded,
-            gradientBytes: p > 1 ? gradientBytes : 0, gradientSentBytes: factor * Double(gradientBytes),
+            statistics: statistics, gather: gather, shardedUpdate: sharded, sharedMemory: sharedMemory,
+            gradientBytes: p > 1 ? gradientBytes : 0, gradientSentBytes: sharedMemory ? 0 : factor * Double(gradientBytes),
             gradientSeconds: gradientSeconds,
             batchNormAllReduces: p > 1 ? views * normMessages.count : 0,
             batchNormBytes: p > 1 ? views * normMessages.reduce(0, +) : 0, batchNormSeconds: normSeconds,
@@ -284,7 +304,7 @@ public struct ScalingModel: Sendable {
                 (f(prediction.statistics.sentBytes / 1e6, 2), 9), (f(prediction.gather.sentBytes / 1e6, 2), 9),
                 (f(prediction.objectiveSeconds * 1e3), 8), (f(prediction.batchNormSeconds * 1e3, 2), 7),
                 (f(prediction.gradientSentBytes / 1e6), 8), (f(prediction.gradientSeconds * 1e3), 8),
-                (prediction.shardedUpdate ? "sharded" : "all", 8),
+                (prediction.sharedMemory ? "shm" : prediction.shardedUpdate ? "sharded" : "all", 8),
                 (f(prediction.computeSeconds * 1e3), 10), (f(prediction.stepSeconds * 1e3), 9),
                 (f(prediction.samplesPerSecond, 0), 10), (f(prediction.efficiency, 2), 5),
             ]
@@ -331,6 +351,9 @@ public struct ScalingPrediction: Sendable, Codable, Equatable {
     /// Whether the update is sharded over the ranks (the gradient reduce-scattered, the
     /// parameters all-gathered, `1/P` of the overhead a rank).
     public var shardedUpdate: Bool
+    /// Whether the sharded update goes through the node's shared memory (the whole world on
+    /// one node): nothing is sent, each rank reads its share from every segment.
+    public var sharedMemory: Bool
     /// The gradient all-reduce (sharded: the reduce-scatter, the parameters' all-gather and the
     /// norms' all-reduces): bytes handed to the gradient's collective, bytes a rank sends, seconds.
     public var gradientBytes: Int, gradientSentBytes: Double, gradientSeconds: Double

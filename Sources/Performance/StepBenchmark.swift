@@ -269,7 +269,7 @@ public enum Benchmarks {
         /// the moments' combination over ranks when there was one (`statistics, shared mean`).
         public var reduction: String
         /// How the update was taken: `replicated` (every rank updates everything) or
-        /// `sharded over P ranks`.
+        /// `sharded over P ranks` (`, through shared memory` on one node).
         public var update: String
         public var blasThreads: Int
         /// The ranks that ran the step, each on `batch` rows per view.
@@ -456,7 +456,8 @@ public enum Benchmarks {
                           projector: { if case let .mlp(d)? = description.projector { return d.widths } else { return [] } }(),
                           batch: options.batch, encoderSummary: options.encoderSummary, inputShape: options.inputShape,
                           optimizer: options.optimizer.rawValue, reduction: reduction,
-                          update: trainStep.sharded == nil ? "replicated" : "sharded over \(communicator.size) ranks",
+                          update: trainStep.sharded.map { "sharded over \(communicator.size) ranks"
+                              + ($0.usesSharedMemory ? ", through shared memory" : "") } ?? "replicated",
                           blasThreads: BLASThreads.count, ranks: communicator.size,
                           steps: options.steps,
                           medianMilliseconds: medianMs, minimumMilliseconds: totals.min() ?? 0,

@@ -232,6 +232,8 @@ struct CommBench: ParsableCommand {
     @Option(help: "Smallest message in bytes.") var minBytes = 4096
     @Option(help: "Largest message in bytes.") var maxBytes = 64 << 20
     @Option(help: "Timed calls a size up to 1 MiB (a tenth, at least 5, above).") var iterations = 100
+    @Flag(help: "Also time the sharded update's reduction through the node's shared memory (a barrier and this rank's sum of its share from every rank's segment), and fit its bandwidth.")
+    var sharedMemory = false
     @OptionGroup var output: JSONOptions
 
     func validate() throws {
@@ -245,9 +247,14 @@ struct CommBench: ParsableCommand {
             let rows = try Benchmarks.allReduce(communicator: communicator,
                                                 sizes: Benchmarks.doublingSizes(from: minBytes, to: maxBytes),
                                                 iterations: iterations)
+            let shared = sharedMemory
+                ? try Benchmarks.sharedMemoryReduction(communicator: communicator,
+                                                       sizes: Benchmarks.doublingSizes(from: minBytes, to: maxBytes),
+                                                       iterations: iterations) : nil
             guard communicator.isRoot else { return }
             let report = Benchmarks.AllReduceReport(worldSize: communicator.size, rows: rows)
             print(report.table)
+            if sharedMemory { print(Benchmarks.sharedMemoryTable(shared, worldSize: communicator.size)) }
             try output.print(report)
         }
     }
@@ -320,10 +327,16 @@ struct ScalingBench: ParsableCommand {
     var calibrate = false
     @Option(help: "Shard the update over the ranks: automatic (the trainer's default), always, never.")
     var shardedUpdate = ShardedUpdate.automatic
+    @Option(help: "Ranks on a node: worlds of at most this many take the sharded update through shared memory.")
+    var ranksPerNode = 1
+    @Option(help: "β_mem: GB/s a rank reads and writes summing its share from shared memory (fit of bench comm --shared-memory).")
+    var memoryGbs = 16.0
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var output: JSONOptions
 
     func validate() throws {
+        guard ranksPerNode >= 1 else { throw ValidationError("--ranks-per-node must be at least 1, got \(ranksPerNode)") }
+        guard memoryGbs > 0, memoryGbs.isFinite else { throw ValidationError("--memory-gbs must be positive, got \(memoryGbs)") }
         if batch != nil && globalBatch != nil {
             throw ValidationError("give --batch (rows per rank, weak scaling) or --global-batch (strong scaling), not both")
         }
@@ -352,7 +365,8 @@ struct ScalingBench: ParsableCommand {
                                              batch: batch ?? 256, objective: objective.objective,
                                              directions: objective.directions, shardedUpdate: shardedUpdate)
         var machine = ScalingModel.Machine(latency: latencyUs * 1e-6, bandwidth: bandwidthGbs * 1e9, flopRate: gflops * 1e9,
-                                           objectiveFlopRate: objectiveGflops.map { $0 * 1e9 }, overhead: overheadMs * 1e-3)
+                                           objectiveFlopRate: objectiveGflops.map { $0 * 1e9 }, overhead: overheadMs * 1e-3,
+                                           memoryBandwidth: memoryGbs * 1e9, ranksPerNode: ranksPerNode)
         if calibrate {
             BLASThreads.configure(override: threads.threads)
             options.steps = 5
@@ -360,7 +374,8 @@ struct ScalingBench: ParsableCommand {
             let report = try Benchmarks.step(options)
             let plan = try Benchmarks.statisticsPlan(objective.objective, dimension: options.embeddingWidth,
                                                      directions: objective.directions)
-            machine = .calibrated(from: report, plan: plan, latency: machine.latency, bandwidth: machine.bandwidth)
+            machine = .calibrated(from: report, plan: plan, latency: machine.latency, bandwidth: machine.bandwidth,
+                                  memoryBandwidth: machine.memoryBandwidth, ranksPerNode: ranksPerNode)
             print(String(format: "# calibrated on one process, %d BLAS thread(s), %d rows: %.1f ms/step (forward %.1f, objective %.1f, backward %.1f, norm + update %.1f ms) → %.1f GFLOP/s, objective %.1f GFLOP/s, overhead %.1f ms",
                          report.blasThreads, report.batch, report.medianMilliseconds, report.phases.forward,
                          report.phases.objective, report.phases.backward,

@@ -55,7 +55,8 @@ final class StatisticsPlanTests: XCTestCase {
     }
 
     /// Wide embeddings, `2N < D`: VICReg's gather path takes the Gram form, with a reduce-scatter
-    /// of each view's `N × N` Gram matrix and the all-reduce of the two block norms (16 bytes).
+    /// of each view's `N × N` Gram matrix and the all-reduce of the two block norms and the
+    /// invariance's sum (24 bytes).
     func testCommunicatedBytesOfTheGramForm() throws {
         let (d, counts) = (24, [2, 3, 4])
         let plan = VICReg<Float>.plan(dimension: d)
@@ -64,7 +65,7 @@ final class StatisticsPlanTests: XCTestCase {
         XCTAssertEqual(plan.collectiveCount(on: .statistics, worldSize: 3, globalBatchSize: 9), 1)
         XCTAssertEqual(plan.collectiveCount(on: .gather, worldSize: 1, globalBatchSize: 9), 0)
         XCTAssertEqual(plan.communicatedBytes(on: .gather, worldSize: 3, globalBatchSize: 9, largestRankCount: 4, scalarBytes: 4),
-                       3 * 4 * 2 * d * 4 + 2 * 9 * 9 * 4 + 16)
+                       3 * 4 * 2 * d * 4 + 2 * 9 * 9 * 4 + 24)
         try assertBytesMatchThePlan(as: Float.self, dimension: d, splits: [counts, [5, 4]])
     }
 

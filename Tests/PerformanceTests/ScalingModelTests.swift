@@ -173,6 +173,28 @@ final class ScalingModelTests: XCTestCase {
         XCTAssertEqual(collectives.reduceScatter(bytes: 1e6, worldSize: 1), 0)
     }
 
+    /// The sharded update of a world on one node by hand: two barriers (each a one-Double
+    /// all-reduce), the sum of this rank's share read and written at β_mem, the norms'
+    /// all-reduces; nothing sent. A world larger than a node takes the collectives.
+    func testShardedUpdateThroughSharedMemoryByHand() throws {
+        let (alpha, beta, memory) = (3e-6, 2e9, 12e9)
+        let machine = ScalingModel.Machine(latency: alpha, bandwidth: beta, flopRate: 4e10, overhead: 2e-3,
+                                           memoryBandwidth: memory, ranksPerNode: 2)
+        let options = Benchmarks.StepOptions(encoder: [20, 32, 32], projector: [32, 64, 48], objective: .barlowTwins,
+                                             shardedUpdate: .always)
+        let model = try ScalingModel(options: options, machine: machine)
+        let onNode = try model.predict(worldSize: 2, batch: .perRank(16))
+        let bytes = Double(4 * model.parameterCount)
+        XCTAssertTrue(onNode.sharedMemory)
+        XCTAssertEqual(onNode.gradientSentBytes, 0)
+        XCTAssertEqual(onNode.gradientSeconds, 2 * (alpha + 8 / beta) + 1.5 * bytes / memory
+                       + (alpha + 8 / beta) + (alpha + 2 * 11 * 8 / beta), accuracy: 1e-15)
+        let beyond = try model.predict(worldSize: 4, batch: .perRank(16))
+        XCTAssertFalse(beyond.sharedMemory)
+        XCTAssertGreaterThan(beyond.gradientSentBytes, 0)
+        XCTAssertTrue(model.table([onNode, beyond], batch: .perRank(16)).contains("shm"))
+    }
+
     /// With the trainer's cost model the statistics of VICReg at D = 2048 take per-rank means
     /// on few ranks and a shared mean on many, whose bytes no longer grow with the world size.
     func testStatisticsStopGrowingWithTheWorldOnceTheMeanIsShared() throws {
