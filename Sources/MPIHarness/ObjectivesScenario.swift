@@ -75,12 +75,19 @@ func objectivesScenario(_ communicator: any Communicator, _ arguments: ScenarioA
     let size = communicator.size, rank = communicator.rank
     let count = n / size + (rank < n % size ? 1 : 0), first = rank * (n / size) + min(rank, n % size)
     let inputs = data.map { Tensor<Float>(shape: [count, d], scalars: $0[first * d ..< (first + count) * d].map { Float($0) }) }
-    let gradients = inputs.map { Tensor<Float>(zeros: $0.shape) }
-    let result = try VICReg<Float>().evaluate(views: inputs, gradients: gradients,
-                                              context: ObjectiveContext(communicator: communicator, reduction: .gather))
-    values["gram/vicreg/gather/loss"] = JSONValue([result.loss])
-    values["gram/vicreg/gather/rows"] = JSONValue([Int64(first), Int64(count)])
-    values["gram/vicreg/gather/grad_z1"] = JSONValue(gradients[0].scalars)
-    values["gram/vicreg/gather/grad_z2"] = JSONValue(gradients[1].scalars)
+    // Split by rows (the default cost model, for blocks this small) and by features (a cost
+    // model of free collectives): `gather` and `gather-features`.
+    let costModels = [("gather", ReductionCostModel()), ("gather-features", ReductionCostModel(latency: 0, bandwidth: 1e18, flopRate: 1e9))]
+    for (key, costModel) in costModels {
+        let gradients = inputs.map { Tensor<Float>(zeros: $0.shape) }
+        let result = try VICReg<Float>().evaluate(views: inputs, gradients: gradients,
+                                                  context: ObjectiveContext(communicator: communicator, reduction: .gather,
+                                                                            costModel: costModel))
+        values["gram/vicreg/\(key)/loss"] = JSONValue([result.loss])
+        values["gram/vicreg/\(key)/rows"] = JSONValue([Int64(first), Int64(count)])
+        values["gram/vicreg/\(key)/grad_z1"] = JSONValue(gradients[0].scalars)
+        values["gram/vicreg/\(key)/grad_z2"] = JSONValue(gradients[1].scalars)
+        values["gram/vicreg/\(key)/bytes"] = JSONValue([Int64(result.communicatedBytes)])
+    }
     return values
 }

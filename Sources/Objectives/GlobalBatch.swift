@@ -49,12 +49,15 @@ public enum MomentCombination: String, Sendable, Codable, CaseIterable {
 /// An objective with a Gram form (``StatisticsPlan/gramForm``; VICReg) replaces, when it holds
 /// every row and `2N < D`, the `D × D` statistics and gradient products by `N × N` ones:
 ///
-///     gather (Gram form): allGather(n_max·V·D·s) + V·reduceScatter(N²·s) + allReduce(24)
-///                         + V·(N²·D/P + 2·n_max·N·D) / flopRate
+///     gather (Gram form): allGather(n_max·V·D·s) + allReduce(24) + 4·V·n_max·N·D / flopRate
+///       split by features: allGather(n_max·V·D·s) + V·reduceScatter(N²·s) + allReduce(24)
+///                          + V·(N²·D/P + 2·n_max·N·D) / flopRate
 ///
-/// (per view the Gram matrix of this rank's share of the features, reduce-scattered into each
-/// rank's rows of the whole, and their product with the rows; the last collective is the
-/// all-reduce of the two block norms and the invariance's sum, 24 bytes). Gathering
+/// (per view the Gram block of this rank's rows against all rows, or, split by features
+/// (``splitsGram(plan:worldSize:globalBatchSize:largestRankCount:scalarBytes:)``), the Gram
+/// matrix of this rank's share of the features reduce-scattered into each rank's rows; then
+/// the rows' product with them; the all-reduce carries the two block norms and the
+/// invariance's sum, 24 bytes). Gathering
 /// wins when `D²` is large against `N·D` and the FLOPs it repeats are cheap on the machine.
 ///
 /// On the statistics path the moments are combined in the cheaper of the two exact
@@ -91,11 +94,33 @@ public struct ReductionCostModel: Sendable, Equatable {
                      globalBatchSize: Int, largestRankCount: Int, scalarBytes: Int) -> Double {
         let combination = path == .statistics
             ? self.combination(plan: plan, worldSize: worldSize, scalarBytes: scalarBytes) : .perRankMeans
+        let split = splitsGram(plan: plan, worldSize: worldSize, globalBatchSize: globalBatchSize,
+                               largestRankCount: largestRankCount, scalarBytes: scalarBytes)
         return plan.communicationSeconds(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
                                          largestRankCount: largestRankCount, scalarBytes: scalarBytes,
-                                         collectives: collectives, combination: combination)
+                                         collectives: collectives, combination: combination, splitsGram: split)
             + plan.flops(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
-                         largestRankCount: largestRankCount) / flopRate
+                         largestRankCount: largestRankCount, splitsGram: split) / flopRate
+    }
+
+    /// Whether the Gram form on the gather path splits its work by features: each rank forms
+    /// with `syrk` the `N × N` Gram matrix of its `D/P` features over all rows, and one
+    /// reduce-scatter a view sums them into each rank's rows (`N²·D/P` operations a rank and
+    /// `N²` elements a view on the wire), rather than each rank forming its `n × N` block
+    /// against all rows (`2·n·N·D`, nothing more on the wire). Split when
+    ///
+    ///     V · reduceScatter(N²·s) < V · (2·n_max·N·D − N²·D/P) / flopRate
+    ///
+    /// — on few ranks and wide embeddings (2 ranks, D = 2048: 0.27 GFLOP saved a view for 1 MB);
+    /// not on many ranks of few rows, where the reduce-scatter's latency outweighs the work.
+    /// Depends only on the plan, the sizes and this model: every rank decides alike.
+    public func splitsGram(plan: StatisticsPlan, worldSize: Int, globalBatchSize: Int, largestRankCount: Int,
+                           scalarBytes: Int) -> Bool {
+        guard worldSize > 1, plan.usesGramForm(globalBatchSize: globalBatchSize) else { return false }
+        let n = Double(globalBatchSize), nMax = Double(largestRankCount), d = Double(plan.dimension)
+        let saved = 2 * nMax * n * d - n * n * d / Double(worldSize)
+        let wire = collectives.reduceScatter(bytes: n * n * Double(scalarBytes), worldSize: worldSize)
+        return wire < saved / flopRate
     }
 
     /// The cheaper way to combine the moments on the statistics path: a shared mean when its
@@ -212,13 +237,15 @@ public struct StatisticsPlan: Sendable, Equatable {
 
     /// The collectives one evaluation takes on `path`, the row counts being known (none on one
     /// rank): the statistics path's ``allReduceCount``, plus the means' all-reduce with a shared
-    /// mean; on the gather path the all-gather of the rows, and in the Gram form a reduce-scatter
-    /// of each view's Gram matrix and the all-reduce of the block norms.
+    /// mean; on the gather path the all-gather of the rows, and in the Gram form the all-reduce
+    /// of the block norms, after a reduce-scatter of each view's Gram matrix when it
+    /// `splitsGram` (``ReductionCostModel/splitsGram(plan:worldSize:globalBatchSize:largestRankCount:scalarBytes:)``).
     public func collectiveCount(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
-                                combination: MomentCombination = .perRankMeans) -> Int {
+                                combination: MomentCombination = .perRankMeans, splitsGram: Bool = false) -> Int {
         guard worldSize > 1 else { return 0 }
         if path == .gather {
-            return takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) ? 2 + viewCount : 1
+            guard takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) else { return 1 }
+            return splitsGram ? 2 + viewCount : 2
         }
         return allReduceCount + (sharesMean(combination) ? 1 : 0)
     }
@@ -226,18 +253,18 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// The bytes one evaluation hands to collectives on `path` — all-reduce buffers plus
     /// all-gather receive buffers, what ``ObjectiveResult/communicatedBytes`` reports when the
     /// row counts are known (``ObjectiveContext/rowCounts``): `S·s` on the statistics path;
-    /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus `V·N²·s + 24` in the Gram
-    /// form, on the gather path; 0 on one rank. With a shared mean the statistics path hands over `fixed·s`
-    /// plus the means' `8·meanElements`.
+    /// `P·n_max·V·D·s` (the rows padded to the largest rank), plus 24 in the Gram form (and
+    /// `V·N²·s` when it `splitsGram`), on the gather path; 0 on one rank. With a shared mean the
+    /// statistics path hands over `fixed·s` plus the means' `8·meanElements`.
     public func communicatedBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
                                   largestRankCount: Int, scalarBytes: Int,
-                                  combination: MomentCombination = .perRankMeans) -> Int {
+                                  combination: MomentCombination = .perRankMeans, splitsGram: Bool = false) -> Int {
         guard worldSize > 1 else { return 0 }
         if path == .gather {
             let rows = worldSize * largestRankCount * viewCount * dimension * scalarBytes
-            return rows + (takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
-                           ? gramBlockBytes(globalBatchSize: globalBatchSize, scalarBytes: scalarBytes)
-                               + StatisticsPlan.gramNormBytes : 0)
+            guard takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) else { return rows }
+            return rows + StatisticsPlan.gramNormBytes
+                + (splitsGram ? gramBlockBytes(globalBatchSize: globalBatchSize, scalarBytes: scalarBytes) : 0)
         }
         return elementCount(partitions: worldSize, combination: combination) * scalarBytes
             + (sharesMean(combination) ? meanBytes : 0)
@@ -247,15 +274,18 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// an all-reduce's buffer (a ring, or reduce-scatter then all-gather), `(P−1)/P` times a
     /// reduce-scatter's, and `(P−1)` times this rank's block in an all-gather; 0 on one rank.
     public func sentBytes(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int, largestRankCount: Int,
-                          scalarBytes: Int, combination: MomentCombination = .perRankMeans) -> Double {
+                          scalarBytes: Int, combination: MomentCombination = .perRankMeans,
+                          splitsGram: Bool = false) -> Double {
         guard worldSize > 1 else { return 0 }
         let p = Double(worldSize), allReduceFactor = 2 * (p - 1) / p
         if path == .gather {
             let block = Double(largestRankCount * viewCount * dimension * scalarBytes)
-            let gram = takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize)
-                ? allReduceFactor * Double(StatisticsPlan.gramNormBytes)
-                    + (p - 1) / p * Double(gramBlockBytes(globalBatchSize: globalBatchSize, scalarBytes: scalarBytes)) : 0
-            return (p - 1) * block + gram
+            guard takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) else {
+                return (p - 1) * block
+            }
+            let split = splitsGram
+                ? (p - 1) / p * Double(gramBlockBytes(globalBatchSize: globalBatchSize, scalarBytes: scalarBytes)) : 0
+            return (p - 1) * block + allReduceFactor * Double(StatisticsPlan.gramNormBytes) + split
         }
         return allReduceFactor * Double(communicatedBytes(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize,
                                                           largestRankCount: largestRankCount, scalarBytes: scalarBytes,
@@ -265,23 +295,22 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// The seconds of one evaluation's collectives on `path` under `collectives`: the
     /// statistics path's ``allReduceCount`` all-reduces, as equal parts of its buffer (after
     /// the means' all-reduce with a shared mean); on the gather path the all-gather of the rows
-    /// padded to the largest rank, and in the Gram form the reduce-scatter of each view's Gram
-    /// matrix and the all-reduce of the block norms; 0 on one rank.
+    /// padded to the largest rank, and in the Gram form the all-reduce of the block norms
+    /// (after the reduce-scatter of each view's Gram matrix when it `splitsGram`); 0 on one rank.
     public func communicationSeconds(on path: StatisticsReduction, worldSize p: Int, globalBatchSize n: Int,
                                      largestRankCount nMax: Int, scalarBytes s: Int,
                                      collectives: CollectiveModel,
-                                     combination: MomentCombination = .perRankMeans) -> Double {
+                                     combination: MomentCombination = .perRankMeans, splitsGram: Bool = false) -> Double {
         let count = collectiveCount(on: path, worldSize: p, globalBatchSize: n)
         guard count > 0 else { return 0 }
-        let bytes = Double(communicatedBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
-                                             scalarBytes: s))
         if path == .gather {
             let block = Double(nMax * viewCount * dimension * s)
             let rows = collectives.allGather(bytesPerRank: block, worldSize: p)
             guard count > 1 else { return rows }
-            let gram = Double(gramBlockBytes(globalBatchSize: n, scalarBytes: s))
-            return rows + Double(viewCount) * collectives.reduceScatter(bytes: gram / Double(viewCount), worldSize: p)
-                + collectives.allReduce(bytes: bytes - Double(p) * block - gram, worldSize: p)
+            let norms = collectives.allReduce(bytes: Double(StatisticsPlan.gramNormBytes), worldSize: p)
+            guard splitsGram else { return rows + norms }
+            let gram = Double(n * n * s)
+            return rows + norms + Double(viewCount) * collectives.reduceScatter(bytes: gram, worldSize: p)
         }
         let statistics = Double(elementCount(partitions: p, combination: combination) * s)
         let means = sharesMean(combination) ? collectives.allReduce(bytes: Double(meanBytes), worldSize: p) : 0
@@ -292,15 +321,20 @@ public struct StatisticsPlan: Sendable, Equatable {
     /// rows) in one evaluation on `path`:
     /// - statistics path: `n_max·(F + F_g)`;
     /// - gather path: `N·F + n_max·F_g` (every rank forms the whole batch's statistics);
-    /// - Gram form (holding every row, `2N < D`): `V·(N²·D/P + 2·n_max·N·D)` (each rank forms
-    ///   the Gram matrix of its share of the features), or `3·V·N²·D` on one rank;
+    /// - Gram form (holding every row, `2N < D`): `4·V·n_max·N·D` (each rank's block and its
+    ///   product with the rows), `V·(N²·D/P + 2·n_max·N·D)` when it `splitsGram` (each rank the
+    ///   Gram matrix of its share of the features), or `3·V·N²·D` on one rank;
     /// plus ``flopsPerEvaluation`` on every path.
     public func flops(on path: StatisticsReduction, worldSize: Int, globalBatchSize: Int,
-                      largestRankCount: Int) -> Double {
+                      largestRankCount: Int, splitsGram: Bool = false) -> Double {
         let n = Double(globalBatchSize), nMax = Double(largestRankCount), v = Double(viewCount), d = Double(dimension)
         let rows: Double
         if takesGramForm(on: path, worldSize: worldSize, globalBatchSize: globalBatchSize) {
-            rows = worldSize == 1 ? 3 * v * n * n * d : v * (n * n * d / Double(worldSize) + 2 * nMax * n * d)
+            if worldSize == 1 {
+                rows = 3 * v * n * n * d
+            } else {
+                rows = splitsGram ? v * (n * n * d / Double(worldSize) + 2 * nMax * n * d) : 4 * v * nMax * n * d
+            }
         } else if path == .gather && worldSize > 1 {
             rows = n * flopsPerRow + nMax * gradientFlopsPerRow
         } else {

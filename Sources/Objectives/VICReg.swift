@@ -46,9 +46,13 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
         let secondMoments = VICReg.secondMoments
         let plan = VICReg.plan(dimension: d)
         var batch = try GlobalBatch(views: views, context: context, plan: plan)
-        if plan.takesGramForm(on: batch.path, worldSize: context.communicator.size,
-                              globalBatchSize: batch.statisticsViews[0].rowCount) {
-            return try evaluateGram(&batch, gradients: gradients)
+        let globalBatchSize = batch.statisticsViews[0].rowCount
+        if plan.takesGramForm(on: batch.path, worldSize: context.communicator.size, globalBatchSize: globalBatchSize) {
+            let split = context.costModel.splitsGram(plan: plan, worldSize: context.communicator.size,
+                                                     globalBatchSize: globalBatchSize,
+                                                     largestRankCount: batch.rowCounts?.max() ?? globalBatchSize,
+                                                     scalarBytes: MemoryLayout<Scalar>.stride)
+            return try evaluateGram(&batch, gradients: gradients, splittingByFeatures: split)
         }
         var statistics = FusedStatistics<Scalar>()
         var moments = batch.moments(viewCount: 2, dimension: d, secondMoments: secondMoments, in: &statistics)
@@ -121,17 +125,20 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
     /// - With `G = a·C + diag(h)`, `a = 2ν/D`, `h_j = G_jj − a·C_jj`, the covariance part of
     ///   the gradient of row `i` is `2/(N−1)·(x_i − μ) G = 2/(N−1)·[a/(N−1)·K_{i,:} X + x_i ∘ h]`.
     ///
-    /// On `P` ranks the ranks share the work of the symmetric `K`: rank `r` forms, with `syrk`, the
-    /// whole `N × N` Gram matrix of its share `c_r` of the `D` features, and one reduce-scatter
-    /// of those sums `K = Σ_r X_{:,c_r} X_{:,c_r}ᵀ` leaves each rank its rows `K_r` — `N²·D/P`
-    /// operations a rank instead of the `2·n·N·D` of `X_r Xᵀ` (half), for `N²` elements a view
-    /// on the wire. The gradient product `K_r X` is `2·n·N·D` either way.
+    /// On `P` ranks each rank forms its rows `K_r = X_r Xᵀ` with a `gemm` (`2·n·N·D`), or, when
+    /// `splittingByFeatures` (the cost model's ``ReductionCostModel/splitsGram(plan:worldSize:globalBatchSize:largestRankCount:scalarBytes:)``),
+    /// the ranks share the symmetric work: rank `r` forms with `syrk` the whole `N × N` Gram
+    /// matrix of its share `c_r` of the features, and one reduce-scatter of those sums
+    /// `K = Σ_r X_{:,c_r} X_{:,c_r}ᵀ` leaves each rank its rows — `N²·D/P` operations a rank,
+    /// half as many, for `N²` elements a view on the wire. The gradient product `K_r X` is
+    /// `2·n·N·D` either way.
     ///
-    /// Work per view and rank: `N²·D/P + 2·n·N·D` (`3·N²·D` on one rank) instead of the
-    /// statistics form's `6·n·D²`.
+    /// Work per view and rank: `4·n·N·D`, or `N²·D/P + 2·n·N·D` split (`3·N²·D` on one rank),
+    /// instead of the statistics form's `6·n·D²`.
     @_specialize(where Scalar == Float)
     @_specialize(where Scalar == Double)
-    func evaluateGram(_ batch: inout GlobalBatch<Scalar>, gradients: [Tensor<Scalar>]) throws -> ObjectiveResult {
+    func evaluateGram(_ batch: inout GlobalBatch<Scalar>, gradients: [Tensor<Scalar>],
+                      splittingByFeatures: Bool) throws -> ObjectiveResult {
         let all = batch.statisticsViews, views = batch.localViews
         let n = all[0].rowCount, d = all[0].columnCount, local = views[0].rowCount
         guard n >= 2 else { throw ObjectiveError("vicreg needs a global batch of at least 2 rows, given \(n)") }
@@ -148,12 +155,14 @@ public struct VICReg<Scalar: TensorScalar & CommunicableScalar>: Objective {
             let block: Tensor<Scalar> = batch.workspace.tensor("vicreg.gram", index: v, [local, n])
             if size == 1 {
                 Tensor.syrk(x, transpose: false, into: block)
-            } else {
+            } else if splittingByFeatures {
                 // K over this rank's share of the features (half a gemm of the share, by
                 // symmetry), summed over ranks into each rank's rows: K = Σ_r X_{:,c_r} X_{:,c_r}ᵀ.
                 let partial: Tensor<Scalar> = batch.workspace.tensor("vicreg.partialGram", index: v, [n, n], zeroed: false)
                 Tensor.syrk(x, transpose: false, columns: d * rank / size ..< d * (rank + 1) / size, into: partial)
                 try batch.reduceScatterRows(partial, into: block)
+            } else if local > 0 {
+                Tensor.gemm(x.rows(offset ..< offset + local), x, transposeB: true, into: block)
             }
             blockNorms[v] = block.squaredNorm()
             centred.append(x)

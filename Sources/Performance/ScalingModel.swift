@@ -186,16 +186,20 @@ public struct ScalingModel: Sendable {
                               largestRankCount nMax: Int) -> ScalingPrediction.PathCost {
         let s = ScalingModel.scalarBytes
         let combination = path == .statistics ? momentCombination(worldSize: p) : .perRankMeans
-        let count = plan.collectiveCount(on: path, worldSize: p, globalBatchSize: n, combination: combination)
+        let split = trainerCostModel.splitsGram(plan: plan, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
+                                                scalarBytes: s)
+        let count = plan.collectiveCount(on: path, worldSize: p, globalBatchSize: n, combination: combination,
+                                         splitsGram: split)
         let bytes = plan.communicatedBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
-                                           scalarBytes: s, combination: combination)
+                                           scalarBytes: s, combination: combination, splitsGram: split)
         let seconds = plan.communicationSeconds(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax,
-                                                scalarBytes: s, collectives: machine.collectives, combination: combination)
-        let flops = plan.flops(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax)
+                                                scalarBytes: s, collectives: machine.collectives, combination: combination,
+                                                splitsGram: split)
+        let flops = plan.flops(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax, splitsGram: split)
         return ScalingPrediction.PathCost(
             collectives: count, communicatedBytes: bytes,
             sentBytes: plan.sentBytes(on: path, worldSize: p, globalBatchSize: n, largestRankCount: nMax, scalarBytes: s,
-                                      combination: combination),
+                                      combination: combination, splitsGram: split),
             communicationSeconds: seconds, flops: flops, seconds: seconds + flops / machine.objectiveFlopRate)
     }
 

@@ -219,11 +219,15 @@ public enum Benchmarks {
 
     /// The FLOPs of one evaluation of the objective on `batch` rows per rank and view on
     /// `ranks` ranks, on `path`: what its ``StatisticsPlan`` counts (the plan the objective's
-    /// own cost model uses).
+    /// own cost model uses), with the Gram form split by features as the trainer's cost model
+    /// decides.
     public static func objectiveFLOPs(_ objective: ObjectiveName, batch: Int, dimension: Int, directions: Int,
                                       ranks: Int = 1, path: StatisticsReduction = .statistics) throws -> Double {
-        try statisticsPlan(objective, dimension: dimension, directions: directions)
-            .flops(on: path, worldSize: ranks, globalBatchSize: batch * ranks, largestRankCount: batch)
+        let plan = try statisticsPlan(objective, dimension: dimension, directions: directions)
+        let split = ReductionCostModel().splitsGram(plan: plan, worldSize: ranks, globalBatchSize: batch * ranks,
+                                                    largestRankCount: batch, scalarBytes: MemoryLayout<Float>.stride)
+        return plan.flops(on: path, worldSize: ranks, globalBatchSize: batch * ranks, largestRankCount: batch,
+                          splitsGram: split)
     }
 
     // MARK: The BLAS yardstick
@@ -438,7 +442,11 @@ public enum Benchmarks {
         let path = modelStep.lastReduction
         let plan = try statisticsPlan(options.objective, dimension: options.embeddingWidth, directions: options.directions)
         let gram = plan.takesGramForm(on: path, worldSize: communicator.size, globalBatchSize: options.batch * communicator.size)
-        let reduction = path.rawValue + (gram ? "+Gram" : "")
+        let split = gram && ReductionCostModel().splitsGram(plan: plan, worldSize: communicator.size,
+                                                            globalBatchSize: options.batch * communicator.size,
+                                                            largestRankCount: options.batch,
+                                                            scalarBytes: MemoryLayout<Float>.stride)
+        let reduction = path.rawValue + (gram ? (split ? "+Gram split by features" : "+Gram") : "")
             + (modelStep.lastMomentCombination.map { $0 == .sharedMean ? ", shared mean" : ", per-rank means" } ?? "")
         let medianMs = median(totals)
         let phase = { (i: Int) in median(phases.map { $0[i] }) }

@@ -12,19 +12,25 @@ final class MPIObjectivesTests: XCTestCase {
             let reports = try MPIRun.launch(executable: "MPIHarness", ranks: ranks,
                                             arguments: ["objectives", "--fixture", GoldenCase.fixturePath], timeout: 120)
             XCTAssertEqual(reports.map(\.rank), Array(0..<ranks))
-            // VICReg's Gram form on the gather path (the n × N block) against one process (syrk).
+            // VICReg's Gram form on the gather path, split by rows (each rank's n × N block) and by
+            // features (each rank's syrk of its features, reduce-scattered), against one process (syrk).
             let square = try evaluateSplit(VICReg<Float>(), inputs: VICRegGramFixture.views(),
                                            dimension: VICRegGramFixture.dimension, counts: [VICRegGramFixture.rows],
                                            reduction: .statistics)
-            for report in reports {
-                assertClose(try report.doubles("gram/vicreg/gather/loss")[0], square.results[0].loss, rtol: 1e-5,
-                            "Gram form on \(ranks) MPI ranks")
+            for split in ["gather", "gather-features"] {
+                for report in reports {
+                    assertClose(try report.doubles("gram/vicreg/\(split)/loss")[0], square.results[0].loss, rtol: 1e-5,
+                                "Gram form (\(split)) on \(ranks) MPI ranks")
+                }
+                for (v, key) in ["grad_z1", "grad_z2"].enumerated() {
+                    let gradient = try reports.flatMap { try $0.doubles("gram/vicreg/\(split)/\(key)") }
+                    XCTAssertLessThanOrEqual(relativeNormError(gradient, square.gradients[v]), 1e-4,
+                                             "Gram form \(key) (\(split)) on \(ranks) MPI ranks")
+                }
             }
-            for (v, key) in ["grad_z1", "grad_z2"].enumerated() {
-                let gradient = try reports.flatMap { try $0.doubles("gram/vicreg/gather/\(key)") }
-                XCTAssertLessThanOrEqual(relativeNormError(gradient, square.gradients[v]), 1e-4,
-                                         "Gram form \(key) on \(ranks) MPI ranks")
-            }
+            // The split by features reduce-scatters each view's 12 × 12 Gram matrix (Float).
+            let rows = try reports[0].doubles("gram/vicreg/gather/bytes")[0]
+            XCTAssertEqual(try reports[0].doubles("gram/vicreg/gather-features/bytes")[0], rows + 2 * 12 * 12 * 4)
             for golden in cases {
                 for (objective, _, gradientKeys, termNames) in golden.objectives(as: Float.self) {
                     let name = objective.name

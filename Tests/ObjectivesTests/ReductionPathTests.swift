@@ -78,10 +78,17 @@ final class ReductionPathTests: XCTestCase {
         let data = inputs(2, n: n, d: d, offset: 300)
         let square = try evaluateSplit(VICReg<Float>(), inputs: data, dimension: d, counts: [5, 7], reduction: .statistics)
         let splits = [[n], [6, 6], rowSplit(n, ranks: 2, uneven: true), rowSplit(n, ranks: 3, uneven: true), [0, 12]]
-        for counts in splits {
+        // The default cost model keeps these tiny blocks by rows (a reduce-scatter's latency
+        // outweighs their work); one of free collectives splits them by features.
+        let byFeatures = ReductionCostModel(latency: 0, bandwidth: 1e18, flopRate: 1e9)
+        let plan = VICReg<Float>.plan(dimension: d)
+        for (counts, costModel) in splits.flatMap({ counts in [(counts, ReductionCostModel()), (counts, byFeatures)] }) {
+            let split = costModel.splitsGram(plan: plan, worldSize: counts.count, globalBatchSize: n,
+                                             largestRankCount: counts.max()!, scalarBytes: 4)
+            XCTAssertEqual(split, counts.count > 1 && costModel == byFeatures, "ranks \(counts)")
             let gram = try evaluateSplit(VICReg<Float>(), inputs: data, dimension: d, counts: counts,
-                                         reduction: counts.count == 1 ? .statistics : .gather)
-            let label = "ranks \(counts)"
+                                         reduction: counts.count == 1 ? .statistics : .gather, costModel: costModel)
+            let label = "ranks \(counts), split by features \(split)"
             XCTAssertEqual(Set(gram.results.map(\.reduction)), [counts.count == 1 ? .statistics : .gather], label)
             for result in gram.results {
                 assertClose(result.loss, square.results[0].loss, rtol: 1e-5, label)

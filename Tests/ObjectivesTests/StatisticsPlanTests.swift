@@ -25,7 +25,8 @@ final class StatisticsPlanTests: XCTestCase {
     }
 
     func assertBytesMatchThePlan<Scalar: TensorScalar & CommunicableScalar>(as type: Scalar.Type, dimension d: Int,
-                                                                            splits: [[Int]]) throws {
+                                                                            splits: [[Int]],
+                                                                            costModel: ReductionCostModel = ReductionCostModel()) throws {
         let scalarBytes = MemoryLayout<Scalar>.stride
         for (objective, plan, viewCount) in objectives(dimension: d, as: type) {
             for counts in splits {
@@ -33,9 +34,14 @@ final class StatisticsPlanTests: XCTestCase {
                 let data = inputs(viewCount, n: n, d: d)
                 for path in [StatisticsReduction.statistics, .gather] {
                     let evaluation = try evaluateSplit(objective, inputs: data, dimension: d, counts: counts,
-                                                       reduction: path, knownRowCounts: true)
+                                                       reduction: path, knownRowCounts: true, costModel: costModel)
+                    let split = costModel.splitsGram(plan: plan, worldSize: counts.count, globalBatchSize: n,
+                                                     largestRankCount: counts.max() ?? 0, scalarBytes: scalarBytes)
+                    let combination = path == .statistics
+                        ? costModel.combination(plan: plan, worldSize: counts.count, scalarBytes: scalarBytes) : .perRankMeans
                     let expected = plan.communicatedBytes(on: path, worldSize: counts.count, globalBatchSize: n,
-                                                          largestRankCount: counts.max() ?? 0, scalarBytes: scalarBytes)
+                                                          largestRankCount: counts.max() ?? 0, scalarBytes: scalarBytes,
+                                                          combination: combination, splitsGram: split)
                     let label = "\(objective.name) \(Scalar.self) D \(d) ranks \(counts) \(path)"
                     XCTAssertEqual(evaluation.results.map(\.communicatedBytes),
                                    [Int](repeating: expected, count: counts.count), label)
@@ -54,19 +60,42 @@ final class StatisticsPlanTests: XCTestCase {
         try assertBytesMatchThePlan(as: Double.self, dimension: 4, splits: splits)
     }
 
-    /// Wide embeddings, `2N < D`: VICReg's gather path takes the Gram form, with a reduce-scatter
-    /// of each view's `N × N` Gram matrix and the all-reduce of the two block norms and the
-    /// invariance's sum (24 bytes).
+    /// Wide embeddings, `2N < D`: VICReg's gather path takes the Gram form, with the all-reduce
+    /// of the two block norms and the invariance's sum (24 bytes), and split by features a
+    /// reduce-scatter of each view's `N × N` Gram matrix before it.
     func testCommunicatedBytesOfTheGramForm() throws {
         let (d, counts) = (24, [2, 3, 4])
         let plan = VICReg<Float>.plan(dimension: d)
         XCTAssertTrue(plan.usesGramForm(globalBatchSize: 9))
-        XCTAssertEqual(plan.collectiveCount(on: .gather, worldSize: 3, globalBatchSize: 9), 4)
+        XCTAssertEqual(plan.collectiveCount(on: .gather, worldSize: 3, globalBatchSize: 9), 2)
+        XCTAssertEqual(plan.collectiveCount(on: .gather, worldSize: 3, globalBatchSize: 9, splitsGram: true), 4)
         XCTAssertEqual(plan.collectiveCount(on: .statistics, worldSize: 3, globalBatchSize: 9), 1)
         XCTAssertEqual(plan.collectiveCount(on: .gather, worldSize: 1, globalBatchSize: 9), 0)
         XCTAssertEqual(plan.communicatedBytes(on: .gather, worldSize: 3, globalBatchSize: 9, largestRankCount: 4, scalarBytes: 4),
+                       3 * 4 * 2 * d * 4 + 24)
+        XCTAssertEqual(plan.communicatedBytes(on: .gather, worldSize: 3, globalBatchSize: 9, largestRankCount: 4, scalarBytes: 4,
+                                              splitsGram: true),
                        3 * 4 * 2 * d * 4 + 2 * 9 * 9 * 4 + 24)
         try assertBytesMatchThePlan(as: Float.self, dimension: d, splits: [counts, [5, 4]])
+        try assertBytesMatchThePlan(as: Float.self, dimension: d, splits: [counts, [5, 4]],
+                                    costModel: ReductionCostModel(latency: 0, bandwidth: 1e18, flopRate: 1e9))
+    }
+
+    /// The split by features pays where the work it saves outweighs its reduce-scatter: on 2
+    /// ranks of 256 rows at D = 2048, not on 256 ranks of one row.
+    func testGramSplitsByFeaturesWhereItPays() {
+        let plan = VICReg<Float>.plan(dimension: 2048), model = ReductionCostModel()
+        XCTAssertTrue(model.splitsGram(plan: plan, worldSize: 2, globalBatchSize: 512, largestRankCount: 256, scalarBytes: 4))
+        XCTAssertTrue(model.splitsGram(plan: plan, worldSize: 2, globalBatchSize: 256, largestRankCount: 128, scalarBytes: 4))
+        XCTAssertFalse(model.splitsGram(plan: plan, worldSize: 256, globalBatchSize: 256, largestRankCount: 1, scalarBytes: 4))
+        XCTAssertFalse(model.splitsGram(plan: plan, worldSize: 1, globalBatchSize: 256, largestRankCount: 256, scalarBytes: 4))
+        XCTAssertFalse(model.splitsGram(plan: plan, worldSize: 2, globalBatchSize: 1024, largestRankCount: 512, scalarBytes: 4),
+                       "2N ≥ D: no Gram form")
+        // The FLOPs: half the block's on 2 ranks.
+        XCTAssertEqual(plan.flops(on: .gather, worldSize: 2, globalBatchSize: 512, largestRankCount: 256),
+                       4 * 2 * 256 * 512 * 2048)
+        XCTAssertEqual(plan.flops(on: .gather, worldSize: 2, globalBatchSize: 512, largestRankCount: 256, splitsGram: true),
+                       2 * (512 * 512 * 1024 + 2 * 256 * 512 * 2048))
     }
 
     /// The automatic choice of every objective is ``ReductionCostModel/choose`` on its plan,
