@@ -142,6 +142,11 @@ public struct OptimizerConfiguration: Codable, Equatable, Sendable {
     /// Shard the update over the ranks (ZeRO-1: reduce-scatter the gradient, update 1/P of the
     /// parameters, all-gather them): `automatic` on 2 ranks or more for a large enough model.
     public var shardedUpdate = ShardedUpdate.automatic
+    /// With every rank on one node, move the sharded update's gradient and parameters through
+    /// the node's shared memory (an MPI-3 shared window, `ShardedOptimizerStep`) rather than
+    /// MPI's reduce-scatter and all-gather; false keeps to MPI (e.g. for a `/dev/shm` too small
+    /// for twice the model's parameters).
+    public var sharedMemory = true
 }
 
 /// How long to train and how the learning rate moves.

@@ -72,15 +72,18 @@ public final class TrainStep<Scalar: LayerScalar> {
     ///   - measuresGradientNorm: measure the global gradient norm (default true).
     ///   - shardedUpdate: when to shard the update over the ranks (default `.never`: the probes'
     ///     small stores; the trainer passes its config's choice).
+    ///   - sharedMemory: let a sharded update go through the node's shared memory when the
+    ///     communicator has it (default; see ``ShardedOptimizerStep``).
     public init(parameters: ParameterStore<Scalar>, optimizer: any Optimizer<Scalar>, communicator: any Communicator,
                 clipGradientNorm: Double = 0, checksFiniteness: Bool = true, measuresGradientNorm: Bool = true,
-                shardedUpdate: ShardedUpdate = .never) {
+                shardedUpdate: ShardedUpdate = .never, sharedMemory: Bool = true) {
         precondition(optimizer.parameters === parameters, "the optimizer updates another parameter store")
         self.parameters = parameters
         self.optimizer = optimizer
         synchronizer = GradientSynchronizer(parameters: parameters, communicator: communicator)
         sharded = shardedUpdate.shards(worldSize: communicator.size, parameterCount: parameters.count)
-            ? ShardedOptimizerStep(parameters: parameters, optimizer: optimizer, communicator: communicator) : nil
+            ? ShardedOptimizerStep(parameters: parameters, optimizer: optimizer, communicator: communicator,
+                                   sharedMemory: sharedMemory) : nil
         self.clipGradientNorm = clipGradientNorm
         self.checksFiniteness = checksFiniteness
         reportsGradientNorm = measuresGradientNorm

@@ -131,7 +131,8 @@ public final class Trainer<R: Recipe> {
         collectives = TimedCommunicator(communicator)
         trainStep = TrainStep(parameters: recipe.parameters, optimizer: optimizer, communicator: collectives,
                               clipGradientNorm: configuration.optimizer.clipGradientNorm,
-                              shardedUpdate: configuration.optimizer.shardedUpdate)
+                              shardedUpdate: configuration.optimizer.shardedUpdate,
+                              sharedMemory: configuration.optimizer.sharedMemory)
         self.checkpoints = checkpoints ?? HDF5CheckpointDirectory(directory: RunDirectory.checkpointsPath(of: runDirectory))
     }
 

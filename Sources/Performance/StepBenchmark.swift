@@ -62,6 +62,9 @@ public enum Benchmarks {
         public var seed: UInt64
         /// When the update is sharded over the ranks (the trainer's default: `automatic`).
         public var shardedUpdate: ShardedUpdate
+        /// Let the sharded update go through the node's shared memory (as the trainer's
+        /// `optimizer.shared_memory`, true by default).
+        public var sharedMemory = true
 
         public init(encoder: [Int] = [784, 1024, 1024], projector: [Int] = [1024, 2048, 2048], network: NetworkDescription? = nil,
                     configuredModel: ModelDescription? = nil, batch: Int = 256,
@@ -403,7 +406,8 @@ public enum Benchmarks {
             optimizer = try SGD(parameters: model.parameters, learningRate: learningRate, momentum: 0.9, weightDecay: 5e-4)
         }
         let trainStep = TrainStep(parameters: model.parameters, optimizer: optimizer, communicator: communicator,
-                                  checksFiniteness: false, shardedUpdate: options.shardedUpdate)
+                                  checksFiniteness: false, shardedUpdate: options.shardedUpdate,
+                                  sharedMemory: options.sharedMemory)
         let modelStep = JointEmbeddingStep(model: model, objective: try makeObjective(options.objective, directions: options.directions),
                                            seed: options.seed, rowCounts: [Int](repeating: options.batch, count: communicator.size))
         let inputs = (0..<2).map { v in

@@ -108,6 +108,8 @@ struct StepBench: ParsableCommand {
     var optimizer = Benchmarks.StepOptimizer.lars
     @Option(help: "Shard the update over the ranks (ZeRO-1): automatic (as the trainer: 2 ranks or more, a large enough model), always, never.")
     var shardedUpdate = ShardedUpdate.automatic
+    @Flag(inversion: .prefixedNo, help: "On one node, take the sharded update through shared memory (as the trainer's optimizer.shared_memory); --no-shared-memory keeps to MPI's collectives.")
+    var sharedMemory = true
     @Option(help: "Timed steps.") var steps = 20
     @Option(help: "Untimed steps first.") var warmup = 3
     @OptionGroup var threads: ThreadOptions
@@ -123,6 +125,7 @@ struct StepBench: ParsableCommand {
         var options = Benchmarks.StepOptions(projector: try model.projectorWidths, batch: batch,
                                              objective: objective.objective, optimizer: optimizer, steps: steps,
                                              warmup: warmup, directions: objective.directions, shardedUpdate: shardedUpdate)
+        options.sharedMemory = sharedMemory
         if let config = network.config {
             options.configuredModel = try TrainingConfiguration.load(file: config).model
         } else if let description = try network.description(kind: model.encoder) {
