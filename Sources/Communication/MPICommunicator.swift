@@ -199,10 +199,11 @@ public final class MPICommunicator: Communicator {
     /// An MPI-3 shared-memory window over `MPI_COMM_WORLD` when every rank is on this node
     /// (`localSize == size`), else nil. The window stays in a passive-target epoch of every
     /// rank (`MPI_Win_lock_all`); ``SharedSegments/synchronize()`` is `MPI_Win_sync`,
-    /// `MPI_Barrier`, `MPI_Win_sync` (the separate-memory-model idiom of MPI-3 §11.7). The window
-    /// is freed when MPI is finalised.
+    /// `MPI_Barrier`, `MPI_Win_sync`, as in the shared-memory examples of the MPI-3 standard. The
+    /// window is freed when MPI is finalised.
     public func sharedSegments(byteCount: Int) throws -> SharedSegments? {
-        guard localSize == size, byteCount >= 0 else { return nil }
+        precondition(byteCount >= 0, "sharedSegments: negative byte count \(byteCount)")
+        guard localSize == size else { return nil }
         return try MPIRuntime.shared.withMPI {
             let world = shim_MPI_COMM_WORLD()
             var info = shim_MPI_INFO_NULL()

@@ -31,11 +31,11 @@ import Layers
 /// every rank's segment, in rank order (``ThreadCommunicator``'s order, so the result is
 /// bitwise that of the collectives in process), and updates its share of the parameters in
 /// place; a second barrier is the whole all-gather. The only bytes moved are those the sum
-/// reads. On two ranks of this machine the reference model's 8.15 M parameters took 22.2 ms
-/// through MPI's reduce-scatter, update and all-gather, and 10.7–12.2 ms so
-/// (`docs/SCALING.md`). A world spread over several nodes takes the MPI collectives. Outside
-/// the step, the ranks must not write the parameters (restoring a checkpoint comes before the
-/// first step).
+/// reads (its pass also forms the share's squared norm). On two ranks of this machine the
+/// reference model's 8.15 M parameters took 20.8 ms a step through MPI's reduce-scatter, the
+/// update and the all-gather, and 8.4 ms so (`docs/PERFORMANCE.md`, *Scaling*). A world spread
+/// over several nodes takes the MPI collectives. Outside the step the ranks must not write the
+/// parameters (restoring a checkpoint comes before the first step).
 ///
 /// The slots stay full-size on every rank, but between steps a rank's copy is current only on
 /// its share: ``gatherOptimizerState()`` makes every slot whole everywhere before anyone reads
