@@ -113,15 +113,19 @@ public final class ShardedOptimizerStep<Scalar: TensorScalar & CommunicableScala
                 func peer(_ rank: Int) -> UnsafeMutablePointer<Scalar> {
                     segments.segment(rank, as: Scalar.self).baseAddress! + shard.lowerBound
                 }
-                out.update(from: peer(0), count: shard.count)
-                for rank in 1 ..< segments.count - 1 {
-                    let source = peer(rank)
-                    for i in 0 ..< shard.count { out[i] += source[i] }
+                // Rank order: ((g₀ + g₁) + g₂) + …; the first pass adds two segments, the last
+                // also sums the squares, in `squaredNorm()`'s order.
+                let first = peer(0), second = peer(1), count = segments.count
+                if count > 2 {
+                    for i in 0 ..< shard.count { out[i] = first[i] + second[i] }
+                    for rank in 2 ..< count - 1 {
+                        let source = peer(rank)
+                        for i in 0 ..< shard.count { out[i] += source[i] }
+                    }
                 }
-                // The last peer's pass also sums the squares, in `squaredNorm()`'s order.
-                let last = peer(segments.count - 1)
+                let last = peer(count - 1)
                 return Tensor<Scalar>.laneSum(shard.count) { i in
-                    out[i] += last[i]
+                    out[i] = count > 2 ? out[i] + last[i] : first[i] + last[i]
                     let x = Double(out[i])
                     return x * x
                 }
