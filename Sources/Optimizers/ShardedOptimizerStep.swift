@@ -32,8 +32,8 @@ import Layers
 /// bitwise that of the collectives in process), and updates its share of the parameters in
 /// place; a second barrier is the whole all-gather. The only bytes moved are those the sum
 /// reads (its pass also forms the share's squared norm). On two ranks of this machine the
-/// reference model's 8.15 M parameters took 20.8 ms a step through MPI's reduce-scatter, the
-/// update and the all-gather, and 8.4 ms so (`docs/PERFORMANCE.md`, *Scaling*). A world spread
+/// reference model's 8.15 M parameters took 15.0 ms a step through MPI's reduce-scatter, the
+/// update and the all-gather, and 4.6 ms so (`docs/PERFORMANCE.md`, *Scaling*). A world spread
 /// over several nodes takes the MPI collectives. Outside the step the ranks must not write the
 /// parameters (restoring a checkpoint comes before the first step).
 ///
