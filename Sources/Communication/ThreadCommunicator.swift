@@ -202,9 +202,7 @@ public final class ThreadCommunicator: Communicator {
             let mine = Deposit(operation: "sharedSegments", kind: .uint8, count: byteCount,
                                address: UnsafeRawPointer(Unmanaged.passUnretained(allocation).toOpaque()))
             let deposits = try group.exchange(mine, rank: rank)
-            // The sizes may differ; the operation may not.
-            let failure = agreement(of: deposits.map { Deposit(operation: $0.operation, kind: $0.kind, count: 0, address: nil) },
-                                    with: Deposit(operation: mine.operation, kind: mine.kind, count: 0, address: nil))
+            let failure = agreement(of: deposits, with: mine, comparingCounts: false)   // the sizes may differ
             let owners = failure == nil
                 ? deposits.map { Unmanaged<SharedAllocation>.fromOpaque($0.address!).takeUnretainedValue() } : []
             try group.barrier(rank: rank)
@@ -229,9 +227,11 @@ public final class ThreadCommunicator: Communicator {
     /// The error every rank throws when the deposits of a collective disagree, or nil.
     ///
     /// Every rank sees the same deposits, so either all ranks fail or none does.
-    private func agreement(of deposits: [Deposit], with mine: Deposit) -> CommunicationError? {
+    /// - Parameter comparingCounts: false where each rank may bring its own count.
+    private func agreement(of deposits: [Deposit], with mine: Deposit, comparingCounts: Bool = true) -> CommunicationError? {
         for (peer, deposit) in deposits.enumerated()
-        where deposit.operation != mine.operation || deposit.kind != mine.kind || deposit.count != mine.count {
+        where deposit.operation != mine.operation || deposit.kind != mine.kind
+            || (comparingCounts && deposit.count != mine.count) {
             let describe = { (rank: Int, d: Deposit) in "rank \(rank) called \(d.operation) on \(d.count) \(d.kind)" }
             return .invalidArgument("collectives do not match: \(describe(0, deposits[0])), \(describe(peer, deposit))")
         }

@@ -106,29 +106,9 @@ public final class ShardedOptimizerStep<Scalar: TensorScalar & CommunicableScala
     public func reduceScatterGradients() throws {
         if case .undecided = transport { try mapSegments() }
         if case let .shared(segments) = transport {
-            let shard = shards[communicator.rank]
             try segments.synchronize()
-            shardSquaredNorm = shardGradient.withUnsafeMutableBufferPointer { share -> Double in
-                guard let out = share.baseAddress else { return 0 }
-                func peer(_ rank: Int) -> UnsafeMutablePointer<Scalar> {
-                    segments.segment(rank, as: Scalar.self).baseAddress! + shard.lowerBound
-                }
-                // Rank order: ((g₀ + g₁) + g₂) + …; the first pass adds two segments, the last
-                // also sums the squares, in `squaredNorm()`'s order.
-                let first = peer(0), second = peer(1), count = segments.count
-                if count > 2 {
-                    for i in 0 ..< shard.count { out[i] = first[i] + second[i] }
-                    for rank in 2 ..< count - 1 {
-                        let source = peer(rank)
-                        for i in 0 ..< shard.count { out[i] += source[i] }
-                    }
-                }
-                let last = peer(count - 1)
-                return Tensor<Scalar>.laneSum(shard.count) { i in
-                    out[i] = count > 2 ? out[i] + last[i] : first[i] + last[i]
-                    let x = Double(out[i])
-                    return x * x
-                }
+            shardSquaredNorm = shardGradient.withUnsafeMutableBufferPointer {
+                Self.sum(shards[communicator.rank], of: segments, into: $0)
             }
             return
         }
@@ -136,6 +116,34 @@ public final class ShardedOptimizerStep<Scalar: TensorScalar & CommunicableScala
             try shardGradient.withUnsafeMutableBufferPointer { share in
                 try communicator.reduceScatter(gradients, into: share, counts: counts, .sum)
             }
+        }
+    }
+
+    /// Writes `Σ_r segment_r[range]` into `out` (`range.count` elements), adding in rank order
+    /// `((g₀ + g₁) + g₂) + …` — ``ThreadCommunicator``'s order — and returns the squared norm
+    /// of the sum in `squaredNorm()`'s order: the first pass adds two segments, the last also
+    /// sums the squares. The reduction of a step through shared memory (and what
+    /// `bench comm --shared-memory` times); the segments hold `Scalar`s, two or more.
+    public static func sum(_ range: Range<Int>, of segments: SharedSegments,
+                           into out: UnsafeMutableBufferPointer<Scalar>) -> Double {
+        precondition(segments.count >= 2 && out.count == range.count, "sum: \(segments.count) segments into \(out.count) of \(range)")
+        guard let out = out.baseAddress else { return 0 }
+        func peer(_ rank: Int) -> UnsafeMutablePointer<Scalar> {
+            segments.segment(rank, as: Scalar.self).baseAddress! + range.lowerBound
+        }
+        let first = peer(0), second = peer(1), count = segments.count
+        if count > 2 {
+            for i in 0 ..< range.count { out[i] = first[i] + second[i] }
+            for rank in 2 ..< count - 1 {
+                let source = peer(rank)
+                for i in 0 ..< range.count { out[i] += source[i] }
+            }
+        }
+        let last = peer(count - 1)
+        return Tensor<Scalar>.laneSum(range.count) { i in
+            out[i] = count > 2 ? out[i] + last[i] : first[i] + last[i]
+            let x = Double(out[i])
+            return x * x
         }
     }
 

@@ -1,6 +1,7 @@
 import Engine
 import Communication
 import Foundation
+import Optimizers
 
 extension Benchmarks {
     // MARK: All-reduce
@@ -166,7 +167,8 @@ extension Benchmarks {
 
     /// Times the sharded update's reduction through the node's shared memory
     /// (``ShardedOptimizerStep`` on one node): every rank's gradient of `bytes` lies in its
-    /// segment; a call is a barrier, then this rank's sum of its `1/P` share from every segment.
+    /// segment; a call is a barrier, then this rank's sum of its `1/P` share from every segment
+    /// (``ShardedOptimizerStep/sum(_:of:into:)``, the step's own, with the squared norm).
     /// Rows as ``allReduce(communicator:sizes:iterations:)``'s, but the bandwidth columns are
     /// the bytes a rank reads and writes, `(1 + 1/P)·bytes`, a second (both columns alike).
     /// - Returns: nil when the communicator has no shared segments (ranks on several nodes, or
@@ -192,12 +194,7 @@ extension Benchmarks {
                 for call in 0..<(max(1, timed / 10) + timed) {
                     let start = DispatchTime.now().uptimeNanoseconds
                     try segments.synchronize()
-                    out.baseAddress!.update(from: segments.segment(0, as: Float.self).baseAddress! + share.lowerBound,
-                                            count: share.count)
-                    for peer in 1 ..< size {
-                        let source = segments.segment(peer, as: Float.self).baseAddress! + share.lowerBound
-                        for i in 0 ..< share.count { out[i] += source[i] }
-                    }
+                    _ = ShardedOptimizerStep<Float>.sum(share, of: segments, into: out)
                     let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
                     if call >= max(1, timed / 10) { seconds.append(elapsed) }
                 }
