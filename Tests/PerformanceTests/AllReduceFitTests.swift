@@ -31,6 +31,23 @@ final class AllReduceFitTests: XCTestCase {
         }
     }
 
+    /// The shared-memory fit `t = α + (1 + 1/P)·bytes/β_mem` recovers both from exact rows.
+    func testSharedMemoryFitRecoversLatencyAndMemoryBandwidth() throws {
+        for (latency, bandwidth, ranks) in [(1.5e-6, 15e9, 2), (4e-6, 40e9, 3)] {
+            let factor = 1 + 1 / Double(ranks)
+            let rows = Benchmarks.doublingSizes(from: 4096, to: 64 << 20).map { bytes in
+                let seconds = latency + factor * Double(bytes) / bandwidth
+                return Benchmarks.AllReduceRow(bytes: bytes, iterations: 10, meanMicroseconds: seconds * 1e6,
+                                               minimumMicroseconds: seconds * 1e6, algorithmBandwidth: 0, busBandwidth: 0)
+            }
+            let fit = try XCTUnwrap(Benchmarks.fitSharedMemoryReduction(rows, worldSize: ranks))
+            assertClose(fit.latency, latency, rtol: 1e-9, "α on \(ranks) ranks")
+            assertClose(fit.bandwidth, bandwidth, rtol: 1e-9, "β_mem on \(ranks) ranks")
+            XCTAssertLessThan(fit.residual, 1e-9)
+            XCTAssertNil(Benchmarks.fitSharedMemoryReduction(rows, worldSize: 1))
+        }
+    }
+
     func testFitOfNoisyRowsAndWhereThereIsNone() throws {
         // Latency-free rows: α is not negative, β is recovered.
         let free = try XCTUnwrap(Benchmarks.fitAllReduce(syntheticRows(latency: 0, bandwidth: 2e9, worldSize: 2), worldSize: 2))

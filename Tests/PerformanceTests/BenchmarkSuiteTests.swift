@@ -30,6 +30,29 @@ final class BenchmarkSuiteTests: XCTestCase {
         XCTAssertTrue(Benchmarks.allReduceTable(rows, worldSize: 2).contains("busbw GB/s"))
     }
 
+    /// `bench comm --shared-memory`: the step's shared-memory sum on two thread ranks, a row a
+    /// size; nothing to time on one process.
+    func testSharedMemoryReductionOnTwoThreadRanksReportsEveryDoublingSize() throws {
+        let sizes = Benchmarks.doublingSizes(from: 4096, to: 65536)
+        let results = try runRanks(2) { communicator in
+            try Benchmarks.sharedMemoryReduction(communicator: communicator, sizes: sizes, iterations: 5)
+        }
+        let rows = try XCTUnwrap(results[0])
+        XCTAssertEqual(results[1], rows, "every rank returns the rows reduced over the ranks")
+        XCTAssertEqual(rows.map(\.bytes), sizes)
+        for row in rows {
+            XCTAssertEqual(row.iterations, 5)
+            XCTAssertGreaterThan(row.minimumMicroseconds, 0)
+            XCTAssertLessThanOrEqual(row.minimumMicroseconds, row.meanMicroseconds)
+            // (1 + 1/P)·bytes read and written a second, in both columns.
+            XCTAssertEqual(row.algorithmBandwidth, 1.5 * Double(row.bytes) / row.meanMicroseconds / 1e3, accuracy: 1e-9)
+            XCTAssertEqual(row.busBandwidth, row.algorithmBandwidth)
+        }
+        XCTAssertTrue(Benchmarks.sharedMemoryTable(rows, worldSize: 2).contains("sharded reduction through shared memory"))
+        XCTAssertNil(try Benchmarks.sharedMemoryReduction(communicator: SingleProcessCommunicator(), sizes: sizes))
+        XCTAssertTrue(Benchmarks.sharedMemoryTable(nil, worldSize: 1).contains("none"))
+    }
+
     func testLargeMessagesGetFewerIterations() {
         XCTAssertEqual(Benchmarks.allReduceIterations(bytes: 1 << 20, iterations: 100), 100)
         XCTAssertEqual(Benchmarks.allReduceIterations(bytes: 64 << 20, iterations: 100), 10)
